@@ -1,0 +1,3 @@
+"""Online detection of production problems from OpenTelemetry telemetry on Kafka."""
+
+__version__ = "0.1.0"

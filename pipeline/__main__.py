@@ -1,0 +1,114 @@
+"""Command line: ``python -m pipeline <command>``; each command has ``--help``.
+
+    worker     run a Faust worker (ingest + detection); scale out by starting more
+    simulate   write simulated OTLP traffic with labelled faults to Kafka
+    tail       print findings (or dead letters) as they arrive
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from pipeline.settings import ConfigError, Settings
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    try:
+        return Settings.from_env(
+            kafka_bootstrap_servers=getattr(args, "bootstrap", None), **extra
+        )
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    settings = _settings(
+        args, metrics_port=args.metrics_port, pipeline_data_dir=args.data_dir,
+        log_level=args.loglevel,
+    )
+    import faust
+    from prometheus_client import start_http_server
+
+    from pipeline.app import Pipeline
+
+    pipeline = Pipeline(settings)
+    if settings.metrics_port:
+        try:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        except OSError as exc:
+            sys.exit(
+                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc} "
+                "(set METRICS_PORT or --metrics-port to a free port; each worker needs its own)"
+            )
+        print(
+            f"metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+            flush=True,
+        )
+    # Faust and aiokafka are chatty at info; keep our own logger at the chosen level.
+    worker = faust.Worker(pipeline.app, loglevel=settings.log_level.upper(), quiet=True)
+    for name in ("faust", "aiokafka", "mode"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, _level(settings.log_level)))
+    logging.getLogger("pipeline").setLevel(_level(settings.log_level))
+    worker.execute_from_commandline()
+
+
+def _level(name: str) -> int:
+    return getattr(logging, name.upper(), logging.INFO)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from pipeline import simulate
+
+    asyncio.run(simulate.run(args))
+
+
+def cmd_tail(args: argparse.Namespace) -> None:
+    from pipeline.tail import tail
+
+    settings = _settings(args)
+    try:
+        asyncio.run(tail(settings, args))
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run a Faust worker (ingest + detection)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (env METRICS_PORT; 0: off)")
+    p.add_argument("--data-dir", help="local table store directory (env PIPELINE_DATA_DIR)")
+    p.add_argument("--loglevel", help="debug, info, warning, error (env LOG_LEVEL)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("simulate", help="write simulated OTLP traffic with labelled faults")
+    from pipeline import simulate
+
+    simulate.add_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("tail", help="print findings (or dead letters) as they arrive")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--deadletters", action="store_true", help="tail the dead-letter topic")
+    p.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
+    p.add_argument("--json", action="store_true", help="print raw JSON lines")
+    p.add_argument("--max", type=int, default=0, help="stop after this many records")
+    p.add_argument("--timeout", type=float, default=0, help="stop after this many idle seconds")
+    p.set_defaults(func=cmd_tail)
+
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        # Faust's worker parses sys.argv itself; hand it only the program name.
+        sys.argv = [sys.argv[0]]
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Faust wiring: topics, tables and agents. The only module that imports Faust.
+
+Two stages run in every worker, each scaled by Kafka's consumer group:
+
+1. *ingest* agents read ``otlp_spans`` / ``otlp_metrics`` (keyed by trace id or unkeyed, as the
+   collector wrote them), decode, dead-letter what is bad, and route the records by entity to
+   internal topics: spans by trace id, metric points by resource (service + instance). One message
+   per (source record, destination partition) keeps the shuffle cheap.
+2. *detect* agents read the routed topics. Each owned partition has a ``PartitionEngine`` whose
+   state is written to a changelog-backed table every ``STATE_FLUSH_INTERVAL_S`` (or
+   ``STATE_FLUSH_RECORDS``); messages are acknowledged only after the flush that covers them, so
+   a restarted or rebalanced worker resumes from saved state without skipping or re-counting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import TP, EventT, StreamT
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from pipeline import otlp, records
+from pipeline.detectors import load_detectors
+from pipeline.detectors.base import Detector
+from pipeline.engine import PartitionEngine
+from pipeline.findings import Finding
+from pipeline.settings import Settings
+from pipeline.sinks.deadletter import dead_letter
+from pipeline.sinks.metrics import PipelineMetrics, StreamState
+
+log = logging.getLogger("pipeline")
+
+RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+WEEK_S = 7 * 24 * 3600
+
+
+class RateLimitedLog:
+    """At most one log line per reason per ``every_s``; says how many it held back."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = defaultdict(int)
+
+    def warning(self, reason: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -1e9) < self.every_s:
+            self._held[reason] += 1
+            return
+        held = self._held.pop(reason, 0)
+        self._last[reason] = now
+        suffix = f" ({held} more like this since the last report)" if held else ""
+        self.logger.warning(msg + suffix, *args)
+
+
+@dataclass
+class _Stream:
+    """One detection stream (spans or metrics): its routed topic, table and engines."""
+
+    signal: str
+    topic: Any
+    table: Any
+    decode_wire: Callable[[bytes], list[Any]]
+    detector_classes: list[type[Detector]]
+    engines: dict[int, PartitionEngine] = field(default_factory=dict)
+    pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
+    last_flush: dict[int, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = s = settings
+        self._state_view: dict[str, StreamState] = {}
+        self.metrics = PipelineMetrics(registry or REGISTRY)
+        self.metrics.watch_state(lambda: self._state_view)
+        self._dlq_log = RateLimitedLog(log)
+        detector_classes = load_detectors(s.pipeline_detectors)
+
+        self.app = app = faust.App(
+            s.pipeline_app_id,
+            broker=[f"kafka://{server}" for server in s.bootstrap_list],
+            broker_credentials=self._credentials(),
+            store="rocksdb://" if s.pipeline_store == "rocksdb" else "memory://",
+            datadir=s.pipeline_data_dir,
+            topic_partitions=s.pipeline_partitions,
+            topic_replication_factor=s.pipeline_replication_factor,
+            producer_max_request_size=s.max_record_bytes + 1024 * 1024,
+            consumer_max_fetch_size=max(4 * 1024 * 1024, s.max_record_bytes + 1024 * 1024),
+            consumer_auto_offset_reset="earliest",
+            web_enabled=False,
+            stream_wait_empty=False,
+            table_standby_replicas=0,
+        )
+        parts = s.pipeline_partitions
+        # Input topics are created if missing (a worker started before any collector wrote
+        # would otherwise see them only at its next metadata refresh, minutes later); existing
+        # topics are used as they are.
+        self.spans_in = app.topic(s.otlp_spans_topic, partitions=parts, internal=True, **RAW)
+        self.metrics_in = app.topic(s.otlp_metrics_topic, partitions=parts, internal=True, **RAW)
+        self.findings_out = app.topic(
+            s.findings_topic, partitions=s.output_partitions, internal=True, compacting=True,
+            **RAW,
+        )
+        self.deadletter_out = app.topic(
+            s.deadletter_topic, partitions=s.output_partitions, internal=True, deleting=True,
+            retention=WEEK_S, **RAW,
+        )
+        self.streams: dict[str, _Stream] = {}
+        for signal, decode_wire in (
+            ("spans", records.decode_spans_wire),
+            ("metrics", records.decode_points_wire),
+        ):
+            routed = app.topic(
+                f"{s.pipeline_app_id}-{signal}-routed", partitions=parts, internal=True,
+                deleting=True, retention=24 * 3600, **RAW,
+            )
+            table = app.Table(
+                f"{signal}-state", partitions=parts, default=None, key_type=bytes,
+                value_type=bytes,
+            )
+            classes = [c for c in detector_classes if c.signal == signal]
+            self.streams[signal] = _Stream(signal, routed, table, decode_wire, classes)
+
+        self._define_agents()
+
+    # -- construction -------------------------------------------------------------------------
+    def _credentials(self) -> Any:
+        s = self.settings
+        ctx = s.ssl_context()
+        if s.kafka_security_protocol.startswith("SASL"):
+            return faust.SASLCredentials(
+                username=s.kafka_sasl_username, password=s.kafka_sasl_password,
+                mechanism=s.kafka_sasl_mechanism, ssl_context=ctx,
+            )
+        return faust.SSLCredentials(ctx) if ctx is not None else None
+
+    def _define_agents(self) -> None:
+        app, s = self.app, self.settings
+
+        @app.agent(self.spans_in, name="ingest-spans")
+        async def ingest_spans(stream: StreamT) -> None:
+            async for event in stream.events():
+                await self._ingest(event, "spans")
+
+        @app.agent(self.metrics_in, name="ingest-metrics")
+        async def ingest_metrics(stream: StreamT) -> None:
+            async for event in stream.events():
+                await self._ingest(event, "metrics")
+
+        @app.agent(self.streams["spans"].topic, name="detect-spans")
+        async def detect_spans(stream: StreamT) -> None:
+            await self._detect(stream, self.streams["spans"])
+
+        @app.agent(self.streams["metrics"].topic, name="detect-metrics")
+        async def detect_metrics(stream: StreamT) -> None:
+            await self._detect(stream, self.streams["metrics"])
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            self._drop_partitions(revoked)
+
+        @app.timer(interval=5.0)
+        async def refresh_state_view() -> None:
+            self._state_view = self._build_state_view()
+
+        self._agents = (ingest_spans, ingest_metrics, detect_spans, detect_metrics)
+        self._limits = {
+            "spans": (s.otlp_spans_encoding, otlp.decode_spans, records.span_partition),
+            "metrics": (s.otlp_metrics_encoding, otlp.decode_metrics, records.point_partition),
+        }
+
+    # -- stage 1: ingest ----------------------------------------------------------------------
+    async def _ingest(self, event: EventT, signal: str) -> None:
+        started = time.perf_counter()
+        msg = event.message
+        s, m = self.settings, self.metrics
+        encoding, decode, partition_of = self._limits[signal]
+        m.records_consumed.labels(msg.topic).inc()
+        limits = otlp.Limits(
+            max_record_bytes=s.max_record_bytes,
+            max_future_skew_ns=int(s.max_future_skew_s * 1e9),
+            reference_time_ns=int(msg.timestamp * 1e9) if msg.timestamp else None,
+        )
+        try:
+            decoded = decode(msg.value, encoding, limits)
+        except otlp.DecodeError as exc:
+            await self._dead_letter(msg, exc, exc.reason)
+            return
+        except Exception as exc:  # a decoder bug must not stop the worker or lose the record
+            log.exception("unexpected error decoding %s[%d]@%d", msg.topic, msg.partition,
+                          msg.offset)
+            await self._dead_letter(msg, exc, "internal_error")
+            return
+        if decoded.rejected:
+            err = decoded.first_error
+            await self._dead_letter(msg, err, err.reason, rejected=decoded.rejected)
+        items = decoded.items
+        m.items_decoded.labels(signal).inc(len(items))
+        if items:
+            stream = self.streams[signal]
+            parts = s.pipeline_partitions
+            groups: dict[int, list[Any]] = defaultdict(list)
+            for item in items:
+                groups[partition_of(item, parts)].append(item)
+            encode = records.encode_spans if signal == "spans" else records.encode_points
+            for p, group in groups.items():
+                await stream.topic.send(value=encode(group), partition=p)
+        m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
+
+    async def _dead_letter(
+        self, msg: Any, error: BaseException, reason: str, rejected: int | None = None
+    ) -> None:
+        dl = dead_letter(
+            key=msg.key, value=msg.value, headers=_headers(msg.headers), topic=msg.topic,
+            partition=msg.partition, offset=msg.offset,
+            timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+            error=error, reason=reason, rejected_items=rejected,
+        )
+        await self.deadletter_out.send(key=dl.key, value=dl.value, headers=dl.headers)
+        self.metrics.decode_errors.labels(msg.topic, reason).inc()
+        self.metrics.deadletters.labels(msg.topic, reason).inc()
+        what = f"{rejected} items of " if rejected else ""
+        self._dlq_log.warning(
+            reason, "dead-lettered %srecord %s[%d]@%d: %s: %s", what, msg.topic, msg.partition,
+            msg.offset, reason, error,
+        )
+
+    # -- stage 2: detect ----------------------------------------------------------------------
+    async def _detect(self, stream: StreamT, st: _Stream) -> None:
+        s, m = self.settings, self.metrics
+        async for event in stream.noack().events():
+            started = time.perf_counter()
+            msg = event.message
+            p = msg.partition
+            engine = st.engines.get(p)
+            if engine is None:
+                engine = self._open_engine(st, p)
+            for finding in engine.process(st.decode_wire(msg.value), msg.offset):
+                await self._publish(finding)
+            pending = st.pending[p]
+            pending.append(event)
+            now = time.monotonic()
+            if (
+                len(pending) >= s.state_flush_records
+                or now - st.last_flush.get(p, 0.0) >= s.state_flush_interval_s
+            ):
+                writes = 0
+                for key, value in engine.changes().items():
+                    kb = key.encode()
+                    if value is None:
+                        st.table.pop(kb, None)
+                    else:
+                        st.table[kb] = value
+                    writes += 1
+                m.state_flushes.labels(st.signal).inc()
+                m.state_writes.labels(st.signal).inc(writes)
+                for done in pending:
+                    await stream.ack(done)
+                pending.clear()
+                st.last_flush[p] = now
+            m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
+
+    def _open_engine(self, st: _Stream, partition: int) -> PartitionEngine:
+        s = self.settings
+        engine = PartitionEngine(
+            partition, [cls() for cls in st.detector_classes], int(s.allowed_lateness_s * 1e9)
+        )
+        prefix = f"{partition}/".encode()
+        loaded = engine.restore(
+            (k.decode(), v) for k, v in st.table.items() if k.startswith(prefix)
+        )
+        if loaded:
+            log.info(
+                "restored %s partition %d: %d state entries, resuming after offset %d",
+                st.signal, partition, loaded, engine.offset,
+            )
+        st.engines[partition] = engine
+        st.last_flush[partition] = time.monotonic()
+        return engine
+
+    def _drop_partitions(self, revoked: set[TP]) -> None:
+        for st in self.streams.values():
+            for tp in revoked:
+                if tp.topic == st.topic.get_topic_name():
+                    # Unflushed work is not acknowledged: the new owner redoes it from the table.
+                    st.engines.pop(tp.partition, None)
+                    st.pending.pop(tp.partition, None)
+                    st.last_flush.pop(tp.partition, None)
+
+    async def _publish(self, finding: Finding) -> None:
+        await self.findings_out.send(key=finding.fingerprint.encode(), value=finding.to_json())
+        self.metrics.findings.labels(finding.kind, finding.severity, finding.status).inc()
+        log.info("finding %s %s %s: %s", finding.status, finding.kind, finding.entity,
+                 finding.summary)
+
+    def _build_state_view(self) -> dict[str, StreamState]:
+        view = {}
+        for name, st in self.streams.items():
+            sv = StreamState(partitions=len(st.engines))
+            watermarks = [e.watermark_ns for e in st.engines.values() if e.watermark_ns]
+            sv.watermark_ns = min(watermarks) if watermarks else 0
+            for engine in st.engines.values():
+                sv.late_items += engine.counters.late_items
+                for d in engine.detectors:
+                    stats = d.stats()
+                    sv.tracked[d.name] = sv.tracked.get(d.name, 0) + stats.tracked
+                    for reason, n in stats.evicted.items():
+                        key = (d.name, reason)
+                        sv.evicted[key] = sv.evicted.get(key, 0) + n
+                    for key, n in stats.active.items():
+                        sv.active[key] = sv.active.get(key, 0) + n
+            view[name] = sv
+        return view
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    items = headers.items() if hasattr(headers, "items") else headers
+    return [(str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items]

@@ -1,0 +1,61 @@
+"""The contract every detector implements. Pure: no Faust, no Kafka, no wall clock.
+
+A detector is a state machine over one partition's records in event time:
+
+- ``update(records)`` folds a batch of decoded records (spans or metric points) into its state;
+- ``advance(watermark_ns)`` closes whatever windows the event-time watermark has passed and
+  returns the findings that changed state (through a ``pipeline.findings.Lifecycle``);
+- ``snapshot(changed_only)`` / ``restore(state)`` move its state in and out as a mapping of
+  string keys to JSON-able values; ``None`` means "deleted". The engine stores these in a Faust
+  table backed by a changelog topic, so a restarted worker resumes where it left off;
+- ``stats()`` reports how much it tracks and what it evicted (exported as metrics).
+
+Every per-key structure must have a cap and an expiry, and count what it drops.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pipeline.findings import Finding
+
+SIGNALS = ("spans", "metrics")
+
+
+@dataclass(slots=True)
+class DetectorStats:
+    tracked: int = 0  # live per-key entries (operations, traces, instances, hosts...)
+    evicted: dict[str, int] = field(default_factory=dict)  # reason -> count, cumulative
+    # (kind, severity) -> findings currently firing
+    active: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class Detector(ABC):
+    """Base class: subclasses set ``name``, ``version`` and ``signal`` and implement the rest."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    signal: ClassVar[str]  # "spans" or "metrics": which routed stream feeds it
+
+    @abstractmethod
+    def update(self, records: Sequence[Any]) -> None:
+        """Fold records (all of this detector's signal) into state."""
+
+    @abstractmethod
+    def advance(self, watermark_ns: int) -> list[Finding]:
+        """Act on everything the watermark has passed; return findings that changed state."""
+
+    @abstractmethod
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        """State as {key: JSON-able value or None (deleted)}; all of it, or what changed since
+        the last ``changed_only`` call."""
+
+    @abstractmethod
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load state written by ``snapshot`` (possibly merged from several snapshots)."""
+
+    def stats(self) -> DetectorStats:
+        return DetectorStats()

@@ -1,0 +1,245 @@
+"""Findings: the model users consume, its JSON form, and its lifecycle. Pure: no Kafka, no clock.
+
+A finding is identified by its *fingerprint* (kind + entity), which is also its Kafka key, so a
+compacted ``anomaly_findings`` topic holds the latest state of each. Its *id* adds the onset time:
+the same incident replayed gives the same id; a new incident on the same entity gets a new one.
+
+``Lifecycle`` turns a detector's per-window verdicts into findings with hysteresis: a finding
+opens (``firing``) after ``open_after`` consecutive anomalous windows and resolves after
+``resolve_after`` consecutive normal ones, so one noisy window neither opens nor closes anything.
+
+    >>> lc = Lifecycle("memory_leak", "memory_leak", "1", open_after=2, resolve_after=2)
+    >>> e = {"service": "cart", "instance": "cart-1"}
+    >>> bad = Verdict(severity="warning", summary="heap floor rising", evidence={})
+    >>> [lc.observe(e, t, bad) for t in (1, 2)][1].status
+    'firing'
+    >>> lc.observe(e, 3, None) is None, lc.observe(e, 4, None).status
+    (True, 'resolved')
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = "1.0"
+KINDS = (
+    "bottleneck_span", "latency_regression", "memory_leak", "gc_pressure", "time_wait_buildup",
+)
+SEVERITIES = ("info", "warning", "critical")
+STATUSES = ("firing", "resolved")
+
+
+def fingerprint(kind: str, entity: Mapping[str, Any]) -> str:
+    """Stable identity of (kind, entity), independent of key order.
+
+    >>> fingerprint("memory_leak", {"service": "a", "instance": "b"}) == \\
+    ...     fingerprint("memory_leak", {"instance": "b", "service": "a"})
+    True
+    """
+    doc = orjson.dumps([kind, sorted((str(k), str(v)) for k, v in entity.items())])
+    return hashlib.sha256(doc).hexdigest()[:32]
+
+
+def finding_id(fp: str, started_at_ns: int) -> str:
+    return hashlib.sha256(f"{fp}:{started_at_ns}".encode()).hexdigest()[:32]
+
+
+def rfc3339(ns: int | None) -> str | None:
+    """Event time in nanoseconds → RFC 3339 UTC with millisecond precision."""
+    if ns is None:
+        return None
+    dt = datetime.fromtimestamp(ns // 1_000_000 / 1000, tz=UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Finding:
+    kind: str
+    status: str
+    severity: str
+    entity: dict[str, Any]
+    started_at_ns: int
+    detected_at_ns: int
+    summary: str
+    evidence: dict[str, Any]
+    next_steps: list[str]
+    detector: str
+    detector_version: str
+    resolved_at_ns: int | None = None
+    fingerprint: str = ""
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+        self.fingerprint = self.fingerprint or fingerprint(self.kind, self.entity)
+        self.id = self.id or finding_id(self.fingerprint, self.started_at_ns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "id": self.id,
+            "fingerprint": self.fingerprint,
+            "kind": self.kind,
+            "status": self.status,
+            "severity": self.severity,
+            "entity": self.entity,
+            "started_at": rfc3339(self.started_at_ns),
+            "detected_at": rfc3339(self.detected_at_ns),
+            "resolved_at": rfc3339(self.resolved_at_ns),
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "next_steps": self.next_steps,
+            "detector": {"name": self.detector, "version": self.detector_version},
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """A detector's judgement that an entity is anomalous in one window, with its explanation."""
+
+    severity: str
+    summary: str
+    evidence: dict[str, Any]
+    next_steps: list[str] = field(default_factory=list)
+
+
+class Lifecycle:
+    """Hysteresis and identity for one finding kind.
+
+    Detectors call ``observe(entity, window_end_ns, verdict_or_None)`` once per evaluated window;
+    it returns the finding to publish on a transition (open, severity change, resolve) and
+    ``None`` otherwise. State is per fingerprint, capped at ``max_tracked`` (the oldest quiet
+    entries go first; what is dropped is counted in ``evicted``).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        detector: str,
+        version: str,
+        open_after: int = 3,
+        resolve_after: int = 3,
+        max_tracked: int = 10_000,
+    ) -> None:
+        if open_after < 1 or resolve_after < 1:
+            raise ValueError("open_after and resolve_after must be >= 1")
+        self.kind, self.detector, self.version = kind, detector, version
+        self.open_after, self.resolve_after, self.max_tracked = (
+            open_after, resolve_after, max_tracked,
+        )
+        self._state: dict[str, dict[str, Any]] = {}
+        self._dirty: set[str] = set()
+        self.evicted = 0
+
+    # -- the work --------------------------------------------------------------------------
+    def observe(
+        self, entity: Mapping[str, Any], at_ns: int, verdict: Verdict | None
+    ) -> Finding | None:
+        fp = fingerprint(self.kind, entity)
+        st = self._state.get(fp)
+        if st is None:
+            if verdict is None:
+                return None  # healthy and never suspicious: keep no state
+            self._make_room()
+            st = self._state[fp] = {
+                "entity": dict(entity), "bad": 0, "good": 0, "firing": False,
+                "started": at_ns, "detected": None, "severity": None, "last": None, "seen": at_ns,
+            }
+        self._dirty.add(fp)
+        st["seen"] = at_ns
+        if verdict is not None:
+            if st["bad"] == 0 and not st["firing"]:
+                st["started"] = at_ns
+            st["bad"] += 1
+            st["good"] = 0
+            st["last"] = [verdict.severity, verdict.summary, verdict.evidence, verdict.next_steps]
+            if not st["firing"] and st["bad"] >= self.open_after:
+                st["firing"], st["detected"], st["severity"] = True, at_ns, verdict.severity
+                return self._finding(fp, st, "firing", None)
+            if st["firing"] and verdict.severity != st["severity"]:
+                st["severity"] = verdict.severity
+                return self._finding(fp, st, "firing", None)
+            return None
+        st["good"] += 1
+        if st["firing"] and st["good"] >= self.resolve_after:
+            finding = self._finding(fp, st, "resolved", at_ns)
+            self._drop(fp)
+            return finding
+        if not st["firing"]:
+            st["bad"] = 0
+            if st["good"] >= self.resolve_after:
+                self._drop(fp)
+        return None
+
+    def expire(self, now_ns: int, idle_ns: int) -> list[Finding]:
+        """Resolve and forget entities not observed for ``idle_ns`` (an instance that went away)."""
+        out = []
+        for fp, st in list(self._state.items()):
+            if now_ns - st["seen"] >= idle_ns:
+                if st["firing"]:
+                    out.append(self._finding(fp, st, "resolved", now_ns))
+                self._drop(fp)
+        return out
+
+    def active(self) -> list[dict[str, Any]]:
+        return [st for st in self._state.values() if st["firing"]]
+
+    # -- state -----------------------------------------------------------------------------
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        keys = self._dirty if changed_only else self._state.keys()
+        out = {fp: self._state.get(fp) for fp in keys}
+        if changed_only:
+            self._dirty = set()
+        return out
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        for fp, st in state.items():
+            if st is None:
+                self._state.pop(fp, None)
+            else:
+                self._state[fp] = dict(st)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _finding(self, fp: str, st: dict[str, Any], status: str, resolved: int | None) -> Finding:
+        severity, summary, evidence, next_steps = st["last"]
+        if status == "resolved":
+            summary = f"Resolved: {summary}"
+        return Finding(
+            kind=self.kind, status=status, severity=st["severity"] or severity,
+            entity=dict(st["entity"]), started_at_ns=st["started"],
+            detected_at_ns=st["detected"] if st["detected"] is not None else st["seen"],
+            resolved_at_ns=resolved, summary=summary, evidence=evidence,
+            next_steps=list(next_steps), detector=self.detector, detector_version=self.version,
+            fingerprint=fp,
+        )
+
+    def _drop(self, fp: str) -> None:
+        self._state.pop(fp, None)
+        self._dirty.add(fp)  # a None in the next snapshot deletes it from the table
+
+    def _make_room(self) -> None:
+        if len(self._state) < self.max_tracked:
+            return
+        # Evict the longest-quiet non-firing entry; firing ones are what users wait on.
+        quiet = [(st["seen"], fp) for fp, st in self._state.items() if not st["firing"]]
+        victim = min(quiet)[1] if quiet else min((st["seen"], fp) for fp, st in
+                                                  self._state.items())[1]
+        self._drop(victim)
+        self.evicted += 1

@@ -1,0 +1,179 @@
+"""Compact span and metric-point records, and their wire form between pipeline stages.
+
+The decoder (``pipeline.otlp``) turns OTLP requests into these records; the router ships them to
+the detection stage as one orjson document per (source record, destination partition), with each
+resource written once and referenced by index, so that the shuffle costs little more than the
+decode it follows.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+UNKNOWN_SERVICE = "unknown_service"
+
+# Span kinds, as in opentelemetry.proto.trace.v1.Span.SpanKind.
+SPAN_KIND_UNSPECIFIED, SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, SPAN_KIND_CLIENT = 0, 1, 2, 3
+SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER = 4, 5
+# Status codes, as in opentelemetry.proto.trace.v1.Status.StatusCode.
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+# Aggregation temporality, as in opentelemetry.proto.metrics.v1.AggregationTemporality.
+TEMPORALITY_UNSPECIFIED, TEMPORALITY_DELTA, TEMPORALITY_CUMULATIVE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class Resource:
+    """The identity of what emitted the telemetry.
+
+    ``instance`` is the most specific identity available: ``service.instance.id``, else the
+    Kubernetes pod (``namespace/pod``), else ``host:pid``, else the host, else ``""``.
+    """
+
+    service: str
+    instance: str
+    host: str
+    pod: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Routing and state key: every record of one emitter lands in one partition."""
+        return f"{self.service}|{self.instance}"
+
+    def to_wire(self) -> list[Any]:
+        return [self.service, self.instance, self.host, self.pod, self.attrs]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Resource:
+        return cls(w[0], w[1], w[2], w[3], w[4])
+
+
+@dataclass(slots=True)
+class Span:
+    """One span, with only the attributes detectors use (see ``pipeline.otlp.SPAN_ATTRIBUTES``)."""
+
+    trace_id: str  # 32 lowercase hex characters
+    span_id: str  # 16 lowercase hex characters
+    parent_id: str  # "" for a root span
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    status: int
+    attrs: dict[str, Any]
+    resource: Resource
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def event_time_ns(self) -> int:
+        return self.end_ns
+
+
+@dataclass(slots=True)
+class MetricPoint:
+    """One data point of a Gauge, Sum, Histogram, ExponentialHistogram or Summary metric.
+
+    ``value`` holds Gauge and Sum values; histogram-like points carry ``count`` and ``sum`` and,
+    for explicit-bucket histograms, ``bounds`` and ``bucket_counts``.
+    """
+
+    name: str
+    type: str  # gauge | sum | histogram | exponential_histogram | summary
+    unit: str
+    temporality: int
+    monotonic: bool
+    time_ns: int
+    start_ns: int
+    value: float | None
+    attrs: dict[str, Any]
+    resource: Resource
+    count: int | None = None
+    sum: float | None = None
+    min: float | None = None
+    max: float | None = None
+    bounds: list[float] | None = None
+    bucket_counts: list[int] | None = None
+
+    @property
+    def event_time_ns(self) -> int:
+        return self.time_ns
+
+
+def span_partition(span: Span, partitions: int) -> int:
+    """Partition of a span's trace. Uses the trace id's right half: W3C puts the randomness
+    there, and some producers (AWS X-Ray ids) encode a timestamp in the left half."""
+    return int(span.trace_id[-8:], 16) % partitions
+
+
+def point_partition(point: MetricPoint, partitions: int) -> int:
+    """Partition of a metric point's emitter (service + instance)."""
+    return zlib.crc32(point.resource.key.encode()) % partitions
+
+
+def _encode(resources: list[Resource], rows: list[list[Any]], tag: str) -> bytes:
+    return orjson.dumps({"r": [r.to_wire() for r in resources], tag: rows})
+
+
+def encode_spans(spans: list[Span]) -> bytes:
+    """Wire form of spans for the routing topic (resources written once)."""
+    index: dict[int, int] = {}
+    resources: list[Resource] = []
+    rows = []
+    for s in spans:
+        ri = index.get(id(s.resource))
+        if ri is None:
+            ri = index[id(s.resource)] = len(resources)
+            resources.append(s.resource)
+        rows.append(
+            [s.trace_id, s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
+             s.attrs, ri]
+        )
+    return _encode(resources, rows, "s")
+
+
+def decode_spans_wire(data: bytes) -> list[Span]:
+    doc = orjson.loads(data)
+    resources = [Resource.from_wire(r) for r in doc["r"]]
+    return [Span(*row[:9], resources[row[9]]) for row in doc["s"]]
+
+
+def encode_points(points: list[MetricPoint]) -> bytes:
+    """Wire form of metric points for the routing topic (resources written once)."""
+    index: dict[int, int] = {}
+    resources: list[Resource] = []
+    rows = []
+    for p in points:
+        ri = index.get(id(p.resource))
+        if ri is None:
+            ri = index[id(p.resource)] = len(resources)
+            resources.append(p.resource)
+        hist = (
+            None
+            if p.count is None
+            else [p.count, p.sum, p.min, p.max, p.bounds, p.bucket_counts]
+        )
+        rows.append(
+            [p.name, p.type, p.unit, p.temporality, p.monotonic, p.time_ns, p.start_ns, p.value,
+             p.attrs, ri, hist]
+        )
+    return _encode(resources, rows, "p")
+
+
+def decode_points_wire(data: bytes) -> list[MetricPoint]:
+    doc = orjson.loads(data)
+    resources = [Resource.from_wire(r) for r in doc["r"]]
+    out = []
+    for row in doc["p"]:
+        point = MetricPoint(*row[:9], resources[row[9]])
+        hist = row[10]
+        if hist is not None:
+            point.count, point.sum, point.min, point.max, point.bounds, point.bucket_counts = hist
+        out.append(point)
+    return out

@@ -1,0 +1,224 @@
+"""One typed settings object, read from the environment and validated at start.
+
+Every setting has an environment variable (listed in the README's configuration reference) and a
+default that works against the local broker. ``Settings.from_env`` fails at start with a
+``ConfigError`` naming the variable, the bad value and how to fix it, rather than letting a typo
+surface later as a stalled consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENCODINGS = ("otlp_proto", "otlp_json")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+STORES = ("memory", "rocksdb")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime configuration. Field names match the environment variables, lower-cased."""
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+
+    pipeline_app_id: str = "otel-anomaly-pipeline"
+    otlp_spans_topic: str = "otlp_spans"
+    otlp_metrics_topic: str = "otlp_metrics"
+    otlp_spans_encoding: str = "otlp_proto"
+    otlp_metrics_encoding: str = "otlp_proto"
+    findings_topic: str = "anomaly_findings"
+    deadletter_topic: str = "anomaly_deadletter"
+
+    # Partitions of the internal routing topics and state tables: the most workers that can share
+    # the detection work. Fixed once the app has run (changing it re-homes state).
+    pipeline_partitions: int = 8
+    # Replication factor of the topics this app creates (internal, changelog, outputs). Use 3 on
+    # a production cluster.
+    pipeline_replication_factor: int = 1
+    # Partitions of anomaly_findings / anomaly_deadletter when this app creates them.
+    output_partitions: int = 3
+
+    # Records over this many bytes are dead-lettered unread (the collector's kafka exporter
+    # defaults to 1 MB messages; this leaves room for larger broker limits).
+    max_record_bytes: int = 8 * 1024 * 1024
+    # Telemetry timestamps more than this far ahead of the Kafka record's own timestamp are
+    # rejected as far-future (a broken clock would otherwise drag every watermark forward).
+    max_future_skew_s: float = 3600.0
+    # Event-time watermark = newest event time seen in a partition minus this lateness.
+    allowed_lateness_s: float = 5.0
+
+    pipeline_store: str = "rocksdb"
+    pipeline_data_dir: str = ".cache/state"
+    # How often detector state is written to the changelog-backed table (processing cadence,
+    # not detection time): also the upper bound on work repeated after a crash.
+    state_flush_interval_s: float = 1.0
+    state_flush_records: int = 2000
+
+    # Extra detectors, comma-separated ``package.module:ClassName`` (built-ins always run).
+    pipeline_detectors: str = ""
+
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9464
+    log_level: str = "info"
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) plus explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            if f.name in overrides and overrides[f.name] is not None:
+                raw: Any = overrides[f.name]
+            elif name in environ and environ[name] != "":
+                raw = environ[name]
+            else:
+                continue
+            values[f.name] = _coerce(name, raw, type(f.default))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` with a fix-it message for the first bad setting."""
+        if not self.kafka_bootstrap_servers.strip():
+            raise ConfigError(
+                "KAFKA_BOOTSTRAP_SERVERS is empty: set it to host:port[,host:port...], "
+                "e.g. 127.0.0.1:9092"
+            )
+        for server in self.bootstrap_list:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(
+                    f"KAFKA_BOOTSTRAP_SERVERS entry {server!r} is not host:port "
+                    "(e.g. 127.0.0.1:9092; separate several with commas)"
+                )
+        _choice("KAFKA_SECURITY_PROTOCOL", self.kafka_security_protocol, SECURITY_PROTOCOLS)
+        if self.kafka_security_protocol.startswith("SASL"):
+            _choice("KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism, SASL_MECHANISMS)
+            if not self.kafka_sasl_username or not self.kafka_sasl_password:
+                raise ConfigError(
+                    f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+                )
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{name.upper()}={path!r}: no such file")
+        _choice("OTLP_SPANS_ENCODING", self.otlp_spans_encoding, ENCODINGS)
+        _choice("OTLP_METRICS_ENCODING", self.otlp_metrics_encoding, ENCODINGS)
+        _choice("PIPELINE_STORE", self.pipeline_store, STORES)
+        topics = {
+            "OTLP_SPANS_TOPIC": self.otlp_spans_topic,
+            "OTLP_METRICS_TOPIC": self.otlp_metrics_topic,
+            "FINDINGS_TOPIC": self.findings_topic,
+            "DEADLETTER_TOPIC": self.deadletter_topic,
+        }
+        for name, topic in topics.items():
+            if not topic or len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
+                raise ConfigError(
+                    f"{name}={topic!r} is not a valid Kafka topic name "
+                    "(1-249 characters from a-z, A-Z, 0-9, '.', '_', '-')"
+                )
+        if len(set(topics.values())) != len(topics):
+            raise ConfigError(
+                "OTLP_SPANS_TOPIC, OTLP_METRICS_TOPIC, FINDINGS_TOPIC and DEADLETTER_TOPIC must "
+                f"all differ, got {topics}"
+            )
+        if not self.pipeline_app_id or not all(
+            c.isalnum() or c in "._-" for c in self.pipeline_app_id
+        ):
+            raise ConfigError(
+                f"PIPELINE_APP_ID={self.pipeline_app_id!r}: use letters, digits, '.', '_', '-' "
+                "(it names the consumer group and internal topics)"
+            )
+        _positive("PIPELINE_PARTITIONS", self.pipeline_partitions, upper=1024)
+        _positive("PIPELINE_REPLICATION_FACTOR", self.pipeline_replication_factor, upper=16)
+        _positive("OUTPUT_PARTITIONS", self.output_partitions, upper=1024)
+        _positive("MAX_RECORD_BYTES", self.max_record_bytes)
+        _positive("MAX_FUTURE_SKEW_S", self.max_future_skew_s)
+        _positive("STATE_FLUSH_INTERVAL_S", self.state_flush_interval_s)
+        _positive("STATE_FLUSH_RECORDS", self.state_flush_records)
+        if self.allowed_lateness_s < 0:
+            raise ConfigError(
+                f"ALLOWED_LATENESS_S={self.allowed_lateness_s} must be >= 0 (seconds)"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"METRICS_PORT={self.metrics_port} is not a TCP port (0-65535; 0 disables)"
+            )
+        _choice("LOG_LEVEL", self.log_level.lower(), ("debug", "info", "warning", "error"))
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL / SASL_SSL, else ``None``."""
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        ctx = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+        if self.kafka_ssl_certfile:
+            ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+        return ctx
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Connection arguments for plain aiokafka clients (simulator, tail, benchmarks)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_list,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        ctx = self.ssl_context()
+        if ctx is not None:
+            kwargs["ssl_context"] = ctx
+        if self.kafka_security_protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        return kwargs
+
+
+def _coerce(name: str, raw: Any, typ: type) -> Any:
+    if isinstance(raw, typ):
+        return raw
+    text = str(raw).strip()
+    try:
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+    except ValueError:
+        kind = "a whole number" if typ is int else "a number"
+        raise ConfigError(f"{name}={text!r} is not {kind}") from None
+    return text
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not valid: use one of {', '.join(allowed)}")
+
+
+def _positive(name: str, value: float, upper: float | None = None) -> None:
+    if value <= 0 or (upper is not None and value > upper):
+        bound = f" and at most {upper}" if upper is not None else ""
+        raise ConfigError(f"{name}={value} must be greater than 0{bound}")
