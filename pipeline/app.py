@@ -241,8 +241,10 @@ class Pipeline:
             engine = st.engines.get(p)
             if engine is None:
                 engine = self._open_engine(st, p)
-            for finding in engine.process(st.decode_wire(msg.value), msg.offset):
+            items = st.decode_wire(msg.value)
+            for finding in engine.process(items, msg.offset):
                 await self._publish(finding)
+            m.items_detected.labels(st.signal).inc(len(items))
             pending = st.pending[p]
             pending.append(event)
             now = time.monotonic()

@@ -162,18 +162,35 @@ def _check_size(value: bytes | None, limits: Limits) -> bytes:
     return value
 
 
+def _is_json(value: bytes) -> bool:
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _is_text(value: bytes) -> bool:
+    # Protobuf with random trace ids is almost never valid UTF-8; JSON always is.
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _parse_proto(value: bytes | None, limits: Limits, cls: type) -> Any:
     value = _check_size(value, limits)
-    if value.lstrip()[:1] in (b"{", b"["):
-        raise DecodeError(
-            "wrong_encoding",
-            "record looks like JSON but the topic is configured for otlp_proto "
-            "(set the topic's encoding to otlp_json if its producers write JSON)",
-        )
     req = cls()
     try:
         req.ParseFromString(value)
     except (ProtobufDecodeError, RuntimeError, ValueError) as exc:
+        if _is_json(value):
+            raise DecodeError(
+                "wrong_encoding",
+                "record looks like JSON but the topic is configured for otlp_proto "
+                "(set the topic's encoding to otlp_json if its producers write JSON)",
+            ) from None
         raise DecodeError("invalid_protobuf", f"not a valid {cls.__name__}: {exc}") from None
     return req
 
@@ -182,15 +199,15 @@ def _load_json(
     value: bytes | None, limits: Limits, key: str, snake_key: str, other_signal: str
 ) -> dict[str, Any]:
     value = _check_size(value, limits)
-    if value.lstrip()[:1] not in (b"{", b"["):
-        raise DecodeError(
-            "wrong_encoding",
-            "record is not JSON but the topic is configured for otlp_json "
-            "(set the topic's encoding to otlp_proto if its producers write protobuf)",
-        )
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
+        if not _is_text(value):
+            raise DecodeError(
+                "wrong_encoding",
+                "record is not JSON but the topic is configured for otlp_json "
+                "(set the topic's encoding to otlp_proto if its producers write protobuf)",
+            ) from None
         raise DecodeError("invalid_json", f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise DecodeError("not_otlp", f"OTLP/JSON must be an object, got {type(doc).__name__}")

@@ -39,6 +39,7 @@ class Detector(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     signal: ClassVar[str]  # "spans" or "metrics": which routed stream feeds it
+    kinds: ClassVar[tuple[str, ...]]  # finding kinds it can emit (benchmarks score these)
 
     @abstractmethod
     def update(self, records: Sequence[Any]) -> None:

@@ -42,6 +42,10 @@ class PipelineMetrics:
             f"{NS}_items_decoded", "Spans or metric points decoded.", ["signal"],
             registry=registry,
         )
+        self.items_detected = Counter(
+            f"{NS}_items_detected", "Routed spans or metric points applied to detectors.",
+            ["signal"], registry=registry,
+        )
         self.decode_errors = Counter(
             f"{NS}_decode_errors", "Records or items that failed to decode, by reason.",
             ["topic", "reason"], registry=registry,

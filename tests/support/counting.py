@@ -19,6 +19,7 @@ WINDOW_NS = 10 * 10**9
 
 class _Counter(Detector):
     version = "test"
+    kinds = ("latency_regression",)
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}

@@ -1,0 +1,57 @@
+# Local stack and developer commands. Everything installs itself on first use:
+# a virtualenv in .venv, Kafka jars in .cache/kafka (fetched from Maven Central by deploy/kafka).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv kafka-up kafka-down kafka-reset run test unit bench bench-quick lint clean
+
+help:
+	@echo "make run         local Kafka + worker + simulated traffic with faults; findings printed"
+	@echo "make test        unit + integration tests (starts a local broker unless"
+	@echo "                 KAFKA_BOOTSTRAP_SERVERS points at one)"
+	@echo "make kafka-up    start the local single-node Kafka (KRaft) on 127.0.0.1:9092"
+	@echo "make kafka-down  stop it"
+	@echo "make bench       throughput and accuracy benchmarks (full size)"
+	@echo "make lint        ruff"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: set PYTHON=python3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+kafka-up:
+	bash deploy/kafka/kafka.sh up
+
+kafka-down:
+	bash deploy/kafka/kafka.sh down
+
+kafka-reset:
+	bash deploy/kafka/kafka.sh reset
+
+run: $(STAMP)
+	bash deploy/local/run.sh
+
+test: $(STAMP)
+	bash deploy/local/test.sh
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit pipeline -q
+
+bench: $(STAMP)
+	bash deploy/local/bench.sh
+
+bench-quick: $(STAMP)
+	bash deploy/local/bench.sh --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline benchmarks tests
+
+clean:
+	rm -rf .cache/state .cache/run .pytest_cache

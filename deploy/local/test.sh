@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `make test`: unit tests, then integration tests on a real Kafka broker.
+# Uses KAFKA_BOOTSTRAP_SERVERS when set; otherwise starts the local broker (and stops it
+# afterwards if this script started it). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+started=""
+if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+  if ! bash deploy/kafka/kafka.sh status >/dev/null 2>&1; then
+    bash deploy/kafka/kafka.sh up
+    started=1
+  fi
+  export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
+fi
+cleanup() { if [[ -n "$started" ]]; then bash deploy/kafka/kafka.sh down || true; fi; }
+trap cleanup EXIT
+echo "tests use Kafka at $KAFKA_BOOTSTRAP_SERVERS"
+"$PY" -m pytest pipeline tests "$@"

@@ -1,0 +1,135 @@
+"""Findings: lifecycle hysteresis, identity, JSON form valid against the published schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from pipeline.findings import Finding, Lifecycle, Verdict, fingerprint, rfc3339
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "finding.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+S = 10**9
+ENTITY = {"service": "user-service", "operation": "SELECT users"}
+
+
+def bad(severity: str = "warning") -> Verdict:
+    return Verdict(
+        severity, "SELECT users 140 ms of 190 ms", {"baseline": {"p50_ms": 12}, "observed": {
+            "p50_ms": 140}, "exemplar_trace_ids": ["5b8efff798038103d269b633813fc60c"]},
+        ["Run EXPLAIN on a read replica."],
+    )
+
+
+def run(lc: Lifecycle, verdicts: list[Verdict | None], t0: int = 1000 * S) -> list[Finding]:
+    out = []
+    for i, v in enumerate(verdicts):
+        f = lc.observe(ENTITY, t0 + i * 60 * S, v)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def lifecycle(**kw: int) -> Lifecycle:
+    return Lifecycle("bottleneck_span", "bottleneck_span", "1", **kw)
+
+
+def test_opens_after_n_anomalous_windows_and_resolves_after_m_normal() -> None:
+    out = run(lifecycle(open_after=3, resolve_after=2), [bad(), bad(), bad(), None, None])
+    assert [f.status for f in out] == ["firing", "resolved"]
+    firing, resolved = out
+    assert firing.started_at_ns == 1000 * S  # onset: the first anomalous window
+    assert firing.detected_at_ns == 1120 * S  # opened on the third
+    assert resolved.resolved_at_ns == 1240 * S
+    assert firing.id == resolved.id and firing.fingerprint == resolved.fingerprint
+
+
+def test_interrupted_streaks_do_not_open_or_close() -> None:
+    lc = lifecycle(open_after=3, resolve_after=3)
+    assert run(lc, [bad(), bad(), None, bad(), bad(), None]) == []
+    out = run(lc, [bad(), bad(), bad(), None, bad(), None, None], t0=5000 * S)
+    assert [f.status for f in out] == ["firing"]  # the lone bad window reset the resolve count
+
+
+def test_severity_change_republishes_same_id() -> None:
+    out = run(lifecycle(open_after=1), [bad(), bad("critical"), bad("critical")])
+    assert [(f.status, f.severity) for f in out] == [("firing", "warning"),
+                                                     ("firing", "critical")]
+    assert out[0].id == out[1].id
+
+
+def test_ids_are_deterministic_and_new_per_incident() -> None:
+    a = run(lifecycle(open_after=1, resolve_after=1), [bad(), None, bad(), None])
+    b = run(lifecycle(open_after=1, resolve_after=1), [bad(), None, bad(), None])
+    assert [f.id for f in a] == [f.id for f in b]
+    assert a[0].id != a[2].id and a[0].fingerprint == a[2].fingerprint
+
+
+def test_fingerprint_ignores_entity_key_order() -> None:
+    assert fingerprint("memory_leak", {"a": 1, "b": 2}) == fingerprint("memory_leak",
+                                                                       {"b": 2, "a": 1})
+    assert fingerprint("memory_leak", {"a": 1}) != fingerprint("gc_pressure", {"a": 1})
+
+
+def test_snapshot_restore_mid_streak_continues_identically() -> None:
+    verdicts = [bad(), bad(), None, bad(), bad(), bad(), None, None, None]
+    whole = run(lifecycle(), verdicts)
+    first = lifecycle()
+    part = run(first, verdicts[:4])
+    resumed = lifecycle()
+    resumed.restore(orjson.loads(orjson.dumps(first.snapshot())))
+    part += run(resumed, verdicts[4:], t0=1000 * S + 4 * 60 * S)
+    assert [f.to_dict() for f in part] == [f.to_dict() for f in whole]
+
+
+def test_changed_only_snapshot_reports_deletions() -> None:
+    lc = lifecycle(open_after=1, resolve_after=1)
+    run(lc, [bad()])
+    assert list(lc.snapshot(changed_only=True).values())[0]["firing"] is True
+    assert lc.snapshot(changed_only=True) == {}
+    run(lc, [None], t0=2000 * S)
+    assert list(lc.snapshot(changed_only=True).values()) == [None]
+
+
+def test_cap_evicts_oldest_quiet_entry_and_counts() -> None:
+    lc = Lifecycle("memory_leak", "memory_leak", "1", open_after=2, max_tracked=2)
+    lc.observe({"instance": "a"}, 1, bad())
+    lc.observe({"instance": "a"}, 2, bad())  # firing: kept despite being oldest
+    lc.observe({"instance": "b"}, 3, bad())
+    lc.observe({"instance": "c"}, 4, bad())
+    assert len(lc) == 2 and lc.evicted == 1
+    kept = {st["entity"]["instance"] for st in lc.snapshot().values()}
+    assert kept == {"a", "c"}
+
+
+def test_expire_resolves_silent_entities() -> None:
+    lc = lifecycle(open_after=1)
+    run(lc, [bad()])
+    [f] = lc.expire(now_ns=1000 * S + 3600 * S, idle_ns=1800 * S)
+    assert f.status == "resolved" and len(lc) == 0
+
+
+def test_every_finding_is_valid_against_the_schema() -> None:
+    out = run(lifecycle(open_after=1, resolve_after=1), [bad(), bad("critical"), None])
+    assert len(out) == 3
+    for f in out:
+        doc = orjson.loads(f.to_json())
+        VALIDATOR.validate(doc)
+    assert orjson.loads(out[0].to_json())["resolved_at"] is None
+    assert orjson.loads(out[2].to_json())["resolved_at"] == rfc3339(1120 * S)
+
+
+def test_schema_rejects_a_broken_finding() -> None:
+    doc = orjson.loads(run(lifecycle(open_after=1), [bad()])[0].to_json())
+    doc["status"] = "open"
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(doc)
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Finding("cpu_hot", "firing", "warning", {"a": 1}, 1, 1, "s", {}, [], "d", "1")

@@ -1,0 +1,76 @@
+"""Settings: defaults work locally; each bad value fails at start with a fix-it message."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.detectors import load_detectors
+from pipeline.settings import ConfigError, Settings
+
+
+def test_defaults_point_at_the_local_broker() -> None:
+    s = Settings.from_env({})
+    assert s.bootstrap_list == ["127.0.0.1:9092"]
+    assert (s.otlp_spans_topic, s.otlp_metrics_topic) == ("otlp_spans", "otlp_metrics")
+    assert (s.findings_topic, s.deadletter_topic) == ("anomaly_findings", "anomaly_deadletter")
+    assert s.otlp_spans_encoding == "otlp_proto"
+
+
+def test_environment_and_overrides() -> None:
+    s = Settings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092, k2:9093", "OTLP_METRICS_ENCODING": "otlp_json",
+         "PIPELINE_PARTITIONS": "16"},
+        metrics_port=9999,
+    )
+    assert s.bootstrap_list == ["k1:9092", "k2:9093"]
+    assert (s.otlp_metrics_encoding, s.pipeline_partitions, s.metrics_port) == (
+        "otlp_json", 16, 9999)
+
+
+def test_sasl_settings_reach_the_clients() -> None:
+    s = Settings.from_env({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                           "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "s3cret-pw"})
+    kw = s.aiokafka_kwargs()
+    assert kw["sasl_mechanism"] == "SCRAM-SHA-512" and kw["sasl_plain_username"] == "u"
+    assert "s3cret-pw" not in repr(s)  # the password never reaches logs
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "not host:port"),
+        ({"OTLP_SPANS_ENCODING": "protobuf"}, "otlp_proto, otlp_json"),
+        ({"PIPELINE_PARTITIONS": "eight"}, "not a whole number"),
+        ({"PIPELINE_PARTITIONS": "0"}, "greater than 0"),
+        ({"MAX_RECORD_BYTES": "-1"}, "MAX_RECORD_BYTES"),
+        ({"FINDINGS_TOPIC": "otlp_spans"}, "must all differ"),
+        ({"DEADLETTER_TOPIC": "dead letters"}, "not a valid Kafka topic name"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_USERNAME"),
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "PLAINTEXT, SSL"),
+        ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "no such file"),
+        ({"PIPELINE_STORE": "redis"}, "memory, rocksdb"),
+        ({"METRICS_PORT": "70000"}, "not a TCP port"),
+        ({"ALLOWED_LATENESS_S": "-5"}, ">= 0"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_configuration_says_what_and_how(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env(env)
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("nomodule", "package.module:ClassName"),
+        ("pipeline.nothing:X", "cannot be loaded"),
+        ("pipeline.settings:Settings", "not a Detector subclass"),
+        ("tests.support.counting:SpanCounter,tests.support.counting:SpanCounter", "share a name"),
+    ],
+)
+def test_bad_detector_plugins_fail_at_start(spec: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_detectors(spec)
+    assert words in str(err.value)
