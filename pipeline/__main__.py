@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from typing import Any
@@ -70,10 +71,8 @@ def cmd_tail(args: argparse.Namespace) -> None:
     from pipeline.tail import tail
 
     settings = _settings(args)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(tail(settings, args))
-    except KeyboardInterrupt:
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,9 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("simulate", help="write simulated OTLP traffic with labelled faults")
-    from pipeline import simulate
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # the worker never imports the simulator
+        from pipeline import simulate
 
-    simulate.add_arguments(p)
+        simulate.add_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("tail", help="print findings (or dead letters) as they arrive")

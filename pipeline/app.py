@@ -37,6 +37,8 @@ from pipeline.sinks.metrics import PipelineMetrics, StreamState
 log = logging.getLogger("pipeline")
 
 RAW = {"key_serializer": "raw", "value_serializer": "raw"}
+# A routed message with this value carries no records: it makes an idle partition flush.
+TICK = b"tick"
 WEEK_S = 7 * 24 * 3600
 
 
@@ -71,6 +73,7 @@ class _Stream:
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
     last_flush: dict[int, float] = field(default_factory=dict)
+    ticked: set[int] = field(default_factory=set)  # partitions with a flush tick in flight
 
 
 class Pipeline:
@@ -96,6 +99,8 @@ class Pipeline:
             web_enabled=False,
             stream_wait_empty=False,
             table_standby_replicas=0,
+            broker_session_timeout=s.kafka_session_timeout_s,
+            broker_heartbeat_interval=s.kafka_session_timeout_s / 10,
         )
         parts = s.pipeline_partitions
         # Input topics are created if missing (a worker started before any collector wrote
@@ -169,6 +174,10 @@ class Pipeline:
         async def refresh_state_view() -> None:
             self._state_view = self._build_state_view()
 
+        @app.timer(interval=s.state_flush_interval_s)
+        async def tick_idle_partitions() -> None:
+            await self._tick_idle_partitions()
+
         self._agents = (ingest_spans, ingest_metrics, detect_spans, detect_metrics)
         self._limits = {
             "spans": (s.otlp_spans_encoding, otlp.decode_spans, records.span_partition),
@@ -241,10 +250,13 @@ class Pipeline:
             engine = st.engines.get(p)
             if engine is None:
                 engine = self._open_engine(st, p)
-            items = st.decode_wire(msg.value)
-            for finding in engine.process(items, msg.offset):
-                await self._publish(finding)
-            m.items_detected.labels(st.signal).inc(len(items))
+            if msg.value == TICK:
+                st.ticked.discard(p)
+            else:
+                items = st.decode_wire(msg.value)
+                for finding in engine.process(items, msg.offset):
+                    await self._publish(finding)
+                m.items_detected.labels(st.signal).inc(len(items))
             pending = st.pending[p]
             pending.append(event)
             now = time.monotonic()
@@ -267,6 +279,20 @@ class Pipeline:
                 pending.clear()
                 st.last_flush[p] = now
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
+
+    async def _tick_idle_partitions(self) -> None:
+        """State is written from inside the stream (Faust tables take the changelog partition
+        from the current event), so a partition that went quiet with unflushed work gets a tick
+        message on its routed topic; processing it flushes and acknowledges that work."""
+        now = time.monotonic()
+        for st in self.streams.values():
+            for p, pending in st.pending.items():
+                if (
+                    pending and p not in st.ticked
+                    and now - st.last_flush.get(p, now) >= self.settings.state_flush_interval_s
+                ):
+                    st.ticked.add(p)
+                    await st.topic.send(value=TICK, partition=p)
 
     def _open_engine(self, st: _Stream, partition: int) -> PartitionEngine:
         s = self.settings
@@ -294,6 +320,7 @@ class Pipeline:
                     st.engines.pop(tp.partition, None)
                     st.pending.pop(tp.partition, None)
                     st.last_flush.pop(tp.partition, None)
+                    st.ticked.discard(tp.partition)
 
     async def _publish(self, finding: Finding) -> None:
         await self.findings_out.send(key=finding.fingerprint.encode(), value=finding.to_json())

@@ -73,6 +73,10 @@ class Settings:
     # Extra detectors, comma-separated ``package.module:ClassName`` (built-ins always run).
     pipeline_detectors: str = ""
 
+    # Consumer-group session timeout: how long a dead worker keeps its partitions before the
+    # group hands them (and their state) to the others.
+    kafka_session_timeout_s: float = 30.0
+
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9464
     log_level: str = "info"
@@ -154,6 +158,11 @@ class Settings:
         _positive("OUTPUT_PARTITIONS", self.output_partitions, upper=1024)
         _positive("MAX_RECORD_BYTES", self.max_record_bytes)
         _positive("MAX_FUTURE_SKEW_S", self.max_future_skew_s)
+        if not 6 <= self.kafka_session_timeout_s <= 1800:
+            raise ConfigError(
+                f"KAFKA_SESSION_TIMEOUT_S={self.kafka_session_timeout_s} must be between 6 and "
+                "1800 seconds (the broker's group.min/max.session.timeout.ms defaults)"
+            )
         _positive("STATE_FLUSH_INTERVAL_S", self.state_flush_interval_s)
         _positive("STATE_FLUSH_RECORDS", self.state_flush_records)
         if self.allowed_lateness_s < 0:

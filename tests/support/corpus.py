@@ -21,6 +21,7 @@ class Case:
     reason: str
     partial: bool = False  # some items valid: they are processed, the record is dead-lettered
     timestamp_ms: int = T0 // 10**6
+    key: bytes | None = None
 
 
 def _span(**kw: object) -> dict:
@@ -36,7 +37,7 @@ def cases(max_record_bytes: int = 64 * 1024) -> list[Case]:
     no_data.resource_metrics[0].scope_metrics[0].metrics.add().name = "empty.metric"
     return [
         Case("empty value", "spans", "otlp_proto", b"", "empty_value"),
-        Case("tombstone", "metrics", "otlp_proto", None, "empty_value"),
+        Case("tombstone", "metrics", "otlp_proto", None, "empty_value", key=b"cart-1"),
         Case("truncated protobuf", "spans", "otlp_proto", good_proto[:-7], "invalid_protobuf"),
         Case("garbage protobuf", "spans", "otlp_proto", b"\xff\xfe\xfd\xfc" * 8,
              "invalid_protobuf"),

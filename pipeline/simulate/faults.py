@@ -1,0 +1,223 @@
+"""Labelled faults and hard negatives: what the simulator injects and the labels say happened.
+
+A ``Fault`` is one injected condition over an event-time window. The three fault kinds are the
+problems detectors must find; the negative kinds are look-alikes they must stay quiet on, and are
+labelled too (``negative=True``) so a scorer can count a finding on one as a false alarm.
+
+Times are seconds of event time from the scenario start, so a preset can be replayed at any
+start time and any length (windows past the end are clipped by the scenario).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+BOTTLENECK_SPAN = "bottleneck_span"
+MEMORY_LEAK = "memory_leak"
+TIME_WAIT_BUILDUP = "time_wait_buildup"
+FAULT_KINDS = (BOTTLENECK_SPAN, MEMORY_LEAK, TIME_WAIT_BUILDUP)
+
+GLOBAL_SLOWDOWN = "global_slowdown"
+TRAFFIC_SPIKE = "traffic_spike"
+GC_SAWTOOTH = "gc_sawtooth"
+CACHE_WARMUP = "cache_warmup"
+RESTART = "restart"
+DEPLOY = "deploy"
+CLOCK_SKEW = "clock_skew"
+RECONNECT_STORM = "reconnect_storm"
+
+#: Each negative kind, and the finding kinds it must not trigger.
+NEGATIVE_KINDS: dict[str, tuple[str, ...]] = {
+    GLOBAL_SLOWDOWN: (BOTTLENECK_SPAN,),
+    TRAFFIC_SPIKE: (TIME_WAIT_BUILDUP, BOTTLENECK_SPAN, MEMORY_LEAK),
+    GC_SAWTOOTH: (MEMORY_LEAK,),
+    CACHE_WARMUP: (MEMORY_LEAK,),
+    RESTART: (MEMORY_LEAK,),
+    DEPLOY: (MEMORY_LEAK, BOTTLENECK_SPAN),
+    CLOCK_SKEW: (BOTTLENECK_SPAN,),
+    RECONNECT_STORM: (TIME_WAIT_BUILDUP,),
+}
+ALL_KINDS = FAULT_KINDS + tuple(NEGATIVE_KINDS)
+
+#: Entity keys each kind needs (an empty entity on a global negative means "everything").
+ENTITY_KEYS: dict[str, tuple[str, ...]] = {
+    BOTTLENECK_SPAN: ("service", "operation"),
+    MEMORY_LEAK: ("service", "instance"),
+    TIME_WAIT_BUILDUP: ("host",),
+    GLOBAL_SLOWDOWN: (),
+    TRAFFIC_SPIKE: (),
+    GC_SAWTOOTH: ("service", "instance"),
+    CACHE_WARMUP: ("service", "instance"),
+    RESTART: ("service", "instance"),
+    DEPLOY: ("service",),
+    CLOCK_SKEW: ("service",),
+    RECONNECT_STORM: ("service",),
+}
+
+#: The magnitude key a single number in a ``--fault`` spec sets, per kind.
+DEFAULT_MAGNITUDE_KEY: dict[str, str] = {
+    BOTTLENECK_SPAN: "added_ms",
+    MEMORY_LEAK: "rate_pct_limit_per_hour",
+    TIME_WAIT_BUILDUP: "connections_per_call",
+    GLOBAL_SLOWDOWN: "factor",
+    TRAFFIC_SPIKE: "factor",
+    GC_SAWTOOTH: "alloc_factor",
+    CACHE_WARMUP: "rise_pct_limit",
+    RESTART: "new_instance_id",
+    DEPLOY: "stagger_s",
+    CLOCK_SKEW: "offset_ms",
+    RECONNECT_STORM: "duration_s",
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault or hard negative over ``[start_s, end_s)`` of event time.
+
+    ``entity`` holds the keys a finding carries (see ``ENTITY_KEYS``); an instance is named by
+    its replica slot, ``"checkout#0"``, and the label resolves it to the ``service.instance.id``
+    in force. ``evidence`` holds targeting detail that is not part of the identity (for
+    ``time_wait_buildup``: the client ``service`` and the ``destination`` it stops reusing).
+    """
+
+    kind: str
+    entity: dict[str, str]
+    start_s: float
+    end_s: float
+    magnitude: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ALL_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; known: {', '.join(ALL_KINDS)}")
+        missing = [k for k in ENTITY_KEYS[self.kind] if not self.entity.get(k)]
+        if missing:
+            raise ValueError(f"{self.kind} needs entity keys {missing} (got {self.entity})")
+        if not self.end_s > self.start_s >= 0:
+            raise ValueError(
+                f"{self.kind}: window must satisfy 0 <= start < end, got "
+                f"[{self.start_s}, {self.end_s})"
+            )
+
+    @property
+    def negative(self) -> bool:
+        return self.kind in NEGATIVE_KINDS
+
+    @property
+    def must_not_trigger(self) -> tuple[str, ...]:
+        return NEGATIVE_KINDS.get(self.kind, ())
+
+    def active(self, t_s: float) -> bool:
+        return self.start_s <= t_s < self.end_s
+
+    def clipped(self, duration_s: float) -> Fault | None:
+        """The fault limited to a run of ``duration_s``, or None if it starts after the end."""
+        if self.start_s >= duration_s:
+            return None
+        return replace(self, end_s=min(self.end_s, duration_s))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"20m"``, ``"1h30m"``, ``"2h"``, ``"1d"``.
+
+    >>> parse_duration("1h30m"), parse_duration("20m"), parse_duration(45)
+    (5400.0, 1200.0, 45.0)
+    """
+    if isinstance(text, int | float):
+        return float(text)
+    s = text.strip().lower()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_S[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 20m, 1h30m, 2h")
+    return total
+
+
+def parse_fault(spec: str) -> Fault:
+    """A fault from ``KIND:target:start:duration[:magnitude]``.
+
+    Targets by kind: ``service/operation`` (bottleneck_span), ``service#replica`` (memory_leak,
+    gc_sawtooth, cache_warmup, restart), ``host[/service[>destination]]`` (time_wait_buildup),
+    ``service`` (deploy, clock_skew, reconnect_storm, global_slowdown) and ``*`` for everything
+    (global_slowdown, traffic_spike). The magnitude is one number for the kind's main knob
+    (``DEFAULT_MAGNITUDE_KEY``), or ``key=value,key=value``.
+
+    >>> f = parse_fault("bottleneck_span:user-service/SELECT users:5m:10m:150")
+    >>> f.entity, f.start_s, f.end_s, f.magnitude
+    ({'service': 'user-service', 'operation': 'SELECT users'}, 300.0, 900.0, {'added_ms': 150.0})
+    >>> parse_fault("time_wait_buildup:node-2/frontend>cart:1m:5m").evidence
+    {'service': 'frontend', 'destination': 'cart'}
+    """
+    kind, _, rest = spec.partition(":")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"--fault {spec!r}: unknown kind {kind!r}; known: {', '.join(ALL_KINDS)}")
+    parts = rest.split(":")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"--fault {spec!r}: expected KIND:target:start:duration[:magnitude]")
+    target, start, duration = parts[:3]
+    magnitude = parts[3] if len(parts) == 4 else ""
+    start_s = parse_duration(start)
+    entity, evidence = _parse_target(kind, target, spec)
+    return Fault(
+        kind=kind,
+        entity=entity,
+        evidence=evidence,
+        start_s=start_s,
+        end_s=start_s + parse_duration(duration),
+        magnitude=_parse_magnitude(kind, magnitude),
+        note=f"from --fault {spec}",
+    )
+
+
+def _parse_target(kind: str, target: str, spec: str) -> tuple[dict[str, str], dict[str, str]]:
+    keys = ENTITY_KEYS[kind]
+    if target in ("", "*"):
+        if keys:
+            raise ValueError(f"--fault {spec!r}: {kind} needs a target ({'/'.join(keys)})")
+        return {}, {}
+    if kind == BOTTLENECK_SPAN:
+        service, sep, op = target.partition("/")
+        if not sep:
+            raise ValueError(f"--fault {spec!r}: target must be service/operation")
+        return {"service": service, "operation": op}, {}
+    if "instance" in keys:
+        service, sep, replica = target.partition("#")
+        if not sep or not replica.isdigit():
+            raise ValueError(f"--fault {spec!r}: target must be service#replica, e.g. cart#0")
+        return {"service": service, "instance": target}, {}
+    if kind == TIME_WAIT_BUILDUP:
+        host, _, rest = target.partition("/")
+        service, _, dest = rest.partition(">")
+        evidence = {k: v for k, v in (("service", service), ("destination", dest)) if v}
+        return {"host": host}, evidence
+    return {"service": target}, {}
+
+
+def _parse_magnitude(kind: str, text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    if "=" not in text:
+        return {DEFAULT_MAGNITUDE_KEY[kind]: float(text)}
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        k, _, v = item.partition("=")
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            out[k.strip()] = v.strip()
+    return out

@@ -1,0 +1,578 @@
+"""Named scenarios: topology + traffic settings + faults and hard negatives, fixed by a seed.
+
+Presets (default durations; ``duration`` overrides, clipping the windows):
+
+``healthy`` (1 h)
+    No faults, no negatives: the false-alarm baseline.
+``demo`` (20 min, used by ``make run``)
+    One of each fault (leak on ``checkout#0``, ``SELECT users`` bottleneck in ``user-service``,
+    TIME_WAIT buildup on ``node-2`` from ``frontend`` to ``cart``) between negatives: a deploy
+    of ``catalog`` with its reconnect storm, a ``payment`` slowdown, a traffic spike, a cache
+    warm-up, a restart, clock skew on ``cart`` and a busy GC sawtooth.
+``bottleneck`` (30 min)
+    Two bottlenecks, against a whole-service slowdown, an everything-slower period, a traffic
+    spike and clock skew on ``checkout``.
+``leak`` (2 h)
+    Leaks on a Java, a Go (fast enough to be OOM-killed and leak again) and a Python instance,
+    against GC sawtooth, cache warm-up, a restart and a deploy.
+``timewait`` (40 min)
+    TIME_WAIT buildups on a hostmetrics host and a node_exporter-only host, against two traffic
+    spikes and a deploy with its reconnect storm.
+``negatives`` (1 h)
+    Every hard negative and no fault: any finding is a false alarm.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any
+
+from pipeline.simulate.faults import (
+    BOTTLENECK_SPAN,
+    CACHE_WARMUP,
+    CLOCK_SKEW,
+    DEPLOY,
+    GC_SAWTOOTH,
+    GLOBAL_SLOWDOWN,
+    MEMORY_LEAK,
+    RECONNECT_STORM,
+    RESTART,
+    TIME_WAIT_BUILDUP,
+    TRAFFIC_SPIKE,
+    Fault,
+    parse_duration,
+    parse_fault,
+)
+from pipeline.simulate.lifecycle import LifecyclePlan, plan_lifecycles
+from pipeline.simulate.timefmt import DEFAULT_REPLAY_START, parse_time_ns
+from pipeline.simulate.topology import LeafCall, Topology, call_destination, default_topology
+
+ENCODINGS = ("otlp_proto", "otlp_json")
+KEYINGS = ("keyed", "unkeyed")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything that determines the generated telemetry; same scenario, same bytes."""
+
+    name: str
+    seed: int
+    start_ns: int
+    duration_s: float
+    topology: Topology
+    faults: tuple[Fault, ...] = ()
+    rate: float = 50.0  # entry requests per second (before the daily pattern)
+    sample_ratio: float = 1.0  # head sampling, decided per trace id
+    metric_interval_s: int = 10
+    daily_amplitude: float = 0.25  # request rate swings +-25% over 24 h of event time
+    peak_hour_utc: float = 15.0
+    encoding: str = "otlp_proto"
+    keying: str = "keyed"
+    spans_topic: str = "otlp_spans"
+    metrics_topic: str = "otlp_metrics"
+    max_spans_per_record: int = 1000  # unkeyed batches stay well under Kafka's 1 MB default
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.encoding not in ENCODINGS:
+            problems.append(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.keying not in KEYINGS:
+            problems.append(f"keying must be one of {KEYINGS}, got {self.keying!r}")
+        if not 0.0 < self.sample_ratio <= 1.0:
+            problems.append(f"sample_ratio must be in (0, 1], got {self.sample_ratio}")
+        if self.rate <= 0:
+            problems.append(f"rate must be > 0 requests/s, got {self.rate}")
+        if self.duration_s < 1:
+            problems.append(f"duration must be at least 1 s, got {self.duration_s}")
+        if int(self.metric_interval_s) != self.metric_interval_s or self.metric_interval_s < 1:
+            problems.append(
+                f"metric_interval_s must be a whole number >= 1, got {self.metric_interval_s}"
+            )
+        if not 0 <= self.daily_amplitude < 1:
+            problems.append(f"daily_amplitude must be in [0, 1), got {self.daily_amplitude}")
+        if self.max_spans_per_record < 1:
+            problems.append("max_spans_per_record must be >= 1")
+        problems += [p for f in self.faults for p in _check_fault(self.topology, f)]
+        if problems:
+            raise ValueError(f"scenario {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + int(round(self.duration_s * 1e9))
+
+    def base_rate_at(self, t_s: float) -> float:
+        """Entry requests/s at ``t_s`` from the baseline and the daily sinusoid (no spikes)."""
+        hour = ((self.start_ns / 1e9 + t_s) % 86400.0) / 3600.0
+        return self.rate * (
+            1.0
+            + self.daily_amplitude
+            * math.sin(2 * math.pi * (hour - self.peak_hour_utc + 6.0) / 24.0)
+        )
+
+    @cached_property
+    def plan(self) -> LifecyclePlan:
+        """Incarnations of every replica (restarts, deploys, OOM kills), computed once."""
+        return plan_lifecycles(
+            self.topology, self.seed, self.start_ns, self.duration_s, self.faults
+        )
+
+
+def _check_fault(topology: Topology, f: Fault) -> list[str]:
+    """Problems with a fault's target, in words that say what to change."""
+    try:
+        if "service" in f.entity:
+            spec = topology.service(f.entity["service"])
+        if f.kind == BOTTLENECK_SPAN:
+            leaves = topology.leaf_operations()
+            if (f.entity["service"], f.entity["operation"]) not in leaves:
+                choices = ", ".join(f"{s}/{o}" for s, o in dict.fromkeys(leaves))
+                return [
+                    f"bottleneck_span target {f.entity} is not a downstream client span of "
+                    f"that service; choose one of: {choices}"
+                ]
+        if "instance" in f.entity:
+            svc, _, replica = f.entity["instance"].partition("#")
+            if svc != spec.name or not replica.isdigit() or int(replica) >= spec.instances:
+                return [
+                    f"{f.kind}: instance {f.entity['instance']!r} is not a replica of "
+                    f"{spec.name} (use {spec.name}#0..{spec.name}#{spec.instances - 1})"
+                ]
+        if f.kind == TIME_WAIT_BUILDUP:
+            host = topology.host(f.entity["host"]).name
+            clients = {s for s, _, h in topology.slots() if h == host}
+            svc = f.evidence.get("service")
+            if svc and svc not in clients:
+                return [
+                    f"time_wait_buildup: {svc} has no instance on {host} "
+                    f"(instances there: {', '.join(sorted(clients))})"
+                ]
+            dest = f.evidence.get("destination")
+            if dest:
+                dests = {
+                    d.split(":")[0]
+                    for s in topology.services
+                    if svc in (None, s.name) and s.name in clients
+                    for ep in s.endpoints
+                    for step in ep.steps
+                    for c in step
+                    if (d := call_destination(topology, c))
+                }
+                if dest.split(":")[0] not in dests:
+                    return [
+                        f"time_wait_buildup: no client on {host} calls {dest!r} "
+                        f"(destinations: {', '.join(sorted(dests))})"
+                    ]
+    except KeyError as exc:
+        return [f"{f.kind}: {exc.args[0]}"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+M = 60.0
+
+
+def _healthy() -> tuple[float, list[Fault], str]:
+    return 3600.0, [], "no faults and no negatives: the false-alarm baseline"
+
+
+def _demo() -> tuple[float, list[Fault], str]:
+    faults = [
+        Fault(
+            MEMORY_LEAK,
+            {"service": "checkout", "instance": "checkout#0"},
+            2 * M,
+            20 * M,
+            {"rate_pct_limit_per_hour": 150.0},
+            note="Java old-gen floor grows 150%/h",
+        ),
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "user-service", "operation": "SELECT users"},
+            4 * M,
+            12 * M,
+            {"added_ms": 120.0},
+            note="missing index: SELECT users +120 ms",
+        ),
+        Fault(
+            TIME_WAIT_BUILDUP,
+            {"host": "node-2"},
+            10 * M,
+            15 * M,
+            {"connections_per_call": 1},
+            evidence={"service": "frontend", "destination": "cart"},
+            note="frontend on node-2 stops reusing connections to cart",
+        ),
+        Fault(
+            CLOCK_SKEW,
+            {"service": "cart"},
+            0,
+            20 * M,
+            {"offset_ms": 350.0},
+            note="cart's clock runs 350 ms ahead",
+        ),
+        Fault(
+            GC_SAWTOOTH,
+            {"service": "frontend", "instance": "frontend#1"},
+            0,
+            20 * M,
+            {"alloc_factor": 2.5},
+            note="allocation-heavy instance: steep, healthy sawtooth",
+        ),
+        Fault(
+            CACHE_WARMUP,
+            {"service": "user-service", "instance": "user-service#2"},
+            3 * M,
+            15 * M,
+            {"rise_pct_limit": 12.0, "tau_s": 150.0},
+            note="in-process cache fills, then levels off",
+        ),
+        Fault(
+            DEPLOY,
+            {"service": "catalog"},
+            5 * M,
+            10 * M,
+            {"stagger_s": 30.0},
+            note="rolling deploy of catalog",
+        ),
+        Fault(
+            RECONNECT_STORM,
+            {"service": "catalog"},
+            5 * M,
+            7 * M,
+            {"duration_s": 40.0},
+            note="clients of catalog reconnect after its deploy",
+        ),
+        Fault(
+            GLOBAL_SLOWDOWN,
+            {"service": "payment"},
+            13 * M,
+            16 * M,
+            {"factor": 1.8},
+            note="payment's node is CPU-throttled: every operation 1.8x slower",
+        ),
+        Fault(TRAFFIC_SPIKE, {}, 16 * M, 19 * M, {"factor": 4.0}, note="marketing e-mail: 4x"),
+        Fault(
+            RESTART,
+            {"service": "payment", "instance": "payment#1"},
+            17.5 * M,
+            20 * M,
+            note="container restart (liveness probe)",
+        ),
+    ]
+    return 20 * M, faults, "a mix of all three faults and hard negatives, for make run"
+
+
+def _bottleneck() -> tuple[float, list[Fault], str]:
+    faults = [
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "user-service", "operation": "SELECT users"},
+            10 * M,
+            25 * M,
+            {"added_ms": 100.0},
+            note="lock contention on users",
+        ),
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "catalog", "operation": "SELECT products"},
+            18 * M,
+            28 * M,
+            {"added_ms": 80.0},
+            note="cache-miss query plan regressed",
+        ),
+        Fault(
+            GLOBAL_SLOWDOWN,
+            {"service": "catalog"},
+            3 * M,
+            8 * M,
+            {"factor": 2.0},
+            note="catalog pods CPU-throttled: all its operations slower together",
+        ),
+        Fault(TRAFFIC_SPIKE, {}, 8 * M, 10 * M, {"factor": 3.0}, note="3x traffic"),
+        Fault(
+            GLOBAL_SLOWDOWN,
+            {},
+            28.5 * M,
+            30 * M,
+            {"factor": 1.5},
+            note="noisy neighbour: everything 1.5x slower",
+        ),
+        Fault(
+            CLOCK_SKEW,
+            {"service": "checkout"},
+            0,
+            30 * M,
+            {"offset_ms": -400.0},
+            note="checkout's clock runs 400 ms behind",
+        ),
+    ]
+    return 30 * M, faults, "span bottlenecks against whole-service and global slowdowns"
+
+
+def _leak() -> tuple[float, list[Fault], str]:
+    faults = [
+        Fault(
+            MEMORY_LEAK,
+            {"service": "checkout", "instance": "checkout#1"},
+            10 * M,
+            120 * M,
+            {"rate_pct_limit_per_hour": 20.0},
+            note="slow Java leak, no OOM within 2 h",
+        ),
+        Fault(
+            MEMORY_LEAK,
+            {"service": "user-service", "instance": "user-service#0"},
+            20 * M,
+            120 * M,
+            {"rate_pct_limit_per_hour": 50.0},
+            note="Go leak; OOM-killed near 100 min, then leaks again",
+        ),
+        Fault(
+            MEMORY_LEAK,
+            {"service": "cart", "instance": "cart#1"},
+            30 * M,
+            120 * M,
+            {"rate_pct_limit_per_hour": 30.0},
+            note="Python leak seen in RSS",
+        ),
+        Fault(
+            GC_SAWTOOTH,
+            {"service": "catalog", "instance": "catalog#0"},
+            0,
+            120 * M,
+            {"alloc_factor": 3.0},
+            note="steep healthy sawtooth",
+        ),
+        Fault(
+            GC_SAWTOOTH,
+            {"service": "frontend", "instance": "frontend#0"},
+            0,
+            120 * M,
+            {"alloc_factor": 1.0},
+            note="plain healthy sawtooth",
+        ),
+        Fault(
+            CACHE_WARMUP,
+            {"service": "frontend", "instance": "frontend#2"},
+            15 * M,
+            45 * M,
+            {"rise_pct_limit": 15.0, "tau_s": 300.0},
+            note="cache warms over ~25 min",
+        ),
+        Fault(
+            RESTART,
+            {"service": "payment", "instance": "payment#0"},
+            40 * M,
+            50 * M,
+            note="container restart: heap reset, start-up warm-up",
+        ),
+        Fault(
+            DEPLOY,
+            {"service": "frontend"},
+            60 * M,
+            70 * M,
+            {"stagger_s": 30.0},
+            note="rolling deploy: new instance ids and version",
+        ),
+    ]
+    return 120 * M, faults, "memory leaks in three runtimes against GC, warm-up and restarts"
+
+
+def _timewait() -> tuple[float, list[Fault], str]:
+    faults = [
+        Fault(
+            TIME_WAIT_BUILDUP,
+            {"host": "node-4"},
+            10 * M,
+            20 * M,
+            {"connections_per_call": 1},
+            evidence={"service": "catalog", "destination": "redis"},
+            note="catalog on node-4 opens a Redis connection per request",
+        ),
+        Fault(
+            TIME_WAIT_BUILDUP,
+            {"host": "node-2"},
+            25 * M,
+            35 * M,
+            {"connections_per_call": 1},
+            evidence={"service": "frontend", "destination": "cart"},
+            note="frontend on node-2 disables keep-alive to cart",
+        ),
+        Fault(TRAFFIC_SPIKE, {}, 4 * M, 8 * M, {"factor": 4.0}, note="4x traffic"),
+        Fault(
+            DEPLOY,
+            {"service": "catalog"},
+            21 * M,
+            24 * M,
+            {"stagger_s": 30.0},
+            note="rolling deploy of catalog",
+        ),
+        Fault(
+            RECONNECT_STORM,
+            {"service": "catalog"},
+            21 * M,
+            23 * M,
+            {"duration_s": 40.0},
+            note="clients reconnect to the new catalog pods",
+        ),
+        Fault(TRAFFIC_SPIKE, {}, 36 * M, 39 * M, {"factor": 3.0}, note="3x traffic"),
+    ]
+    return 40 * M, faults, "TIME_WAIT buildups against traffic spikes and a reconnect storm"
+
+
+def _negatives() -> tuple[float, list[Fault], str]:
+    faults = [
+        Fault(GLOBAL_SLOWDOWN, {}, 5 * M, 10 * M, {"factor": 1.6}, note="everything slower"),
+        Fault(TRAFFIC_SPIKE, {}, 15 * M, 20 * M, {"factor": 4.0}, note="4x traffic"),
+        Fault(
+            GC_SAWTOOTH,
+            {"service": "catalog", "instance": "catalog#1"},
+            0,
+            60 * M,
+            {"alloc_factor": 3.0},
+            note="steep healthy sawtooth",
+        ),
+        Fault(
+            CACHE_WARMUP,
+            {"service": "cart", "instance": "cart#0"},
+            20 * M,
+            40 * M,
+            {"rise_pct_limit": 15.0, "tau_s": 240.0},
+            note="cache warm-up",
+        ),
+        Fault(
+            RESTART,
+            {"service": "checkout", "instance": "checkout#1"},
+            25 * M,
+            30 * M,
+            note="container restart",
+        ),
+        Fault(
+            DEPLOY,
+            {"service": "user-service"},
+            35 * M,
+            40 * M,
+            {"stagger_s": 30.0},
+            note="rolling deploy",
+        ),
+        Fault(
+            RECONNECT_STORM,
+            {"service": "user-service"},
+            35 * M,
+            37 * M,
+            {"duration_s": 40.0},
+            note="reconnect after deploy",
+        ),
+        Fault(
+            CLOCK_SKEW,
+            {"service": "payment"},
+            0,
+            60 * M,
+            {"offset_ms": 500.0},
+            note="payment's clock runs 500 ms ahead",
+        ),
+        Fault(
+            RESTART,
+            {"service": "frontend", "instance": "frontend#0"},
+            45 * M,
+            50 * M,
+            {"new_instance_id": True},
+            note="restart with a fresh random service.instance.id",
+        ),
+        Fault(
+            GLOBAL_SLOWDOWN,
+            {"service": "catalog"},
+            50 * M,
+            55 * M,
+            {"factor": 2.0},
+            note="catalog CPU-throttled",
+        ),
+    ]
+    return 60 * M, faults, "every hard negative and no fault"
+
+
+PRESETS: dict[str, Callable[[], tuple[float, list[Fault], str]]] = {
+    "demo": _demo,
+    "healthy": _healthy,
+    "bottleneck": _bottleneck,
+    "leak": _leak,
+    "timewait": _timewait,
+    "negatives": _negatives,
+}
+
+_FIELDS = {
+    "rate",
+    "sample_ratio",
+    "metric_interval_s",
+    "daily_amplitude",
+    "peak_hour_utc",
+    "encoding",
+    "keying",
+    "spans_topic",
+    "metrics_topic",
+    "max_spans_per_record",
+    "topology",
+    "description",
+}
+
+
+def build_scenario(name: str = "demo", seed: int = 1, **overrides: Any) -> Scenario:
+    """A preset by name, with overrides.
+
+    Overrides: ``duration`` (``"20m"``, seconds), ``start`` (RFC 3339, Unix ns, or ``"now"``;
+    default the fixed replay start), ``faults`` (replace the preset's), ``extra_faults``
+    (added; ``Fault`` objects or ``--fault`` spec strings), and any ``Scenario`` field in
+    ``_FIELDS``. ``None`` values are ignored, so argparse results can be passed straight in.
+
+    >>> sc = build_scenario("demo", seed=7, duration="5m", rate=20)
+    >>> sc.duration_s, sc.rate, all(f.start_s < 300 for f in sc.faults)
+    (300.0, 20, True)
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    default_duration, faults, description = PRESETS[name]()
+    duration_s = parse_duration(given.pop("duration", given.pop("duration_s", default_duration)))
+    start = given.pop("start", DEFAULT_REPLAY_START)
+    start_ns = (time.time_ns() // 10**9) * 10**9 if start == "now" else parse_time_ns(start)
+    if "faults" in given:
+        faults = list(_as_faults(given.pop("faults")))
+    faults += _as_faults(given.pop("extra_faults", ()))
+    unknown = set(given) - _FIELDS
+    if unknown:
+        raise ValueError(
+            f"unknown scenario override(s) {sorted(unknown)}; known: duration, start, faults, "
+            f"extra_faults, {', '.join(sorted(_FIELDS))}"
+        )
+    clipped = tuple(c for f in faults if (c := f.clipped(duration_s)) is not None)
+    given.setdefault("description", description)
+    given.setdefault("topology", default_topology())
+    return Scenario(
+        name=name, seed=int(seed), start_ns=start_ns, duration_s=duration_s, faults=clipped, **given
+    )
+
+
+def _as_faults(items: Iterable[Fault | str]) -> list[Fault]:
+    return [parse_fault(f) if isinstance(f, str) else f for f in items]
+
+
+def with_faults(scenario: Scenario, faults: Iterable[Fault]) -> Scenario:
+    """The same scenario with a different fault list (a fresh plan is computed)."""
+    return replace(scenario, faults=tuple(faults))
+
+
+def leaf_call(topology: Topology, service: str, operation: str) -> LeafCall:
+    """The downstream call a bottleneck targets (first match)."""
+    for ep in topology.service(service).endpoints:
+        for step in ep.steps:
+            for call in step:
+                if isinstance(call, LeafCall) and call.name == operation:
+                    return call
+    raise KeyError(f"{service} makes no downstream call named {operation!r}")

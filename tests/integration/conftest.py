@@ -1,0 +1,176 @@
+"""Integration fixtures: the real Kafka broker (KAFKA_BOOTSTRAP_SERVERS), real worker processes.
+
+Each test gets its own topics and application id, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> str:
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        pytest.fail(
+            "integration tests need a real broker: run `make test` (starts the local one) or set "
+            "KAFKA_BOOTSTRAP_SERVERS"
+        )
+    return servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    """A ``python -m pipeline worker`` process with its own metrics port and log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        env = {**os.environ, **self.env, "METRICS_PORT": str(self.port),
+               "PYTHONPATH": str(ROOT), "METRICS_HOST": "127.0.0.1"}
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.kill(signal.SIGTERM)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Fresh topic names and application id for one test."""
+    tag = f"it-{uuid.uuid4().hex[:10]}"
+    return {
+        "PIPELINE_APP_ID": tag,
+        "OTLP_SPANS_TOPIC": f"{tag}.spans",
+        "OTLP_METRICS_TOPIC": f"{tag}.metrics",
+        "FINDINGS_TOPIC": f"{tag}.findings",
+        "DEADLETTER_TOPIC": f"{tag}.deadletter",
+        "PIPELINE_PARTITIONS": "4",
+        "OUTPUT_PARTITIONS": "2",
+        "STATE_FLUSH_INTERVAL_S": "0.5",
+        "PIPELINE_DETECTORS": (
+            "tests.support.counting:SpanCounter,tests.support.counting:PointCounter"
+        ),
+    }
+
+
+@pytest.fixture
+def workers(tmp_path: Path, bootstrap: str) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def make(env: dict[str, str], data_dir: str = "state") -> Worker:
+        w = Worker(
+            {**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+             "PIPELINE_DATA_DIR": str(tmp_path / data_dir)},
+            tmp_path / f"worker-{len(started)}.log",
+        )
+        started.append(w.start())
+        return w
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None, int]]
+                  ) -> None:
+    """records: (topic, key, value, timestamp_ms)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        for topic, key, value, ts in records:
+            await producer.send(topic, value=value, key=key, timestamp_ms=ts)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def consume(bootstrap: str, topic: str, until: Callable[[list[ConsumerRecord]], bool],
+                  timeout: float = 90.0) -> list[ConsumerRecord]:
+    """Read ``topic`` from the start until ``until(records)`` holds or ``timeout`` passes."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+        metadata_max_age_ms=2000,
+    )
+    await consumer.start()
+    out: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not until(out):
+            batches = await consumer.getmany(timeout_ms=500)
+            for recs in batches.values():
+                out.extend(recs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 90.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.5)
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what or predicate}: last {predicate()!r}"
+    )

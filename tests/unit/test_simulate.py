@@ -1,0 +1,789 @@
+"""The traffic simulator: determinism, OTLP wire formats, labels, and the physics detectors rely
+on (post-GC floors, TIME_WAIT = 60 s x close rate, latency faults). No Kafka needed, except
+the writer test, which replaces the producer with a recording fake."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf.json_format import ParseDict
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from pipeline.simulate import (
+    PRESETS,
+    Fault,
+    SimRecord,
+    Simulator,
+    add_arguments,
+    build_scenario,
+    iter_records,
+    label_lines,
+    parse_fault,
+    run,
+    write_labels,
+)
+from pipeline.simulate import writer as writer_mod
+from pipeline.simulate.events import MetricPoint, SpanEvent
+from pipeline.simulate.timefmt import parse_time_ns
+
+MIB = 2**20
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+def attrs_of(kvs: Any) -> dict[str, Any]:
+    out = {}
+    for kv in kvs:
+        v = kv.value
+        out[kv.key] = getattr(v, v.WhichOneof("value"))
+    return out
+
+
+def run_model(scenario: Any) -> tuple[list[list[SpanEvent]], list[tuple[int, MetricPoint]]]:
+    traces, points = [], []
+    for tick in Simulator(scenario).ticks():
+        traces.extend(tick.traces)
+        points.extend((tick.index + 1, p) for p in tick.metrics)
+    return traces, points
+
+
+def series(points: list[tuple[int, MetricPoint]], name: str, **match: Any) -> list[tuple]:
+    """(t_s, value, resource attrs) of one metric, filtered on resource and point attributes."""
+    out = []
+    for t, p in points:
+        if p.name != name:
+            continue
+        res, attrs = dict(p.resource.attributes), dict(p.attributes)
+        if all(res.get(k, attrs.get(k)) == v for k, v in match.items()):
+            out.append((t, p.value, res))
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_short() -> Any:
+    return build_scenario("demo", seed=11, duration="5m", rate=30)
+
+
+@pytest.fixture(scope="module")
+def demo_proto(demo_short: Any) -> list[SimRecord]:
+    return list(iter_records(demo_short))
+
+
+# -- determinism --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["otlp_proto", "otlp_json"])
+@pytest.mark.parametrize("keying", ["keyed", "unkeyed"])
+def test_same_seed_same_bytes(encoding: str, keying: str) -> None:
+    def make(seed: int) -> list[SimRecord]:
+        sc = build_scenario(
+            "demo", seed=seed, duration="40s", rate=20, encoding=encoding, keying=keying
+        )
+        return list(iter_records(sc))
+
+    a, b = make(5), make(5)
+    assert a == b and len(a) > 10
+    assert make(6) != a
+
+
+def test_labels_are_deterministic(tmp_path: Any) -> None:
+    p1 = write_labels(build_scenario("leak", seed=3), tmp_path / "a.jsonl")
+    p2 = write_labels(build_scenario("leak", seed=3), tmp_path / "b.jsonl")
+    assert p1.read_bytes() == p2.read_bytes()
+
+
+# -- OTLP protobuf ------------------------------------------------------------------------
+
+
+def test_proto_records_parse_and_carry_semconv(
+    demo_short: Any, demo_proto: list[SimRecord]
+) -> None:
+    kinds, runtimes, span_attrs, statuses = Counter(), {}, defaultdict(set), Counter()
+    metric_names: set[str] = set()
+    for rec in demo_proto:
+        if rec.topic == demo_short.spans_topic:
+            req = ExportTraceServiceRequest.FromString(rec.value)
+            for rs in req.resource_spans:
+                res = attrs_of(rs.resource.attributes)
+                for key in (
+                    "service.name",
+                    "service.instance.id",
+                    "service.version",
+                    "host.name",
+                    "k8s.pod.name",
+                    "process.runtime.name",
+                    "telemetry.sdk.language",
+                ):
+                    assert res.get(key), (key, res)
+                runtimes[res["service.name"]] = res["telemetry.sdk.language"]
+                for ss in rs.scope_spans:
+                    assert ss.scope.name
+                    for s in ss.spans:
+                        kinds[s.kind] += 1
+                        statuses[s.status.code] += 1
+                        a = attrs_of(s.attributes)
+                        span_attrs[(res["service.name"], s.name)].update(a.items())
+                        assert s.end_time_unix_nano >= s.start_time_unix_nano
+        else:
+            assert rec.topic == demo_short.metrics_topic and rec.key is None
+            req = ExportMetricsServiceRequest.FromString(rec.value)
+            metric_names.update(
+                m.name for rm in req.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            )
+    assert {1, 2, 3} <= set(kinds)  # INTERNAL, SERVER, CLIENT
+    assert statuses[2] > 0 and statuses[0] > statuses[2]  # some errors, mostly fine
+    assert set(runtimes.values()) == {"java", "go", "python", "nodejs"}
+    db = span_attrs[("user-service", "SELECT users")]
+    assert {("db.system", "postgresql"), ("db.name", "users"), ("db.operation", "SELECT")} <= db
+    assert ("db.system", "redis") in span_attrs[("cart", "HGETALL")]
+    vendor = span_attrs[("payment", "POST /v1/charges")]
+    assert {
+        ("peer.service", "payment-gateway"),
+        ("server.address", "api.payments.example"),
+    } <= vendor
+    server = span_attrs[("frontend", "GET /")]
+    assert {
+        ("http.route", "/"),
+        ("http.request.method", "GET"),
+        ("http.response.status_code", 200),
+    } <= server
+    assert {
+        "jvm.memory.used",
+        "jvm.memory.used_after_last_gc",
+        "jvm.memory.limit",
+        "jvm.gc.duration",
+        "go.memory.used",
+        "go.memory.limit",
+        "go.memory.gc.goal",
+        "process.runtime.cpython.memory",
+        "process.memory.usage",
+        "cpython.gc.collections",
+        "v8js.memory.heap.used",
+        "v8js.memory.heap.limit",
+        "v8js.gc.duration",
+        "system.network.connections",
+        "node_sockstat_TCP_tw",
+        "node_netstat_Tcp_ActiveOpens",
+        "node_netstat_Tcp_CurrEstab",
+    } <= metric_names
+
+
+def test_metric_types_follow_their_sources(demo_proto: list[SimRecord]) -> None:
+    seen: dict[str, Any] = {}
+    for rec in demo_proto:
+        if rec.topic != "otlp_metrics":
+            continue
+        for rm in ExportMetricsServiceRequest.FromString(rec.value).resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    seen.setdefault(m.name, m)
+    conn = seen["system.network.connections"]
+    assert conn.WhichOneof("data") == "sum" and not conn.sum.is_monotonic
+    assert conn.sum.aggregation_temporality == 2  # cumulative
+    states = {attrs_of(dp.attributes)["state"] for dp in conn.sum.data_points}
+    assert {"ESTABLISHED", "TIME_WAIT", "CLOSE_WAIT", "LISTEN"} <= states
+    assert attrs_of(conn.sum.data_points[0].attributes)["protocol"] == "tcp"
+    assert seen["node_sockstat_TCP_tw"].WhichOneof("data") == "gauge"
+    opens = seen["node_netstat_Tcp_ActiveOpens"]
+    assert opens.WhichOneof("data") == "sum" and opens.sum.is_monotonic
+    assert seen["node_netstat_Tcp_CurrEstab"].WhichOneof("data") == "gauge"
+    gc = seen["jvm.gc.duration"]
+    assert gc.WhichOneof("data") == "histogram" and gc.unit == "s"
+    dp = gc.histogram.data_points[0]
+    assert sum(dp.bucket_counts) == dp.count and len(dp.bucket_counts) == 5
+    assert "jvm.gc.name" in attrs_of(dp.attributes)
+    cpy = seen["cpython.gc.collections"]
+    assert cpy.WhichOneof("data") == "sum" and cpy.sum.is_monotonic
+    used = seen["jvm.memory.used"].sum.data_points
+    assert {"jvm.memory.type", "jvm.memory.pool.name"} <= set(attrs_of(used[0].attributes))
+
+
+# -- OTLP/JSON ----------------------------------------------------------------------------
+
+
+def _hex_ids_to_base64(doc: Any) -> Any:
+    """OTLP/JSON ids are hex; protobuf's JSON parser expects base64 for bytes fields."""
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                for k in ("traceId", "spanId", "parentSpanId"):
+                    if k in s:
+                        s[k] = base64.b64encode(bytes.fromhex(s[k])).decode()
+    return doc
+
+
+def test_json_is_otlp_json_and_equals_proto() -> None:
+    kw = {"seed": 4, "duration": "30s", "rate": 15, "keying": "unkeyed"}
+    proto = list(iter_records(build_scenario("demo", encoding="otlp_proto", **kw)))
+    js = list(iter_records(build_scenario("demo", encoding="otlp_json", **kw)))
+    assert [(r.topic, r.key, r.timestamp_ms) for r in proto] == [
+        (r.topic, r.key, r.timestamp_ms) for r in js
+    ]
+    n_spans = 0
+    for p, j in zip(proto, js, strict=True):
+        doc = json.loads(j.value)
+        if p.topic == "otlp_spans":
+            for rs in doc["resourceSpans"]:
+                for ss in rs["scopeSpans"]:
+                    for s in ss["spans"]:
+                        n_spans += 1
+                        assert HEX32.match(s["traceId"]) and HEX16.match(s["spanId"])
+                        assert "parentSpanId" not in s or HEX16.match(s["parentSpanId"])
+                        assert isinstance(s["startTimeUnixNano"], str)
+                        assert isinstance(s["kind"], int)
+                        for kv in s.get("attributes", []):
+                            if "intValue" in kv["value"]:
+                                assert isinstance(kv["value"]["intValue"], str)
+            parsed = ParseDict(_hex_ids_to_base64(doc), ExportTraceServiceRequest())
+            assert parsed == ExportTraceServiceRequest.FromString(p.value)
+        else:
+            for rm in doc["resourceMetrics"]:
+                for sm in rm["scopeMetrics"]:
+                    for m in sm["metrics"]:
+                        data = m.get("sum") or m.get("gauge") or m.get("histogram")
+                        if "aggregationTemporality" in data:
+                            assert data["aggregationTemporality"] == 2
+                        for dp in data["dataPoints"]:
+                            assert isinstance(dp["timeUnixNano"], str)
+                            if "asInt" in dp:
+                                assert isinstance(dp["asInt"], str)
+                            if "bucketCounts" in dp:
+                                assert all(isinstance(c, str) for c in dp["bucketCounts"])
+            parsed_m = ParseDict(doc, ExportMetricsServiceRequest())
+            assert parsed_m == ExportMetricsServiceRequest.FromString(p.value)
+    assert n_spans > 1000
+
+
+# -- keying -------------------------------------------------------------------------------
+
+
+def test_keyed_records_hold_one_trace_keyed_by_its_hex_id(demo_proto: list[SimRecord]) -> None:
+    n = 0
+    for rec in demo_proto:
+        if rec.topic != "otlp_spans":
+            continue
+        req = ExportTraceServiceRequest.FromString(rec.value)
+        ids = {
+            s.trace_id.hex() for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans
+        }
+        assert rec.key is not None and HEX32.match(rec.key.decode())
+        assert ids == {rec.key.decode()}
+        n += 1
+    assert n > 1000
+
+
+def test_unkeyed_records_are_batches_grouped_by_resource_then_scope() -> None:
+    sc = build_scenario(
+        "healthy", seed=2, duration="20s", rate=40, keying="unkeyed", max_spans_per_record=300
+    )
+    spans = [r for r in iter_records(sc) if r.topic == "otlp_spans"]
+    assert all(r.key is None for r in spans)
+    traces_per_record = []
+    for rec in spans:
+        req = ExportTraceServiceRequest.FromString(rec.value)
+        resources = [
+            attrs_of(rs.resource.attributes)["service.instance.id"] for rs in req.resource_spans
+        ]
+        assert len(resources) == len(set(resources))  # each resource once
+        for rs in req.resource_spans:
+            scopes = [ss.scope.name for ss in rs.scope_spans]
+            assert len(scopes) == len(set(scopes))
+        traces_per_record.append(
+            len(
+                {s.trace_id for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans}
+            )
+        )
+        assert rec.items <= 300 or traces_per_record[-1] == 1
+    assert max(traces_per_record) > 10
+
+
+def test_record_timestamps_are_event_time(demo_short: Any, demo_proto: list[SimRecord]) -> None:
+    start_ms = demo_short.start_ns // 1_000_000
+    stamps = [r.timestamp_ms for r in demo_proto]
+    assert stamps == sorted(stamps)
+    assert start_ms < stamps[0] and stamps[-1] <= demo_short.end_ns // 1_000_000
+    for rec in demo_proto[:3000]:
+        if rec.topic != "otlp_metrics":
+            continue
+        req = ExportMetricsServiceRequest.FromString(rec.value)
+        for rm in req.resource_metrics:
+            if attrs_of(rm.resource.attributes).get("service.name") == "cart":
+                continue  # the demo skews cart's clock
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    data = getattr(m, m.WhichOneof("data"))
+                    for dp in data.data_points:
+                        assert dp.time_unix_nano == rec.timestamp_ms * 1_000_000
+
+
+# -- traces -------------------------------------------------------------------------------
+
+
+def test_traces_nest_and_fan_out_in_parallel(demo_short: Any) -> None:
+    traces, _ = run_model(build_scenario("healthy", seed=1, duration="30s", rate=20))
+    parallel = nested_remote = 0
+    for trace in traces:
+        by_id = {s.span_id: s for s in trace}
+        roots = [s for s in trace if not s.parent_span_id]
+        assert len(roots) == 1 and trace[-1] is roots[0]
+        children = defaultdict(list)
+        for s in trace:
+            if s.parent_span_id:
+                assert s.parent_span_id in by_id
+                children[s.parent_span_id].append(s)
+                parent = by_id[s.parent_span_id]
+                if s.template.kind == 2 and parent.template.kind == 3:
+                    nested_remote += 1  # a callee's SERVER span under the caller's CLIENT span
+        for kids in children.values():
+            kids.sort(key=lambda s: s.start_ns)
+            if any(b.start_ns < a.end_ns for a, b in zip(kids, kids[1:], strict=False)):
+                parallel += 1
+    assert parallel > 100 and nested_remote > 100
+
+
+def test_bottleneck_slows_only_its_operation() -> None:
+    sc = build_scenario(
+        "healthy",
+        seed=3,
+        duration="6m",
+        rate=15,
+        extra_faults=["bottleneck_span:user-service/SELECT users:2m:2m:120"],
+    )
+    traces, _ = run_model(sc)
+    lat = defaultdict(lambda: defaultdict(list))
+    t0 = sc.start_ns
+    for trace in traces:
+        for s in trace:
+            phase = "fault" if 120 <= (s.start_ns - t0) / 1e9 < 240 else "normal"
+            lat[s.template.name][phase].append((s.end_ns - s.start_ns) / 1e6)
+    med = {op: {ph: float(np.median(v)) for ph, v in d.items()} for op, d in lat.items()}
+    assert med["SELECT users"]["fault"] - med["SELECT users"]["normal"] == pytest.approx(
+        120, rel=0.03
+    )
+    assert med["HGETALL"]["fault"] == pytest.approx(med["HGETALL"]["normal"], rel=0.1)
+
+
+def test_head_sampling_keeps_ratio_and_leaves_metrics_alone() -> None:
+    full = build_scenario("healthy", seed=9, duration="60s", rate=30)
+    some = build_scenario("healthy", seed=9, duration="60s", rate=30, sample_ratio=0.25)
+    t_full, m_full = run_model(full)
+    t_some, m_some = run_model(some)
+    assert len(t_some) / len(t_full) == pytest.approx(0.25, abs=0.05)
+    full_ids = {t[0].trace_id for t in t_full}
+    assert {t[0].trace_id for t in t_some} <= full_ids
+    assert [(t, p.name, p.value) for t, p in m_full] == [(t, p.name, p.value) for t, p in m_some]
+
+
+def test_clock_skew_shifts_one_service() -> None:
+    sc = build_scenario(
+        "healthy", seed=2, duration="20s", rate=20, extra_faults=["clock_skew:cart:0s:20s:400"]
+    )
+    traces, _ = run_model(sc)
+    offsets = []
+    for trace in traces:
+        by_id = {s.span_id: s for s in trace}
+        for s in trace:
+            parent = by_id.get(s.parent_span_id)
+            if parent and s.template.service == "cart" and parent.template.service != "cart":
+                offsets.append((s.start_ns - parent.start_ns) / 1e6)
+    assert offsets and 399 < float(np.median(offsets)) < 402
+
+
+# -- labels -------------------------------------------------------------------------------
+
+
+def test_labels_file_has_run_header_and_fault_windows(tmp_path: Any) -> None:
+    sc = build_scenario("demo", seed=1)
+    path = write_labels(sc, tmp_path / "labels" / "demo.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    run_line, labels = lines[0], lines[1:]
+    assert run_line["type"] == "run" and run_line["scenario"] == "demo" and run_line["seed"] == 1
+    assert run_line["start_unix_nano"] == parse_time_ns("2026-01-05T08:00:00Z")
+    assert run_line["end_unix_nano"] - run_line["start_unix_nano"] == 20 * 60 * 10**9
+    assert run_line["entities"]["hosts"] == 4 and run_line["entities"]["instances"] >= 14
+    assert run_line["entities"]["operations"] > 10
+    assert all(lbl["type"] == "label" for lbl in labels)
+    kinds = {lbl["kind"] for lbl in labels}
+    assert {
+        "bottleneck_span",
+        "memory_leak",
+        "time_wait_buildup",
+        "traffic_spike",
+        "deploy",
+        "reconnect_storm",
+        "clock_skew",
+        "gc_sawtooth",
+        "cache_warmup",
+        "restart",
+        "global_slowdown",
+    } <= kinds
+    for lbl in labels:
+        assert lbl["negative"] == bool(lbl["must_not_trigger"])
+        assert parse_time_ns(lbl["start"]) == lbl["start_unix_nano"] < lbl["end_unix_nano"]
+        assert run_line["start_unix_nano"] <= lbl["start_unix_nano"]
+        assert lbl["end_unix_nano"] <= run_line["end_unix_nano"]
+    by_kind = {lbl["kind"]: lbl for lbl in labels}
+    b = by_kind["bottleneck_span"]
+    assert b["entity"] == {"service": "user-service", "operation": "SELECT users"}
+    assert b["start_unix_nano"] == run_line["start_unix_nano"] + 4 * 60 * 10**9
+    leak = by_kind["memory_leak"]
+    assert set(leak["entity"]) == {"service", "instance"}
+    incs = {i.instance_id for i in sc.plan.incarnations()}
+    assert leak["entity"]["instance"] in incs
+    assert leak["truth"]["time_to_oom_s"] > 0
+    tw = by_kind["time_wait_buildup"]
+    assert tw["entity"] == {"host": "node-2"}
+    assert tw["evidence"]["service"] == "frontend" and tw["evidence"]["destination"] == "cart"
+    assert tw["truth"]["expected_time_wait"] > 300
+    storms = [lbl for lbl in labels if lbl["kind"] == "reconnect_storm"]
+    assert {tuple(s["entity"]) for s in storms} == {("host",)}
+    assert by_kind["traffic_spike"]["entity"] == {}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_labels(name: str) -> None:
+    sc = build_scenario(name, seed=1)
+    lines = label_lines(sc)
+    assert lines[0]["type"] == "run"
+    faults = [f for f in sc.faults if not f.negative]
+    assert (name in ("healthy", "negatives")) == (not faults)
+
+
+# -- memory -------------------------------------------------------------------------------
+
+
+def _java_floors(points: list[tuple[int, MetricPoint]], slot_pod: str) -> list[tuple[int, float]]:
+    """Old-gen post-GC values right after a major GC (a drop): the floor samples."""
+    vals = [
+        (t, v)
+        for t, v, r in series(
+            points, "jvm.memory.used_after_last_gc", **{"jvm.memory.pool.name": "G1 Old Gen"}
+        )
+        if r["k8s.pod.name"] == slot_pod
+    ]
+    return [
+        (t, v) for (_, prev), (t, v) in zip(vals, vals[1:], strict=False) if v < prev - 20 * MIB
+    ]
+
+
+def _leak_run(leak_pct: float | None) -> tuple[Any, list[tuple[int, MetricPoint]]]:
+    # Low traffic keeps the test fast; the sawtooth negative restores a production-like
+    # allocation rate on the instance so that major collections (floor samples) are frequent.
+    faults = [
+        Fault(
+            "gc_sawtooth",
+            {"service": "checkout", "instance": "checkout#0"},
+            0,
+            7200,
+            {"alloc_factor": 8.0},
+        )
+    ]
+    if leak_pct is not None:
+        faults.append(
+            Fault(
+                "memory_leak",
+                {"service": "checkout", "instance": "checkout#0"},
+                0,
+                7200,
+                {"rate_pct_limit_per_hour": leak_pct},
+            )
+        )
+    sc = build_scenario("healthy", seed=4, duration="100m", rate=10, faults=faults)
+    _, points = run_model(sc)
+    return sc, points
+
+
+def test_leak_floor_grows_at_the_set_rate() -> None:
+    sc, points = _leak_run(30.0)
+    pod = sc.plan.slots["checkout#0"].incarnations[0].pod
+    floors = _java_floors(points, pod)
+    assert len(floors) >= 6
+    t, v = np.array(floors, dtype=float).T
+    slope = np.polyfit(t, v, 1)[0]  # bytes per second
+    expected = 0.30 * 1024 * MIB / 3600
+    assert slope == pytest.approx(expected, rel=0.15)
+
+
+def test_gc_sawtooth_floor_stays_flat() -> None:
+    sc, points = _leak_run(None)
+    pod = sc.plan.slots["checkout#0"].incarnations[0].pod
+    floors = _java_floors(points, pod)
+    assert len(floors) >= 6
+    t, v = np.array(floors, dtype=float).T
+    slope = np.polyfit(t, v, 1)[0]
+    assert abs(slope) < 0.1 * 0.30 * 1024 * MIB / 3600
+    # ... while the heap itself saws up and down by much more than the floor moves.
+    used = [
+        v
+        for _, v, r in series(points, "jvm.memory.used", **{"jvm.memory.pool.name": "G1 Old Gen"})
+        if r["k8s.pod.name"] == pod
+    ]
+    assert max(used) - min(used) > 100 * MIB
+
+
+def test_go_leak_shows_in_gc_goal() -> None:
+    sc = build_scenario(
+        "healthy",
+        seed=4,
+        duration="60m",
+        rate=10,
+        faults=[
+            Fault(
+                "memory_leak",
+                {"service": "user-service", "instance": "user-service#1"},
+                0,
+                3600,
+                {"rate_pct_limit_per_hour": 15.0},
+            )
+        ],
+    )
+    _, points = run_model(sc)
+    goal = [
+        (t, v / 2)
+        for t, v, r in series(points, "go.memory.gc.goal")
+        if r["k8s.pod.name"] == sc.plan.slots["user-service#1"].incarnations[0].pod
+    ]
+    t, v = np.array(goal, dtype=float).T
+    assert np.polyfit(t, v, 1)[0] == pytest.approx(0.15 * 512 * MIB / 3600, rel=0.15)
+
+
+def test_oom_kill_restarts_the_process_and_matches_labels() -> None:
+    sc = build_scenario(
+        "healthy",
+        seed=2,
+        duration="40m",
+        rate=5,
+        faults=[
+            Fault(
+                "memory_leak",
+                {"service": "payment", "instance": "payment#0"},
+                60,
+                2400,
+                {"rate_pct_limit_per_hour": 200.0},
+            )
+        ],
+    )
+    label = next(lbl for lbl in label_lines(sc) if lbl.get("kind") == "memory_leak")
+    kills = label["truth"]["oom_kills"]
+    assert kills
+    _, points = run_model(sc)
+    restarts = {
+        (t, r["k8s.container.restart_count"], r["service.instance.id"], r["process.pid"])
+        for t, _, r in series(points, "go.memory.limit")
+        if r["k8s.pod.name"] == label["evidence"]["pod"]
+    }
+    first = min(t for t, rc, _, _ in restarts if rc == 1)
+    kill_s = (parse_time_ns(kills[0]) - sc.start_ns) / 1e9
+    assert kill_s <= first <= kill_s + sc.metric_interval_s
+    assert {iid for _, _, iid, _ in restarts} == {label["entity"]["instance"]}  # same pod
+    assert len({pid for _, rc, _, pid in restarts}) == len({rc for _, rc, _, _ in restarts})
+    expected = label["truth"]["time_to_oom_s"]
+    assert kill_s - 60 == pytest.approx(expected, abs=2)
+
+
+def test_deploy_changes_instance_and_version_restart_keeps_instance() -> None:
+    sc = build_scenario(
+        "healthy",
+        seed=1,
+        duration="5m",
+        faults=[
+            Fault("deploy", {"service": "cart"}, 60, 200),
+            Fault("restart", {"service": "payment", "instance": "payment#1"}, 120, 240),
+        ],
+    )
+    cart = [sc.plan.slots[f"cart#{i}"].incarnations for i in range(2)]
+    assert all(
+        len(incs) == 2
+        and incs[1].instance_id != incs[0].instance_id
+        and incs[1].version != incs[0].version
+        and incs[1].pod != incs[0].pod
+        for incs in cart
+    )
+    pay = sc.plan.slots["payment#1"].incarnations
+    assert len(pay) == 2 and pay[1].instance_id == pay[0].instance_id
+    assert pay[1].container_id != pay[0].container_id and pay[1].restart_count == 1
+
+
+# -- TCP ----------------------------------------------------------------------------------
+
+
+def _host_series(points: list, host: str, name: str, **match: Any) -> dict[int, float]:
+    return {t: v for t, v, r in series(points, name, **match) if r.get("host.name") == host}
+
+
+def test_time_wait_fault_rises_to_60s_times_close_rate() -> None:
+    sc = build_scenario(
+        "healthy",
+        seed=7,
+        duration="18m",
+        rate=20,
+        extra_faults=["time_wait_buildup:node-2/frontend>cart:5m:10m:1"],
+    )
+    traces, points = run_model(sc)
+    tw = _host_series(points, "node-2", "system.network.connections", state="TIME_WAIT")
+    # Measured from the spans: the faulty client's calls to cart, each now its own connection.
+    calls = 0
+    for trace in traces:
+        for s in trace:
+            res = dict(s.resource.attributes)
+            if (
+                res["host.name"] == "node-2"
+                and s.template.service == "frontend"
+                and dict(s.template.attributes).get("server.address") == "cart"
+                and 360 <= (s.start_ns - sc.start_ns) / 1e9 < 900
+            ):
+                calls += 1
+    close_rate = calls / 540.0
+    before = np.mean([v for t, v in tw.items() if 60 <= t < 300])
+    during = np.mean([v for t, v in tw.items() if 370 <= t < 900])
+    assert during - before == pytest.approx(60 * close_rate, rel=0.1)
+    after = np.mean([v for t, v in tw.items() if t >= 965])  # 60 s after the fault ends
+    assert after == pytest.approx(before, rel=0.3)
+    label = next(lbl for lbl in label_lines(sc) if lbl.get("kind") == "time_wait_buildup")
+    assert label["truth"]["expected_time_wait"] == pytest.approx(60 * close_rate, rel=0.2)
+
+
+def test_traffic_spike_raises_time_wait_in_proportion_to_opens() -> None:
+    sc = build_scenario(
+        "healthy", seed=8, duration="12m", rate=20, extra_faults=["traffic_spike:*:5m:5m:4"]
+    )
+    _, points = run_model(sc)
+    tw = _host_series(points, "node-3", "node_sockstat_TCP_tw")
+    opens = _host_series(points, "node-3", "node_netstat_Tcp_ActiveOpens")
+    ts = sorted(opens)
+
+    def window(lo: float, hi: float) -> tuple[float, float]:
+        sel = [t for t in ts if lo <= t < hi]
+        rate = (opens[sel[-1]] - opens[sel[0]]) / (sel[-1] - sel[0])
+        return float(np.mean([tw[t] for t in sel])), rate
+
+    tw_before, rate_before = window(60, 300)
+    tw_during, rate_during = window(370, 600)
+    assert rate_during > 1.8 * rate_before
+    # TIME_WAIT holds each actively closed connection for 60 s: level = 60 s x close rate.
+    assert tw_before == pytest.approx(60 * rate_before, rel=0.15)
+    assert tw_during == pytest.approx(60 * rate_during, rel=0.15)
+    assert tw_during / tw_before == pytest.approx(rate_during / rate_before, rel=0.15)
+    # The hostmetrics series on the same host agrees with node_exporter's.
+    hm = _host_series(points, "node-3", "system.network.connections", state="TIME_WAIT")
+    assert np.mean(list(hm.values())) == pytest.approx(np.mean(list(tw.values())), rel=0.05)
+
+
+def test_reconnect_storm_recovers_within_minutes() -> None:
+    sc = build_scenario(
+        "healthy",
+        seed=3,
+        duration="10m",
+        rate=20,
+        extra_faults=["deploy:catalog:3m:3m", "reconnect_storm:catalog:3m:2m:40"],
+    )
+    _, points = run_model(sc)
+    tw = _host_series(points, "node-1", "system.network.connections", state="TIME_WAIT")
+    before = np.mean([v for t, v in tw.items() if t < 180])
+    peak = max(v for t, v in tw.items() if 180 <= t < 260)
+    later = np.mean([v for t, v in tw.items() if t >= 330])
+    assert peak > 3 * before and later < 1.5 * before
+
+
+# -- faults and CLI -----------------------------------------------------------------------
+
+
+def test_fault_specs_parse_and_bad_targets_say_what_to_fix() -> None:
+    f = parse_fault("memory_leak:checkout#1:10m:1h:25")
+    assert f.entity == {"service": "checkout", "instance": "checkout#1"}
+    assert (f.start_s, f.end_s, f.magnitude) == (600, 4200, {"rate_pct_limit_per_hour": 25.0})
+    assert parse_fault("traffic_spike:*:1m:2m:factor=3").magnitude == {"factor": 3.0}
+    with pytest.raises(ValueError, match="choose one of"):
+        build_scenario("healthy", extra_faults=["bottleneck_span:cart/SELECT users:1m:1m:50"])
+    with pytest.raises(ValueError, match="checkout#0..checkout#1"):
+        build_scenario("healthy", extra_faults=["memory_leak:checkout#7:1m:1m"])
+    with pytest.raises(ValueError, match="unknown fault kind|unknown kind"):
+        parse_fault("cpu_leak:cart:1m:1m")
+    with pytest.raises(ValueError, match="unknown scenario override"):
+        build_scenario("healthy", colour="blue")
+
+
+def test_windows_past_the_end_are_clipped() -> None:
+    sc = build_scenario("demo", duration="5m")
+    assert all(f.end_s <= 300 for f in sc.faults)
+    assert all(f.kind != "time_wait_buildup" for f in sc.faults)  # starts at 10 min
+
+
+async def test_cli_dry_run_writes_labels(tmp_path: Any, capsys: Any) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    labels = tmp_path / "l.jsonl"
+    args = parser.parse_args(
+        [
+            "--scenario",
+            "healthy",
+            "--mode",
+            "replay",
+            "--duration",
+            "20s",
+            "--rate",
+            "10",
+            "--dry-run",
+            "--labels",
+            str(labels),
+            "--fault",
+            "restart:cart#0:5s:10s",
+        ]
+    )
+    await run(args)
+    out = capsys.readouterr().out
+    assert "dry run" in out and "spans/s" in out
+    lines = [json.loads(x) for x in labels.read_text().splitlines()]
+    assert lines[0]["start"] == "2026-01-05T08:00:00Z"
+    assert [x["kind"] for x in lines[1:]] == ["restart"]
+
+
+class _FakeProducer:
+    """Records sends; stands in for AIOKafkaProducer so the writer runs without a broker."""
+
+    instances: list[_FakeProducer] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.sent: list[tuple] = []
+        _FakeProducer.instances.append(self)
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def flush(self) -> None: ...
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, timestamp_ms: int | None = None
+    ) -> Any:
+        import asyncio
+
+        self.sent.append((topic, key, value, timestamp_ms))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+async def test_writer_sends_every_record_with_event_timestamps(monkeypatch: Any) -> None:
+    monkeypatch.setattr(writer_mod, "AIOKafkaProducer", _FakeProducer)
+    sc = build_scenario("healthy", seed=1, duration="3s", rate=10, start="now")
+    records = list(iter_records(sc))
+    stats = await writer_mod.write_records(
+        records, {"bootstrap_servers": "x:9092"}, mode="live", speed=50.0, progress=lambda _: None
+    )
+    prod = _FakeProducer.instances[-1]
+    assert prod.kwargs["compression_type"] is None and prod.kwargs["linger_ms"] == 20
+    assert [(t, k, v, ts) for t, k, v, ts in prod.sent] == [
+        (r.topic, r.key, r.value, r.timestamp_ms) for r in records
+    ]
+    assert stats.records == len(records)
+    assert stats.spans == sum(r.items for r in records if r.topic == "otlp_spans")
