@@ -68,7 +68,7 @@ class _Stream:
     signal: str
     topic: Any
     table: Any
-    decode_wire: Callable[[bytes], list[Any]]
+    decode_wire: Callable[[bytes], records.Routed]
     detector_classes: list[type[Detector]]
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
@@ -218,8 +218,9 @@ class Pipeline:
             for item in items:
                 groups[partition_of(item, parts)].append(item)
             encode = records.encode_spans if signal == "spans" else records.encode_points
+            source = (msg.topic, msg.partition, msg.offset)
             for p, group in groups.items():
-                await stream.topic.send(value=encode(group), partition=p)
+                await stream.topic.send(value=encode(group, source), partition=p)
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
 
     async def _dead_letter(
@@ -253,10 +254,14 @@ class Pipeline:
             if msg.value == TICK:
                 st.ticked.discard(p)
             else:
-                items = st.decode_wire(msg.value)
-                for finding in engine.process(items, msg.offset):
+                routed = st.decode_wire(msg.value)
+                c = engine.counters
+                items, duplicates = c.items, c.duplicate_messages
+                for finding in engine.process(routed.items, msg.offset, routed.source):
                     await self._publish(finding)
-                m.items_detected.labels(st.signal).inc(len(items))
+                m.items_detected.labels(st.signal).inc(c.items - items)
+                if c.duplicate_messages != duplicates:
+                    m.duplicates.labels(st.signal).inc()
             pending = st.pending[p]
             pending.append(event)
             now = time.monotonic()

@@ -1,12 +1,17 @@
 """One partition's detection state: watermark, detectors, and the offset they have seen. Pure.
 
 The Faust wiring keeps one ``PartitionEngine`` per routed partition it owns. The engine records
-the offset of the last message it applied, and its state (its own marker plus every detector's
-changed keys) is written to a changelog-backed table under keys prefixed by the partition. The
-wiring acknowledges a message to Kafka only after the state that includes it has been written,
-so the committed offset never runs ahead of saved state: after a crash, the messages after the
-last saved state are consumed again and applied once (the offset check below skips any the
-saved state already holds). No message is skipped and none is counted twice.
+the offset of the last routed message it applied and, per source partition, the offset of the
+last source record; its state (its own marker plus every detector's changed keys) is written to a
+changelog-backed table under keys prefixed by the partition. The wiring acknowledges a message to
+Kafka only after the state that includes it has been written, so the committed offset never runs
+ahead of saved state.
+
+After a crash two things repeat, and both are caught here: the detection stage re-reads routed
+messages after its last commit (skipped by routed offset), and the ingest stage re-routes source
+records after *its* last commit, which arrive as new routed messages (skipped by source offset,
+since each source partition's records reach a routed partition in order). No record is skipped
+and none is applied twice.
 """
 
 from __future__ import annotations
@@ -38,18 +43,27 @@ class PartitionEngine:
         self.partition = partition
         self.detectors = list(detectors)
         self.allowed_lateness_ns = allowed_lateness_ns
-        self.offset = -1  # last applied message offset
+        self.offset = -1  # last applied routed message offset
+        self.sources: dict[str, int] = {}  # "topic:partition" -> last applied source offset
         self.max_event_ns = 0
         self.watermark_ns = 0
         self.counters = EngineCounters()
         self.prefix = f"{partition}/"
 
-    def process(self, items: Sequence[Any], offset: int) -> list[Finding]:
+    def process(
+        self, items: Sequence[Any], offset: int, source: tuple[str, int, int] | None = None
+    ) -> list[Finding]:
         """Apply one routed message's records; return findings the watermark released."""
         if offset <= self.offset:
             self.counters.duplicate_messages += 1
             return []
         self.offset = offset
+        if source is not None:
+            key = f"{source[0]}:{source[1]}"
+            if source[2] <= self.sources.get(key, -1):
+                self.counters.duplicate_messages += 1
+                return []
+            self.sources[key] = source[2]
         c = self.counters
         c.messages += 1
         c.items += len(items)
@@ -88,7 +102,8 @@ class PartitionEngine:
         out[self.prefix + ENGINE_KEY] = orjson.dumps(
             {
                 "offset": self.offset, "max_event_ns": self.max_event_ns,
-                "watermark_ns": self.watermark_ns, "messages": c.messages, "items": c.items,
+                "watermark_ns": self.watermark_ns, "sources": self.sources,
+                "messages": c.messages, "items": c.items,
                 "late_items": c.late_items, "duplicate_messages": c.duplicate_messages,
             }
         )
@@ -108,6 +123,7 @@ class PartitionEngine:
                 self.offset, self.max_event_ns, self.watermark_ns = (
                     m["offset"], m["max_event_ns"], m["watermark_ns"],
                 )
+                self.sources = dict(m["sources"])
                 self.counters = EngineCounters(
                     m["messages"], m["items"], m["late_items"], m["duplicate_messages"]
                 )

@@ -3,7 +3,9 @@
 The decoder (``pipeline.otlp``) turns OTLP requests into these records; the router ships them to
 the detection stage as one orjson document per (source record, destination partition), with each
 resource written once and referenced by index, so that the shuffle costs little more than the
-decode it follows.
+decode it follows. Each document names its source record (topic, partition, offset): after a
+crash the router may send a source record again, and the detection stage uses this to apply it
+only once.
 """
 
 from __future__ import annotations
@@ -117,11 +119,29 @@ def point_partition(point: MetricPoint, partitions: int) -> int:
     return zlib.crc32(point.resource.key.encode()) % partitions
 
 
-def _encode(resources: list[Resource], rows: list[list[Any]], tag: str) -> bytes:
-    return orjson.dumps({"r": [r.to_wire() for r in resources], tag: rows})
+Source = tuple[str, int, int]  # topic, partition, offset of the record the items came from
 
 
-def encode_spans(spans: list[Span]) -> bytes:
+@dataclass(slots=True)
+class Routed:
+    """One routed message: its source record and its items."""
+
+    source: Source | None
+    items: list[Any]
+
+
+def _encode(
+    resources: list[Resource], rows: list[list[Any]], tag: str, source: Source | None
+) -> bytes:
+    return orjson.dumps({"src": source, "r": [r.to_wire() for r in resources], tag: rows})
+
+
+def _source(doc: dict[str, Any]) -> Source | None:
+    src = doc.get("src")
+    return None if src is None else (src[0], src[1], src[2])
+
+
+def encode_spans(spans: list[Span], source: Source | None = None) -> bytes:
     """Wire form of spans for the routing topic (resources written once)."""
     index: dict[int, int] = {}
     resources: list[Resource] = []
@@ -135,16 +155,16 @@ def encode_spans(spans: list[Span]) -> bytes:
             [s.trace_id, s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
              s.attrs, ri]
         )
-    return _encode(resources, rows, "s")
+    return _encode(resources, rows, "s", source)
 
 
-def decode_spans_wire(data: bytes) -> list[Span]:
+def decode_spans_wire(data: bytes) -> Routed:
     doc = orjson.loads(data)
     resources = [Resource.from_wire(r) for r in doc["r"]]
-    return [Span(*row[:9], resources[row[9]]) for row in doc["s"]]
+    return Routed(_source(doc), [Span(*row[:9], resources[row[9]]) for row in doc["s"]])
 
 
-def encode_points(points: list[MetricPoint]) -> bytes:
+def encode_points(points: list[MetricPoint], source: Source | None = None) -> bytes:
     """Wire form of metric points for the routing topic (resources written once)."""
     index: dict[int, int] = {}
     resources: list[Resource] = []
@@ -163,10 +183,10 @@ def encode_points(points: list[MetricPoint]) -> bytes:
             [p.name, p.type, p.unit, p.temporality, p.monotonic, p.time_ns, p.start_ns, p.value,
              p.attrs, ri, hist]
         )
-    return _encode(resources, rows, "p")
+    return _encode(resources, rows, "p", source)
 
 
-def decode_points_wire(data: bytes) -> list[MetricPoint]:
+def decode_points_wire(data: bytes) -> Routed:
     doc = orjson.loads(data)
     resources = [Resource.from_wire(r) for r in doc["r"]]
     out = []
@@ -176,4 +196,4 @@ def decode_points_wire(data: bytes) -> list[MetricPoint]:
         if hist is not None:
             point.count, point.sum, point.min, point.max, point.bounds, point.bucket_counts = hist
         out.append(point)
-    return out
+    return Routed(_source(doc), out)

@@ -46,6 +46,11 @@ class PipelineMetrics:
             f"{NS}_items_detected", "Routed spans or metric points applied to detectors.",
             ["signal"], registry=registry,
         )
+        self.duplicates = Counter(
+            f"{NS}_duplicate_messages",
+            "Routed messages skipped because saved state already held them (after a crash).",
+            ["signal"], registry=registry,
+        )
         self.decode_errors = Counter(
             f"{NS}_decode_errors", "Records or items that failed to decode, by reason.",
             ["topic", "reason"], registry=registry,

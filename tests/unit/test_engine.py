@@ -72,3 +72,19 @@ def test_restore_ignores_other_partitions() -> None:
     other = PartitionEngine(4, [SpanCounter()], 5 * S)
     assert other.restore(changes.items()) == 0
     assert other.offset == -1
+
+
+def test_source_records_rerouted_after_a_crash_apply_once() -> None:
+    e = engine()
+    e.process(spans("a", 5, T0), offset=0, source=("otlp_spans", 1, 10))
+    e.process(spans("a", 5, T0 + 5 * S), offset=1, source=("otlp_spans", 1, 11))
+    # The ingest stage restarted from its last commit (source offset 10) and routed again:
+    e.process(spans("a", 5, T0), offset=2, source=("otlp_spans", 1, 10))
+    e.process(spans("a", 5, T0 + 5 * S), offset=3, source=("otlp_spans", 1, 11))
+    e.process(spans("a", 5, T0 + 10 * S), offset=4, source=("otlp_spans", 1, 12))
+    e.process(spans("a", 5, T0 + 10 * S), offset=5, source=("otlp_spans", 0, 10))
+    assert e.detectors[0].counts == {"a|a-1": 20}
+    assert e.counters.duplicate_messages == 2
+    restored = engine()
+    restored.restore(e.changes().items())
+    assert restored.sources == {"otlp_spans:1": 12, "otlp_spans:0": 10}

@@ -176,7 +176,7 @@ def test_far_future_is_relative_to_the_record_timestamp() -> None:
 
 def test_wire_roundtrip_preserves_records() -> None:
     spans = otlp.decode_spans(span_request(_tree(), RESOURCE).SerializeToString()).items
-    back = decode_spans_wire(encode_spans(spans))
-    assert back == spans
+    back = decode_spans_wire(encode_spans(spans, ("otlp_spans", 3, 41)))
+    assert back.items == spans and back.source == ("otlp_spans", 3, 41)
     points = otlp.decode_metrics(metric_request().SerializeToString()).items
-    assert decode_points_wire(encode_points(points)) == points
+    assert decode_points_wire(encode_points(points)).items == points
