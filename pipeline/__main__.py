@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="print raw JSON lines")
     p.add_argument("--max", type=int, default=0, help="stop after this many records")
     p.add_argument("--timeout", type=float, default=0, help="stop after this many idle seconds")
+    p.add_argument("--metrics-url", help="also print a worker's health line from this /metrics")
+    p.add_argument("--status-every", type=float, default=15.0, help="seconds between them")
     p.set_defaults(func=cmd_tail)
 
     args = parser.parse_args(argv)

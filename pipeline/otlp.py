@@ -16,7 +16,8 @@ dead-letters the whole original record flagged as partial.
     >>> req = ExportTraceServiceRequest()
     >>> span = req.resource_spans.add().scope_spans.add().spans.add()
     >>> span.trace_id, span.span_id, span.name = bytes(range(16)), bytes(range(8)), "GET /"
-    >>> span.start_time_unix_nano, span.end_time_unix_nano = 1_700_000_000 * 10**9, 1_700_000_000_500_000_000
+    >>> span.start_time_unix_nano = 1_700_000_000 * 10**9
+    >>> span.end_time_unix_nano = span.start_time_unix_nano + 500_000_000
     >>> out = decode_spans(req.SerializeToString())
     >>> out.items[0].resource.service, out.items[0].duration_ns, out.rejected
     ('unknown_service', 500000000, 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
+import urllib.request
 import uuid
 
 import orjson
@@ -19,7 +21,10 @@ RESET = "\033[0m"
 def format_finding(doc: dict, colour: bool = False) -> str:
     """One readable block per finding: status, kind, entity, summary, key evidence, next step."""
     status = doc.get("status", "?")
-    head = f"[{doc.get('detected_at')}] {status.upper():8} {doc.get('kind')} ({doc.get('severity')})"
+    head = (
+        f"[{doc.get('detected_at')}] {status.upper():8} {doc.get('kind')} "
+        f"({doc.get('severity')})"
+    )
     if colour:
         head = COLOURS.get(status, "") + head + RESET
     entity = ", ".join(f"{k}={v}" for k, v in (doc.get("entity") or {}).items())
@@ -45,6 +50,40 @@ def format_deadletter(headers: list[tuple[str, bytes]], value: bytes | None) -> 
     )
 
 
+def worker_status(metrics_url: str) -> str:
+    """One line of a worker's health from its /metrics, for people watching ``make run``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        return f"worker metrics not reachable at {metrics_url}: {exc}"
+    totals: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            key = sample.name
+            if sample.name.endswith("_total") or fam.type == "gauge":
+                if "signal" in sample.labels:
+                    key += ":" + sample.labels["signal"]
+                if "stream" in sample.labels and "lag" in sample.name:
+                    key += ":" + sample.labels["stream"]
+                totals[key] = totals.get(key, 0.0) + sample.value
+    p = "anomaly_pipeline_"
+
+    def get(name: str) -> int:
+        return int(totals.get(p + name, 0))
+
+    lag = totals.get(p + "event_time_lag_seconds:spans")
+    return (
+        f"status: {get('items_detected_total:spans')} spans, "
+        f"{get('items_detected_total:metrics')} metric points analysed; "
+        f"{get('deadletter_records_total')} dead letters; {get('findings_total')} findings "
+        f"published, {get('active_findings')} active"
+        + (f"; event-time lag {lag:.1f}s" if lag is not None else "")
+    )
+
+
 async def tail(settings: Settings, args: argparse.Namespace) -> None:
     topic = settings.deadletter_topic if args.deadletters else settings.findings_topic
     consumer = AIOKafkaConsumer(
@@ -58,8 +97,12 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
     colour = sys.stdout.isatty() and not args.json
     seen = idle_s = 0
     print(f"tailing {topic} on {settings.kafka_bootstrap_servers} (Ctrl-C to stop)", flush=True)
+    next_status = time.monotonic() + args.status_every
     try:
         while True:
+            if args.metrics_url and time.monotonic() >= next_status:
+                print(worker_status(args.metrics_url), flush=True)
+                next_status = time.monotonic() + args.status_every
             batches = await consumer.getmany(timeout_ms=1000)
             if not batches:
                 idle_s += 1

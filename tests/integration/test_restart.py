@@ -56,7 +56,8 @@ def _counts(latest: dict[bytes, bytes | None]) -> Counter:
     out: Counter = Counter()
     for key, value in latest.items():
         parts = key.decode().split("/", 2)  # partition/detector/key, or partition/__engine__
-        if len(parts) == 3 and parts[1] == "test_span_counter" and parts[2].startswith("c:") and value is not None:
+        is_count = len(parts) == 3 and parts[1] == "test_span_counter" and parts[2][:2] == "c:"
+        if is_count and value is not None:
             out[parts[2][2:]] += orjson.loads(value)
     return out
 
