@@ -83,6 +83,7 @@ class Pipeline:
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self.metrics.watch_state(lambda: self._state_view)
         self._dlq_log = RateLimitedLog(log)
+        self._last_source_offset: dict[TP, int] = {}
         detector_classes = load_detectors(s.pipeline_detectors)
 
         self.app = app = faust.App(
@@ -121,6 +122,8 @@ class Pipeline:
             ("spans", records.decode_spans_wire),
             ("metrics", records.decode_points_wire),
         ):
+            # Routed messages are stamped with the time they were routed (not event time), so
+            # time-based retention is safe here even when old telemetry is replayed.
             routed = app.topic(
                 f"{s.pipeline_app_id}-{signal}-routed", partitions=parts, internal=True,
                 deleting=True, retention=24 * 3600, **RAW,
@@ -191,6 +194,15 @@ class Pipeline:
         s, m = self.settings, self.metrics
         encoding, decode, partition_of = self._limits[signal]
         m.records_consumed.labels(msg.topic).inc()
+        last = self._last_source_offset.get(msg.tp)
+        if last is not None and msg.offset > last + 1:
+            m.source_gaps.labels(msg.topic).inc()
+            log.warning(
+                "offsets %d..%d of %s[%d] were not delivered to the worker (consumer position "
+                "jumped; faust-streaming commits past such gaps)", last + 1, msg.offset - 1,
+                msg.topic, msg.partition,
+            )
+        self._last_source_offset[msg.tp] = msg.offset
         limits = otlp.Limits(
             max_record_bytes=s.max_record_bytes,
             max_future_skew_ns=int(s.max_future_skew_s * 1e9),
@@ -270,7 +282,7 @@ class Pipeline:
                 or now - st.last_flush.get(p, 0.0) >= s.state_flush_interval_s
             ):
                 writes = 0
-                for key, value in engine.changes().items():
+                for key, value in engine.changes():
                     kb = key.encode()
                     if value is None:
                         st.table.pop(kb, None)
@@ -318,6 +330,8 @@ class Pipeline:
         return engine
 
     def _drop_partitions(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self._last_source_offset.pop(tp, None)
         for st in self.streams.values():
             for tp in revoked:
                 if tp.topic == st.topic.get_topic_name():

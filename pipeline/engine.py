@@ -26,6 +26,8 @@ from pipeline.detectors.base import Detector
 from pipeline.findings import Finding
 
 ENGINE_KEY = "__engine__"
+FLUSH_KEY = "__flush__"
+CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
 
 
 @dataclass(slots=True)
@@ -49,6 +51,10 @@ class PartitionEngine:
         self.watermark_ns = 0
         self.counters = EngineCounters()
         self.prefix = f"{partition}/"
+        self.chunk_bytes = CHUNK_BYTES
+        self._seq = 0  # flush sequence number
+        self._slot = 0  # bundle slot the next flush writes
+        self._rematerialize: dict[str, bytes | None] = {}
 
     def process(
         self, items: Sequence[Any], offset: int, source: tuple[str, int, int] | None = None
@@ -88,18 +94,27 @@ class PartitionEngine:
         return findings
 
     # -- persistence ------------------------------------------------------------------------
-    def changes(self) -> dict[str, bytes | None]:
-        """Table writes for everything changed since the last call; the marker goes last so a
-        partially written flush is never mistaken for a complete one."""
-        out: dict[str, bytes | None] = {}
+    def changes(self) -> list[tuple[str, bytes | None]]:
+        """The table writes for everything changed since the last call, in the order they must
+        be written (one changelog partition keeps that order).
+
+        A flush is a *bundle* of all changed entries plus the engine marker, written first as
+        one or more chunks under ``<p>/__flush__/<slot>/<i>``, then the same entries under their
+        own keys. Restore trusts the newest complete bundle over the per-key entries, so a worker
+        killed in the middle of a flush comes back to the state of one whole flush, never a mix
+        of two. Bundles alternate between two slots, so the last complete one is never
+        overwritten by a flush that may not finish.
+        """
+        entries: dict[str, bytes | None] = dict(self._rematerialize)
+        self._rematerialize = {}
         for d in self.detectors:
             base = f"{self.prefix}{d.name}/"
             for key, value in d.snapshot(changed_only=True).items():
-                out[base + key] = None if value is None else orjson.dumps(
+                entries[base + key] = None if value is None else orjson.dumps(
                     value, option=orjson.OPT_SERIALIZE_NUMPY
                 )
         c = self.counters
-        out[self.prefix + ENGINE_KEY] = orjson.dumps(
+        entries[self.prefix + ENGINE_KEY] = orjson.dumps(
             {
                 "offset": self.offset, "max_event_ns": self.max_event_ns,
                 "watermark_ns": self.watermark_ns, "sources": self.sources,
@@ -107,30 +122,83 @@ class PartitionEngine:
                 "late_items": c.late_items, "duplicate_messages": c.duplicate_messages,
             }
         )
-        return out
+        self._seq += 1
+        slot, self._slot = self._slot, 1 - self._slot
+        chunks: list[dict[str, Any]] = [{}]
+        size = 0
+        for key, value in entries.items():
+            n = len(key) + (len(value) if value is not None else 4)
+            if chunks[-1] and size + n > self.chunk_bytes:
+                chunks.append({})
+                size = 0
+            chunks[-1][key] = None if value is None else orjson.Fragment(value)
+            size += n
+        writes: list[tuple[str, bytes | None]] = [
+            (
+                f"{self.prefix}{FLUSH_KEY}/{slot}/{i}",
+                orjson.dumps({"seq": self._seq, "n": len(chunks), "entries": chunk}),
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        writes.extend(entries.items())
+        return writes
 
-    def restore(self, items: Iterable[tuple[str, bytes]]) -> int:
+    def restore(self, items: Iterable[tuple[str, bytes | None]]) -> int:
         """Load this partition's entries from the table; returns how many were read."""
-        by_detector: dict[str, dict[str, Any]] = {d.name: {} for d in self.detectors}
+        state: dict[str, Any] = {}
+        chunks: dict[int, dict[int, dict[str, Any]]] = {0: {}, 1: {}}
         n = 0
         for key, raw in items:
             if not key.startswith(self.prefix) or raw is None:
                 continue
             n += 1
             rest = key[len(self.prefix):]
-            if rest == ENGINE_KEY:
-                m = orjson.loads(raw)
-                self.offset, self.max_event_ns, self.watermark_ns = (
-                    m["offset"], m["max_event_ns"], m["watermark_ns"],
-                )
-                self.sources = dict(m["sources"])
-                self.counters = EngineCounters(
-                    m["messages"], m["items"], m["late_items"], m["duplicate_messages"]
-                )
+            if rest.startswith(FLUSH_KEY + "/"):
+                _, slot, index = rest.split("/")
+                chunks[int(slot)][int(index)] = orjson.loads(raw)
+            else:
+                state[rest] = orjson.loads(raw)
+        best_slot, best_seq, max_seq = None, -1, 0
+        for slot, parts in chunks.items():
+            for doc in parts.values():
+                max_seq = max(max_seq, doc["seq"])
+            head = parts.get(0)
+            if head is None:
                 continue
+            seq = head["seq"]
+            complete = all(
+                i in parts and parts[i]["seq"] == seq for i in range(head["n"])
+            )
+            if complete and seq > best_seq:
+                best_slot, best_seq = slot, seq
+        if best_slot is not None:
+            bundle = chunks[best_slot]
+            for i in range(bundle[0]["n"]):
+                for key, value in bundle[i]["entries"].items():
+                    rest = key[len(self.prefix):]
+                    if value is None:
+                        state.pop(rest, None)
+                    else:
+                        state[rest] = value
+                    # Its per-key writes may not have landed: write them again next flush.
+                    self._rematerialize[key] = None if value is None else orjson.dumps(value)
+            self._slot = 1 - best_slot
+        self._seq = max_seq
+        marker = state.pop(ENGINE_KEY, None)
+        if marker is not None:
+            self.offset, self.max_event_ns, self.watermark_ns = (
+                marker["offset"], marker["max_event_ns"], marker["watermark_ns"],
+            )
+            self.sources = dict(marker["sources"])
+            self.counters = EngineCounters(
+                marker["messages"], marker["items"], marker["late_items"],
+                marker["duplicate_messages"],
+            )
+        by_detector: dict[str, dict[str, Any]] = {d.name: {} for d in self.detectors}
+        for rest, value in state.items():
             name, _, sub = rest.partition("/")
             if name in by_detector:
-                by_detector[name][sub] = orjson.loads(raw)
+                by_detector[name][sub] = value
         for d in self.detectors:
             if by_detector[d.name]:
                 d.restore(by_detector[d.name])

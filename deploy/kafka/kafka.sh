@@ -19,7 +19,9 @@
 #   KAFKA_PORT               client (PLAINTEXT) port (default: 9092)
 #   KAFKA_CONTROLLER_PORT    KRaft controller port (default: 9093)
 #   KAFKA_NUM_PARTITIONS     default partitions for auto-created topics (default: 4)
-#   KAFKA_LOG_RETENTION_HOURS   (default: 24)
+#   KAFKA_LOG_RETENTION_HOURS   (default: -1, no time limit: replayed telemetry carries old
+#                               event timestamps, which time-based retention would delete
+#                               within a minute; the size limit below bounds the disk instead)
 #   KAFKA_LOG_RETENTION_BYTES   per partition (default: 268435456 = 256 MiB)
 #   KAFKA_LOG_SEGMENT_BYTES     (default: 16777216 = 16 MiB)
 #   KAFKA_HEAP_OPTS          JVM heap flags (default: -Xms256m -Xmx512m)
@@ -63,7 +65,7 @@ HOST="${KAFKA_HOST:-127.0.0.1}"
 PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 NUM_PARTITIONS="${KAFKA_NUM_PARTITIONS:-4}"
-RETENTION_HOURS="${KAFKA_LOG_RETENTION_HOURS:-24}"
+RETENTION_HOURS="${KAFKA_LOG_RETENTION_HOURS:--1}"
 RETENTION_BYTES="${KAFKA_LOG_RETENTION_BYTES:-268435456}"
 SEGMENT_BYTES="${KAFKA_LOG_SEGMENT_BYTES:-16777216}"
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
@@ -189,6 +191,7 @@ num.partitions=$NUM_PARTITIONS
 
 # small footprint for a dev box
 log.retention.hours=$RETENTION_HOURS
+log.retention.ms=$([[ "$RETENTION_HOURS" == "-1" ]] && echo -1 || echo $((RETENTION_HOURS * 3600000)))
 log.retention.bytes=$RETENTION_BYTES
 log.segment.bytes=$SEGMENT_BYTES
 log.retention.check.interval.ms=60000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.engine import PartitionEngine
 from pipeline.records import Resource, Span
 from tests.support.counting import SpanCounter
@@ -18,8 +20,20 @@ def spans(service: str, n: int, t: int) -> list[Span]:
     ]
 
 
-def engine() -> PartitionEngine:
-    return PartitionEngine(3, [SpanCounter()], allowed_lateness_ns=5 * S)
+def engine(chunk_bytes: int | None = None) -> PartitionEngine:
+    e = PartitionEngine(3, [SpanCounter()], allowed_lateness_ns=5 * S)
+    if chunk_bytes:
+        e.chunk_bytes = chunk_bytes
+    return e
+
+
+def apply(table: dict[str, bytes], writes: list[tuple[str, bytes | None]]) -> None:
+    """What a compacted changelog (and the table restored from it) holds after ``writes``."""
+    for k, v in writes:
+        if v is None:
+            table.pop(k, None)
+        else:
+            table[k] = v
 
 
 def test_watermark_is_newest_event_minus_lateness_and_never_regresses() -> None:
@@ -43,11 +57,7 @@ def test_restore_resumes_exactly_and_skips_applied_offsets() -> None:
     for i, b in enumerate(batches[:7]):
         got += [f.to_dict() for f in first.process(b, i)]
         if i in (2, 5):  # flushes, as the wiring does on its cadence
-            for k, v in first.changes().items():
-                if v is None:
-                    table.pop(k, None)
-                else:
-                    table[k] = v
+            apply(table, first.changes())
     # Crash after offset 6: offsets 6 was never flushed, so Kafka redelivers from 6 (and the
     # committed offset can lag further: say from 4).
     second = engine()
@@ -70,7 +80,7 @@ def test_restore_ignores_other_partitions() -> None:
     e.process(spans("a", 3, T0), offset=0)
     changes = e.changes()
     other = PartitionEngine(4, [SpanCounter()], 5 * S)
-    assert other.restore(changes.items()) == 0
+    assert other.restore(changes) == 0
     assert other.offset == -1
 
 
@@ -86,5 +96,50 @@ def test_source_records_rerouted_after_a_crash_apply_once() -> None:
     assert e.detectors[0].counts == {"a|a-1": 20}
     assert e.counters.duplicate_messages == 2
     restored = engine()
-    restored.restore(e.changes().items())
+    restored.restore(e.changes())
     assert restored.sources == {"otlp_spans:1": 12, "otlp_spans:0": 10}
+
+
+BATCHES = [spans(("a", "b", "canary")[i % 3], 7, T0 + i * 7 * S) for i in range(12)]
+
+
+def run_from(e: PartitionEngine, start: int, flush_every: int = 2) -> list:
+    """Process BATCHES[start:] (as Kafka redelivers them), flushing on a cadence; the writes."""
+    log = []
+    for i in range(start, len(BATCHES)):
+        e.process(BATCHES[i], offset=i, source=("otlp_spans", 0, 100 + i))
+        if i % flush_every == 1:
+            log += e.changes()
+    return log
+
+
+def assert_same_state(e: PartitionEngine, ref: PartitionEngine) -> None:
+    assert e.detectors[0].counts == ref.detectors[0].counts
+    assert e.counters.items == ref.counters.items
+    assert e.offset == ref.offset and e.sources == ref.sources
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 120])
+def test_a_crash_at_any_write_restores_one_whole_flush(chunk_bytes: int | None) -> None:
+    """Cut the changelog after every write (a SIGKILL can land anywhere in a flush), restore,
+    redeliver from the start (the committed offset can only be earlier than saved state):
+    the result is always exactly the uninterrupted one."""
+    ref = engine()
+    run_from(ref, 0)
+    log = run_from(engine(chunk_bytes), 0)
+    assert len(log) > 20
+    for cut in range(len(log) + 1):
+        table: dict[str, bytes] = {}
+        apply(table, log[:cut])
+        again = engine(chunk_bytes)
+        again.restore(table.items())
+        second_log = run_from(again, 0)
+        assert_same_state(again, ref)
+        # And a second crash, in the middle of the restored worker's own flushes.
+        for cut2 in range(0, len(second_log) + 1, 3):
+            table2 = dict(table)
+            apply(table2, second_log[:cut2])
+            third = engine(chunk_bytes)
+            third.restore(table2.items())
+            run_from(third, 0)
+            assert_same_state(third, ref)
