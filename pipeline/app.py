@@ -70,6 +70,7 @@ class _Stream:
     table: Any
     decode_wire: Callable[[bytes], records.Routed]
     detector_classes: list[type[Detector]]
+    topic_name: str = ""
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
     last_flush: dict[int, float] = field(default_factory=dict)
@@ -133,7 +134,9 @@ class Pipeline:
                 value_type=bytes,
             )
             classes = [c for c in detector_classes if c.signal == signal]
-            self.streams[signal] = _Stream(signal, routed, table, decode_wire, classes)
+            self.streams[signal] = _Stream(
+                signal, routed, table, decode_wire, classes, routed.get_topic_name()
+            )
 
         self._define_agents()
 
@@ -231,8 +234,12 @@ class Pipeline:
                 groups[partition_of(item, parts)].append(item)
             encode = records.encode_spans if signal == "spans" else records.encode_points
             source = (msg.topic, msg.partition, msg.offset)
+            # Straight to the producer: Topic.send's per-call machinery (futures, callbacks,
+            # serializer lookup) cost more than the decode. The consumer's commit still flushes
+            # this producer before committing the source offset.
+            producer, name = self.app.producer, stream.topic_name
             for p, group in groups.items():
-                await stream.topic.send(value=encode(group, source), partition=p)
+                await producer.send(name, None, encode(group, source), p, None, None)
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
 
     async def _dead_letter(
