@@ -1,0 +1,404 @@
+"""Score findings (or any method's alerts) against the simulator's ground-truth labels. Pure.
+
+Inputs are one scenario's labels (``pipeline.simulate.label_lines``: a ``run`` line, then one
+line per fault or hard negative) and *alerts*: ``(kind, entity, fired_at_ns)``. Findings become
+alerts by distinct ``id`` over ``status == "firing"`` records only (a finding is re-published on
+a severity change and on resolve; resolved records are never counted), fired at their
+``detected_at``. Any other method (a static threshold, a ``predict_linear`` rule, HalfSpaceTrees)
+is scored the same way with ``score_rule``, under the key ``baseline:<name>``.
+
+For one finding kind:
+
+- A **positive label** is a label of that kind with ``negative: false``.
+- An alert **matches** a label when the kinds are equal, every key of the label's entity equals
+  the alert's entity value for that key (an empty label entity matches every entity), and the
+  alert fired within ``[label start, label end + grace]``; grace is per kind (``DEFAULT_GRACE_S``;
+  leaks get longer: a slow leak may be provable only well after its onset, and a leak label runs
+  through any OOM kill, which keeps the ``service.instance.id``).
+- ``tp``: positive labels matched by at least one alert; ``fn``: positive labels matched by none.
+- ``fp``: alerts matching no positive label. ``tp_alerts``: alerts matching at least one.
+  ``alerts`` = ``tp_alerts`` + ``fp``; a flapping finding that re-opens on the same fault adds to
+  ``tp_alerts`` but not to ``tp``, so ``tp_alerts - tp`` shows repeated alerts.
+- ``precision`` = tp_alerts / alerts (None without alerts); ``recall`` = tp / positive labels
+  (None without positive labels); ``f1`` their harmonic mean (None if either is None).
+- ``median_delay_s``: median over detected positive labels of (first matching alert's fired_at -
+  label start), in event-time seconds.
+- ``false_alarms_per_100h`` = 100 * fp / entity-hours, where entity-hours = the number of
+  entities that could have had this kind of finding (from the run line's ``entities``:
+  operations for ``bottleneck_span``, instances for ``memory_leak`` / ``gc_pressure``, hosts for
+  ``time_wait_buildup``, services for ``latency_regression``) times the run's hours.
+- ``hard_negative_false_alarms``: false alarms (``fp``) that match, as above, a negative label
+  whose ``must_not_trigger`` lists the kind: the look-alikes the detector must stay quiet on.
+
+Scores of several scenarios combine with ``merge`` (sums of counts and entity-hours, pooled
+delays), then the ratios are recomputed.
+
+>>> labels = LabelSet.from_lines([
+...     {"type": "run", "scenario": "s", "start_unix_nano": 0, "end_unix_nano": 3600 * 10**9,
+...      "duration_s": 3600.0, "entities": {"hosts": 4}},
+...     {"type": "label", "kind": "time_wait_buildup", "negative": False, "entity": {"host": "a"},
+...      "start_unix_nano": 600 * 10**9, "end_unix_nano": 1200 * 10**9}])
+>>> s = score_rule("static", "time_wait_buildup", [({"host": "a"}, 660 * 10**9)], labels)
+>>> s.name, s.tp, s.fp, s.recall, s.median_delay_s
+('baseline:static', 1, 0, 1.0, 60.0)
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.simulate.timefmt import parse_time_ns, rfc3339
+
+NS = 1_000_000_000
+DEFAULT_GRACE_S = 600.0
+GRACE_BY_KIND_S: dict[str, float] = {"memory_leak": 1800.0}
+#: Which count of the run line's ``entities`` could carry each finding kind.
+ENTITY_COUNT_BY_KIND: dict[str, str] = {
+    "bottleneck_span": "operations",
+    "memory_leak": "instances",
+    "gc_pressure": "instances",
+    "time_wait_buildup": "hosts",
+    "latency_regression": "services",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    kind: str
+    entity: dict[str, str]
+    start_ns: int
+    end_ns: int
+    negative: bool = False
+    must_not_trigger: tuple[str, ...] = ()
+    note: str = ""
+
+    @classmethod
+    def from_line(cls, line: Mapping[str, Any]) -> Label:
+        return cls(
+            kind=line["kind"],
+            entity={str(k): str(v) for k, v in (line.get("entity") or {}).items()},
+            start_ns=_ns(line, "start"),
+            end_ns=_ns(line, "end"),
+            negative=bool(line.get("negative", False)),
+            must_not_trigger=tuple(line.get("must_not_trigger") or ()),
+            note=str(line.get("note", "")),
+        )
+
+    def matches(self, alert: Alert, grace_ns: int) -> bool:
+        return (
+            self.start_ns <= alert.fired_at_ns <= self.end_ns + grace_ns
+            and all(alert.entity.get(k) == v for k, v in self.entity.items())
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "entity": self.entity, "start": rfc3339(self.start_ns),
+            "end": rfc3339(self.end_ns), **({"note": self.note} if self.note else {}),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSet:
+    """One scenario's ground truth: its run line and its labels."""
+
+    scenario: str
+    start_ns: int
+    end_ns: int
+    entities: dict[str, int]
+    labels: tuple[Label, ...]
+
+    @property
+    def hours(self) -> float:
+        return (self.end_ns - self.start_ns) / NS / 3600
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[Mapping[str, Any]]) -> LabelSet:
+        sets = split_label_sets(lines)
+        if len(sets) != 1:
+            raise ValueError(f"expected one run line, found {len(sets)}; use split_label_sets")
+        return sets[0]
+
+    @classmethod
+    def read(cls, path: str | Path) -> LabelSet:
+        return cls.from_lines(read_jsonl(path))
+
+    def entity_hours(self, kind: str) -> float | None:
+        key = ENTITY_COUNT_BY_KIND.get(kind)
+        if key is None or key not in self.entities:
+            return None
+        return self.entities[key] * self.hours
+
+
+def split_label_sets(lines: Iterable[Mapping[str, Any]]) -> list[LabelSet]:
+    """Label files may be concatenated: each ``run`` line starts a new scenario."""
+    out: list[LabelSet] = []
+    run: Mapping[str, Any] | None = None
+    labels: list[Label] = []
+
+    def close() -> None:
+        if run is not None:
+            start = _ns(run, "start")
+            end = _ns(run, "end") if ("end_unix_nano" in run or "end" in run) else (
+                start + int(float(run["duration_s"]) * NS)
+            )
+            out.append(LabelSet(
+                scenario=str(run.get("scenario", "")), start_ns=start, end_ns=end,
+                entities={str(k): int(v) for k, v in (run.get("entities") or {}).items()},
+                labels=tuple(labels),
+            ))
+
+    for line in lines:
+        if line.get("type") == "run":
+            close()
+            run, labels = line, []
+        elif line.get("type") == "label":
+            if run is None:
+                raise ValueError("a label line comes before any run line")
+            labels.append(Label.from_line(line))
+    close()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert of one method: a finding (by id) or a rule firing."""
+
+    kind: str
+    entity: dict[str, str]
+    fired_at_ns: int
+    id: str = ""
+
+
+def alerts_from_findings(findings: Iterable[Mapping[str, Any]]) -> list[Alert]:
+    """One alert per distinct finding ``id`` among ``firing`` records, at its earliest
+    ``detected_at``; resolved records are ignored."""
+    by_id: dict[str, Alert] = {}
+    for f in findings:
+        if f.get("status") != "firing":
+            continue
+        fid = str(f.get("id") or f.get("fingerprint") or "")
+        at = parse_time_ns(f["detected_at"])
+        seen = by_id.get(fid)
+        if seen is None or at < seen.fired_at_ns:
+            by_id[fid] = Alert(
+                kind=str(f["kind"]),
+                entity={str(k): str(v) for k, v in (f.get("entity") or {}).items()},
+                fired_at_ns=at, id=fid,
+            )
+    return sorted(by_id.values(), key=lambda a: (a.fired_at_ns, a.id))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+@dataclass
+class KindScore:
+    """Counts and detail for one method on one finding kind (one scenario, or merged)."""
+
+    name: str  # the finding kind, or "baseline:<name>"
+    kind: str
+    tp: int = 0
+    fn: int = 0
+    fp: int = 0
+    tp_alerts: int = 0
+    hard_negative_false_alarms: int = 0
+    delays_s: list[float] = field(default_factory=list)
+    entity_hours: float = 0.0
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    negatives: list[dict[str, Any]] = field(default_factory=list)
+    false_alarms: list[dict[str, Any]] = field(default_factory=list)
+    scenarios: list[str] = field(default_factory=list)
+
+    @property
+    def alerts(self) -> int:
+        return self.tp_alerts + self.fp
+
+    @property
+    def precision(self) -> float | None:
+        return self.tp_alerts / self.alerts if self.alerts else None
+
+    @property
+    def recall(self) -> float | None:
+        positives = self.tp + self.fn
+        return self.tp / positives if positives else None
+
+    @property
+    def f1(self) -> float | None:
+        p, r = self.precision, self.recall
+        if p is None or r is None:
+            return None
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def median_delay_s(self) -> float | None:
+        return statistics.median(self.delays_s) if self.delays_s else None
+
+    @property
+    def false_alarms_per_100h(self) -> float | None:
+        return 100.0 * self.fp / self.entity_hours if self.entity_hours else None
+
+    def merge(self, other: KindScore) -> KindScore:
+        if (self.name, self.kind) != (other.name, other.kind):
+            raise ValueError(f"cannot merge {self.name}/{self.kind} with {other.name}/{other.kind}")
+        return KindScore(
+            name=self.name, kind=self.kind, tp=self.tp + other.tp, fn=self.fn + other.fn,
+            fp=self.fp + other.fp, tp_alerts=self.tp_alerts + other.tp_alerts,
+            hard_negative_false_alarms=(
+                self.hard_negative_false_alarms + other.hard_negative_false_alarms
+            ),
+            delays_s=self.delays_s + other.delays_s,
+            entity_hours=self.entity_hours + other.entity_hours,
+            labels=self.labels + other.labels, negatives=self.negatives + other.negatives,
+            false_alarms=self.false_alarms + other.false_alarms,
+            scenarios=self.scenarios + other.scenarios,
+        )
+
+    def to_dict(self, detail: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "precision": _round(self.precision),
+            "recall": _round(self.recall),
+            "f1": _round(self.f1),
+            "median_delay_s": _round(self.median_delay_s, 1),
+            "false_alarms_per_100h": _round(self.false_alarms_per_100h, 3),
+            "hard_negative_false_alarms": self.hard_negative_false_alarms,
+            "tp": self.tp, "fp": self.fp, "fn": self.fn,
+            "tp_alerts": self.tp_alerts, "alerts": self.alerts,
+            "positives": self.tp + self.fn,
+            "entity_hours": _round(self.entity_hours, 3),
+            "scenarios": self.scenarios,
+        }
+        if detail:
+            out.update(labels=self.labels, negatives=self.negatives,
+                       false_alarms=self.false_alarms)
+        return out
+
+
+def grace_ns(kind: str, grace_s: Mapping[str, float] | float | None = None) -> int:
+    """Grace after a label's end for ``kind``: a number for every kind, or a per-kind map
+    (kinds it omits use ``GRACE_BY_KIND_S`` / ``DEFAULT_GRACE_S``)."""
+    if isinstance(grace_s, int | float):
+        return int(grace_s * NS)
+    table = {**GRACE_BY_KIND_S, **(grace_s or {})}
+    return int(table.get(kind, DEFAULT_GRACE_S) * NS)
+
+
+def score_alerts(
+    kind: str,
+    alerts: Iterable[Alert],
+    labels: LabelSet,
+    grace_s: Mapping[str, float] | float | None = None,
+    name: str | None = None,
+) -> KindScore:
+    """Score one method's alerts of ``kind`` (alerts of other kinds are ignored)."""
+    grace = grace_ns(kind, grace_s)
+    alerts = sorted((a for a in alerts if a.kind == kind), key=lambda a: (a.fired_at_ns, a.id))
+    positives = [lb for lb in labels.labels if lb.kind == kind and not lb.negative]
+    negatives = [lb for lb in labels.labels if lb.negative and kind in lb.must_not_trigger]
+    score = KindScore(
+        name=name or kind, kind=kind, entity_hours=labels.entity_hours(kind) or 0.0,
+        scenarios=[labels.scenario],
+    )
+    matched: list[list[Alert]] = [[] for _ in positives]
+    false: list[Alert] = []
+    for a in alerts:
+        hits = [i for i, lb in enumerate(positives) if lb.matches(a, grace)]
+        for i in hits:
+            matched[i].append(a)
+        if hits:
+            score.tp_alerts += 1
+        else:
+            false.append(a)
+    for lb, hits in zip(positives, matched, strict=True):
+        detail = {"scenario": labels.scenario, **lb.describe(), "detected": bool(hits),
+                  "alerts": len(hits)}
+        if hits:
+            first = hits[0]
+            delay = (first.fired_at_ns - lb.start_ns) / NS
+            score.tp += 1
+            score.delays_s.append(delay)
+            detail.update(first_alert_at=rfc3339(first.fired_at_ns), delay_s=round(delay, 3),
+                          first_alert_id=first.id)
+        else:
+            score.fn += 1
+        score.labels.append(detail)
+    score.fp = len(false)
+    neg_hits = [0] * len(negatives)
+    for a in false:
+        on = [i for i, lb in enumerate(negatives) if lb.matches(a, grace)]
+        for i in on:
+            neg_hits[i] += 1
+        if on:
+            score.hard_negative_false_alarms += 1
+        score.false_alarms.append({
+            "scenario": labels.scenario, "entity": a.entity, "fired_at": rfc3339(a.fired_at_ns),
+            "id": a.id, "negatives": [negatives[i].kind for i in on],
+        })
+    for lb, n in zip(negatives, neg_hits, strict=True):
+        score.negatives.append({"scenario": labels.scenario, **lb.describe(), "false_alarms": n})
+    return score
+
+
+def score_findings(
+    findings: Iterable[Mapping[str, Any]],
+    labels: LabelSet,
+    kinds: Iterable[str],
+    grace_s: Mapping[str, float] | float | None = None,
+) -> dict[str, KindScore]:
+    """Score finding records (as published, any status) for each of ``kinds``."""
+    alerts = alerts_from_findings(findings)
+    return {kind: score_alerts(kind, alerts, labels, grace_s) for kind in kinds}
+
+
+def score_rule(
+    name: str,
+    kind: str,
+    alerts: Iterable[tuple[Mapping[str, Any], int]],
+    labels: LabelSet,
+    grace_s: Mapping[str, float] | float | None = None,
+) -> KindScore:
+    """Score a baseline that fires ``(entity, fired_at_ns)`` alerts for ``kind``; each tuple is one
+    alert (deduplicate a rule's repeated evaluations before calling). Named ``baseline:<name>``."""
+    as_alerts = [
+        Alert(kind, {str(k): str(v) for k, v in entity.items()}, int(at), id=f"{name}#{i}")
+        for i, (entity, at) in enumerate(alerts)
+    ]
+    return score_alerts(kind, as_alerts, labels, grace_s, name=f"baseline:{name}")
+
+
+def merge(scores: Iterable[Mapping[str, KindScore]]) -> dict[str, KindScore]:
+    """Combine per-scenario score maps key by key."""
+    out: dict[str, KindScore] = {}
+    for per_scenario in scores:
+        for key, s in per_scenario.items():
+            out[key] = out[key].merge(s) if key in out else s
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        return [orjson.loads(line) for line in fh if line.strip()]
+
+
+def _ns(line: Mapping[str, Any], key: str) -> int:
+    if f"{key}_unix_nano" in line:
+        return int(line[f"{key}_unix_nano"])
+    return parse_time_ns(line[key])
+
+
+def _round(v: float | None, nd: int = 4) -> float | None:
+    return None if v is None else round(v, nd)

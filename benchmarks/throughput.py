@@ -1,0 +1,408 @@
+"""Throughput: the worker against the floor of plain aiokafka consume + OTLP decode, same run.
+
+``python -m benchmarks.throughput [--quick] [--scenario healthy] [--duration 10m]
+[--keying keyed|unkeyed]``
+
+One scenario (default ``healthy``: no faults; ``--quick`` 3 min of event time, else 20 min) is
+replayed into fresh topics (``bench-tp-<id>.spans`` / ``.metrics``, ``--partitions`` each), then
+measured in the same run, on the same topics and broker, in this order:
+
+1. **raw, before**: one plain ``AIOKafkaConsumer`` (no group, all partitions of both topics
+   assigned, from the earliest offset, the worker's per-partition fetch size) decodes every
+   record with ``pipeline.otlp.decode_spans`` / ``decode_metrics`` (same encoding and ``Limits``
+   the worker uses, the Kafka timestamp as reference time), in this process, one thread;
+2. **pipeline**: a ``python -m pipeline worker`` subprocess with a fresh application id consumes
+   the same topics from the earliest offset, decodes, routes through its internal topics and
+   applies every item to its detectors (``pipeline.detectors.BUILTIN``, plus ``--detectors``);
+3. **raw, after**: as 1, to show drift (page cache, broker, machine load). Raw figures in the
+   JSON are the mean of the two;
+4. **raw, one topic alone** (``raw_alone``): as 1 for each topic by itself: the decode capacity
+   per signal, which 1 and 3 cannot show for a small signal (see below).
+
+What each number means (``s`` is either signal: spans or metric points):
+
+- ``elapsed_s[s]`` (raw): from the moment ``getmany`` first returned a record of ``s`` to the
+  moment the last record of ``s`` was decoded. Both topics are consumed together, interleaved as
+  the fetches return them, so this is wall time while the other signal is also being read.
+- ``elapsed_s[s]`` (pipeline): from the first /metrics poll that shows
+  ``anomaly_pipeline_records_consumed_total{topic=<s topic>} > 0`` to the first poll that shows
+  ``anomaly_pipeline_items_detected_total{signal=s}`` equal to the items produced. Worker start-up
+  (imports, group join, topic creation) is excluded; polling every ``--poll`` seconds (default
+  0.1) bounds the error of each end to one poll interval. Both signals flow concurrently, as in
+  raw.
+- ``spans_per_s`` / ``metric_points_per_s`` = items of that signal / its own ``elapsed_s``.
+- ``items_per_s`` (combined) = (spans + metric points) / (last end - first start over both
+  signals): the capacity figure, since per-signal rates share one consumer and one CPU.
+- ``ratio`` / ``metric_ratio`` / ``combined_ratio`` = pipeline rate / mean raw rate (1.0 would
+  mean the pipeline adds nothing over consume + decode).
+
+Read ``combined_ratio`` (and ``ratio``: spans are ~97% of the items) as the headline. Per-signal
+rates of a concurrent pass are rates *while sharing* one consumer and one core with the other
+signal, and the metric points are a small signal whose elapsed time depends on when the fetches
+happen to return its few records: in raw, if they come in the first fetch, they are decoded in
+milliseconds; in the worker, its ingest agent interleaves with the spans agent for most of the
+run. So ``metric_points_per_s``, ``raw_metric_points_per_s`` and ``metric_ratio`` are symmetric
+by construction but noisy and not capacities; ``raw_alone`` gives the raw capacity.
+
+Also reported:
+- ``peak_rss_mb``: the worker's kernel high-water mark of resident memory (``VmHWM`` from
+  ``/proc/<pid>/status``) when it is stopped, start-up included.
+- ``worker_cpu_s``: the worker's user + system CPU seconds between first consume and done;
+  ``worker_cores`` = that / combined elapsed (1.0 = one core busy throughout).
+- ``stage_busy_s``: seconds inside each stage's per-record handler
+  (``anomaly_pipeline_processing_seconds_sum``, wall time including awaits, so the stages
+  overlap), from the worker's last scrape.
+- ``first_detect_lag_s``: first consume to the first item detected, per signal: how long the
+  detection stage waits for its first routed message.
+
+The last line of stdout is one JSON object with these figures (see ``DESIGN.md``); the table
+and progress lines (stderr) come before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from benchmarks import harness
+from benchmarks.harness import SIGNALS, RunNames, log
+from pipeline import otlp
+from pipeline.simulate import PRESETS, build_scenario
+from pipeline.simulate.faults import parse_duration
+from pipeline.simulate.timefmt import DEFAULT_REPLAY_START
+
+CACHE = harness.ROOT / ".cache" / "bench" / "throughput"
+DECODERS = {"spans": otlp.decode_spans, "metrics": otlp.decode_metrics}
+
+
+@dataclass
+class Pass:
+    """One measured pass over both topics: items per signal and their start/end times."""
+
+    name: str
+    items: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
+    start: dict[str, float] = field(default_factory=dict)
+    end: dict[str, float] = field(default_factory=dict)
+    cpu_s: float | None = None
+    complete: bool = True
+
+    def elapsed(self, signal: str | None = None) -> float | None:
+        if signal is not None:
+            if signal not in self.start or signal not in self.end:
+                return None
+            return self.end[signal] - self.start[signal]
+        if len(self.end) < len(SIGNALS) or not self.start:
+            return None
+        return max(self.end.values()) - min(self.start.values())
+
+    def rate(self, signal: str | None = None) -> float | None:
+        dt = self.elapsed(signal)
+        n = sum(self.items.values()) if signal is None else self.items[signal]
+        return n / dt if dt else None
+
+
+async def raw_pass(
+    bootstrap: str, names: RunNames, encoding: str, label: str,
+    signals: tuple[str, ...] = SIGNALS,
+) -> Pass:
+    """Consume the topics of ``signals`` (default both, together) from the start and decode
+    every record (see the module doc)."""
+    consumer = AIOKafkaConsumer(
+        **harness.client_kwargs(bootstrap), group_id=None, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_partition_fetch_bytes=harness.WORKER_FETCH_BYTES,
+    )
+    await consumer.start()
+    result = Pass(label)
+    try:
+        ends = await harness.end_offsets(consumer, [names.topic(s) for s in signals])
+        remaining = {tp: n for tp, n in ends.items() if n > 0}
+        signal_of = {names.spans: "spans", names.metrics: "metrics"}
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        cpu0 = time.process_time()
+        deadline = time.monotonic() + 600
+        while remaining and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            got = time.perf_counter()
+            for tp, recs in batches.items():
+                if not recs:
+                    continue
+                s = signal_of[tp.topic]
+                result.start.setdefault(s, got)
+                decode, n = DECODERS[s], 0
+                for r in recs:
+                    limits = otlp.Limits(reference_time_ns=r.timestamp * 1_000_000)
+                    n += len(decode(r.value, encoding, limits).items)
+                result.items[s] += n
+                result.end[s] = time.perf_counter()
+                if recs[-1].offset + 1 >= remaining.get(tp, 0):
+                    remaining.pop(tp, None)
+        result.cpu_s = time.process_time() - cpu0
+        result.complete = not remaining
+        for s in SIGNALS:
+            if s not in signals:
+                result.items.pop(s)
+    finally:
+        await consumer.stop()
+    return result
+
+
+@dataclass
+class PipelineRun:
+    measured: Pass
+    peak_rss_mb: float
+    worker_cpu_s: float | None
+    stage_busy_s: dict[str, float]
+    startup_s: float | None
+    deadletters: float
+    exit_code: int | None
+    first_detect_lag_s: dict[str, float]
+
+
+async def pipeline_pass(
+    bootstrap: str, names: RunNames, produced: harness.Produced, encoding: str,
+    detectors: str, timeout_s: float, poll_s: float,
+) -> PipelineRun:
+    env = names.worker_env("w")
+    env.update(OTLP_SPANS_ENCODING=encoding, OTLP_METRICS_ENCODING=encoding)
+    worker = harness.Worker(env, bootstrap, CACHE / "worker.log", detectors).start()
+    log(f"pipeline: worker pid {worker.proc.pid}, log {worker.log_path}")  # type: ignore[union-attr]
+    try:
+        tl = await harness.wait_until_detected(
+            worker, names, produced.items, timeout_s=timeout_s, poll_s=poll_s
+        )
+    finally:
+        code = worker.stop()
+    measured = Pass("pipeline", start=dict(tl.first_consumed), end=dict(tl.done))
+    for s in SIGNALS:
+        measured.items[s] = int(tl.last.get_value(harness.METRIC_DETECTED, signal=s))
+    measured.complete = not tl.timed_out
+    if tl.timed_out:
+        log("pipeline: TIMED OUT: " + harness.progress_line(
+            tl.last, names, produced.items, time.perf_counter() - worker.started_at))
+    cpu = (
+        tl.cpu_at_done - tl.cpu_at_first
+        if tl.cpu_at_done is not None and tl.cpu_at_first is not None else None
+    )
+    first = min(tl.first_consumed.values()) if tl.first_consumed else None
+    detect_lag = {
+        s: round(tl.first_detected[s] - tl.first_consumed[s], 2)
+        for s in SIGNALS if s in tl.first_detected and s in tl.first_consumed
+    }
+    return PipelineRun(
+        measured=measured,
+        peak_rss_mb=worker.peak_rss_mb,
+        worker_cpu_s=cpu,
+        stage_busy_s=harness.stage_seconds(tl.last),
+        startup_s=None if first is None else first - worker.started_at,
+        deadletters=sum(tl.last.by_label(harness.METRIC_DEADLETTERS, "topic").values()),
+        exit_code=code,
+        first_detect_lag_s=detect_lag,
+    )
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
+
+
+def _r(v: float | None, nd: int = 1) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    bootstrap = harness.bootstrap_servers()
+    duration = args.duration or ("3m" if args.quick else "20m")
+    names = RunNames.fresh("bench-tp")
+    scenario = build_scenario(
+        args.scenario, args.seed, duration=duration, start=DEFAULT_REPLAY_START,
+        keying=args.keying, encoding=args.encoding, rate=args.rate,
+        spans_topic=names.spans, metrics_topic=names.metrics,
+    )
+    detector_names = [c.name for c in harness.detector_classes(args.detectors)]
+    log(f"throughput: scenario {scenario.name} ({scenario.duration_s:.0f} s of event time, "
+        f"{scenario.keying}, {scenario.encoding}), topics {names.tag}.*, broker {bootstrap}, "
+        f"detectors: {', '.join(detector_names) or 'none registered'}")
+    wall0 = time.perf_counter()
+    try:
+        await harness.create_input_topics(bootstrap, names, args.partitions)
+        produced = await harness.replay(scenario, bootstrap)
+        log(f"replay: {produced.total_records:,} records ({produced.bytes / 1e6:,.1f} MB), "
+            f"{produced.items['spans']:,} spans, {produced.items['metrics']:,} metric points in "
+            f"{produced.seconds:.1f} s")
+        raw_before = await raw_pass(bootstrap, names, scenario.encoding, "raw (before)")
+        log(f"raw (before): {raw_before.rate():,.0f} items/s")
+        pipe = await pipeline_pass(
+            bootstrap, names, produced, scenario.encoding, args.detectors,
+            timeout_s=args.timeout or (300 if args.quick else 1800), poll_s=args.poll,
+        )
+        log(f"pipeline: {pipe.measured.rate() or 0:,.0f} items/s")
+        raw_after = await raw_pass(bootstrap, names, scenario.encoding, "raw (after)")
+        log(f"raw (after): {raw_after.rate():,.0f} items/s")
+        alone = [
+            await raw_pass(bootstrap, names, scenario.encoding, f"raw {s} alone", (s,))
+            for s in SIGNALS
+        ]
+    finally:
+        await harness.cleanup_logged(bootstrap, names.tag)
+    for p in (raw_before, raw_after):
+        if p.items != produced.items:
+            log(f"WARNING: {p.name} decoded {p.items}, produced {produced.items}")
+            p.complete = False
+    pm = pipe.measured
+    raw_rates = {
+        key: _mean([raw_before.rate(s), raw_after.rate(s)])
+        for key, s in (("spans", "spans"), ("metrics", "metrics"), ("items", None))
+    }
+    combined = pm.elapsed()
+    result: dict[str, Any] = {
+        "spans_per_s": _r(pm.rate("spans")),
+        "raw_spans_per_s": _r(raw_rates["spans"]),
+        "ratio": _ratio(pm.rate("spans"), raw_rates["spans"]),
+        "metric_points_per_s": _r(pm.rate("metrics")),
+        "raw_metric_points_per_s": _r(raw_rates["metrics"]),
+        "metric_ratio": _ratio(pm.rate("metrics"), raw_rates["metrics"]),
+        "peak_rss_mb": _r(pipe.peak_rss_mb),
+        "items_per_s": _r(pm.rate()),
+        "raw_items_per_s": _r(raw_rates["items"]),
+        "combined_ratio": _ratio(pm.rate(), raw_rates["items"]),
+        "spans": produced.items["spans"],
+        "metric_points": produced.items["metrics"],
+        "records": produced.total_records,
+        "span_records": produced.records["spans"],
+        "metric_records": produced.records["metrics"],
+        "bytes": produced.bytes,
+        "scenario": scenario.name,
+        "seed": scenario.seed,
+        "duration_s": scenario.duration_s,
+        "keying": scenario.keying,
+        "encoding": scenario.encoding,
+        "partitions": args.partitions,
+        "detectors": detector_names,
+        "quick": bool(args.quick),
+        "elapsed_s": {
+            p.name: {s: _r(p.elapsed(s), 3) for s in SIGNALS} | {"combined": _r(p.elapsed(), 3)}
+            for p in (raw_before, pm, raw_after)
+        },
+        "raw_runs": {
+            p.name: {"spans_per_s": _r(p.rate("spans")),
+                     "metric_points_per_s": _r(p.rate("metrics")),
+                     "items_per_s": _r(p.rate()), "cpu_s": _r(p.cpu_s, 2)}
+            for p in (raw_before, raw_after)
+        },
+        "worker_cpu_s": _r(pipe.worker_cpu_s, 2),
+        "worker_cores": _r(pipe.worker_cpu_s / combined, 2)
+        if pipe.worker_cpu_s is not None and combined else None,
+        "worker_startup_s": _r(pipe.startup_s, 2),
+        "stage_busy_s": {k: _r(v, 2) for k, v in pipe.stage_busy_s.items()},
+        "first_detect_lag_s": pipe.first_detect_lag_s,
+        "deadletters": int(pipe.deadletters),
+        "poll_s": args.poll,
+        "replay_s": _r(produced.seconds, 2),
+        "wall_s": _r(time.perf_counter() - wall0, 1),
+        "complete": all(p.complete for p in (raw_before, pm, raw_after)),
+    }
+    result["raw_alone"] = {
+        "spans_per_s": _r(alone[0].rate("spans")),
+        "metric_points_per_s": _r(alone[1].rate("metrics")),
+        "elapsed_s": {s: _r(p.elapsed(s), 3) for s, p in zip(SIGNALS, alone, strict=True)},
+    }
+    print(table(result, [raw_before, pm, raw_after], alone))
+    return result
+
+
+def _fmt(v: float | None, spec: str = ",.0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(r: dict[str, Any], passes: list[Pass], alone: list[Pass]) -> str:
+    lines = [
+        f"Throughput: scenario {r['scenario']} (seed {r['seed']}, {r['duration_s']:.0f} s event "
+        f"time, {r['keying']}, {r['encoding']}, {r['partitions']} partitions), detectors: "
+        f"{', '.join(r['detectors']) or 'none registered'}",
+        f"  input: {r['records']:,} records ({r['span_records']:,} span, {r['metric_records']:,} "
+        f"metric; {r['bytes'] / 1e6:,.1f} MB), {r['spans']:,} spans, {r['metric_points']:,} "
+        "metric points",
+        "",
+        f"  {'pass':14s} {'spans/s':>10s} {'span s':>8s} {'points/s':>10s} {'point s':>8s} "
+        f"{'items/s':>10s} {'total s':>8s}",
+    ]
+    for p in passes:
+        lines.append(
+            f"  {p.name:14s} {_fmt(p.rate('spans')):>10s} {_fmt(p.elapsed('spans'), '.2f'):>8s} "
+            f"{_fmt(p.rate('metrics')):>10s} {_fmt(p.elapsed('metrics'), '.2f'):>8s} "
+            f"{_fmt(p.rate()):>10s} {_fmt(p.elapsed(), '.2f'):>8s}"
+            + ("" if p.complete else "  INCOMPLETE")
+        )
+    lines += [
+        f"  {'raw (mean)':14s} {_fmt(r['raw_spans_per_s']):>10s} {'':>8s} "
+        f"{_fmt(r['raw_metric_points_per_s']):>10s} {'':>8s} {_fmt(r['raw_items_per_s']):>10s}",
+        f"  {'pipeline/raw':14s} {_fmt(r['ratio'], '.3f'):>10s} {'':>8s} "
+        f"{_fmt(r['metric_ratio'], '.3f'):>10s} {'':>8s} {_fmt(r['combined_ratio'], '.3f'):>10s}",
+        f"  {'raw, 1 topic':14s} {_fmt(alone[0].rate('spans')):>10s} "
+        f"{_fmt(alone[0].elapsed('spans'), '.2f'):>8s} {_fmt(alone[1].rate('metrics')):>10s} "
+        f"{_fmt(alone[1].elapsed('metrics'), '.2f'):>8s}   (each topic alone: decode capacity)",
+        "",
+        f"  worker: peak RSS {_fmt(r['peak_rss_mb'], '.1f')} MB, CPU "
+        f"{_fmt(r['worker_cpu_s'], '.1f')} s over the measured interval "
+        f"({_fmt(r['worker_cores'], '.2f')} cores), start-up to first consume "
+        f"{_fmt(r['worker_startup_s'], '.1f')} s, dead letters {r['deadletters']}",
+        "  first consume -> first item detected (s): "
+        + (", ".join(f"{k} {v:.2f}" for k, v in r["first_detect_lag_s"].items()) or "-"),
+        "  worker stage handler time (s): "
+        + (", ".join(f"{k} {v:.2f}" for k, v in r["stage_busy_s"].items()) or "-"),
+        f"  replay {r['replay_s']:.1f} s; whole run {r['wall_s']:.1f} s; poll interval "
+        f"{r['poll_s']} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="CI size: 3 min of event time")
+    parser.add_argument("--scenario", default="healthy", choices=list(PRESETS),
+                        help="simulator preset (default healthy)")
+    parser.add_argument("--duration", help="event time to replay, e.g. 10m (default 20m, quick 3m)")
+    parser.add_argument("--keying", choices=("keyed", "unkeyed"), default="keyed",
+                        help="span records keyed by trace id or unkeyed batches (default keyed)")
+    parser.add_argument("--encoding", choices=("otlp_proto", "otlp_json"), default="otlp_proto")
+    parser.add_argument("--rate", type=float, help="entry requests/s (default: the scenario's)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--partitions", type=int, default=8,
+                        help="partitions of the input topics (default 8)")
+    parser.add_argument("--detectors", default="",
+                        help="extra detectors for the worker (PIPELINE_DETECTORS syntax)")
+    parser.add_argument("--poll", type=float, default=0.1,
+                        help="seconds between /metrics polls (default 0.1)")
+    parser.add_argument("--timeout", type=float,
+                        help="seconds to wait for the worker (default 1800; quick 300)")
+    args = parser.parse_args(argv)
+    try:
+        parse_duration(args.duration or "1s")
+    except ValueError as exc:
+        parser.error(str(exc))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    result = harness.run_main("throughput", run(args))
+    (CACHE / "result.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(result).decode(), flush=True)
+    if not result["complete"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+
