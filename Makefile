@@ -19,7 +19,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: set PYTHON=python3.11")'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
@@ -32,8 +32,9 @@ kafka-up:
 kafka-down:
 	bash deploy/kafka/kafka.sh down
 
-kafka-reset:
+kafka-reset:  # offsets restart at 0 in a new cluster, so saved detector state goes too
 	bash deploy/kafka/kafka.sh reset
+	rm -rf .cache/state .cache/run
 
 run: $(STAMP)
 	bash deploy/local/run.sh

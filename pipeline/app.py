@@ -85,6 +85,7 @@ class Pipeline:
         self.metrics.watch_state(lambda: self._state_view)
         self._dlq_log = RateLimitedLog(log)
         self._last_source_offset: dict[TP, int] = {}
+        self._reread: set[tuple[TP, int]] = set()  # (partition, last offset) jumps re-read once
         detector_classes = load_detectors(s.pipeline_detectors)
 
         self.app = app = faust.App(
@@ -196,15 +197,20 @@ class Pipeline:
         msg = event.message
         s, m = self.settings, self.metrics
         encoding, decode, partition_of = self._limits[signal]
-        m.records_consumed.labels(msg.topic).inc()
         last = self._last_source_offset.get(msg.tp)
-        if last is not None and msg.offset > last + 1:
+        if last is not None and msg.offset > last + 1 and (msg.tp, last) not in self._reread:
+            # The consumer's position jumped within this assignment (seen across restarts with
+            # faust-streaming, which would then commit past the records in between). Read them
+            # again once; a jump that repeats is a real gap (compaction, transaction markers).
+            self._reread.add((msg.tp, last))
             m.source_gaps.labels(msg.topic).inc()
             log.warning(
-                "offsets %d..%d of %s[%d] were not delivered to the worker (consumer position "
-                "jumped; faust-streaming commits past such gaps)", last + 1, msg.offset - 1,
-                msg.topic, msg.partition,
+                "offsets %d..%d of %s[%d] were not delivered to the worker; seeking back to "
+                "read them", last + 1, msg.offset - 1, msg.topic, msg.partition,
             )
+            await self.app.consumer.seek(msg.tp, last + 1)
+            return  # this record is delivered again after the ones before it
+        m.records_consumed.labels(msg.topic).inc()
         self._last_source_offset[msg.tp] = msg.offset
         limits = otlp.Limits(
             max_record_bytes=s.max_record_bytes,
@@ -230,16 +236,22 @@ class Pipeline:
             stream = self.streams[signal]
             parts = s.pipeline_partitions
             groups: dict[int, list[Any]] = defaultdict(list)
-            for item in items:
-                groups[partition_of(item, parts)].append(item)
             encode = records.encode_spans if signal == "spans" else records.encode_points
             source = (msg.topic, msg.partition, msg.offset)
+            try:
+                for item in items:
+                    groups[partition_of(item, parts)].append(item)
+                payloads = [(p, encode(group, source)) for p, group in groups.items()]
+            except Exception as exc:  # e.g. a JSON value the wire form cannot carry
+                log.exception("cannot route %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+                await self._dead_letter(msg, exc, "internal_error")
+                return
             # Straight to the producer: Topic.send's per-call machinery (futures, callbacks,
             # serializer lookup) cost more than the decode. The consumer's commit still flushes
             # this producer before committing the source offset.
             producer, name = self.app.producer, stream.topic_name
-            for p, group in groups.items():
-                await producer.send(name, None, encode(group, source), p, None, None)
+            for p, payload in payloads:
+                await producer.send(name, None, payload, p, None, None)
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
 
     async def _dead_letter(
@@ -273,10 +285,17 @@ class Pipeline:
             if msg.value == TICK:
                 st.ticked.discard(p)
             else:
-                routed = st.decode_wire(msg.value)
                 c = engine.counters
                 items, duplicates = c.items, c.duplicate_messages
-                for finding in engine.process(routed.items, msg.offset, routed.source):
+                try:
+                    routed = st.decode_wire(msg.value)
+                    findings = engine.process(routed.items, msg.offset, routed.source)
+                except Exception:  # one bad message must not stop detection for everyone
+                    log.exception("skipped routed message %s[%d]@%d", msg.topic, p, msg.offset)
+                    m.decode_errors.labels(msg.topic, "internal_error").inc()
+                    engine.offset = max(engine.offset, msg.offset)
+                    findings = []
+                for finding in findings:
                     await self._publish(finding)
                 m.items_detected.labels(st.signal).inc(c.items - items)
                 if c.duplicate_messages != duplicates:
@@ -310,7 +329,7 @@ class Pipeline:
         message on its routed topic; processing it flushes and acknowledges that work."""
         now = time.monotonic()
         for st in self.streams.values():
-            for p, pending in st.pending.items():
+            for p, pending in list(st.pending.items()):
                 if (
                     pending and p not in st.ticked
                     and now - st.last_flush.get(p, now) >= self.settings.state_flush_interval_s
@@ -339,6 +358,7 @@ class Pipeline:
     def _drop_partitions(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._last_source_offset.pop(tp, None)
+        self._reread = {(tp, o) for tp, o in self._reread if tp not in revoked}
         for st in self.streams.values():
             for tp in revoked:
                 if tp.topic == st.topic.get_topic_name():
@@ -378,4 +398,5 @@ def _headers(headers: Any) -> list[tuple[str, bytes]]:
     if not headers:
         return []
     items = headers.items() if hasattr(headers, "items") else headers
-    return [(str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items]
+    return [(str(k), v if v is None or isinstance(v, bytes) else str(v).encode())
+            for k, v in items]

@@ -144,6 +144,7 @@ class Lifecycle:
         self._state: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
         self.evicted = 0
+        self.refused = 0  # new entities not tracked because every slot held a firing finding
 
     # -- the work --------------------------------------------------------------------------
     def observe(
@@ -154,7 +155,8 @@ class Lifecycle:
         if st is None:
             if verdict is None:
                 return None  # healthy and never suspicious: keep no state
-            self._make_room()
+            if not self._make_room():
+                return None  # counted in ``refused``
             st = self._state[fp] = {
                 "entity": dict(entity), "bad": 0, "good": 0, "firing": False,
                 "started": at_ns, "detected": None, "severity": None, "last": None, "seen": at_ns,
@@ -234,12 +236,18 @@ class Lifecycle:
         self._state.pop(fp, None)
         self._dirty.add(fp)  # a None in the next snapshot deletes it from the table
 
-    def _make_room(self) -> None:
+    def _make_room(self) -> bool:
+        """Free a slot for a new entity; False if every tracked entity is firing.
+
+        Only the longest-quiet *non-firing* entry is evicted: dropping a firing one would leave
+        its finding firing forever on the compacted topic with no resolve to clear it.
+        """
         if len(self._state) < self.max_tracked:
-            return
-        # Evict the longest-quiet non-firing entry; firing ones are what users wait on.
+            return True
         quiet = [(st["seen"], fp) for fp, st in self._state.items() if not st["firing"]]
-        victim = min(quiet)[1] if quiet else min((st["seen"], fp) for fp, st in
-                                                  self._state.items())[1]
-        self._drop(victim)
+        if not quiet:
+            self.refused += 1
+            return False
+        self._drop(min(quiet)[1])
         self.evicted += 1
+        return True

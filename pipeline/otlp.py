@@ -246,6 +246,28 @@ def _any_value_proto(v: Any) -> Any:
     return None
 
 
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+
+
+def _int64(x: Any) -> int:
+    """OTLP/JSON 64-bit integers (strings or numbers); outside 64 bits is not OTLP."""
+    value = int(x)
+    if not INT64_MIN <= value <= UINT64_MAX:
+        raise ValueError(f"integer {value} does not fit 64 bits")
+    return value
+
+
+def _attrs_json(kvs: Any, keep: frozenset[str] | None = None) -> dict[str, Any]:
+    out = {}
+    for kv in kvs or ():
+        key = kv.get("key")
+        if not isinstance(key, str):
+            raise ValueError(f"attribute key {key!r} is not a string")
+        if keep is None or key in keep:
+            out[key] = _any_value_json(kv.get("value"))
+    return out
+
+
 def _any_value_json(v: Any) -> Any:
     if not isinstance(v, dict) or not v:
         return None
@@ -253,7 +275,7 @@ def _any_value_json(v: Any) -> Any:
         if k in ("stringValue", "string_value"):
             return x
         if k in ("intValue", "int_value"):
-            return int(x)
+            return _int64(x)
         if k in ("doubleValue", "double_value"):
             return float(x)
         if k in ("boolValue", "bool_value"):
@@ -261,8 +283,7 @@ def _any_value_json(v: Any) -> Any:
         if k in ("arrayValue", "array_value"):
             return [_any_value_json(e) for e in (x or {}).get("values", [])]
         if k in ("kvlistValue", "kvlist_value"):
-            return {kv.get("key", ""): _any_value_json(kv.get("value")) for kv in
-                    (x or {}).get("values", [])}
+            return _attrs_json((x or {}).get("values", []))
         if k in ("bytesValue", "bytes_value"):
             return base64.b64decode(x).hex()
     return None
@@ -294,8 +315,7 @@ def _resource_proto(res: Any) -> Resource:
 
 
 def _resource_json(res: Any) -> Resource:
-    attrs = (res or {}).get("attributes") or []
-    return _make_resource({kv.get("key", ""): _any_value_json(kv.get("value")) for kv in attrs})
+    return _make_resource(_attrs_json((res or {}).get("attributes")))
 
 
 def _get(d: dict[str, Any], camel: str, snake: str, default: Any = None) -> Any:
@@ -379,8 +399,8 @@ _TEMPORALITIES = {
 
 def _enum(v: Any, names: dict[str, int]) -> int:
     if isinstance(v, str):
-        return names.get(v, 0) if not v.isdigit() else int(v)
-    return int(v or 0)
+        return names.get(v, 0) if not v.isdigit() else _int64(v)
+    return _int64(v or 0)
 
 
 def _hex_id(v: Any) -> str:
@@ -402,11 +422,7 @@ def _spans_from_json(doc: dict[str, Any], limits: Limits) -> Decoded:
             resource = _resource_json(rs.get("resource"))
             for ss in _get(rs, "scopeSpans", "scope_spans", []) or []:
                 for s in ss.get("spans") or []:
-                    attrs = {
-                        kv.get("key"): _any_value_json(kv.get("value"))
-                        for kv in s.get("attributes") or []
-                        if kv.get("key") in keep
-                    }
+                    attrs = _attrs_json(s.get("attributes"), keep)
                     status = s.get("status") or {}
                     item = _span(
                         _hex_id(_get(s, "traceId", "trace_id", "")),
@@ -524,10 +540,7 @@ def _points_from_json(doc: dict[str, Any], limits: Limits) -> Decoded:
                         if t < MIN_VALID_TIME_NS or t > max_t:
                             out.reject(_time_error(name, t, max_t))
                             continue
-                        attrs = {
-                            kv.get("key"): _any_value_json(kv.get("value"))
-                            for kv in dp.get("attributes") or []
-                        }
+                        attrs = _attrs_json(dp.get("attributes"))
                         p = MetricPoint(
                             name, kind, str(m.get("unit", "")), temporality, monotonic, t,
                             int(_get(dp, "startTimeUnixNano", "start_time_unix_nano", 0) or 0),
@@ -535,11 +548,11 @@ def _points_from_json(doc: dict[str, Any], limits: Limits) -> Decoded:
                         )
                         if kind in ("gauge", "sum"):
                             v = _get(dp, "asDouble", "as_double")
-                            p.value = float(v) if v is not None else int(
+                            p.value = float(v) if v is not None else _int64(
                                 _get(dp, "asInt", "as_int", 0)
                             )
                         else:
-                            p.count = int(dp.get("count", 0) or 0)
+                            p.count = _int64(dp.get("count", 0) or 0)
                             p.sum = _num(dp.get("sum"))
                             p.min, p.max = _num(dp.get("min")), _num(dp.get("max"))
                             if kind == "histogram":

@@ -8,6 +8,7 @@ surface later as a stalled consumer.
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from collections.abc import Mapping
@@ -146,6 +147,11 @@ class Settings:
                 "OTLP_SPANS_TOPIC, OTLP_METRICS_TOPIC, FINDINGS_TOPIC and DEADLETTER_TOPIC must "
                 f"all differ, got {topics}"
             )
+        if len(self.pipeline_app_id) > 150:
+            raise ConfigError(
+                f"PIPELINE_APP_ID is {len(self.pipeline_app_id)} characters: keep it to 150 so "
+                "the internal topic names stay under Kafka's 249"
+            )
         if not self.pipeline_app_id or not all(
             c.isalnum() or c in "._-" for c in self.pipeline_app_id
         ):
@@ -215,9 +221,12 @@ def _coerce(name: str, raw: Any, typ: type) -> Any:
         if typ is int:
             return int(text)
         if typ is float:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+            return value
     except ValueError:
-        kind = "a whole number" if typ is int else "a number"
+        kind = "a whole number" if typ is int else "a finite number"
         raise ConfigError(f"{name}={text!r} is not {kind}") from None
     return text
 

@@ -117,7 +117,14 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
                     elif args.deadletters:
                         print(format_deadletter(list(r.headers or []), r.value), flush=True)
                     else:
-                        print(format_finding(orjson.loads(r.value), colour) + "\n", flush=True)
+                        try:
+                            doc = orjson.loads(r.value) if r.value else None
+                        except orjson.JSONDecodeError:
+                            doc = None
+                        if not isinstance(doc, dict):
+                            print(f"(not a finding at offset {r.offset}: {r.value!r:.80})")
+                            continue
+                        print(format_finding(doc, colour) + "\n", flush=True)
                     seen += 1
                     if args.max and seen >= args.max:
                         return

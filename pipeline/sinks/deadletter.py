@@ -25,14 +25,14 @@ MAX_MESSAGE_CHARS = 1000
 class DeadLetter:
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
 
 def dead_letter(
     *,
     key: bytes | None,
     value: bytes | None,
-    headers: Iterable[tuple[str, bytes]] | None,
+    headers: Iterable[tuple[str, bytes | None]] | None,
     topic: str,
     partition: int,
     offset: int,
@@ -54,5 +54,7 @@ def dead_letter(
         ours.append((HEADER_TIMESTAMP, str(timestamp_ms).encode()))
     if rejected_items is not None:
         ours += [(HEADER_PARTIAL, b"true"), (HEADER_REJECTED, str(rejected_items).encode())]
-    original = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in headers or ()]
+    original = [
+        (k, v if v is None or isinstance(v, bytes) else str(v).encode()) for k, v in headers or ()
+    ]
     return DeadLetter(key=key, value=value, headers=ours + original)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 NS = "anomaly_pipeline"
@@ -53,8 +53,9 @@ class PipelineMetrics:
         )
         self.source_gaps = Counter(
             f"{NS}_source_offset_gaps",
-            "Jumps in an input partition's offsets within one assignment: records Kafka holds "
-            "but the consumer did not deliver (or compacted/transactional gaps).",
+            "Jumps in an input partition's offsets within one assignment; the worker seeks back "
+            "once to read the records in between (a repeat is a real gap: compaction, "
+            "transaction markers).",
             ["topic"], registry=registry,
         )
         self.decode_errors = Counter(
@@ -97,7 +98,7 @@ class StateCollector(Collector):
         self._snapshot = snapshot
         self._clock = clock
 
-    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily]:
         streams = self._snapshot()
         now = self._clock()
         lag = GaugeMetricFamily(
@@ -117,13 +118,17 @@ class StateCollector(Collector):
             f"{NS}_tracked_entries", "Per-key entries held in detector state.",
             labels=["detector"],
         )
-        evicted = CounterMetricFamily(
-            f"{NS}_state_evictions", "Per-key entries evicted or folded, by reason.",
+        # Both live in partition state, which moves between workers with its partitions: they
+        # are gauges of the owned partitions' totals, not counters (a counter must not go down).
+        evicted = GaugeMetricFamily(
+            f"{NS}_partition_state_evictions",
+            "Per-key entries evicted or folded, by reason, over the owned partitions' lifetime.",
             labels=["detector", "reason"],
         )
-        late = CounterMetricFamily(
-            f"{NS}_late_items", "Items older than the watermark when they arrived.",
-            labels=["stream"],
+        late = GaugeMetricFamily(
+            f"{NS}_partition_late_items",
+            "Items older than the watermark when they arrived, over the owned partitions' "
+            "lifetime.", labels=["stream"],
         )
         active = GaugeMetricFamily(
             f"{NS}_active_findings", "Findings currently firing.", labels=["kind", "severity"],

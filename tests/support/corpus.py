@@ -71,4 +71,16 @@ def cases(max_record_bytes: int = 64 * 1024) -> list[Case]:
         Case("record over the size limit", "spans", "otlp_proto",
              span_request([_span(name="x" * (max_record_bytes + 10))]).SerializeToString(),
              "record_too_large"),
+        *json_cases(),
+    ]
+
+
+def json_cases() -> list[Case]:
+    """OTLP/JSON that parses as JSON but carries values OTLP cannot hold."""
+    base = to_otlp_json(span_request([_span()]))
+    return [
+        Case("attribute key that is not a string", "spans", "otlp_json",
+             base.replace(b'"key":"service.name"', b'"key":7'), "not_otlp"),
+        Case("integer over 64 bits", "spans", "otlp_json",
+             base.replace(b'"kind":2', b'"kind":"99999999999999999999999"'), "not_otlp"),
     ]

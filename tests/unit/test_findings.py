@@ -133,3 +133,11 @@ def test_schema_rejects_a_broken_finding() -> None:
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError):
         Finding("cpu_hot", "firing", "warning", {"a": 1}, 1, 1, "s", {}, [], "d", "1")
+
+
+def test_a_full_cap_of_firing_findings_refuses_new_entities_instead_of_dropping_one() -> None:
+    lc = Lifecycle("memory_leak", "memory_leak", "1", open_after=1, max_tracked=2)
+    lc.observe({"instance": "a"}, 1, bad())
+    lc.observe({"instance": "b"}, 2, bad())
+    assert lc.observe({"instance": "c"}, 3, bad()) is None
+    assert lc.refused == 1 and lc.evicted == 0 and len(lc) == 2
