@@ -185,8 +185,8 @@ class Pipeline:
         async def tick_idle_partitions() -> None:
             await self._tick_idle_partitions()
 
-        self._agents = (ingest_spans, ingest_metrics, detect_spans, detect_metrics)
-        self._limits = {
+        # Per signal: the topic's encoding, its decoder, and how its records are partitioned.
+        self._ingest_by_signal = {
             "spans": (s.otlp_spans_encoding, otlp.decode_spans, records.span_partition),
             "metrics": (s.otlp_metrics_encoding, otlp.decode_metrics, records.point_partition),
         }
@@ -196,7 +196,7 @@ class Pipeline:
         started = time.perf_counter()
         msg = event.message
         s, m = self.settings, self.metrics
-        encoding, decode, partition_of = self._limits[signal]
+        encoding, decode, partition_of = self._ingest_by_signal[signal]
         last = self._last_source_offset.get(msg.tp)
         if last is not None and msg.offset > last + 1 and (msg.tp, last) not in self._reread:
             # The consumer's position jumped within this assignment (seen across restarts with

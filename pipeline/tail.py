@@ -91,6 +91,9 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
         group_id=None,
         client_id=f"pipeline-tail-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest" if args.from_beginning else "latest",
+        # `make run` starts tail beside a new worker: see the findings topic soon after the
+        # worker creates it, not at the default 5-minute metadata refresh.
+        metadata_max_age_ms=5000,
         **settings.aiokafka_kwargs(),
     )
     await consumer.start()
