@@ -85,7 +85,6 @@ class Pipeline:
         self.metrics.watch_state(lambda: self._state_view)
         self._dlq_log = RateLimitedLog(log)
         self._last_source_offset: dict[TP, int] = {}
-        self._reread: set[tuple[TP, int]] = set()  # (partition, last offset) jumps re-read once
         detector_classes = load_detectors(s.pipeline_detectors)
 
         self.app = app = faust.App(
@@ -198,18 +197,17 @@ class Pipeline:
         s, m = self.settings, self.metrics
         encoding, decode, partition_of = self._ingest_by_signal[signal]
         last = self._last_source_offset.get(msg.tp)
-        if last is not None and msg.offset > last + 1 and (msg.tp, last) not in self._reread:
-            # The consumer's position jumped within this assignment (seen across restarts with
-            # faust-streaming, which would then commit past the records in between). Read them
-            # again once; a jump that repeats is a real gap (compaction, transaction markers).
-            self._reread.add((msg.tp, last))
+        if last is not None and msg.offset > last + 1:
+            # The consumer's position jumped within this assignment. Seen across restarts with
+            # faust-streaming, which then commits past the records in between: make it loud.
+            # (Seeking back from here does not help: Faust's read-offset filter drops the
+            # re-fetched records.)
             m.source_gaps.labels(msg.topic).inc()
             log.warning(
-                "offsets %d..%d of %s[%d] were not delivered to the worker; seeking back to "
-                "read them", last + 1, msg.offset - 1, msg.topic, msg.partition,
+                "offsets %d..%d of %s[%d] were not delivered to the worker (consumer position "
+                "jumped; compaction or transaction markers also do this)", last + 1,
+                msg.offset - 1, msg.topic, msg.partition,
             )
-            await self.app.consumer.seek(msg.tp, last + 1)
-            return  # this record is delivered again after the ones before it
         m.records_consumed.labels(msg.topic).inc()
         self._last_source_offset[msg.tp] = msg.offset
         limits = otlp.Limits(
@@ -358,7 +356,6 @@ class Pipeline:
     def _drop_partitions(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._last_source_offset.pop(tp, None)
-        self._reread = {(tp, o) for tp, o in self._reread if tp not in revoked}
         for st in self.streams.values():
             for tp in revoked:
                 if tp.topic == st.topic.get_topic_name():

@@ -53,9 +53,8 @@ class PipelineMetrics:
         )
         self.source_gaps = Counter(
             f"{NS}_source_offset_gaps",
-            "Jumps in an input partition's offsets within one assignment; the worker seeks back "
-            "once to read the records in between (a repeat is a real gap: compaction, "
-            "transaction markers).",
+            "Jumps in an input partition's offsets within one assignment: records the consumer "
+            "did not deliver (or compaction / transaction-marker gaps).",
             ["topic"], registry=registry,
         )
         self.decode_errors = Counter(

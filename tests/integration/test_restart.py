@@ -145,8 +145,9 @@ async def test_sigkill_restart_restores_state_and_skips_nothing(
     assert statuses["firing"] >= 1 and statuses["resolved"] >= 1
 
     # Source records the ingest stage never saw: faust-streaming's consumer can jump its position
-    # across a restart and commit past the gap. The worker counts such jumps; until that is fixed
-    # this is reported as an expected failure with the numbers, never passed silently.
+    # across a restart and commit past the gap (README, known limitations). The worker counts
+    # such jumps; until the input consumer is replaced this is reported as an expected failure
+    # with the numbers, never passed silently.
     missing = sorted(set(source) - routed)
     if missing:
         gaps = sum(w.metric("anomaly_pipeline_source_offset_gaps_total",
