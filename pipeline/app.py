@@ -1,11 +1,12 @@
 """Faust wiring: topics, tables and agents. The only module that imports Faust.
 
-Two stages run in every worker, each scaled by Kafka's consumer group:
+Two stages run in every worker, each scaled by Kafka's consumer groups:
 
-1. *ingest* agents read ``otlp_spans`` / ``otlp_metrics`` (keyed by trace id or unkeyed, as the
-   collector wrote them), decode, dead-letter what is bad, and route the records by entity to
-   internal topics: spans by trace id, metric points by resource (service + instance). One message
-   per (source record, destination partition) keeps the shuffle cheap.
+1. *ingest* (``pipeline.ingest``, plain aiokafka, group ``<app id>-ingest``) reads
+   ``otlp_spans`` / ``otlp_metrics`` (keyed by trace id or unkeyed, as the collector wrote them),
+   decodes, dead-letters what is bad, and routes the records by entity to internal topics: spans
+   by trace id, metric points by resource (service + instance). One message per (source record,
+   destination partition) keeps the shuffle cheap. It runs as a task of this app.
 2. *detect* agents read the routed topics. Each owned partition has a ``PartitionEngine`` whose
    state is written to a changelog-backed table every ``STATE_FLUSH_INTERVAL_S`` (or
    ``STATE_FLUSH_RECORDS``); messages are acknowledged only after the flush that covers them, so
@@ -25,13 +26,13 @@ import faust
 from faust.types import TP, EventT, StreamT
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from pipeline import otlp, records
+from pipeline import records
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import PartitionEngine
 from pipeline.findings import Finding
+from pipeline.ingest import Ingest
 from pipeline.settings import Settings
-from pipeline.sinks.deadletter import dead_letter
 from pipeline.sinks.metrics import PipelineMetrics, StreamState
 
 log = logging.getLogger("pipeline")
@@ -39,26 +40,6 @@ log = logging.getLogger("pipeline")
 RAW = {"key_serializer": "raw", "value_serializer": "raw"}
 # A routed message with this value carries no records: it makes an idle partition flush.
 TICK = b"tick"
-WEEK_S = 7 * 24 * 3600
-
-
-class RateLimitedLog:
-    """At most one log line per reason per ``every_s``; says how many it held back."""
-
-    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
-        self.logger, self.every_s = logger, every_s
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = defaultdict(int)
-
-    def warning(self, reason: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(reason, -1e9) < self.every_s:
-            self._held[reason] += 1
-            return
-        held = self._held.pop(reason, 0)
-        self._last[reason] = now
-        suffix = f" ({held} more like this since the last report)" if held else ""
-        self.logger.warning(msg + suffix, *args)
 
 
 @dataclass
@@ -83,8 +64,6 @@ class Pipeline:
         self._state_view: dict[str, StreamState] = {}
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self.metrics.watch_state(lambda: self._state_view)
-        self._dlq_log = RateLimitedLog(log)
-        self._last_source_offset: dict[TP, int] = {}
         detector_classes = load_detectors(s.pipeline_detectors)
 
         self.app = app = faust.App(
@@ -105,18 +84,9 @@ class Pipeline:
             broker_heartbeat_interval=s.kafka_session_timeout_s / 10,
         )
         parts = s.pipeline_partitions
-        # Input topics are created if missing (a worker started before any collector wrote
-        # would otherwise see them only at its next metadata refresh, minutes later); existing
-        # topics are used as they are.
-        self.spans_in = app.topic(s.otlp_spans_topic, partitions=parts, internal=True, **RAW)
-        self.metrics_in = app.topic(s.otlp_metrics_topic, partitions=parts, internal=True, **RAW)
         self.findings_out = app.topic(
             s.findings_topic, partitions=s.output_partitions, internal=True, compacting=True,
             **RAW,
-        )
-        self.deadletter_out = app.topic(
-            s.deadletter_topic, partitions=s.output_partitions, internal=True, deleting=True,
-            retention=WEEK_S, **RAW,
         )
         self.streams: dict[str, _Stream] = {}
         for signal, decode_wire in (
@@ -138,6 +108,9 @@ class Pipeline:
                 signal, routed, table, decode_wire, classes, routed.get_topic_name()
             )
 
+        self.ingest = Ingest(
+            s, self.metrics, {sig: st.topic_name for sig, st in self.streams.items()}
+        )
         self._define_agents()
 
     # -- construction -------------------------------------------------------------------------
@@ -154,15 +127,9 @@ class Pipeline:
     def _define_agents(self) -> None:
         app, s = self.app, self.settings
 
-        @app.agent(self.spans_in, name="ingest-spans")
-        async def ingest_spans(stream: StreamT) -> None:
-            async for event in stream.events():
-                await self._ingest(event, "spans")
-
-        @app.agent(self.metrics_in, name="ingest-metrics")
-        async def ingest_metrics(stream: StreamT) -> None:
-            async for event in stream.events():
-                await self._ingest(event, "metrics")
+        @app.task
+        async def run_ingest() -> None:
+            await self.ingest.run()
 
         @app.agent(self.streams["spans"].topic, name="detect-spans")
         async def detect_spans(stream: StreamT) -> None:
@@ -184,91 +151,6 @@ class Pipeline:
         async def tick_idle_partitions() -> None:
             await self._tick_idle_partitions()
 
-        # Per signal: the topic's encoding, its decoder, and how its records are partitioned.
-        self._ingest_by_signal = {
-            "spans": (s.otlp_spans_encoding, otlp.decode_spans, records.span_partition),
-            "metrics": (s.otlp_metrics_encoding, otlp.decode_metrics, records.point_partition),
-        }
-
-    # -- stage 1: ingest ----------------------------------------------------------------------
-    async def _ingest(self, event: EventT, signal: str) -> None:
-        started = time.perf_counter()
-        msg = event.message
-        s, m = self.settings, self.metrics
-        encoding, decode, partition_of = self._ingest_by_signal[signal]
-        last = self._last_source_offset.get(msg.tp)
-        if last is not None and msg.offset > last + 1:
-            # The consumer's position jumped within this assignment. Seen across restarts with
-            # faust-streaming, which then commits past the records in between: make it loud.
-            # (Seeking back from here does not help: Faust's read-offset filter drops the
-            # re-fetched records.)
-            m.source_gaps.labels(msg.topic).inc()
-            log.warning(
-                "offsets %d..%d of %s[%d] were not delivered to the worker (consumer position "
-                "jumped; compaction or transaction markers also do this)", last + 1,
-                msg.offset - 1, msg.topic, msg.partition,
-            )
-        m.records_consumed.labels(msg.topic).inc()
-        self._last_source_offset[msg.tp] = msg.offset
-        limits = otlp.Limits(
-            max_record_bytes=s.max_record_bytes,
-            max_future_skew_ns=int(s.max_future_skew_s * 1e9),
-            reference_time_ns=int(msg.timestamp * 1e9) if msg.timestamp else None,
-        )
-        try:
-            decoded = decode(msg.value, encoding, limits)
-        except otlp.DecodeError as exc:
-            await self._dead_letter(msg, exc, exc.reason)
-            return
-        except Exception as exc:  # a decoder bug must not stop the worker or lose the record
-            log.exception("unexpected error decoding %s[%d]@%d", msg.topic, msg.partition,
-                          msg.offset)
-            await self._dead_letter(msg, exc, "internal_error")
-            return
-        if decoded.rejected:
-            err = decoded.first_error
-            await self._dead_letter(msg, err, err.reason, rejected=decoded.rejected)
-        items = decoded.items
-        m.items_decoded.labels(signal).inc(len(items))
-        if items:
-            stream = self.streams[signal]
-            parts = s.pipeline_partitions
-            groups: dict[int, list[Any]] = defaultdict(list)
-            encode = records.encode_spans if signal == "spans" else records.encode_points
-            source = (msg.topic, msg.partition, msg.offset)
-            try:
-                for item in items:
-                    groups[partition_of(item, parts)].append(item)
-                payloads = [(p, encode(group, source)) for p, group in groups.items()]
-            except Exception as exc:  # e.g. a JSON value the wire form cannot carry
-                log.exception("cannot route %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-                await self._dead_letter(msg, exc, "internal_error")
-                return
-            # Straight to the producer: Topic.send's per-call machinery (futures, callbacks,
-            # serializer lookup) cost more than the decode. The consumer's commit still flushes
-            # this producer before committing the source offset.
-            producer, name = self.app.producer, stream.topic_name
-            for p, payload in payloads:
-                await producer.send(name, None, payload, p, None, None)
-        m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
-
-    async def _dead_letter(
-        self, msg: Any, error: BaseException, reason: str, rejected: int | None = None
-    ) -> None:
-        dl = dead_letter(
-            key=msg.key, value=msg.value, headers=_headers(msg.headers), topic=msg.topic,
-            partition=msg.partition, offset=msg.offset,
-            timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
-            error=error, reason=reason, rejected_items=rejected,
-        )
-        await self.deadletter_out.send(key=dl.key, value=dl.value, headers=dl.headers)
-        self.metrics.decode_errors.labels(msg.topic, reason).inc()
-        self.metrics.deadletters.labels(msg.topic, reason).inc()
-        what = f"{rejected} items of " if rejected else ""
-        self._dlq_log.warning(
-            reason, "dead-lettered %srecord %s[%d]@%d: %s: %s", what, msg.topic, msg.partition,
-            msg.offset, reason, error,
-        )
 
     # -- stage 2: detect ----------------------------------------------------------------------
     async def _detect(self, stream: StreamT, st: _Stream) -> None:
@@ -354,8 +236,6 @@ class Pipeline:
         return engine
 
     def _drop_partitions(self, revoked: set[TP]) -> None:
-        for tp in revoked:
-            self._last_source_offset.pop(tp, None)
         for st in self.streams.values():
             for tp in revoked:
                 if tp.topic == st.topic.get_topic_name():
@@ -390,10 +270,3 @@ class Pipeline:
             view[name] = sv
         return view
 
-
-def _headers(headers: Any) -> list[tuple[str, bytes]]:
-    if not headers:
-        return []
-    items = headers.items() if hasattr(headers, "items") else headers
-    return [(str(k), v if v is None or isinstance(v, bytes) else str(v).encode())
-            for k, v in items]

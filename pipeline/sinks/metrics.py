@@ -51,12 +51,6 @@ class PipelineMetrics:
             "Routed messages skipped because saved state already held them (after a crash).",
             ["signal"], registry=registry,
         )
-        self.source_gaps = Counter(
-            f"{NS}_source_offset_gaps",
-            "Jumps in an input partition's offsets within one assignment: records the consumer "
-            "did not deliver (or compaction / transaction-marker gaps).",
-            ["topic"], registry=registry,
-        )
         self.decode_errors = Counter(
             f"{NS}_decode_errors", "Records or items that failed to decode, by reason.",
             ["topic", "reason"], registry=registry,

@@ -144,14 +144,7 @@ async def test_sigkill_restart_restores_state_and_skips_nothing(
         statuses[doc["status"]] += 1
     assert statuses["firing"] >= 1 and statuses["resolved"] >= 1
 
-    # Source records the ingest stage never saw: faust-streaming's consumer can jump its position
-    # across a restart and commit past the gap (README, known limitations). The worker counts
-    # such jumps; until the input consumer is replaced this is reported as an expected failure
-    # with the numbers, never passed silently.
+    # And the ingest stage skipped nothing: every source record reached the routed topic.
     missing = sorted(set(source) - routed)
-    if missing:
-        gaps = sum(w.metric("anomaly_pipeline_source_offset_gaps_total",
-                            topic=names["OTLP_SPANS_TOPIC"]) for w in (first, second))
-        pytest.xfail(f"known faust-streaming offset skip: {len(missing)} of {N_RECORDS} source "
-                     f"records never delivered {missing[:8]}; worker gap counter={gaps}")
+    assert not missing, f"{len(missing)} source records never routed: {missing[:8]}"
     assert counts == expected
