@@ -51,7 +51,6 @@ class _Stream:
     table: Any
     decode_wire: Callable[[bytes], records.Routed]
     detector_classes: list[type[Detector]]
-    topic_name: str = ""
     engines: dict[int, PartitionEngine] = field(default_factory=dict)
     pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
     last_flush: dict[int, float] = field(default_factory=dict)
@@ -104,12 +103,10 @@ class Pipeline:
                 value_type=bytes,
             )
             classes = [c for c in detector_classes if c.signal == signal]
-            self.streams[signal] = _Stream(
-                signal, routed, table, decode_wire, classes, routed.get_topic_name()
-            )
+            self.streams[signal] = _Stream(signal, routed, table, decode_wire, classes)
 
         self.ingest = Ingest(
-            s, self.metrics, {sig: st.topic_name for sig, st in self.streams.items()}
+            s, self.metrics, {sig: st.topic.get_topic_name() for sig, st in self.streams.items()}
         )
         self._define_agents()
 

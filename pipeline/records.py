@@ -141,16 +141,24 @@ def _source(doc: dict[str, Any]) -> Source | None:
     return None if src is None else (src[0], src[1], src[2])
 
 
-def encode_spans(spans: list[Span], source: Source | None = None) -> bytes:
-    """Wire form of spans for the routing topic (resources written once)."""
+def _resource_index(items: list[Any]) -> tuple[list[Resource], dict[int, int]]:
+    """The distinct resources of ``items`` (decoded records share one object per OTLP
+    resource) and each one's position, by object identity."""
     index: dict[int, int] = {}
     resources: list[Resource] = []
+    for item in items:
+        if id(item.resource) not in index:
+            index[id(item.resource)] = len(resources)
+            resources.append(item.resource)
+    return resources, index
+
+
+def encode_spans(spans: list[Span], source: Source | None = None) -> bytes:
+    """Wire form of spans for the routing topic (resources written once)."""
+    resources, index = _resource_index(spans)
     rows = []
     for s in spans:
-        ri = index.get(id(s.resource))
-        if ri is None:
-            ri = index[id(s.resource)] = len(resources)
-            resources.append(s.resource)
+        ri = index[id(s.resource)]
         rows.append(
             [s.trace_id, s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
              s.attrs, ri]
@@ -166,14 +174,10 @@ def decode_spans_wire(data: bytes) -> Routed:
 
 def encode_points(points: list[MetricPoint], source: Source | None = None) -> bytes:
     """Wire form of metric points for the routing topic (resources written once)."""
-    index: dict[int, int] = {}
-    resources: list[Resource] = []
+    resources, index = _resource_index(points)
     rows = []
     for p in points:
-        ri = index.get(id(p.resource))
-        if ri is None:
-            ri = index[id(p.resource)] = len(resources)
-            resources.append(p.resource)
+        ri = index[id(p.resource)]
         hist = (
             None
             if p.count is None
