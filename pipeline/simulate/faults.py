@@ -4,6 +4,12 @@ A ``Fault`` is one injected condition over an event-time window. The three fault
 problems detectors must find; the negative kinds are look-alikes they must stay quiet on, and are
 labelled too (``negative=True``) so a scorer can count a finding on one as a false alarm.
 
+Two negatives change only what is *emitted*, not what the services do (request counters, heaps
+and TCP churn are those of the full traffic): ``head_sampling`` keeps a fraction of whole traces,
+decided per trace id like the Collector's ``probabilistic_sampler`` (``hash_seed`` mode), and
+``missing_spans`` loses single non-root spans, so some of the remaining spans are orphans whose
+parent never arrives.
+
 Times are seconds of event time from the scenario start, so a preset can be replayed at any
 start time and any length (windows past the end are clipped by the scenario).
 """
@@ -27,6 +33,8 @@ RESTART = "restart"
 DEPLOY = "deploy"
 CLOCK_SKEW = "clock_skew"
 RECONNECT_STORM = "reconnect_storm"
+HEAD_SAMPLING = "head_sampling"
+MISSING_SPANS = "missing_spans"
 
 #: Each negative kind, and the finding kinds it must not trigger.
 NEGATIVE_KINDS: dict[str, tuple[str, ...]] = {
@@ -38,6 +46,8 @@ NEGATIVE_KINDS: dict[str, tuple[str, ...]] = {
     DEPLOY: (MEMORY_LEAK, BOTTLENECK_SPAN),
     CLOCK_SKEW: (BOTTLENECK_SPAN,),
     RECONNECT_STORM: (TIME_WAIT_BUILDUP,),
+    HEAD_SAMPLING: (BOTTLENECK_SPAN,),
+    MISSING_SPANS: (BOTTLENECK_SPAN,),
 }
 ALL_KINDS = FAULT_KINDS + tuple(NEGATIVE_KINDS)
 
@@ -54,6 +64,8 @@ ENTITY_KEYS: dict[str, tuple[str, ...]] = {
     DEPLOY: ("service",),
     CLOCK_SKEW: ("service",),
     RECONNECT_STORM: ("service",),
+    HEAD_SAMPLING: (),  # optional "service": only traces whose root span is that service's
+    MISSING_SPANS: (),  # optional "service": only that service's spans are lost
 }
 
 #: The magnitude key a single number in a ``--fault`` spec sets, per kind.
@@ -69,6 +81,8 @@ DEFAULT_MAGNITUDE_KEY: dict[str, str] = {
     DEPLOY: "stagger_s",
     CLOCK_SKEW: "offset_ms",
     RECONNECT_STORM: "duration_s",
+    HEAD_SAMPLING: "keep",  # share of traces kept (default 0.1); also "hash_seed" (default 0)
+    MISSING_SPANS: "drop",  # probability that a non-root span is lost (default 0.05)
 }
 
 
@@ -153,8 +167,9 @@ def parse_fault(spec: str) -> Fault:
 
     Targets by kind: ``service/operation`` (bottleneck_span), ``service#replica`` (memory_leak,
     gc_sawtooth, cache_warmup, restart), ``host[/service[>destination]]`` (time_wait_buildup),
-    ``service`` (deploy, clock_skew, reconnect_storm, global_slowdown) and ``*`` for everything
-    (global_slowdown, traffic_spike). The magnitude is one number for the kind's main knob
+    ``service`` (deploy, clock_skew, reconnect_storm, global_slowdown, head_sampling,
+    missing_spans) and ``*`` for everything (global_slowdown, traffic_spike, head_sampling,
+    missing_spans). The magnitude is one number for the kind's main knob
     (``DEFAULT_MAGNITUDE_KEY``), or ``key=value,key=value``.
 
     >>> f = parse_fault("bottleneck_span:user-service/SELECT users:5m:10m:150")
@@ -162,6 +177,11 @@ def parse_fault(spec: str) -> Fault:
     ({'service': 'user-service', 'operation': 'SELECT users'}, 300.0, 900.0, {'added_ms': 150.0})
     >>> parse_fault("time_wait_buildup:node-2/frontend>cart:1m:5m").evidence
     {'service': 'frontend', 'destination': 'cart'}
+    >>> f = parse_fault("head_sampling:*:20m:6m:0.1")
+    >>> f.entity, f.magnitude, f.must_not_trigger
+    ({}, {'keep': 0.1}, ('bottleneck_span',))
+    >>> parse_fault("missing_spans:cart:1m:5m:drop=0.2").entity
+    {'service': 'cart'}
     """
     kind, _, rest = spec.partition(":")
     if kind not in ALL_KINDS:

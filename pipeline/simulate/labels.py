@@ -27,23 +27,46 @@ import orjson
 from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
     DEPLOY,
+    HEAD_SAMPLING,
     MEMORY_LEAK,
+    MISSING_SPANS,
     RECONNECT_STORM,
     TIME_WAIT_BUILDUP,
     TRAFFIC_SPIKE,
     Fault,
 )
 from pipeline.simulate.lifecycle import leak_rate_bytes_per_s
-from pipeline.simulate.model import EPHEMERAL_PORTS, TIME_WAIT_S
+from pipeline.simulate.model import (
+    EPHEMERAL_PORTS,
+    SAMPLER_HASH_BUCKETS,
+    TIME_WAIT_S,
+    sampler_threshold,
+)
 from pipeline.simulate.scenarios import Scenario, leaf_call
 from pipeline.simulate.timefmt import rfc3339
-from pipeline.simulate.topology import HttpCall, LeafCall, Topology, call_destination
+from pipeline.simulate.topology import (
+    HttpCall,
+    LeafCall,
+    Topology,
+    call_destination,
+    call_span_name,
+)
 
 LABEL_SCHEMA_VERSION = 1
 
 
 def expected_calls_per_request(topology: Topology) -> dict[tuple[str, str], float]:
     """Mean client calls per entry request, by (calling service, destination address)."""
+    return _per_request(topology, by_operation=False)
+
+
+def expected_operation_calls_per_request(topology: Topology) -> dict[tuple[str, str], float]:
+    """Mean client spans per entry request, by (calling service, span name): how often the
+    operation a bottleneck targets is reached (several operations can share a destination)."""
+    return _per_request(topology, by_operation=True)
+
+
+def _per_request(topology: Topology, by_operation: bool) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = defaultdict(float)
 
     def visit(service: str, endpoint: str, weight: float) -> None:
@@ -53,7 +76,8 @@ def expected_calls_per_request(topology: Topology) -> dict[tuple[str, str], floa
                 if dest is None:
                     continue
                 w = weight * call.probability  # type: ignore[union-attr]
-                out[(service, dest.rsplit(":", 1)[0])] += w
+                key = call_span_name(call) if by_operation else dest.rsplit(":", 1)[0]
+                out[(service, key)] += w
                 if isinstance(call, HttpCall):
                     visit(call.service, call.endpoint, w)
 
@@ -193,7 +217,9 @@ def _labels_for(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
         label = _base(scenario, f, dict(f.entity))
         added = float(f.magnitude.get("added_ms", 100.0))
         rate = _rate_at(scenario, f.start_s)
-        per_req = expected_calls_per_request(topo).get((f.entity["service"], call.address), 0.0)
+        per_req = expected_operation_calls_per_request(topo).get(
+            (f.entity["service"], f.entity["operation"]), 0.0
+        )
         label["truth"] = {
             "span_kind": "CLIENT",
             "baseline_median_ms": call.latency_ms,
@@ -224,6 +250,21 @@ def _labels_for(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
             out.append(label)
         return out
     label = _base(scenario, f, dict(f.entity))
+    if f.kind == HEAD_SAMPLING:
+        threshold = sampler_threshold(float(f.magnitude.get("keep", 0.1)))
+        label["truth"] = {
+            "kept_trace_fraction": threshold / SAMPLER_HASH_BUCKETS,
+            "sampler": "probabilistic_sampler",
+            "sampler_mode": "hash_seed",
+            "hash_seed": int(f.magnitude.get("hash_seed", 0)),
+            "whole_traces": True,
+        }
+    elif f.kind == MISSING_SPANS:
+        label["truth"] = {
+            "span_drop_probability": float(f.magnitude.get("drop", 0.05)),
+            "roots_dropped": False,
+            "orphans_keep_parent_id": True,
+        }
     if f.kind == DEPLOY:
         svc = f.entity["service"]
         before, after = [], []

@@ -9,12 +9,16 @@ Each tick (one second of event time):
 1. Lifecycle: replicas whose next incarnation starts now (restart, deploy, OOM kill from the
    plan in ``lifecycle.py``) get a new resource and a reset heap.
 2. Faults: windows that opened or closed change per-operation latency, per-service clock offset,
-   the request rate and connection reuse.
+   the request rate, connection reuse and what is emitted (head sampling, lost spans).
 3. Traffic: a Poisson number of requests (baseline rate x daily sinusoid x spikes), each a full
    trace: entry SERVER span, CLIENT spans to databases, caches, vendors and other services
    (whose SERVER span is the client span's child), INTERNAL work, parallel fan-out steps.
    Latencies are lognormal per operation. Head sampling keeps a trace if its id falls under the
-   ratio, so every trace is generated either way and metrics do not depend on the ratio.
+   ratio, so every trace is generated either way and metrics do not depend on the ratio. A
+   ``head_sampling`` negative does the same with the Collector's ``probabilistic_sampler``
+   hash (whole traces, by trace id); a ``missing_spans`` negative then loses single non-root
+   spans of the kept traces (their children keep the lost parent's id). Neither changes what the
+   services did, so metrics are those of the full traffic.
 4. Heaps: each instance allocates in proportion to the requests it served; minor and major
    collections produce the sawtooth, and what a major collection leaves is the live set from
    the plan (warm-ups and leaks included) plus noise.
@@ -54,6 +58,8 @@ from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
     CLOCK_SKEW,
     GLOBAL_SLOWDOWN,
+    HEAD_SAMPLING,
+    MISSING_SPANS,
     RECONNECT_STORM,
     TIME_WAIT_BUILDUP,
     TRAFFIC_SPIKE,
@@ -103,6 +109,34 @@ TCP_STATES = (
 
 WARMUP_S = 60
 LEAF, HTTP, WORK = 0, 1, 2
+
+#: The Collector probabilistic_sampler's hash_seed mode: FNV-1a (32 bit) over the seed's four
+#: little-endian bytes, then the 16 trace id bytes; the low 14 bits pick one of 16384 buckets and
+#: a trace is kept if its bucket is below ``sampling_percentage`` x 16384 / 100.
+SAMPLER_HASH_BUCKETS = 0x4000
+_FNV32_OFFSET, _FNV32_PRIME = 0x811C9DC5, 0x01000193
+
+
+def sampler_threshold(keep: float) -> int:
+    """Buckets kept for a ``keep`` share (``sampling_percentage`` = 100 x keep)."""
+    return int(keep * 100.0 * (SAMPLER_HASH_BUCKETS / 100.0))
+
+
+def sampler_hash(trace_id: bytes, seed: int = 0) -> int:
+    """``computeHash(traceID, hashSeed)`` of the Collector's probabilistic sampler (FNV-1a).
+
+    >>> sampler_hash(b"", 0) & 0x3FFF, sampler_hash(bytes(16), 0) & 0x3FFF  # its test vectors
+    (13589, 9301)
+    """
+    h = _FNV32_OFFSET
+    for b in (seed & 0xFFFFFFFF).to_bytes(4, "little") + trace_id:
+        h = ((h ^ b) * _FNV32_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def sampler_keeps(trace_id: bytes, threshold: int, seed: int = 0) -> bool:
+    """Whether the hash_seed-mode sampler keeps the trace (``threshold`` from sampler_threshold)."""
+    return sampler_hash(trace_id, seed) & (SAMPLER_HASH_BUCKETS - 1) < threshold
 
 
 class _Draws:
@@ -418,14 +452,23 @@ class Simulator:
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
         self.topology: Topology = scenario.topology
-        seeds = np.random.SeedSequence(scenario.seed).spawn(6)
-        traffic, latency, ids, memory, network, routing = (np.random.default_rng(s) for s in seeds)
+        # Children of a SeedSequence depend only on their index: adding a stream at the end
+        # leaves the others (and so every existing scenario's bytes) as they were.
+        seeds = np.random.SeedSequence(scenario.seed).spawn(7)
+        traffic, latency, ids, memory, network, routing, loss = (
+            np.random.default_rng(s) for s in seeds
+        )
         self._traffic = traffic
         self._normal = _Draws(latency.standard_normal)
         self._uniform = _Draws(routing.random)
         self._mem_normal = _Draws(memory.standard_normal)
         self._net = network
         self._ids = _Ids(ids)
+        self._loss = _Draws(loss.random)  # drawn only while spans are being lost
+        # Active emission negatives: head samplers (root service or None, threshold, hash seed)
+        # and the loss probability of each service's spans.
+        self._samplers: list[tuple[str | None, int, int]] = []
+        self._span_loss: dict[str, float] = {}
         self._pending: list[tuple[int, int, list[SpanEvent]]] = []
         self._seq = 0
         self._active: tuple[int, ...] | None = None
@@ -644,6 +687,8 @@ class Simulator:
             for pool in inst.pools.values():
                 pool.no_reuse = 0
         self._rate_factor = 1.0
+        self._samplers = []
+        self._span_loss = {}
         for i in active:
             self._apply_fault(i, faults[i], t_s)
 
@@ -682,6 +727,15 @@ class Simulator:
                     for pool in inst.pools.values():
                         if dest in (None, pool.address, pool.destination):
                             pool.no_reuse = per_call
+        elif f.kind == HEAD_SAMPLING:
+            keep = float(f.magnitude.get("keep", 0.1))
+            seed = int(f.magnitude.get("hash_seed", 0))
+            self._samplers.append((svc, sampler_threshold(keep), seed))
+        elif f.kind == MISSING_SPANS:
+            drop = float(f.magnitude.get("drop", 0.05))
+            for name in [svc] if svc else self.by_service:
+                kept = 1.0 - self._span_loss.get(name, 0.0)
+                self._span_loss[name] = 1.0 - kept * (1.0 - drop)  # independent losses combine
         elif f.kind == RECONNECT_STORM:
             storm_s = float(f.magnitude.get("duration_s", 40.0))
             first = index not in self._storms_started
@@ -710,6 +764,7 @@ class Simulator:
         take = self._ids.take
         eps, cum = self._entry_eps, self._entry_cum
         below = self._sample_below
+        samplers, loss = self._samplers, self._span_loss
         for off in offsets.tolist():
             trace_id = take(16)
             ep = eps[min(bisect_right(cum, uni()), len(eps) - 1)]
@@ -717,9 +772,27 @@ class Simulator:
             inst = insts[int(uni() * len(insts))]
             spans: list[SpanEvent] = []
             end, _ = self._serve(ep, inst, t0 + int(off), trace_id, b"", spans)
-            if below is None or int.from_bytes(trace_id[8:], "big") < below:
-                self._seq += 1
-                heapq.heappush(self._pending, (end, self._seq, spans))
+            if below is not None and int.from_bytes(trace_id[8:], "big") >= below:
+                continue
+            if samplers and not all(
+                svc not in (None, ep.service) or sampler_keeps(trace_id, threshold, seed)
+                for svc, threshold, seed in samplers
+            ):
+                continue
+            if loss:
+                spans = self._lose_spans(spans, loss)
+            self._seq += 1
+            heapq.heappush(self._pending, (end, self._seq, spans))
+
+    def _lose_spans(self, spans: list[SpanEvent], loss: dict[str, float]) -> list[SpanEvent]:
+        """The trace without the spans lost in transit; the root (last) is always kept, and the
+        survivors keep their parent ids, so a lost span's children become orphans."""
+        u = self._loss.next
+        kept = [
+            s for s in spans[:-1] if (p := loss.get(s.template.service, 0.0)) <= 0.0 or u() >= p
+        ]
+        kept.append(spans[-1])
+        return kept
 
     def _serve(
         self,

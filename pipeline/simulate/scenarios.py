@@ -9,9 +9,14 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     TIME_WAIT buildup on ``node-2`` from ``frontend`` to ``cart``) between negatives: a deploy
     of ``catalog`` with its reconnect storm, a ``payment`` slowdown, a traffic spike, a cache
     warm-up, a restart, clock skew on ``cart`` and a busy GC sawtooth.
-``bottleneck`` (30 min)
-    Two bottlenecks, against a whole-service slowdown, an everything-slower period, a traffic
-    spike and clock skew on ``checkout``.
+``bottleneck`` (95 min)
+    The accuracy suite for bottleneck spans. 20 healthy minutes (detector baselines warm up),
+    then four 6-minute bottlenecks of different sizes on four frequently reached downstream
+    calls, +30 ms on ``catalog/GET`` (Redis), +60 ms on ``cart/HGETALL``, +120 ms on
+    ``user-service/SELECT users`` and +250 ms on ``cart/HSET``, alternating with hard negatives
+    in their own windows: everything 1.5x slower, ``catalog`` 2x slower as a whole, head sampling
+    keeping 10% of traces, a 3x traffic spike and 5% of spans lost in transit; clock skew on
+    ``checkout`` (-400 ms) throughout. Every window is at least 3 min from the next one.
 ``leak`` (2 h)
     Leaks on a Java, a Go (fast enough to be OOM-killed and leak again) and a Python instance,
     against GC sawtooth, cache warm-up, a restart and a deploy.
@@ -19,7 +24,8 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     TIME_WAIT buildups on a hostmetrics host and a node_exporter-only host, against two traffic
     spikes and a deploy with its reconnect storm.
 ``negatives`` (1 h)
-    Every hard negative and no fault: any finding is a false alarm.
+    Every hard negative and no fault: any finding is a false alarm (head sampling and lost spans
+    included, each in a window of its own).
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from pipeline.simulate.faults import (
     DEPLOY,
     GC_SAWTOOTH,
     GLOBAL_SLOWDOWN,
+    HEAD_SAMPLING,
     MEMORY_LEAK,
+    MISSING_SPANS,
     RECONNECT_STORM,
     RESTART,
     TIME_WAIT_BUILDUP,
@@ -135,6 +143,20 @@ def _check_fault(topology: Topology, f: Fault) -> list[str]:
                     f"bottleneck_span target {f.entity} is not a downstream client span of "
                     f"that service; choose one of: {choices}"
                 ]
+        if f.kind == HEAD_SAMPLING:
+            keep = float(f.magnitude.get("keep", 0.1))
+            if not 0.0 < keep <= 1.0:
+                return [f"head_sampling: keep must be in (0, 1], got {keep}"]
+            if "service" in f.entity and not spec.entry:
+                entries = ", ".join(s.name for s in topology.services if s.entry)
+                return [
+                    f"head_sampling: {spec.name} roots no traces, so a sampler on it drops "
+                    f"nothing; target an entry service ({entries}) or * for all"
+                ]
+        if f.kind == MISSING_SPANS:
+            drop = float(f.magnitude.get("drop", 0.05))
+            if not 0.0 <= drop <= 1.0:
+                return [f"missing_spans: drop must be in [0, 1], got {drop}"]
         if "instance" in f.entity:
             svc, _, replica = f.entity["instance"].partition("#")
             if svc != spec.name or not replica.isdigit() or int(replica) >= spec.instances:
@@ -270,50 +292,92 @@ def _demo() -> tuple[float, list[Fault], str]:
 
 
 def _bottleneck() -> tuple[float, list[Fault], str]:
+    # Each bottleneck is on a downstream call that a good share of entry requests reach (calls
+    # per request, default topology: catalog GET 0.70, user-service SELECT users 0.55, cart
+    # HGETALL 0.55, cart HSET 0.20). Windows alternate negative / fault, at least 3 min apart,
+    # after 20 healthy minutes. Each slowdown precedes every bottleneck on an operation it slows,
+    # so a scorer's grace period after a bottleneck never excuses a false alarm on a slowdown.
     faults = [
-        Fault(
-            BOTTLENECK_SPAN,
-            {"service": "user-service", "operation": "SELECT users"},
-            10 * M,
-            25 * M,
-            {"added_ms": 100.0},
-            note="lock contention on users",
-        ),
-        Fault(
-            BOTTLENECK_SPAN,
-            {"service": "catalog", "operation": "SELECT products"},
-            18 * M,
-            28 * M,
-            {"added_ms": 80.0},
-            note="cache-miss query plan regressed",
-        ),
-        Fault(
-            GLOBAL_SLOWDOWN,
-            {"service": "catalog"},
-            3 * M,
-            8 * M,
-            {"factor": 2.0},
-            note="catalog pods CPU-throttled: all its operations slower together",
-        ),
-        Fault(TRAFFIC_SPIKE, {}, 8 * M, 10 * M, {"factor": 3.0}, note="3x traffic"),
-        Fault(
-            GLOBAL_SLOWDOWN,
-            {},
-            28.5 * M,
-            30 * M,
-            {"factor": 1.5},
-            note="noisy neighbour: everything 1.5x slower",
-        ),
         Fault(
             CLOCK_SKEW,
             {"service": "checkout"},
             0,
-            30 * M,
+            95 * M,
             {"offset_ms": -400.0},
             note="checkout's clock runs 400 ms behind",
         ),
+        Fault(
+            GLOBAL_SLOWDOWN,
+            {},
+            20 * M,
+            24 * M,
+            {"factor": 1.5},
+            note="noisy neighbour: everything 1.5x slower",
+        ),
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "user-service", "operation": "SELECT users"},
+            27 * M,
+            33 * M,
+            {"added_ms": 120.0},
+            note="lock contention on users",
+        ),
+        Fault(
+            GLOBAL_SLOWDOWN,
+            {"service": "catalog"},
+            36 * M,
+            40 * M,
+            {"factor": 2.0},
+            note="catalog pods CPU-throttled: all its operations slower together",
+        ),
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "catalog", "operation": "GET"},
+            43 * M,
+            49 * M,
+            {"added_ms": 30.0},
+            note="Redis GET of the featured products slowed by a big key",
+        ),
+        Fault(
+            HEAD_SAMPLING,
+            {},
+            52 * M,
+            58 * M,
+            {"keep": 0.1},
+            note="Collector probabilistic sampler at 10%: whole traces dropped by trace id",
+        ),
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "cart", "operation": "HGETALL"},
+            61 * M,
+            67 * M,
+            {"added_ms": 60.0},
+            note="cart hashes grew: HGETALL slow",
+        ),
+        Fault(TRAFFIC_SPIKE, {}, 70 * M, 73 * M, {"factor": 3.0}, note="3x traffic"),
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "cart", "operation": "HSET"},
+            76 * M,
+            82 * M,
+            {"added_ms": 250.0},
+            note="Redis blocked by a slow command: HSET waits",
+        ),
+        Fault(
+            MISSING_SPANS,
+            {},
+            85 * M,
+            91 * M,
+            {"drop": 0.05},
+            note="exporter queue overflow: 5% of spans lost, their children orphaned",
+        ),
     ]
-    return 30 * M, faults, "span bottlenecks against whole-service and global slowdowns"
+    return (
+        95 * M,
+        faults,
+        "bottleneck accuracy suite: four sizes on four calls against slowdowns, a spike, "
+        "head sampling, lost spans and clock skew",
+    )
 
 
 def _leak() -> tuple[float, list[Fault], str]:
@@ -430,7 +494,23 @@ def _timewait() -> tuple[float, list[Fault], str]:
 def _negatives() -> tuple[float, list[Fault], str]:
     faults = [
         Fault(GLOBAL_SLOWDOWN, {}, 5 * M, 10 * M, {"factor": 1.6}, note="everything slower"),
+        Fault(
+            HEAD_SAMPLING,
+            {},
+            10 * M,
+            15 * M,
+            {"keep": 0.1},
+            note="Collector probabilistic sampler at 10%",
+        ),
         Fault(TRAFFIC_SPIKE, {}, 15 * M, 20 * M, {"factor": 4.0}, note="4x traffic"),
+        Fault(
+            MISSING_SPANS,
+            {},
+            40 * M,
+            45 * M,
+            {"drop": 0.05},
+            note="5% of spans lost in transit",
+        ),
         Fault(
             GC_SAWTOOTH,
             {"service": "catalog", "instance": "catalog#1"},

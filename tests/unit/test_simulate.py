@@ -34,6 +34,8 @@ from pipeline.simulate import (
 )
 from pipeline.simulate import writer as writer_mod
 from pipeline.simulate.events import MetricPoint, SpanEvent
+from pipeline.simulate.labels import expected_operation_calls_per_request
+from pipeline.simulate.model import sampler_keeps, sampler_threshold
 from pipeline.simulate.timefmt import parse_time_ns
 
 MIB = 2**20
@@ -384,6 +386,123 @@ def test_head_sampling_keeps_ratio_and_leaves_metrics_alone() -> None:
     assert [(t, p.name, p.value) for t, p in m_full] == [(t, p.name, p.value) for t, p in m_some]
 
 
+def _span_key(s: SpanEvent) -> tuple:
+    """A span's content; resources and templates are per-run objects that compare by identity."""
+    return (
+        dict(s.resource.attributes)["service.instance.id"],
+        s.template.service,
+        s.template.name,
+        s.trace_id,
+        s.span_id,
+        s.parent_span_id,
+        s.start_ns,
+        s.end_ns,
+        s.status,
+    )
+
+
+def _keys(trace: list[SpanEvent]) -> list[tuple]:
+    return [_span_key(s) for s in trace]
+
+
+def _root_second(sc: Any, trace: list[SpanEvent]) -> float:
+    return (trace[-1].start_ns - sc.start_ns) / 1e9  # the root is last, on an unskewed service
+
+
+def _emission_pair(spec: str) -> tuple[Any, Any, Any, Any]:
+    """The same healthy run without and with an emission negative (1-2 min of 3)."""
+    kw: dict[str, Any] = {"seed": 12, "duration": "3m", "rate": 30}
+    full = run_model(build_scenario("healthy", **kw))
+    sc = build_scenario("healthy", extra_faults=[spec], **kw)
+    return sc, full, *run_model(sc)
+
+
+def test_head_sampling_negative_keeps_whole_traces_by_trace_id() -> None:
+    sc, (t_full, m_full), t_some, m_some = _emission_pair("head_sampling:*:1m:1m:0.2")
+    # The services did the same work: every metric point is unchanged.
+    assert [(t, p.name, p.attributes, p.value) for t, p in m_full] == [
+        (t, p.name, p.attributes, p.value) for t, p in m_some
+    ]
+    full = {t[0].trace_id: t for t in t_full}
+    inside = {tid for tid, t in full.items() if 60 <= _root_second(sc, t) < 120}
+    kept = {t[0].trace_id: t for t in t_some}
+    assert set(kept) <= set(full)
+    assert set(full) - inside <= set(kept)  # outside the window nothing is dropped
+    kept_inside = inside & set(kept)
+    assert len(kept_inside) / len(inside) == pytest.approx(0.2, abs=0.03)
+    # Whole traces only, decided from the trace id alone as the Collector's sampler does.
+    assert all(_keys(kept[tid]) == _keys(full[tid]) for tid in kept)
+    threshold = sampler_threshold(0.2)
+    assert kept_inside == {tid for tid in inside if sampler_keeps(tid, threshold)}
+    # ... so the same trace ids survive in another run (deterministic, not a random draw).
+    assert {t[0].trace_id for t in run_model(sc)[0]} == set(kept)
+    label = next(lbl for lbl in label_lines(sc) if lbl.get("kind") == "head_sampling")
+    assert label["truth"]["kept_trace_fraction"] == pytest.approx(0.2, abs=1e-3)
+
+
+def test_head_sampling_targets_traces_rooted_in_a_service() -> None:
+    sc = build_scenario("healthy", duration="30s", extra_faults=["head_sampling:frontend:0s:1m"])
+    assert sc.faults[0].entity == {"service": "frontend"}
+    assert sc.faults[0].magnitude == {}  # default keep 0.1
+    with pytest.raises(ValueError, match="roots no traces"):
+        build_scenario("healthy", extra_faults=["head_sampling:cart:0s:1m:0.5"])
+    with pytest.raises(ValueError, match="keep must be in"):
+        build_scenario("healthy", extra_faults=["head_sampling:*:0s:1m:1.5"])
+
+
+def test_missing_spans_negative_loses_non_root_spans_only() -> None:
+    sc, (t_full, m_full), t_lossy, m_lossy = _emission_pair("missing_spans:*:1m:1m:0.1")
+    assert [(t, p.name, p.attributes, p.value) for t, p in m_full] == [
+        (t, p.name, p.attributes, p.value) for t, p in m_lossy
+    ]
+    full = {t[0].trace_id: t for t in t_full}
+    lossy = {t[0].trace_id: t for t in t_lossy}
+    assert set(lossy) == set(full)  # no trace is lost whole
+    non_root = lost = orphans = 0
+    for tid, trace in lossy.items():
+        whole = full[tid]
+        assert _span_key(trace[-1]) == _span_key(whole[-1])  # the root stays, last
+        assert not trace[-1].parent_span_id
+        ids = {s.span_id for s in trace}
+        assert ids <= {s.span_id for s in whole}
+        # Survivors are unchanged, parent ids included.
+        assert _keys([s for s in whole if s.span_id in ids]) == _keys(trace)
+        if not 60 <= _root_second(sc, whole) < 120:
+            assert len(trace) == len(whole)
+            continue
+        non_root += len(whole) - 1
+        lost += len(whole) - len(trace)
+        orphans += sum(1 for s in trace if s.parent_span_id and s.parent_span_id not in ids)
+    assert lost / non_root == pytest.approx(0.1, abs=0.01)
+    assert orphans > 100  # children of lost spans point at a parent that never arrives
+    assert [_keys(t) for t in run_model(sc)[0]] == [_keys(t) for t in t_lossy]
+
+
+def test_missing_spans_on_one_service_loses_only_its_spans() -> None:
+    sc, (t_full, _), t_lossy, _ = _emission_pair("missing_spans:cart:0s:3m:0.3")
+    before = Counter(s.template.service for t in t_full for s in t)
+    after = Counter(s.template.service for t in t_lossy for s in t)
+    assert after["cart"] / before["cart"] == pytest.approx(0.7, abs=0.03)
+    assert {k: v for k, v in after.items() if k != "cart"} == {
+        k: v for k, v in before.items() if k != "cart"
+    }
+
+
+def test_emission_negatives_are_deterministic_on_the_wire() -> None:
+    def make() -> list[SimRecord]:
+        sc = build_scenario(
+            "healthy",
+            seed=3,
+            duration="40s",
+            rate=20,
+            extra_faults=["head_sampling:*:5s:20s:0.3", "missing_spans:*:10s:25s:0.1"],
+        )
+        return list(iter_records(sc))
+
+    a = make()
+    assert a == make() and len(a) > 10
+
+
 def test_clock_skew_shifts_one_service() -> None:
     sc = build_scenario(
         "healthy", seed=2, duration="20s", rate=20, extra_faults=["clock_skew:cart:0s:20s:400"]
@@ -457,6 +576,65 @@ def test_every_preset_builds_and_labels(name: str) -> None:
     assert lines[0]["type"] == "run"
     faults = [f for f in sc.faults if not f.negative]
     assert (name in ("healthy", "negatives")) == (not faults)
+
+
+def test_span_emission_negatives_are_labelled_for_bottleneck_span() -> None:
+    for name in ("negatives", "bottleneck"):
+        labels = label_lines(build_scenario(name, seed=1))
+        by_kind = {lbl["kind"]: lbl for lbl in labels[1:]}
+        for kind, key, value in (("head_sampling", "keep", 0.1), ("missing_spans", "drop", 0.05)):
+            lbl = by_kind[kind]
+            assert lbl["negative"] is True and lbl["must_not_trigger"] == ["bottleneck_span"]
+            assert lbl["entity"] == {} and lbl["magnitude"] == {key: value}
+            assert lbl["end_unix_nano"] - lbl["start_unix_nano"] >= 5 * 60 * 10**9
+    assert parse_fault("head_sampling:*:1m:2m:0.25").magnitude == {"keep": 0.25}
+    assert parse_fault("missing_spans:*:1m:2m:0.02").magnitude == {"drop": 0.02}
+
+
+def test_bottleneck_preset_is_a_clean_accuracy_suite() -> None:
+    sc = build_scenario("bottleneck", seed=1)
+    assert 70 * 60 <= sc.duration_s <= 100 * 60
+    whole_run = [f for f in sc.faults if f.start_s == 0 and f.end_s == sc.duration_s]
+    assert [(f.kind, f.entity, f.magnitude) for f in whole_run] == [
+        ("clock_skew", {"service": "checkout"}, {"offset_ms": -400.0})
+    ]
+    windows = sorted((f for f in sc.faults if f not in whole_run), key=lambda f: f.start_s)
+    assert windows[0].start_s >= 20 * 60  # healthy warm-up first
+    for a, b in zip(windows, windows[1:], strict=False):
+        assert b.start_s - a.end_s >= 3 * 60, (a, b)  # no overlap, >= 3 min apart
+    assert sc.duration_s - windows[-1].end_s >= 3 * 60
+    negatives = Counter(
+        (f.kind, tuple(f.entity), tuple(f.magnitude.values())) for f in windows if f.negative
+    )
+    assert negatives == Counter(
+        [
+            ("global_slowdown", ("service",), (2.0,)),
+            ("global_slowdown", (), (1.5,)),
+            ("traffic_spike", (), (3.0,)),
+            ("head_sampling", (), (0.1,)),
+            ("missing_spans", (), (0.05,)),
+        ]
+    )
+    bottlenecks = [f for f in windows if f.kind == "bottleneck_span"]
+    assert sorted(f.magnitude["added_ms"] for f in bottlenecks) == [30.0, 60.0, 120.0, 250.0]
+    ops = [(f.entity["service"], f.entity["operation"]) for f in bottlenecks]
+    assert len(set(ops)) == len(ops) and set(ops) <= set(sc.topology.leaf_operations())
+    assert all(6 * 60 <= f.end_s - f.start_s <= 8 * 60 for f in bottlenecks)
+    per_request = expected_operation_calls_per_request(sc.topology)
+    assert all(per_request[op] >= 0.15 for op in ops), per_request
+    # ... and the traffic really reaches them: the share of traces with a span of each.
+    traces, _ = run_model(build_scenario("healthy", seed=1, duration="2m", rate=20))
+    reached = Counter(
+        op for t in traces for op in {(s.template.service, s.template.name) for s in t}
+    )
+    assert all(reached[op] / len(traces) >= 0.15 for op in ops), reached
+    for lbl in label_lines(sc)[1:]:
+        if lbl["kind"] == "bottleneck_span":
+            op = (lbl["entity"]["service"], lbl["entity"]["operation"])
+            assert lbl["truth"]["calls_per_s_at_onset"] == pytest.approx(
+                sc.base_rate_at((lbl["start_unix_nano"] - sc.start_ns) / 1e9) * per_request[op],
+                rel=0.01,
+            )
 
 
 # -- memory -------------------------------------------------------------------------------
