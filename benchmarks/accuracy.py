@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import harness, scoring
+from benchmarks import baselines, harness, scoring
 from benchmarks.harness import RunNames, log
 from pipeline.findings import KINDS
 from pipeline.simulate import PRESETS, build_scenario, label_lines, write_labels
@@ -54,7 +54,7 @@ QUICK_DURATION = "14m"
 #: ``iter_records(scenario)`` or ``Simulator(scenario)`` give the very telemetry the worker saw):
 #: ``(scenario) -> (finding kind, [(entity, fired_at_ns), ...])``. Register as name -> function.
 Baseline = Callable[[Scenario], tuple[str, list[tuple[dict[str, str], int]]]]
-BASELINES: dict[str, Baseline] = {}
+BASELINES: dict[str, Baseline] = dict(baselines.BUILTIN)  # p99_static, halfspacetrees
 
 
 async def run_scenario(
