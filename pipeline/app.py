@@ -1,6 +1,6 @@
 """Faust wiring: topics, tables and agents. The only module that imports Faust.
 
-Two stages run in every worker, each scaled by Kafka's consumer groups:
+Three stages run in every worker, each scaled by Kafka's consumer groups:
 
 1. *ingest* (``pipeline.ingest``, plain aiokafka, group ``<app id>-ingest``) reads
    ``otlp_spans`` / ``otlp_metrics`` (keyed by trace id or unkeyed, as the collector wrote them),
@@ -11,10 +11,17 @@ Two stages run in every worker, each scaled by Kafka's consumer groups:
    state is written to a changelog-backed table every ``STATE_FLUSH_INTERVAL_S`` (or
    ``STATE_FLUSH_RECORDS``); messages are acknowledged only after the flush that covers them, so
    a restarted or rebalanced worker resumes from saved state without skipping or re-counting.
+3. Detectors may derive records for another stream (``Detector.emits``): trace assembly on
+   the spans stream turns each completed trace into per-service samples, routed by service to
+   ``<app id>-traces-routed``, where the bottleneck detector sees all of a service's
+   operations. Each derived message names its sending partition and a sequence number kept in
+   that partition's state, so messages a replay after a crash derives again are skipped, and
+   carries the sender's watermark (the receiver's watermark is the minimum over its senders).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -55,6 +62,9 @@ class _Stream:
     pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
     last_flush: dict[int, float] = field(default_factory=dict)
     ticked: set[int] = field(default_factory=set)  # partitions with a flush tick in flight
+    # Derived messages sent and not yet acknowledged by the broker, per partition: a flush
+    # waits for them (they leave the state it writes).
+    sending: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
 
 
 class Pipeline:
@@ -91,6 +101,7 @@ class Pipeline:
         for signal, decode_wire in (
             ("spans", records.decode_spans_wire),
             ("metrics", records.decode_points_wire),
+            ("traces", records.decode_samples_wire),
         ):
             # Routed messages are stamped with the time they were routed (not event time), so
             # time-based retention is safe here even when old telemetry is replayed.
@@ -106,7 +117,9 @@ class Pipeline:
             self.streams[signal] = _Stream(signal, routed, table, decode_wire, classes)
 
         self.ingest = Ingest(
-            s, self.metrics, {sig: st.topic.get_topic_name() for sig, st in self.streams.items()}
+            s, self.metrics,
+            {sig: st.topic.get_topic_name() for sig, st in self.streams.items()
+             if sig in ("spans", "metrics")},
         )
         self._define_agents()
 
@@ -135,6 +148,10 @@ class Pipeline:
         @app.agent(self.streams["metrics"].topic, name="detect-metrics")
         async def detect_metrics(stream: StreamT) -> None:
             await self._detect(stream, self.streams["metrics"])
+
+        @app.agent(self.streams["traces"].topic, name="detect-traces")
+        async def detect_traces(stream: StreamT) -> None:
+            await self._detect(stream, self.streams["traces"])
 
         @app.on_partitions_revoked.connect
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
@@ -166,7 +183,9 @@ class Pipeline:
                 items, duplicates = c.items, c.duplicate_messages
                 try:
                     routed = st.decode_wire(msg.value)
-                    findings = engine.process(routed.items, msg.offset, routed.source)
+                    findings = engine.process(
+                        routed.items, msg.offset, routed.source, routed.watermark_ns
+                    )
                 except Exception:  # one bad message must not stop detection for everyone
                     log.exception("skipped routed message %s[%d]@%d", msg.topic, p, msg.offset)
                     m.decode_errors.labels(msg.topic, "internal_error").inc()
@@ -174,6 +193,7 @@ class Pipeline:
                     findings = []
                 for finding in findings:
                     await self._publish(finding)
+                await self._send_derived(st, p, engine)
                 m.items_detected.labels(st.signal).inc(c.items - items)
                 if c.duplicate_messages != duplicates:
                     m.duplicates.labels(st.signal).inc()
@@ -184,6 +204,9 @@ class Pipeline:
                 len(pending) >= s.state_flush_records
                 or now - st.last_flush.get(p, 0.0) >= s.state_flush_interval_s
             ):
+                sending = st.sending.pop(p, None)
+                if sending:
+                    await asyncio.gather(*sending)
                 writes = 0
                 for key, value in engine.changes():
                     kb = key.encode()
@@ -199,6 +222,22 @@ class Pipeline:
                 pending.clear()
                 st.last_flush[p] = now
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
+
+    async def _send_derived(self, st: _Stream, partition: int, engine: PartitionEngine) -> None:
+        parts = self.settings.pipeline_partitions
+        source_topic = st.topic.get_topic_name()
+        for signal, dest, items, seq in engine.drain_outbox(self._partitioner):
+            if signal != "traces":
+                raise RuntimeError(f"no routed stream carries derived {signal!r} records")
+            value = records.encode_samples(
+                items, (source_topic, partition, seq), engine.watermark_ns
+            )
+            fut = await self.streams[signal].topic.send(value=value, partition=dest % parts)
+            st.sending[partition].append(fut)
+            self.metrics.derived.labels(signal).inc(len(items))
+
+    def _partitioner(self, signal: str, item: Any) -> int:
+        return records.sample_partition(item, self.settings.pipeline_partitions)
 
     async def _tick_idle_partitions(self) -> None:
         """State is written from inside the stream (Faust tables take the changelog partition
@@ -217,7 +256,8 @@ class Pipeline:
     def _open_engine(self, st: _Stream, partition: int) -> PartitionEngine:
         s = self.settings
         engine = PartitionEngine(
-            partition, [cls() for cls in st.detector_classes], int(s.allowed_lateness_s * 1e9)
+            partition, [cls.from_settings(s) for cls in st.detector_classes],
+            int(s.allowed_lateness_s * 1e9),
         )
         prefix = f"{partition}/".encode()
         loaded = engine.restore(
@@ -241,6 +281,7 @@ class Pipeline:
                     st.pending.pop(tp.partition, None)
                     st.last_flush.pop(tp.partition, None)
                     st.ticked.discard(tp.partition)
+                    st.sending.pop(tp.partition, None)
 
     async def _publish(self, finding: Finding) -> None:
         await self.findings_out.send(key=finding.fingerprint.encode(), value=finding.to_json())
@@ -264,6 +305,7 @@ class Pipeline:
                         sv.evicted[key] = sv.evicted.get(key, 0) + n
                     for key, n in stats.active.items():
                         sv.active[key] = sv.active.get(key, 0) + n
+                    sv.gauges.update(stats.gauges)
             view[name] = sv
         return view
 

@@ -16,7 +16,8 @@ and none is applied twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,9 @@ from pipeline.findings import Finding
 ENGINE_KEY = "__engine__"
 FLUSH_KEY = "__flush__"
 CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
+# A sender whose watermark trails the newest by more than this (event time) is idle: it no
+# longer holds back the watermark of a stage fed by another stage (as Flink's idleness).
+SOURCE_IDLE_NS = 60 * 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -47,6 +51,7 @@ class PartitionEngine:
         self.allowed_lateness_ns = allowed_lateness_ns
         self.offset = -1  # last applied routed message offset
         self.sources: dict[str, int] = {}  # "topic:partition" -> last applied source offset
+        self.source_watermarks: dict[str, int] = {}  # "topic:partition" -> sender's watermark
         self.max_event_ns = 0
         self.watermark_ns = 0
         self.counters = EngineCounters()
@@ -55,11 +60,24 @@ class PartitionEngine:
         self._seq = 0  # flush sequence number
         self._slot = 0  # bundle slot the next flush writes
         self._rematerialize: dict[str, bytes | None] = {}
+        # Records detectors derived for downstream streams, and how many messages of them
+        # this partition has emitted (their sequence numbers, persisted with the state, let the
+        # receiving partition skip what a replay after a crash derives again).
+        self._outbox: list[tuple[str, list[Any]]] = []
+        self.emitted = 0
 
     def process(
-        self, items: Sequence[Any], offset: int, source: tuple[str, int, int] | None = None
+        self,
+        items: Sequence[Any],
+        offset: int,
+        source: tuple[str, int, int] | None = None,
+        source_watermark_ns: int | None = None,
     ) -> list[Finding]:
-        """Apply one routed message's records; return findings the watermark released."""
+        """Apply one routed message's records; return findings the watermark released.
+
+        Messages derived by an upstream stage carry that partition's watermark: then this
+        partition's watermark is the minimum over its active senders (no record from them can
+        be late), instead of the newest event time minus the allowed lateness."""
         if offset <= self.offset:
             self.counters.duplicate_messages += 1
             return []
@@ -70,6 +88,10 @@ class PartitionEngine:
                 self.counters.duplicate_messages += 1
                 return []
             self.sources[key] = source[2]
+            if source_watermark_ns is not None:
+                self.source_watermarks[key] = max(
+                    source_watermark_ns, self.source_watermarks.get(key, 0)
+                )
         c = self.counters
         c.messages += 1
         c.items += len(items)
@@ -84,14 +106,41 @@ class PartitionEngine:
         self.max_event_ns = newest
         for d in self.detectors:
             d.update(items)
-        candidate = newest - self.allowed_lateness_ns
+        if self.source_watermarks:
+            senders = self.source_watermarks.values()
+            active_after = max(senders) - SOURCE_IDLE_NS
+            candidate = min(w for w in senders if w >= active_after)
+        else:
+            candidate = newest - self.allowed_lateness_ns
         if candidate <= watermark:
             return []
         self.watermark_ns = candidate
         findings: list[Finding] = []
         for d in self.detectors:
             findings.extend(d.advance(candidate))
+            if d.emits is not None:
+                derived = d.drain()
+                if derived:
+                    self._outbox.append((d.emits, derived))
         return findings
+
+    def drain_outbox(
+        self, partitioner: Callable[[str, Any], int]
+    ) -> list[tuple[str, int, list[Any], int]]:
+        """Derived records grouped into messages: ``(signal, partition, records, seq)``.
+
+        Call after every ``process`` and before ``changes``: the state the next flush writes
+        no longer holds what was derived, so it must be on its way by then."""
+        out = []
+        for signal, items in self._outbox:
+            groups: dict[int, list[Any]] = defaultdict(list)
+            for item in items:
+                groups[partitioner(signal, item)].append(item)
+            for part in sorted(groups):
+                self.emitted += 1
+                out.append((signal, part, groups[part], self.emitted))
+        self._outbox = []
+        return out
 
     # -- persistence ------------------------------------------------------------------------
     def changes(self) -> list[tuple[str, bytes | None]]:
@@ -105,6 +154,8 @@ class PartitionEngine:
         of two. Bundles alternate between two slots, so the last complete one is never
         overwritten by a flush that may not finish.
         """
+        if self._outbox:
+            raise RuntimeError("drain_outbox() must be called before changes()")
         entries: dict[str, bytes | None] = dict(self._rematerialize)
         self._rematerialize = {}
         for d in self.detectors:
@@ -118,6 +169,7 @@ class PartitionEngine:
             {
                 "offset": self.offset, "max_event_ns": self.max_event_ns,
                 "watermark_ns": self.watermark_ns, "sources": self.sources,
+                "emitted": self.emitted, "source_watermarks": self.source_watermarks,
                 "messages": c.messages, "items": c.items,
                 "late_items": c.late_items, "duplicate_messages": c.duplicate_messages,
             }
@@ -190,6 +242,8 @@ class PartitionEngine:
                 marker["offset"], marker["max_event_ns"], marker["watermark_ns"],
             )
             self.sources = dict(marker["sources"])
+            self.emitted = marker.get("emitted", 0)
+            self.source_watermarks = dict(marker.get("source_watermarks", {}))
             self.counters = EngineCounters(
                 marker["messages"], marker["items"], marker["late_items"],
                 marker["duplicate_messages"],

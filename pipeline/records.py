@@ -128,6 +128,9 @@ class Routed:
 
     source: Source | None
     items: list[Any]
+    # The sending partition's event-time watermark, on messages one detection stage derives
+    # for the next (the receiver's watermark is the minimum over its active senders).
+    watermark_ns: int | None = None
 
 
 def _encode(
@@ -201,3 +204,59 @@ def decode_points_wire(data: bytes) -> Routed:
             point.count, point.sum, point.min, point.max, point.bounds, point.bucket_counts = hist
         out.append(point)
     return Routed(_source(doc), out)
+
+
+@dataclass(slots=True)
+class OpTime:
+    """One operation's time in one trace: summed over its spans in that trace."""
+
+    operation: str  # the span name
+    detail: str  # what refines a generic name: the http.route or the database, else ""
+    cp_ns: int  # exclusive time on the critical path
+    self_ns: int  # exclusive time, on the path or not
+    spans: int
+    attrs: dict[str, Any]  # the attributes naming the resource (db.system, peer.service...)
+
+    def to_wire(self) -> list[Any]:
+        return [self.operation, self.detail, self.cp_ns, self.self_ns, self.spans, self.attrs]
+
+
+@dataclass(slots=True)
+class TraceSample:
+    """One service's share of one completed trace: what the trace stage sends the bottleneck
+    detector, routed by service so that one partition sees all of a service's operations."""
+
+    trace_id: str
+    service: str
+    end_ns: int  # the newest span end (skew-adjusted): the trace's event time
+    duration_ns: int  # the root span's duration: the trace's end-to-end latency
+    top: str  # "service|operation|detail" with the most critical-path time in the whole trace
+    ops: list[OpTime]
+
+    @property
+    def event_time_ns(self) -> int:
+        return self.end_ns
+
+
+def sample_partition(sample: TraceSample, partitions: int) -> int:
+    """Partition of a service's trace samples."""
+    return zlib.crc32(sample.service.encode()) % partitions
+
+
+def encode_samples(
+    samples: list[TraceSample], source: Source | None = None, watermark_ns: int | None = None
+) -> bytes:
+    rows = [
+        [s.trace_id, s.service, s.end_ns, s.duration_ns, s.top, [o.to_wire() for o in s.ops]]
+        for s in samples
+    ]
+    return orjson.dumps({"src": source, "wm": watermark_ns, "t": rows})
+
+
+def decode_samples_wire(data: bytes) -> Routed:
+    doc = orjson.loads(data)
+    return Routed(
+        _source(doc),
+        [TraceSample(*row[:5], [OpTime(*o) for o in row[5]]) for row in doc["t"]],
+        doc.get("wm"),
+    )

@@ -64,6 +64,17 @@ class Settings:
     # Event-time watermark = newest event time seen in a partition minus this lateness.
     allowed_lateness_s: float = 5.0
 
+    # Trace assembly (per routed span partition): a trace is complete when its root has arrived
+    # and no span for TRACE_QUIET_S of event time, or TRACE_MAX_AGE_S after its first span.
+    trace_quiet_s: float = 5.0
+    trace_max_age_s: float = 120.0
+    trace_max_open: int = 20_000  # open traces per partition; the oldest is completed early
+    trace_max_spans: int = 1_000  # spans kept per trace (bounds memory and state entries)
+    # Bottleneck detection (per routed trace-sample partition).
+    bottleneck_window_s: float = 30.0
+    bottleneck_warmup_windows: int = 20  # baseline windows before an operation is judged
+    bottleneck_max_operations: int = 5_000  # (service, operation) baselines per partition
+
     pipeline_store: str = "rocksdb"
     pipeline_data_dir: str = ".cache/state"
     # How often detector state is written to the changelog-backed table (processing cadence,
@@ -175,6 +186,21 @@ class Settings:
             raise ConfigError(
                 f"ALLOWED_LATENESS_S={self.allowed_lateness_s} must be >= 0 (seconds)"
             )
+        _positive("TRACE_QUIET_S", self.trace_quiet_s, upper=3600)
+        if self.trace_max_age_s <= self.trace_quiet_s:
+            raise ConfigError(
+                f"TRACE_MAX_AGE_S={self.trace_max_age_s} must be greater than "
+                f"TRACE_QUIET_S={self.trace_quiet_s} (a trace waits at most its max age)"
+            )
+        _positive("TRACE_MAX_OPEN", self.trace_max_open)
+        _positive("TRACE_MAX_SPANS", self.trace_max_spans, upper=100_000)
+        _positive("BOTTLENECK_WINDOW_S", self.bottleneck_window_s, upper=3600)
+        if not 1 <= self.bottleneck_warmup_windows <= 60:
+            raise ConfigError(
+                f"BOTTLENECK_WARMUP_WINDOWS={self.bottleneck_warmup_windows} must be between 1 "
+                "and 60 (the baseline holds 60 windows)"
+            )
+        _positive("BOTTLENECK_MAX_OPERATIONS", self.bottleneck_max_operations)
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(
                 f"METRICS_PORT={self.metrics_port} is not a TCP port (0-65535; 0 disables)"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 
 from pipeline.detectors.base import SIGNALS, Detector
+from pipeline.detectors.bottleneck import BottleneckDetector
+from pipeline.detectors.trace_assembly import TraceAssembler
 from pipeline.settings import ConfigError
 
-# The detectors for bottleneck spans, memory leaks and TIME_WAIT buildup register here.
-BUILTIN: list[type[Detector]] = []
+# The detectors for memory leaks and TIME_WAIT buildup register here too.
+BUILTIN: list[type[Detector]] = [TraceAssembler, BottleneckDetector]
 
 
 def load_detectors(extra: str = "") -> list[type[Detector]]:

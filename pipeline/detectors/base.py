@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 
 from pipeline.findings import Finding
 
-SIGNALS = ("spans", "metrics")
+#: Routed streams: decoded spans and metric points, and the trace samples the trace stage
+#: derives from completed traces (see ``emits``).
+SIGNALS = ("spans", "metrics", "traces")
 
 
 @dataclass(slots=True)
@@ -31,6 +33,9 @@ class DetectorStats:
     evicted: dict[str, int] = field(default_factory=dict)  # reason -> count, cumulative
     # (kind, severity) -> findings currently firing
     active: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Per-finding gauges: (metric name, ((label, value), ...)) -> value; bounded by the
+    # detector's cap on firing findings.
+    gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
 
 
 class Detector(ABC):
@@ -38,8 +43,14 @@ class Detector(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str]
-    signal: ClassVar[str]  # "spans" or "metrics": which routed stream feeds it
+    signal: ClassVar[str]  # one of SIGNALS: which routed stream feeds it
     kinds: ClassVar[tuple[str, ...]]  # finding kinds it can emit (benchmarks score these)
+    emits: ClassVar[str | None] = None  # signal of the records ``drain`` returns, if any
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Detector:
+        """Build one instance per partition from ``pipeline.settings.Settings``."""
+        return cls()
 
     @abstractmethod
     def update(self, records: Sequence[Any]) -> None:
@@ -57,6 +68,11 @@ class Detector(ABC):
     @abstractmethod
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load state written by ``snapshot`` (possibly merged from several snapshots)."""
+
+    def drain(self) -> list[Any]:
+        """Records derived for another stream (signal ``emits``) since the last call, in a
+        deterministic order: replaying the same input after a crash must derive the same."""
+        return []
 
     def stats(self) -> DetectorStats:
         return DetectorStats()

@@ -17,6 +17,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 NS = "anomaly_pipeline"
+#: Help text of the per-finding gauges detectors report (``DetectorStats.gauges``).
+GAUGE_HELP = {
+    f"{NS}_bottleneck_excess_latency_seconds":
+        "Latency a firing bottleneck span adds per trace over its baseline (one series per "
+        "firing bottleneck_span finding; bounded by the detector's cap on operations).",
+}
 
 
 @dataclass(slots=True)
@@ -29,6 +35,8 @@ class StreamState:
     late_items: int = 0
     active: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, severity) -> n
     partitions: int = 0
+    # Per-finding gauges from detectors: (metric name, ((label, value), ...)) -> value.
+    gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
 
 
 class PipelineMetrics:
@@ -68,6 +76,11 @@ class PipelineMetrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                      0.25, 1.0),
             registry=registry,
+        )
+        self.derived = Counter(
+            f"{NS}_items_derived",
+            "Records a detection stage derived for the next (trace samples from completed "
+            "traces), by signal.", ["signal"], registry=registry,
         )
         self.state_flushes = Counter(
             f"{NS}_state_flushes", "Detector state flushes to the changelog-backed table.",
@@ -139,3 +152,14 @@ class StateCollector(Collector):
             for (kind, severity), n in st.active.items():
                 active.add_metric([kind, severity], n)
         yield from (lag, watermark, partitions, tracked, evicted, late, active)
+        families: dict[str, GaugeMetricFamily] = {}
+        for st in streams.values():
+            for (name, labels), value in sorted(st.gauges.items()):
+                fam = families.get(name)
+                if fam is None:
+                    fam = families[name] = GaugeMetricFamily(
+                        name, GAUGE_HELP.get(name, "Detector gauge."),
+                        labels=[k for k, _ in labels],
+                    )
+                fam.add_metric([v for _, v in labels], value)
+        yield from families.values()

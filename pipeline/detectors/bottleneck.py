@@ -1,0 +1,586 @@
+"""Bottleneck spans and service-wide latency regressions, from trace samples. Pure.
+
+Input: ``TraceSample`` records (one per completed trace and service, from
+``pipeline.detectors.trace_assembly``), routed by service so that one partition sees every
+operation of a service. For each (service, operation) and each tumbling event-time window
+(``window_s``, default 30 s) the detector collects the operation's *exclusive time on the
+critical path* per trace, the share of the trace's latency that is, and whether the operation
+was the trace's largest contributor.
+
+**Baselines.** Per operation, the medians and 95th percentiles of its last ``baseline_windows``
+normal windows (default 60: 30 minutes of traffic); the baseline is their median, and the spread
+their median absolute deviation (MAD): robust to the odd slow window and to outliers inside a
+window. A window needs ``min_samples`` traces to count. Detection starts once an operation has
+``warmup_windows`` windows of baseline (default 20: ten minutes of traffic with it). Windows
+judged anomalous do not enter the baseline, so a lasting fault is not learnt as normal — up to
+``freeze_max_windows`` in a row (default 240, two hours), after which the new level is accepted.
+There is no daily seasonality: the 30-minute baseline follows a daily load curve's slow drift.
+
+**Verdicts per window.** An operation is a *bottleneck* when all of these hold:
+
+- its median critical-path time exceeds the baseline median by at least ``rel_threshold`` of it
+  (default 50%), ``mad_k`` (default 4) scaled MADs and ``min_excess_ms`` (default 2 ms);
+- a meaningful share of its traces is slow: at least ``affected_min`` (default 25%) of them above
+  the baseline's 95th percentile;
+- it dominates those traces: it is the largest critical-path contributor in at least
+  ``dominance_min`` (default 25%) of them, or its median share of their latency is that high.
+
+**A service-wide slowdown is one finding, not N.** Exclusive time isolates a slow span: a slow
+database query does not make its callers' exclusive time slower. When instead at least half of a
+service's evaluated operations (and at least two) are slower together (by 20% and 3 MADs), it is
+a ``latency_regression`` of the service (CPU throttling, a bad deploy, a noisy neighbour), and
+its operations raise no ``bottleneck_span`` in that window.
+
+Findings open after ``open_after`` anomalous windows (default 2) and resolve after
+``resolve_after`` normal ones (default 3), through ``pipeline.findings.Lifecycle``.
+
+**Bounded state.** At most ``max_operations`` operations per partition (the longest idle is
+evicted to make room, counted ``evicted_operations``); an operation unseen for ``operation_ttl_s``
+of event time expires (``expired_operations``); at most ``reservoir`` samples per operation and
+window are kept (deterministic replacement, counted ``samples_folded``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.detectors.base import Detector, DetectorStats
+from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
+from pipeline.records import TraceSample
+
+BOTTLENECK = "bottleneck_span"
+REGRESSION = "latency_regression"
+EXCESS_GAUGE = "anomaly_pipeline_bottleneck_excess_latency_seconds"
+MS = 1_000_000
+DB_KEYS = ("db.system", "db.system.name", "db.name", "db.namespace")
+PEER_KEYS = ("peer.service", "server.address", "net.peer.name", "rpc.service")
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of an already sorted, non-empty sequence.
+
+    >>> quantile([1, 2, 3, 4], 0.5), quantile([5], 0.95), quantile([0, 10], 0.95)
+    (2.5, 5, 9.5)
+    """
+    n = len(sorted_values)
+    if n == 1:
+        return sorted_values[0]
+    pos = q * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def median(values: Sequence[float]) -> float:
+    return quantile(sorted(values), 0.5)
+
+
+class _Op:
+    """One operation's baseline (persisted) — rings of normal windows' p50 and p95 (ns)."""
+
+    __slots__ = ("p50", "p95", "attrs", "seen_ns", "run")
+
+    def __init__(self) -> None:
+        self.p50: list[float] = []
+        self.p95: list[float] = []
+        self.attrs: dict[str, Any] = {}
+        self.seen_ns = 0
+        self.run = 0  # consecutive anomalous windows (baseline frozen)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"p50": self.p50, "p95": self.p95, "attrs": self.attrs, "seen": self.seen_ns,
+                "run": self.run}
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> _Op:
+        op = cls()
+        op.p50, op.p95, op.attrs = list(doc["p50"]), list(doc["p95"]), dict(doc["attrs"])
+        op.seen_ns, op.run = doc["seen"], doc["run"]
+        return op
+
+
+class _Acc:
+    """One operation's samples in one window: [cp, trace duration, self] per trace, capped."""
+
+    __slots__ = ("rows", "n", "top", "exemplars")
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+        self.n = 0  # traces seen (rows holds at most ``reservoir`` of them)
+        self.top = 0  # traces in which this operation had the most critical-path time
+        self.exemplars: list[list[Any]] = []  # [[cp_ns, trace_id], ...], the 5 slowest
+
+    def to_doc(self) -> list[Any]:
+        return [self.rows, self.n, self.top, self.exemplars]
+
+    @classmethod
+    def from_doc(cls, doc: Sequence[Any]) -> _Acc:
+        acc = cls()
+        acc.rows, acc.n, acc.top, acc.exemplars = [list(r) for r in doc[0]], doc[1], doc[2], [
+            list(e) for e in doc[3]
+        ]
+        return acc
+
+
+class BottleneckDetector(Detector):
+    name = "bottleneck"
+    version = "1"
+    signal = "traces"
+    kinds = (BOTTLENECK, REGRESSION)
+
+    def __init__(
+        self,
+        window_s: float = 30.0,
+        baseline_windows: int = 60,
+        warmup_windows: int = 20,
+        min_samples: int = 8,
+        rel_threshold: float = 0.5,
+        mad_k: float = 4.0,
+        min_excess_ms: float = 2.0,
+        affected_min: float = 0.25,
+        dominance_min: float = 0.25,
+        open_after: int = 2,
+        resolve_after: int = 3,
+        freeze_max_windows: int = 240,
+        max_operations: int = 5_000,
+        operation_ttl_s: float = 6 * 3600.0,
+        reservoir: int = 64,
+    ) -> None:
+        if window_s <= 0 or not 1 <= warmup_windows <= baseline_windows or min_samples < 1:
+            raise ValueError(
+                "need window_s > 0, 1 <= warmup_windows <= baseline_windows, min_samples >= 1"
+            )
+        self.window_ns = int(window_s * 1e9)
+        self.baseline_windows, self.warmup_windows = baseline_windows, warmup_windows
+        self.min_samples = min_samples
+        self.rel_threshold, self.mad_k = rel_threshold, mad_k
+        self.min_excess_ns = min_excess_ms * MS
+        self.affected_min, self.dominance_min = affected_min, dominance_min
+        self.freeze_max = freeze_max_windows
+        self.max_operations = max_operations
+        self.ttl_ns = int(operation_ttl_s * 1e9)
+        self.reservoir = reservoir
+        self.lc_bottleneck = Lifecycle(
+            BOTTLENECK, self.name, self.version, open_after, resolve_after, max_operations
+        )
+        self.lc_regression = Lifecycle(
+            REGRESSION, self.name, self.version, open_after, resolve_after, max_operations
+        )
+        self._ops: dict[str, _Op] = {}  # "service|operation" -> baseline
+        self._windows: dict[int, dict[str, _Acc]] = {}  # window index -> op key -> samples
+        self._dirty_ops: set[str] = set()
+        self._dirty_acc: set[tuple[int, str]] = set()
+        self._persisted_acc: set[tuple[int, str]] = set()
+        self._closed_until = -1  # every window index <= this is closed
+        self._counts = {
+            "evicted_operations": 0, "expired_operations": 0, "samples_folded": 0,
+            "late_samples": 0,
+        }
+        self._meta_dirty = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> BottleneckDetector:
+        return cls(
+            window_s=settings.bottleneck_window_s,
+            warmup_windows=settings.bottleneck_warmup_windows,
+            max_operations=settings.bottleneck_max_operations,
+        )
+
+    # -- the work --------------------------------------------------------------------------
+    def update(self, records: Sequence[TraceSample]) -> None:
+        for sample in records:
+            w = sample.end_ns // self.window_ns
+            if w <= self._closed_until:
+                self._count("late_samples")
+                continue
+            window = self._windows.get(w)
+            if window is None:
+                window = self._windows[w] = {}
+            for op in sample.ops:
+                key = f"{sample.service}|{op.operation}|{op.detail}"
+                base = self._ops.get(key)
+                if base is None:
+                    if not self._make_room():
+                        continue
+                    base = self._ops[key] = _Op()
+                    base.attrs = dict(op.attrs)
+                    base.seen_ns = (w + 1) * self.window_ns
+                    self._dirty_ops.add(key)
+                acc = window.get(key)
+                if acc is None:
+                    acc = window[key] = _Acc()
+                self._add(acc, sample, op.cp_ns, op.self_ns, key)
+                self._dirty_acc.add((w, key))
+
+    def _add(self, acc: _Acc, sample: TraceSample, cp: int, self_ns: int, key: str) -> None:
+        acc.n += 1
+        if sample.top == key:
+            acc.top += 1
+        row = [cp, sample.duration_ns, self_ns]
+        if len(acc.rows) < self.reservoir:
+            acc.rows.append(row)
+        else:  # deterministic reservoir: the trace id decides, so a replay keeps the same
+            j = zlib.crc32(sample.trace_id.encode()) % acc.n
+            if j < self.reservoir:
+                acc.rows[j] = row
+            self._count("samples_folded")
+        ex = acc.exemplars
+        if len(ex) < 5 or cp > ex[-1][0]:
+            ex.append([cp, sample.trace_id])
+            ex.sort(key=lambda e: (-e[0], e[1]))
+            del ex[5:]
+
+    def advance(self, watermark_ns: int) -> list[Finding]:
+        findings: list[Finding] = []
+        last_closable = watermark_ns // self.window_ns - 1  # windows ending at or before wm
+        if last_closable <= self._closed_until:
+            return findings
+        for w in sorted(k for k in self._windows if k <= last_closable):
+            findings.extend(self._close(w, self._windows.pop(w)))
+        self._closed_until = last_closable
+        self._meta_dirty = True
+        end_ns = (last_closable + 1) * self.window_ns
+        findings.extend(self._expire(end_ns))
+        return findings
+
+    def _close(self, w: int, window: dict[str, _Acc]) -> list[Finding]:
+        end_ns = (w + 1) * self.window_ns
+        for key in window:
+            self._dirty_acc.add((w, key))
+            base = self._ops.get(key)
+            if base is not None and base.seen_ns < end_ns:
+                base.seen_ns = end_ns  # last window with traffic (changes once per window)
+                self._dirty_ops.add(key)
+        evaluated: dict[str, list[tuple[str, dict[str, Any] | None, bool]]] = {}
+        stats_by_key: dict[str, dict[str, Any]] = {}
+        for key in sorted(window):
+            acc = window[key]
+            base = self._ops.get(key)
+            if base is None or acc.n < self.min_samples:
+                continue
+            st = self._window_stats(acc)
+            stats_by_key[key] = st
+            service = _split(key)[0]
+            if len(base.p50) < self.warmup_windows:
+                self._learn(key, base, st)
+                continue
+            b50 = median(base.p50)
+            mad = median([abs(x - b50) for x in base.p50])
+            b95 = median(base.p95)
+            excess = st["p50"] - b50
+            affected = sum(1 for r in acc.rows if r[0] > b95) / len(acc.rows)
+            soft = (
+                b50 >= 0.5 * MS
+                and st["p50"] >= 1.2 * b50
+                and excess >= max(3 * 1.4826 * mad, 0.5 * MS)
+            )
+            strict = (
+                excess >= max(self.rel_threshold * b50, self.mad_k * 1.4826 * mad,
+                              self.min_excess_ns)
+                and affected >= self.affected_min
+                and (acc.top / acc.n >= self.dominance_min
+                     or st["share"] >= self.dominance_min)
+            )
+            base_doc = {"b50": b50, "b95": b95, "mad": mad, "excess": excess,
+                        "affected": affected}
+            evaluated.setdefault(service, []).append(
+                (key, base_doc if (strict or soft) else None, strict)
+            )
+            st["baseline"] = base_doc
+        findings: list[Finding] = []
+        for service, rows in evaluated.items():
+            ops_ready = [r for r in rows if self._ops[r[0]].p50 and median(self._ops[r[0]].p50)
+                         >= 0.5 * MS]
+            slower = [r for r in ops_ready if r[1] is not None]
+            regression = len(ops_ready) >= 2 and len(slower) * 2 >= len(ops_ready)
+            verdict = (
+                self._regression_verdict(service, slower, ops_ready, stats_by_key, end_ns)
+                if regression else None
+            )
+            f = self.lc_regression.observe({"service": service}, end_ns, verdict)
+            if f is not None:
+                findings.append(f)
+            for key, doc, strict in rows:
+                base = self._ops[key]
+                bad = strict and not regression
+                v = (
+                    self._bottleneck_verdict(key, base, window[key], stats_by_key[key], end_ns)
+                    if bad else None
+                )
+                f = self.lc_bottleneck.observe(_entity(key), end_ns, v)
+                if f is not None:
+                    findings.append(f)
+                if doc is None:
+                    self._learn(key, base, stats_by_key[key])
+                else:
+                    base.run += 1
+                    self._dirty_ops.add(key)
+                    if base.run > self.freeze_max:
+                        self._learn(key, base, stats_by_key[key])
+        return findings
+
+    def _window_stats(self, acc: _Acc) -> dict[str, Any]:
+        cps = sorted(r[0] for r in acc.rows)
+        shares = sorted(r[0] / r[1] if r[1] > 0 else 0.0 for r in acc.rows)
+        return {
+            "p50": quantile(cps, 0.5),
+            "p95": quantile(cps, 0.95),
+            "share": quantile(shares, 0.5),
+            "trace_p50": median([r[1] for r in acc.rows]),
+            "self_p50": median([r[2] for r in acc.rows]),
+        }
+
+    def _learn(self, key: str, base: _Op, st: Mapping[str, Any]) -> None:
+        base.run = 0
+        base.p50.append(st["p50"])
+        base.p95.append(st["p95"])
+        del base.p50[: -self.baseline_windows]
+        del base.p95[: -self.baseline_windows]
+        self._dirty_ops.add(key)
+
+    # -- explanations ------------------------------------------------------------------------
+    def _bottleneck_verdict(
+        self, key: str, base: _Op, acc: _Acc, st: Mapping[str, Any], end_ns: int
+    ) -> Verdict:
+        service, _, _ = _split(key)
+        op = _display(key)
+        b = st["baseline"]
+        excess_ms = b["excess"] / MS
+        severity = "critical" if excess_ms >= 1000 else "warning"
+        evidence = {
+            "baseline": {
+                "p50_ms": _ms(b["b50"]), "p95_ms": _ms(b["b95"]), "mad_ms": _ms(b["mad"]),
+                "windows": len(base.p50),
+            },
+            "observed": {
+                "p50_ms": _ms(st["p50"]), "p95_ms": _ms(st["p95"]),
+                "exclusive_p50_ms": _ms(st["self_p50"]), "traces": acc.n,
+                "window_s": self.window_ns / 1e9, "window_end": rfc3339(end_ns),
+            },
+            "trace_duration_p50_ms": _ms(st["trace_p50"]),
+            "share_of_trace_latency": round(st["share"], 3),
+            "dominant_in_share_of_traces": round(acc.top / acc.n, 3),
+            "share_of_traces_affected": round(b["affected"], 3),
+            "added_latency_ms_per_trace": round(excess_ms, 3),
+            "exemplar_trace_ids": [e[1] for e in acc.exemplars],
+            "resource": base.attrs,
+        }
+        summary = (
+            f"{op} in {service}: {_ms(st['p50']):g} ms of {_ms(st['trace_p50']):g} ms traces "
+            f"on the critical path (baseline {_ms(b['b50']):g} ms, slow in "
+            f"{b['affected']:.0%} of its traces) ← BOTTLENECK"
+        )
+        return Verdict(severity, summary, evidence, _next_steps(service, op, base.attrs))
+
+    def _regression_verdict(
+        self,
+        service: str,
+        slower: list[tuple[str, dict[str, Any] | None, bool]],
+        ready: list[Any],
+        stats: Mapping[str, Mapping[str, Any]],
+        end_ns: int,
+    ) -> Verdict:
+        ratios = sorted(
+            ((stats[k]["p50"] / d["b50"], _display(k)) for k, d, _ in slower if d),
+            reverse=True,
+        )
+        median_ratio = median([r for r, _ in ratios])
+        evidence = {
+            "operations_slower": len(slower),
+            "operations_evaluated": len(ready),
+            "median_ratio_to_baseline": round(median_ratio, 3),
+            "slowest_operations": [
+                {"operation": name, "ratio_to_baseline": round(r, 3)} for r, name in ratios[:5]
+            ],
+            "window_end": rfc3339(end_ns),
+        }
+        summary = (
+            f"{service}: {len(slower)} of {len(ready)} operations slower together "
+            f"(median x{median_ratio:.2f} their own exclusive time): a service-wide latency "
+            "regression, not one bottleneck span"
+        )
+        steps = [
+            f"Check what changed for {service} at the start: a deploy or configuration change, "
+            "a new version, or a scaling event (compare service.version across its instances).",
+            f"Check CPU saturation and throttling of {service}'s pods or hosts, and its "
+            "gc_pressure findings: time lost inside the process slows every operation.",
+            "Look for a noisy neighbour on the same nodes; compare with other services' findings.",
+        ]
+        return Verdict("warning", summary, evidence, steps)
+
+    # -- bounds ----------------------------------------------------------------------------
+    def _make_room(self) -> bool:
+        if len(self._ops) < self.max_operations:
+            return True
+        firing = {_key(st["entity"]) for st in self.lc_bottleneck.active()}
+        idle = [(op.seen_ns, k) for k, op in self._ops.items() if k not in firing]
+        if not idle:
+            return False
+        key = min(idle)[1]
+        self._drop_op(key)
+        self._count("evicted_operations")
+        return True
+
+    def _drop_op(self, key: str) -> None:
+        del self._ops[key]
+        self._dirty_ops.add(key)
+        for w, window in self._windows.items():
+            if window.pop(key, None) is not None:
+                self._dirty_acc.add((w, key))
+
+    def _expire(self, now_ns: int) -> list[Finding]:
+        stale = [k for k, op in self._ops.items() if now_ns - op.seen_ns >= self.ttl_ns]
+        for key in stale:
+            self._drop_op(key)
+            self._count("expired_operations")
+        # A firing finding whose operation stopped appearing resolves after 10 windows.
+        idle = 10 * self.window_ns
+        return self.lc_bottleneck.expire(now_ns, idle) + self.lc_regression.expire(now_ns, idle)
+
+    def _count(self, reason: str) -> None:
+        self._counts[reason] += 1
+        self._meta_dirty = True
+
+    # -- state -----------------------------------------------------------------------------
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        meta = {"counts": dict(self._counts), "closed_until": self._closed_until}
+        out: dict[str, Any] = {}
+        if not changed_only:
+            out = {f"o/{key}": op.to_doc() for key, op in self._ops.items()}
+            for w, window in self._windows.items():
+                for key, acc in window.items():
+                    out[f"w/{w}/{key}"] = acc.to_doc()
+            for prefix, lc in (("lb", self.lc_bottleneck), ("lr", self.lc_regression)):
+                for fp, st in lc.snapshot().items():
+                    out[f"{prefix}/{fp}"] = st
+            out["meta"] = meta
+            return out
+        for key in self._dirty_ops:
+            op = self._ops.get(key)
+            out[f"o/{key}"] = None if op is None else op.to_doc()
+        for w, key in self._dirty_acc:
+            acc = self._windows.get(w, {}).get(key)
+            if acc is None:
+                if (w, key) in self._persisted_acc:
+                    out[f"w/{w}/{key}"] = None
+                    self._persisted_acc.discard((w, key))
+            else:
+                out[f"w/{w}/{key}"] = acc.to_doc()
+                self._persisted_acc.add((w, key))
+        for prefix, lc in (("lb", self.lc_bottleneck), ("lr", self.lc_regression)):
+            for fp, st in lc.snapshot(changed_only=True).items():
+                out[f"{prefix}/{fp}"] = st
+        if self._meta_dirty:
+            out["meta"] = meta
+            self._meta_dirty = False
+        self._dirty_ops, self._dirty_acc = set(), set()
+        return out
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        lb: dict[str, Any] = {}
+        lr: dict[str, Any] = {}
+        for key, doc in state.items():
+            kind, _, rest = key.partition("/")
+            if kind == "meta":
+                if doc is not None:
+                    self._counts.update(doc["counts"])
+                    self._closed_until = doc["closed_until"]
+            elif kind == "o":
+                if doc is None:
+                    self._ops.pop(rest, None)
+                else:
+                    self._ops[rest] = _Op.from_doc(doc)
+            elif kind == "w":
+                w_s, _, op_key = rest.partition("/")
+                w = int(w_s)
+                if doc is None:
+                    self._windows.get(w, {}).pop(op_key, None)
+                    self._persisted_acc.discard((w, op_key))
+                else:
+                    self._windows.setdefault(w, {})[op_key] = _Acc.from_doc(doc)
+                    self._persisted_acc.add((w, op_key))
+            elif kind == "lb":
+                lb[rest] = doc
+            elif kind == "lr":
+                lr[rest] = doc
+        self.lc_bottleneck.restore(lb)
+        self.lc_regression.restore(lr)
+        self._windows = {w: win for w, win in self._windows.items() if win}
+
+    def stats(self) -> DetectorStats:
+        active: dict[tuple[str, str], int] = {}
+        gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for kind, lc in ((BOTTLENECK, self.lc_bottleneck), (REGRESSION, self.lc_regression)):
+            for st in lc.active():
+                k = (kind, st["severity"])
+                active[k] = active.get(k, 0) + 1
+                if kind == BOTTLENECK:
+                    key = _key(st["entity"])
+                    labels = (("service", _split(key)[0]), ("operation", _display(key)))
+                    gauges[(EXCESS_GAUGE, labels)] = (
+                        st["last"][2].get("added_latency_ms_per_trace", 0.0) / 1000.0
+                    )
+        evicted = dict(self._counts)
+        evicted["findings_evicted"] = self.lc_bottleneck.evicted + self.lc_regression.evicted
+        return DetectorStats(tracked=len(self._ops), evicted=evicted, active=active,
+                             gauges=gauges)
+
+
+def _split(key: str) -> tuple[str, str, str]:
+    """"service|operation|detail" → its parts (a service name holds no "|")."""
+    service, _, rest = key.partition("|")
+    op, _, detail = rest.rpartition("|")
+    return service, op, detail
+
+
+def _entity(key: str) -> dict[str, str]:
+    service, op, detail = _split(key)
+    entity = {"service": service, "operation": op}
+    if detail:
+        entity["operation_detail"] = detail
+    return entity
+
+
+def _key(entity: Mapping[str, Any]) -> str:
+    return f"{entity['service']}|{entity['operation']}|{entity.get('operation_detail', '')}"
+
+
+def _display(key: str) -> str:
+    _, op, detail = _split(key)
+    return f"{op} {detail}" if detail else op
+
+
+def _ms(ns: float) -> float:
+    return round(ns / MS, 3)
+
+
+def _next_steps(service: str, op: str, attrs: Mapping[str, Any]) -> list[str]:
+    steps = [
+        f"Open the exemplar traces and confirm {op} is the long span on the critical path."
+    ]
+    db = next((str(attrs[k]) for k in DB_KEYS if k in attrs), None)
+    peer = next((str(attrs[k]) for k in PEER_KEYS if k in attrs), None)
+    if db is not None:
+        name = attrs.get("db.name") or attrs.get("db.namespace") or db
+        steps += [
+            f"Check the slow-query log or statement statistics of {name} ({db}) for this "
+            "statement since the onset (e.g. pg_stat_statements, performance_schema).",
+            "Compare its plan with EXPLAIN on a read replica, not the primary (no EXPLAIN "
+            "ANALYZE of writes); look for lock waits, a missing index or a changed plan.",
+            "Do not kill sessions or change indexes on the primary while diagnosing.",
+        ]
+    elif peer is not None:
+        steps += [
+            f"The time is spent waiting on {peer}: check its own findings and its server spans "
+            "in the exemplar traces.",
+            f"Check the connection pool, timeouts and retries of {service}'s client for {peer}.",
+        ]
+    else:
+        steps += [
+            f"Profile one replica of {service} with a sampling profiler and a time limit "
+            "(py-spy, async-profiler or pprof for 30 s), not every instance.",
+            f"Check recent deploys of {service} that touched {op}.",
+        ]
+    return steps

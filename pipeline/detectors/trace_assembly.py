@@ -1,0 +1,284 @@
+"""Trace assembly: spans in, one ``TraceSample`` per (completed trace, service) out. Pure.
+
+Spans reach this stage routed by trace id, so every span of a trace lands in one partition
+whichever way the producer keyed them. Open traces wait in a bounded buffer in event time. A
+trace is *complete* when its root span has arrived and the watermark has passed its newest span
+by ``quiet`` (no span for a quiet period), or when the watermark has passed its first span by
+``max_age`` (a trace whose root never comes). A complete trace is analysed
+(``pipeline.traces.analyze``: exclusive and critical-path time per span) and summarised per
+service and operation; the summaries go, routed by service, to the bottleneck detector.
+
+Nothing is lost silently; every case is counted (``stats().evicted``, exported as
+``anomaly_pipeline_partition_state_evictions{detector="trace_assembly", reason=...}``):
+
+- ``late_spans``: a span of a trace already completed (it is not re-analysed);
+- ``no_root``: a trace that reached ``max_age`` without a root span (not analysed: there is no
+  end-to-end latency to measure against, as with head-sampled or partially lost traces);
+- ``evicted_open``: the buffer was full, so the oldest open trace was completed early (analysed
+  if it has its root);
+- ``span_cap``: spans beyond ``max_spans`` of one trace (bounding memory and state entries);
+- ``orphans`` and ``skew_adjusted`` count spans with a missing parent (hung under the root) and
+  subtrees shifted into their parent's bounds (clock skew) — analysed, counted for visibility.
+
+Open traces are saved with the partition's state, so a restarted worker completes them. The set
+of recently completed trace ids (for ``late_spans``) is not: after a restart, a straggler of a
+trace completed before it opens a new trace without its root, counted in ``no_root``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.detectors.base import Detector, DetectorStats
+from pipeline.records import OpTime, Resource, Span, TraceSample
+from pipeline.traces import analyze
+
+#: Span attributes that name the resource an operation uses (carried as evidence).
+RESOURCE_NAMING = (
+    "db.system", "db.system.name", "db.name", "db.namespace", "db.operation",
+    "peer.service", "server.address", "net.peer.name", "http.route", "rpc.service",
+    "messaging.system", "messaging.destination.name",
+)
+COUNTERS = ("late_spans", "no_root", "evicted_open", "span_cap", "orphans", "skew_adjusted")
+
+
+def operation_of(span: Span) -> tuple[str, str]:
+    """The operation a span measures: its name, and the detail that refines a generic name —
+    ``http.route`` when the name lacks it (older HTTP instrumentations name server spans just
+    ``GET``) or the database when the name is a bare verb (``GET`` on redis, ``SELECT``).
+
+    >>> from pipeline.records import Resource
+    >>> r = Resource("api", "", "", "", {})
+    >>> operation_of(Span("t", "s", "", "GET", 2, 0, 1, 0, {"http.route": "/u/{id}"}, r))
+    ('GET', '/u/{id}')
+    >>> operation_of(Span("t", "s", "", "GET", 3, 0, 1, 0, {"db.system": "redis"}, r))
+    ('GET', 'redis')
+    >>> operation_of(Span("t", "s", "", "SELECT users", 3, 0, 1, 0, {"db.system": "x"}, r))
+    ('SELECT users', '')
+    """
+    name, attrs = span.name, span.attrs
+    route = attrs.get("http.route")
+    if route and isinstance(route, str) and route not in name:
+        return name, route
+    if " " not in name:
+        db = attrs.get("db.namespace") or attrs.get("db.name") or attrs.get("db.system") or (
+            attrs.get("db.system.name")
+        )
+        if db and isinstance(db, str) and db not in name:
+            return name, db
+    return name, ""
+
+
+def naming_attrs(span: Span) -> dict[str, Any]:
+    a = span.attrs
+    return {k: a[k] for k in RESOURCE_NAMING if k in a}
+
+
+class _Open:
+    __slots__ = ("spans", "first_ns", "last_ns", "has_root")
+
+    def __init__(self, first_ns: int) -> None:
+        self.spans: list[Span] = []
+        self.first_ns = first_ns  # earliest span start
+        self.last_ns = first_ns  # latest span end
+        self.has_root = False
+
+
+class TraceAssembler(Detector):
+    name = "trace_assembly"
+    version = "1"
+    signal = "spans"
+    emits = "traces"
+    kinds = ()
+
+    def __init__(
+        self,
+        quiet_s: float = 5.0,
+        max_age_s: float = 120.0,
+        max_open: int = 20_000,
+        max_spans: int = 1_000,
+    ) -> None:
+        if quiet_s <= 0 or max_age_s <= quiet_s or max_open < 1 or max_spans < 1:
+            raise ValueError("need quiet_s > 0, max_age_s > quiet_s, max_open/max_spans >= 1")
+        self.quiet_ns = int(quiet_s * 1e9)
+        self.max_age_ns = int(max_age_s * 1e9)
+        self.max_open, self.max_spans = max_open, max_spans
+        self._open: dict[str, _Open] = {}
+        self._closed: dict[str, int] = {}  # recently completed trace id -> when (late spans)
+        self._out: list[TraceSample] = []
+        self._dirty: set[str] = set()
+        self._persisted: set[str] = set()
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._counts_dirty = False
+        self._scanned_ns = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TraceAssembler:
+        return cls(
+            quiet_s=settings.trace_quiet_s, max_age_s=settings.trace_max_age_s,
+            max_open=settings.trace_max_open, max_spans=settings.trace_max_spans,
+        )
+
+    # -- the work --------------------------------------------------------------------------
+    def update(self, records: Sequence[Span]) -> None:
+        open_, closed = self._open, self._closed
+        for s in records:
+            tid = s.trace_id
+            o = open_.get(tid)
+            if o is None:
+                if tid in closed:
+                    self._count("late_spans")
+                    continue
+                if len(open_) >= self.max_open:
+                    oldest = next(iter(open_))
+                    self._count("evicted_open")
+                    self._complete(oldest, open_.pop(oldest))
+                o = open_[tid] = _Open(s.start_ns)
+            if len(o.spans) >= self.max_spans:
+                self._count("span_cap")
+                continue
+            o.spans.append(s)
+            if s.start_ns < o.first_ns:
+                o.first_ns = s.start_ns
+            if s.end_ns > o.last_ns:
+                o.last_ns = s.end_ns
+            if not s.parent_id:
+                o.has_root = True
+            self._dirty.add(tid)
+
+    def advance(self, watermark_ns: int) -> list[Any]:
+        # Scan at most once per 100 ms of event time: completion is judged in whole seconds.
+        if watermark_ns - self._scanned_ns < 100_000_000:
+            return []
+        self._scanned_ns = watermark_ns
+        self._counts_dirty = True  # persist the scan time: a replay must complete the same
+        quiet_before = watermark_ns - self.quiet_ns
+        age_before = watermark_ns - self.max_age_ns
+        done = [
+            tid for tid, o in self._open.items()
+            if (o.has_root and o.last_ns <= quiet_before) or o.first_ns <= age_before
+        ]
+        for tid in done:
+            self._complete(tid, self._open.pop(tid))
+        if self._closed:
+            expired = [t for t, at in self._closed.items() if at <= age_before]
+            for t in expired:
+                del self._closed[t]
+        return []
+
+    def drain(self) -> list[TraceSample]:
+        out, self._out = self._out, []
+        return out
+
+    def _complete(self, tid: str, o: _Open) -> None:
+        self._dirty.add(tid)
+        self._closed[tid] = o.last_ns
+        if len(self._closed) > 4 * self.max_open:
+            self._closed.pop(next(iter(self._closed)))
+        if not o.has_root:
+            self._count("no_root")
+            return
+        a = analyze(o.spans)
+        if a.root is None:  # has_root guarantees one; kept for safety
+            self._count("no_root")
+            return
+        if a.orphans:
+            self._count("orphans", a.orphans)
+        if a.skew_adjusted:
+            self._count("skew_adjusted", a.skew_adjusted)
+        per_op: dict[tuple[str, str, str], list[Any]] = {}
+        for i, span in enumerate(a.spans):
+            key = (span.resource.service, *operation_of(span))
+            acc = per_op.get(key)
+            if acc is None:
+                per_op[key] = [a.cp_ns[i], a.self_ns[i], 1, naming_attrs(span)]
+            else:
+                acc[0] += a.cp_ns[i]
+                acc[1] += a.self_ns[i]
+                acc[2] += 1
+                if not acc[3]:
+                    acc[3] = naming_attrs(span)
+        top = max(per_op.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
+        top_key = "|".join(top)
+        root = a.root
+        # Event time is the trace's newest span: never after the watermark that completed it,
+        # so the next stage (whose watermark follows this one) never sees it late.
+        end = o.last_ns
+        duration = a.end_ns[root] - a.start_ns[root]
+        by_service: dict[str, list[OpTime]] = {}
+        for (service, op, detail), (cp, self_ns, n, attrs) in sorted(per_op.items()):
+            by_service.setdefault(service, []).append(OpTime(op, detail, cp, self_ns, n, attrs))
+        for service, ops in by_service.items():
+            self._out.append(TraceSample(tid, service, end, duration, top_key, ops))
+
+    def _count(self, reason: str, n: int = 1) -> None:
+        self._counts[reason] += n
+        self._counts_dirty = True
+
+    # -- state -----------------------------------------------------------------------------
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        meta = {"counts": dict(self._counts), "scanned_ns": self._scanned_ns}
+        if not changed_only:
+            out: dict[str, Any] = {f"t/{tid}": _trace_doc(o) for tid, o in self._open.items()}
+            out["meta"] = meta
+            return out
+        out = {}
+        for tid in self._dirty:
+            o = self._open.get(tid)
+            if o is None:
+                if tid in self._persisted:
+                    out[f"t/{tid}"] = None
+                    self._persisted.discard(tid)
+                continue
+            out[f"t/{tid}"] = _trace_doc(o)
+            self._persisted.add(tid)
+        if self._counts_dirty:
+            out["meta"] = meta
+            self._counts_dirty = False
+        self._dirty = set()
+        return out
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        for key, doc in state.items():
+            if key == "meta":
+                if doc is not None:
+                    self._counts.update(doc["counts"])
+                    self._scanned_ns = doc["scanned_ns"]
+                continue
+            tid = key[2:]
+            if doc is None:
+                self._open.pop(tid, None)
+                self._persisted.discard(tid)
+                continue
+            self._open[tid] = _trace_from_doc(tid, doc)
+            self._persisted.add(tid)
+
+    def stats(self) -> DetectorStats:
+        return DetectorStats(tracked=len(self._open), evicted=dict(self._counts))
+
+
+def _trace_doc(o: _Open) -> dict[str, Any]:
+    resources: list[Resource] = []
+    index: dict[int, int] = {}
+    rows = []
+    for s in o.spans:
+        ri = index.get(id(s.resource))
+        if ri is None:
+            ri = index[id(s.resource)] = len(resources)
+            resources.append(s.resource)
+        rows.append([s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
+                     s.attrs, ri])
+    return {"f": o.first_ns, "l": o.last_ns, "r": [r.to_wire() for r in resources], "s": rows}
+
+
+def _trace_from_doc(tid: str, doc: Mapping[str, Any]) -> _Open:
+    resources = [Resource.from_wire(r) for r in doc["r"]]
+    o = _Open(doc["f"])
+    o.last_ns = doc["l"]
+    for row in doc["s"]:
+        span = Span(tid, *row[:8], resources[row[8]])
+        o.spans.append(span)
+        if not span.parent_id:
+            o.has_root = True
+    return o

@@ -1,0 +1,110 @@
+"""Small seeded trace and trace-sample streams for detector tests (no simulator, no Kafka).
+
+``shop_trace`` builds one request: ``web`` serves ``GET /checkout``, calls ``api`` over HTTP,
+whose server span runs ``SELECT users`` on postgres and a little local work. ``samples``
+builds the bottleneck detector's input directly, with optional faults per phase.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from pipeline.records import OpTime, Resource, Span, TraceSample
+
+S = 10**9
+MS = 10**6
+T0 = 1_767_600_000 * S
+WEB = Resource("web", "web-1", "h1", "", {})
+API = Resource("api", "api-1", "h2", "", {})
+
+
+def shop_trace(
+    rng: random.Random, start_ns: int, db_added_ms: float = 0.0, api_skew_ms: float = 0.0
+) -> list[Span]:
+    tid = f"{rng.getrandbits(128):032x}"
+    ids = iter(f"{rng.getrandbits(64):016x}" for _ in range(8))
+    root, client, server, db, work = (next(ids) for _ in range(5))
+    skew = int(api_skew_ms * MS)
+    t = start_ns
+    db_ms = 5 * rng.lognormvariate(0, 0.2) + db_added_ms
+    work_ms = 3 * rng.lognormvariate(0, 0.2)
+    s_start = t + 3 * MS
+    db_start = s_start + 1 * MS
+    db_end = db_start + int(db_ms * MS)
+    w_end = db_end + int(work_ms * MS)
+    s_end = w_end + 1 * MS
+    c_end = s_end + 1 * MS
+    end = c_end + int(8 * rng.lognormvariate(0, 0.2) * MS)
+    return [
+        Span(tid, server, client, "GET /users/{id}", 2, s_start + skew, s_end + skew, 0,
+             {"http.route": "/users/{id}"}, API),
+        Span(tid, db, server, "SELECT users", 3, db_start + skew, db_end + skew, 0,
+             {"db.system": "postgresql", "db.name": "users"}, API),
+        Span(tid, work, server, "render", 1, db_end + skew, w_end + skew, 0, {}, API),
+        Span(tid, client, root, "GET /users/{id}", 3, t + 2 * MS, c_end, 0,
+             {"peer.service": "api"}, WEB),
+        Span(tid, root, "", "GET /checkout", 2, t, end, 0, {"http.route": "/checkout"}, WEB),
+    ]
+
+
+def span_batches(minutes: float = 3, per_s: float = 4, seed: int = 3) -> list[list[Span]]:
+    """Batches of 5 s of traces (spans of one trace may straddle two batches)."""
+    rng = random.Random(seed)
+    spans: list[Span] = []
+    n = int(minutes * 60 * per_s)
+    for i in range(n):
+        spans.extend(shop_trace(rng, T0 + int(i * S / per_s)))
+    spans.sort(key=lambda s: s.end_ns)
+    batches: list[list[Span]] = [[]]
+    edge = T0 + 5 * S
+    for s in spans:
+        if s.end_ns >= edge:
+            batches.append([])
+            edge += 5 * S
+        batches[-1].append(s)
+    return [b for b in batches if b]
+
+
+#: (service, operation, median ms of critical-path time)
+OPS = {
+    "api": [("GET /users/{id}", 4.0), ("SELECT users", 6.0), ("render", 3.0)],
+    "web": [("GET /checkout", 10.0), ("GET /users/{id}", 1.0), ("encode", 5.0)],
+}
+Fault = Callable[[str, str, float], float]  # (service, operation, minute) -> factor on ms
+
+
+def samples(
+    minutes: float = 30,
+    per_s: float = 2,
+    seed: int = 5,
+    fault: Fault | None = None,
+    added_ms: Callable[[str, str, float], float] | None = None,
+) -> list[list[TraceSample]]:
+    """Trace samples for both services, in batches of 10 s of event time."""
+    rng = random.Random(seed)
+    batches: list[list[TraceSample]] = []
+    n = int(minutes * 60 * per_s)
+    for i in range(n):
+        t = T0 + int(i * S / per_s)
+        minute = (t - T0) / S / 60
+        tid = f"{rng.getrandbits(128):032x}"
+        ops: dict[str, list[OpTime]] = {}
+        total = 0
+        best = (0, "")
+        for service, service_ops in OPS.items():
+            for op, ms in service_ops:
+                v = ms * rng.lognormvariate(0, 0.25)
+                if fault is not None:
+                    v *= fault(service, op, minute)
+                if added_ms is not None:
+                    v += added_ms(service, op, minute)
+                cp = int(v * MS)
+                total += cp
+                best = max(best, (cp, f"{service}|{op}|"))
+                ops.setdefault(service, []).append(OpTime(op, "", cp, cp, 1, {}))
+        if i % int(10 * per_s) == 0:
+            batches.append([])
+        for service, op_times in ops.items():
+            batches[-1].append(TraceSample(tid, service, t + total, total, best[1], op_times))
+    return batches

@@ -1,0 +1,261 @@
+"""Trace assembly and the bottleneck detector, on seeded streams (tests/support/traces.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.detectors.bottleneck import EXCESS_GAUGE, BottleneckDetector, quantile
+from pipeline.detectors.trace_assembly import TraceAssembler
+from pipeline.findings import Finding
+from pipeline.records import Span, TraceSample, decode_samples_wire, encode_samples
+from tests.support import traces
+from tests.support.traces import MS, S, T0
+
+SLOW_QUERY = ("api", "SELECT users")
+
+
+def run(d: Any, batches: list[list[Any]], lateness_s: float = 5) -> list[Finding]:
+    out: list[Finding] = []
+    for batch in batches:
+        d.update(batch)
+        out += d.advance(max(r.event_time_ns for r in batch) - int(lateness_s * S))
+    return out
+
+
+def minute(ns: int) -> float:
+    return (ns - T0) / S / 60
+
+
+def slow(target: tuple[str, str], ms: float, start: float = 15, end: float = 20) -> Callable:
+    return lambda s, o, m: ms if (s, o) == target and start <= m < end else 0.0
+
+
+# -- trace assembly ---------------------------------------------------------------------------
+def test_assembles_traces_split_across_batches() -> None:
+    asm = TraceAssembler()
+    batches = traces.span_batches(minutes=2, per_s=4)
+    out: list[TraceSample] = []
+    for b in batches:
+        asm.update(b)
+        asm.advance(max(s.end_ns for s in b) - 5 * S)
+        out += asm.drain()
+    n_traces = 2 * 60 * 4
+    by_trace: dict[str, list[TraceSample]] = {}
+    for sample in out:
+        by_trace.setdefault(sample.trace_id, []).append(sample)
+    # Every trace completed except the last quiet period's, each once, one sample per service.
+    assert n_traces - 4 * 11 <= len(by_trace) < n_traces
+    assert all(sorted(s.service for s in v) == ["api", "web"] for v in by_trace.values())
+    sample = next(s for s in out if s.service == "api")
+    ops = {o.operation: o for o in sample.ops}
+    assert set(ops) == {"GET /users/{id}", "SELECT users", "render"}
+    assert ops["SELECT users"].attrs == {"db.system": "postgresql", "db.name": "users"}
+    assert ops["SELECT users"].cp_ns == ops["SELECT users"].self_ns > 3 * MS
+    assert asm.stats().evicted["no_root"] == 0
+    assert asm.stats().tracked > 0  # the newest traces are still waiting for quiet
+
+
+def test_trace_waits_for_its_root_and_counts_what_it_cannot_use() -> None:
+    asm = TraceAssembler(quiet_s=5, max_age_s=30)
+    rng = random.Random(1)
+    spans = traces.shop_trace(rng, T0)
+    root = next(s for s in spans if not s.parent_id)
+    asm.update([s for s in spans if s is not root])
+    asm.advance(T0 + 20 * S)
+    assert asm.drain() == []  # no root yet: still open
+    asm.update([root])
+    asm.advance(T0 + 25 * S)
+    assert {s.service for s in asm.drain()} == {"api", "web"}
+    asm.update([spans[0]])  # a straggler of the completed trace
+    orphan = traces.shop_trace(rng, T0 + S)[1:2]  # a trace whose root never comes
+    asm.update(orphan)
+    asm.advance(T0 + 40 * S)
+    assert asm.drain() == []
+    counts = asm.stats().evicted
+    assert counts["late_spans"] == 1 and counts["no_root"] == 1
+
+
+def test_open_trace_cap_completes_the_oldest_early() -> None:
+    asm = TraceAssembler(max_open=3, max_spans=2)
+    rng = random.Random(2)
+    for i in range(5):
+        asm.update(traces.shop_trace(rng, T0 + i * S))
+    assert asm.stats().tracked == 3
+    counts = asm.stats().evicted
+    assert counts["evicted_open"] == 2 and counts["span_cap"] == 5 * 3
+
+
+def test_samples_round_trip_the_wire() -> None:
+    batches = traces.samples(minutes=1)
+    data = encode_samples(batches[0], ("t", 3, 9), watermark_ns=T0)
+    routed = decode_samples_wire(data)
+    assert routed.items == batches[0] and routed.source == ("t", 3, 9)
+    assert routed.watermark_ns == T0
+
+
+# -- bottleneck detector ----------------------------------------------------------------------
+def test_slow_query_is_a_bottleneck_with_evidence_and_resolves() -> None:
+    d = BottleneckDetector()
+    batches = traces.samples(minutes=30, added_ms=slow(SLOW_QUERY, 80))
+    out = run(d, batches)
+    kinds = [(f.kind, f.status, f.entity["service"], f.entity["operation"]) for f in out]
+    assert kinds == [
+        ("bottleneck_span", "firing", "api", "SELECT users"),
+        ("bottleneck_span", "resolved", "api", "SELECT users"),
+    ]
+    fired, resolved = out
+    assert 15 < minute(fired.detected_at_ns) <= 16.5  # two 30 s windows after the onset
+    assert 20 < minute(resolved.resolved_at_ns) <= 22
+    ev = fired.evidence
+    assert ev["baseline"]["p50_ms"] == pytest.approx(6, rel=0.15)
+    assert ev["observed"]["p50_ms"] == pytest.approx(86, rel=0.1)
+    assert ev["added_latency_ms_per_trace"] == pytest.approx(80, rel=0.1)
+    assert ev["share_of_traces_affected"] > 0.9 and ev["dominant_in_share_of_traces"] > 0.9
+    ids = {s.trace_id for b in batches for s in b}
+    assert 1 <= len(ev["exemplar_trace_ids"]) <= 5 and set(ev["exemplar_trace_ids"]) <= ids
+    assert "← BOTTLENECK" in fired.summary and "SELECT users" in fired.summary
+
+
+def test_excess_gauge_while_firing() -> None:
+    d = BottleneckDetector()
+    run(d, traces.samples(minutes=17, added_ms=slow(SLOW_QUERY, 80)))
+    st = d.stats()
+    assert st.active == {("bottleneck_span", "warning"): 1}
+    ((name, labels), value), = st.gauges.items()
+    assert name == EXCESS_GAUGE
+    assert dict(labels) == {"service": "api", "operation": "SELECT users"}
+    assert value == pytest.approx(0.08, rel=0.1)
+
+
+def test_small_or_off_path_slowdowns_are_not_bottlenecks() -> None:
+    # +1.5 ms on a 6 ms query: under the 50% relative threshold.
+    assert run(BottleneckDetector(), traces.samples(minutes=25,
+                                                   added_ms=slow(SLOW_QUERY, 1.5))) == []
+
+
+def test_service_wide_slowdown_is_one_latency_regression() -> None:
+    d = BottleneckDetector()
+    fault = lambda s, o, m: 2.0 if s == "api" and 15 <= m < 20 else 1.0  # noqa: E731
+    out = run(d, traces.samples(minutes=30, fault=fault))
+    assert {(f.kind, f.status, tuple(f.entity.items())) for f in out} == {
+        ("latency_regression", "firing", (("service", "api"),)),
+        ("latency_regression", "resolved", (("service", "api"),)),
+    }
+    fired = out[0]
+    assert fired.evidence["operations_slower"] == fired.evidence["operations_evaluated"] == 3
+    assert fired.evidence["median_ratio_to_baseline"] == pytest.approx(2, rel=0.15)
+
+
+def test_everything_slower_gives_no_bottleneck() -> None:
+    fault = lambda s, o, m: 1.5 if 15 <= m < 20 else 1.0  # noqa: E731
+    out = run(BottleneckDetector(), traces.samples(minutes=30, fault=fault))
+    assert out and {f.kind for f in out} == {"latency_regression"}
+
+
+def test_no_verdict_during_warm_up() -> None:
+    out = run(BottleneckDetector(), traces.samples(minutes=12, added_ms=slow(SLOW_QUERY, 80,
+                                                                             start=5)))
+    assert out == []  # 20 windows (10 min) of baseline are needed first
+
+
+def test_healthy_noise_stays_quiet() -> None:
+    for seed in range(3):
+        assert run(BottleneckDetector(), traces.samples(minutes=40, seed=seed)) == []
+
+
+def test_lasting_fault_freezes_the_baseline() -> None:
+    d = BottleneckDetector(freeze_max_windows=1000)
+    run(d, traces.samples(minutes=60, added_ms=slow(SLOW_QUERY, 80, start=15, end=60)))
+    assert d.stats().active  # 45 minutes in, still firing: the fault was not learnt as normal
+
+
+def test_restored_detector_finishes_the_same() -> None:
+    batches = traces.samples(minutes=25, added_ms=slow(SLOW_QUERY, 80))
+    whole = [f.to_dict() for f in run(BottleneckDetector(), batches)]
+    first = BottleneckDetector()
+    out = [f.to_dict() for f in run(first, batches[:95])]
+    state = orjson.loads(orjson.dumps(first.snapshot()))
+    second = BottleneckDetector()
+    second.restore(state)
+    out += [f.to_dict() for f in run(second, batches[95:])]
+    assert out == whole and whole
+
+
+def test_operation_cap_evicts_idle_operations_and_counts() -> None:
+    d = BottleneckDetector(max_operations=4)
+    run(d, traces.samples(minutes=2))
+    st = d.stats()
+    assert st.tracked == 4 and st.evicted["evicted_operations"] > 0
+
+
+def test_operations_expire() -> None:
+    d = BottleneckDetector(operation_ttl_s=120)
+    run(d, traces.samples(minutes=2))
+    later = traces.samples(minutes=1)[0]
+    for s in later:
+        s.end_ns += 10 * 60 * S
+        s.service = "other"
+    run(d, [later])
+    d.advance(T0 + 690 * S)
+    st = d.stats()
+    assert st.evicted["expired_operations"] == 6  # web's and api's, idle for 10 minutes
+    assert st.tracked == 5  # other's (two services' operations, one name shared)
+
+
+def test_late_samples_are_counted() -> None:
+    d = BottleneckDetector()
+    batches = traces.samples(minutes=3)
+    run(d, batches)
+    d.update(batches[0])
+    assert d.stats().evicted["late_samples"] == len(batches[0])
+
+
+def test_database_next_steps_are_read_only() -> None:
+    d = BottleneckDetector()
+    batches = traces.samples(minutes=17, added_ms=slow(SLOW_QUERY, 80))
+    for b in batches:
+        for s in b:
+            for o in s.ops:
+                if o.operation == "SELECT users":
+                    o.attrs = {"db.system": "postgresql", "db.name": "users"}
+    fired = run(d, batches)[0]
+    steps = " ".join(fired.next_steps)
+    assert "read replica" in steps and "slow-query log" in steps
+    assert fired.evidence["resource"] == {"db.system": "postgresql", "db.name": "users"}
+
+
+def test_quantile() -> None:
+    assert quantile([1, 2, 3, 4, 5], 0.95) == pytest.approx(4.8)
+
+
+def test_end_to_end_from_spans() -> None:
+    """Spans → assembly → samples → detector: the slow query is found from raw spans, and a
+    clock-skewed callee does not hide it or raise anything else."""
+    rng = random.Random(11)
+    spans: list[Span] = []
+    for i in range(25 * 60 * 3):
+        t = T0 + int(i * S / 3)
+        m = (t - T0) / S / 60
+        spans += traces.shop_trace(rng, t, db_added_ms=60.0 if 15 <= m < 20 else 0.0,
+                                   api_skew_ms=-300.0)
+    spans.sort(key=lambda s: s.end_ns)
+    asm, det = TraceAssembler(), BottleneckDetector()
+    out: list[Finding] = []
+    for i in range(0, len(spans), 500):
+        batch = spans[i:i + 500]
+        asm.update(batch)
+        asm.advance(max(s.end_ns for s in batch) - 5 * S)
+        samples = asm.drain()
+        if samples:
+            det.update(samples)
+            out += det.advance(max(s.end_ns for s in samples))
+    assert asm.stats().evicted["skew_adjusted"] > 1000
+    assert [(f.kind, f.status, f.entity["operation"]) for f in out] == [
+        ("bottleneck_span", "firing", "SELECT users"),
+        ("bottleneck_span", "resolved", "SELECT users"),
+    ]
