@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT, StreamT
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -71,6 +74,7 @@ class Pipeline:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = s = settings
         self._state_view: dict[str, StreamState] = {}
+        self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self.metrics.watch_state(lambda: self._state_view)
         detector_classes = load_detectors(s.pipeline_detectors)
@@ -204,9 +208,7 @@ class Pipeline:
                 len(pending) >= s.state_flush_records
                 or now - st.last_flush.get(p, 0.0) >= s.state_flush_interval_s
             ):
-                sending = st.sending.pop(p, None)
-                if sending:
-                    await asyncio.gather(*sending)
+                await self._await_derived(st, p)
                 writes = 0
                 for key, value in engine.changes():
                     kb = key.encode()
@@ -224,17 +226,45 @@ class Pipeline:
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
 
     async def _send_derived(self, st: _Stream, partition: int, engine: PartitionEngine) -> None:
-        parts = self.settings.pipeline_partitions
+        """Send what the engine derived for the next stage. A plain aiokafka producer (as in
+        ingest) gives one delivery future per message, awaited before the flush that drops the
+        derived records from this partition's state."""
+        outbox = engine.drain_outbox(self._partitioner)
+        if not outbox:
+            return
+        if self._producer is None:
+            self._producer = AIOKafkaProducer(
+                linger_ms=5, max_batch_size=1024 * 1024, acks="all",
+                max_request_size=self.settings.max_record_bytes + 1024 * 1024,
+                **self.settings.aiokafka_kwargs(),
+            )
+            await self._producer.start()
         source_topic = st.topic.get_topic_name()
-        for signal, dest, items, seq in engine.drain_outbox(self._partitioner):
+        for signal, dest, items, seq in outbox:
             if signal != "traces":
                 raise RuntimeError(f"no routed stream carries derived {signal!r} records")
             value = records.encode_samples(
                 items, (source_topic, partition, seq), engine.watermark_ns
             )
-            fut = await self.streams[signal].topic.send(value=value, partition=dest % parts)
+            fut = await self._producer.send(
+                self.streams[signal].topic.get_topic_name(), value=value, partition=dest
+            )
             st.sending[partition].append(fut)
             self.metrics.derived.labels(signal).inc(len(items))
+
+    async def _await_derived(self, st: _Stream, partition: int) -> None:
+        sending = st.sending.pop(partition, None)
+        if not sending:
+            return
+        try:
+            await asyncio.gather(*sending)
+        except KafkaError:
+            # Derived records left this partition's state when they were derived: acking
+            # now would lose them. Exit; the restarted worker derives them again from the
+            # last flushed state (and the receiver skips any that did arrive).
+            log.critical("could not deliver derived records; exiting so the worker restarts "
+                         "from its last saved state", exc_info=True)
+            os._exit(70)
 
     def _partitioner(self, signal: str, item: Any) -> int:
         return records.sample_partition(item, self.settings.pipeline_partitions)

@@ -84,16 +84,19 @@ class Ingest:
                 await asyncio.sleep(2)
 
     async def ensure_topics(self) -> None:
-        """Create the input topics (a worker started before any collector wrote) and the
-        dead-letter topic (7-day retention) if they are missing; existing ones are left as
-        they are."""
+        """Create the input topics (a worker started before any collector wrote), the
+        dead-letter topic (7-day retention) and the compacted findings topic if they are
+        missing; existing ones are left as they are."""
         s = self.settings
         wanted = [
             NewTopic(t, s.pipeline_partitions, s.pipeline_replication_factor)
             for t in self.by_topic
         ] + [
             NewTopic(s.deadletter_topic, s.output_partitions, s.pipeline_replication_factor,
-                     topic_configs={"retention.ms": str(7 * 24 * 3600 * 1000)})
+                     topic_configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
+            # Compacted: the latest state of every finding stays (key = fingerprint).
+            NewTopic(s.findings_topic, s.output_partitions, s.pipeline_replication_factor,
+                     topic_configs={"cleanup.policy": "compact"}),
         ]
         admin = AIOKafkaAdminClient(**s.aiokafka_kwargs())
         await admin.start()

@@ -27,7 +27,7 @@ There is no daily seasonality: the 30-minute baseline follows a daily load curve
 
 **A service-wide slowdown is one finding, not N.** Exclusive time isolates a slow span: a slow
 database query does not make its callers' exclusive time slower. When instead at least half of a
-service's evaluated operations (and at least two) are slower together (by 20% and 3 MADs), it is
+service's evaluated operations, and at least two, are slower together (by 20% and 3 MADs), it is
 a ``latency_regression`` of the service (CPU throttling, a bad deploy, a noisy neighbour), and
 its operations raise no ``bottleneck_span`` in that window.
 
@@ -294,7 +294,7 @@ class BottleneckDetector(Detector):
             ops_ready = [r for r in rows if self._ops[r[0]].p50 and median(self._ops[r[0]].p50)
                          >= 0.5 * MS]
             slower = [r for r in ops_ready if r[1] is not None]
-            regression = len(ops_ready) >= 2 and len(slower) * 2 >= len(ops_ready)
+            regression = len(slower) >= 2 and len(slower) * 2 >= len(ops_ready)
             verdict = (
                 self._regression_verdict(service, slower, ops_ready, stats_by_key, end_ns)
                 if regression else None

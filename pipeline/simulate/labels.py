@@ -27,6 +27,7 @@ import orjson
 from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
     DEPLOY,
+    GLOBAL_SLOWDOWN,
     HEAD_SAMPLING,
     MEMORY_LEAK,
     MISSING_SPANS,
@@ -127,12 +128,33 @@ def run_line(scenario: Scenario) -> dict[str, Any]:
     }
 
 
+#: A slowdown of whole services is a hard negative for ``bottleneck_span`` and, per slowed
+#: service, what a ``latency_regression`` finding should report.
+LATENCY_REGRESSION = "latency_regression"
+
+
 def label_lines(scenario: Scenario) -> list[dict[str, Any]]:
-    """The run line, then one line per fault/negative (a reconnect storm: one per client host)."""
+    """The run line, then one line per fault/negative (a reconnect storm: one per client host;
+    a global slowdown: also one ``latency_regression`` label per slowed service)."""
     lines = [run_line(scenario)]
     for f in scenario.faults:
         lines.extend(_labels_for(scenario, f))
+        if f.kind == GLOBAL_SLOWDOWN:
+            lines.extend(_regression_labels(scenario, f))
     return lines
+
+
+def _regression_labels(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
+    services = [f.entity["service"]] if "service" in f.entity else [
+        s.name for s in scenario.topology.services
+    ]
+    out = []
+    for service in services:
+        label = _base(scenario, f, {"service": service})
+        label.update(kind=LATENCY_REGRESSION, negative=False, must_not_trigger=[])
+        label["truth"] = {"factor": float(f.magnitude.get("factor", 1.5))}
+        out.append(label)
+    return out
 
 
 def write_labels(scenario: Scenario, path: str | Path) -> Path:

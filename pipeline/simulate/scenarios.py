@@ -5,7 +5,8 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
 ``healthy`` (1 h)
     No faults, no negatives: the false-alarm baseline.
 ``demo`` (20 min, used by ``make run``)
-    One of each fault (leak on ``checkout#0``, ``SELECT users`` bottleneck in ``user-service``,
+    One of each fault (leak on ``checkout#0``, ``SELECT users`` bottleneck in ``user-service``
+    from minute 11, after the bottleneck baselines have warmed up,
     TIME_WAIT buildup on ``node-2`` from ``frontend`` to ``cart``) between negatives: a deploy
     of ``catalog`` with its reconnect storm, a ``payment`` slowdown, a traffic spike, a cache
     warm-up, a restart, clock skew on ``cart`` and a busy GC sawtooth.
@@ -217,8 +218,8 @@ def _demo() -> tuple[float, list[Fault], str]:
         Fault(
             BOTTLENECK_SPAN,
             {"service": "user-service", "operation": "SELECT users"},
-            4 * M,
-            12 * M,
+            11 * M,
+            17 * M,
             {"added_ms": 120.0},
             note="missing index: SELECT users +120 ms",
         ),

@@ -14,7 +14,7 @@ from pipeline.detectors.trace_assembly import TraceAssembler
 from pipeline.findings import Finding
 from pipeline.records import Span, TraceSample, decode_samples_wire, encode_samples
 from tests.support import traces
-from tests.support.traces import MS, S, T0
+from tests.support.traces import MS, T0, S
 
 SLOW_QUERY = ("api", "SELECT users")
 

@@ -554,7 +554,7 @@ def test_labels_file_has_run_header_and_fault_windows(tmp_path: Any) -> None:
     by_kind = {lbl["kind"]: lbl for lbl in labels}
     b = by_kind["bottleneck_span"]
     assert b["entity"] == {"service": "user-service", "operation": "SELECT users"}
-    assert b["start_unix_nano"] == run_line["start_unix_nano"] + 4 * 60 * 10**9
+    assert b["start_unix_nano"] == run_line["start_unix_nano"] + 11 * 60 * 10**9
     leak = by_kind["memory_leak"]
     assert set(leak["entity"]) == {"service", "instance"}
     incs = {i.instance_id for i in sc.plan.incarnations()}
