@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.accuracy [--quick] [--scenarios a,b] [--seed N]``
 
-For each scenario (full: ``bottleneck,leak,timewait,negatives,healthy``; ``--quick``: ``demo`` cut to
-17 min of event time, which still holds one fault of each kind), the harness:
+For each scenario (full: ``bottleneck,leak,timewait,negatives,healthy``; ``--quick``: ``demo``
+cut to 17 min of event time, which still holds one fault of each kind), the harness:
 
 1. builds the scenario from a fixed start (same seed, same bytes) and writes its ground-truth
    labels to ``.cache/bench/<scenario>/labels.jsonl``;

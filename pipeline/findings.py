@@ -190,7 +190,7 @@ class Lifecycle:
     def expire(self, now_ns: int, idle_ns: int) -> list[Finding]:
         """Resolve and forget entities not observed for ``idle_ns`` (an instance that went away)."""
         out = []
-        for fp, st in list(self._state.items()):
+        for fp, st in sorted(self._state.items()):  # a restored state resolves in the same order
             if now_ns - st["seen"] >= idle_ns:
                 if st["firing"]:
                     out.append(self._finding(fp, st, "resolved", now_ns))

@@ -76,9 +76,10 @@ def naming_attrs(span: Span) -> dict[str, Any]:
 
 
 class _Open:
-    __slots__ = ("spans", "first_ns", "last_ns", "has_root")
+    __slots__ = ("seq", "spans", "first_ns", "last_ns", "has_root")
 
-    def __init__(self, first_ns: int) -> None:
+    def __init__(self, seq: int, first_ns: int) -> None:
+        self.seq = seq  # arrival order: restored traces keep it, so a replay completes the same
         self.spans: list[Span] = []
         self.first_ns = first_ns  # earliest span start
         self.last_ns = first_ns  # latest span end
@@ -112,6 +113,7 @@ class TraceAssembler(Detector):
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._counts_dirty = False
         self._scanned_ns = 0
+        self._seq = 0  # traces opened so far (persisted: orders the open traces)
 
     @classmethod
     def from_settings(cls, settings: Any) -> TraceAssembler:
@@ -134,7 +136,8 @@ class TraceAssembler(Detector):
                     oldest = next(iter(open_))
                     self._count("evicted_open")
                     self._complete(oldest, open_.pop(oldest))
-                o = open_[tid] = _Open(s.start_ns)
+                self._seq += 1
+                o = open_[tid] = _Open(self._seq, s.start_ns)
             if len(o.spans) >= self.max_spans:
                 self._count("span_cap")
                 continue
@@ -218,7 +221,7 @@ class TraceAssembler(Detector):
 
     # -- state -----------------------------------------------------------------------------
     def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        meta = {"counts": dict(self._counts), "scanned_ns": self._scanned_ns}
+        meta = {"counts": dict(self._counts), "scanned_ns": self._scanned_ns, "seq": self._seq}
         if not changed_only:
             out: dict[str, Any] = {f"t/{tid}": _trace_doc(o) for tid, o in self._open.items()}
             out["meta"] = meta
@@ -245,6 +248,7 @@ class TraceAssembler(Detector):
                 if doc is not None:
                     self._counts.update(doc["counts"])
                     self._scanned_ns = doc["scanned_ns"]
+                    self._seq = doc["seq"]
                 continue
             tid = key[2:]
             if doc is None:
@@ -253,6 +257,8 @@ class TraceAssembler(Detector):
                 continue
             self._open[tid] = _trace_from_doc(tid, doc)
             self._persisted.add(tid)
+        # Arrival order, as before the restart: completion and eviction follow it.
+        self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].seq))
 
     def stats(self) -> DetectorStats:
         return DetectorStats(tracked=len(self._open), evicted=dict(self._counts))
@@ -269,12 +275,13 @@ def _trace_doc(o: _Open) -> dict[str, Any]:
             resources.append(s.resource)
         rows.append([s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
                      s.attrs, ri])
-    return {"f": o.first_ns, "l": o.last_ns, "r": [r.to_wire() for r in resources], "s": rows}
+    return {"q": o.seq, "f": o.first_ns, "l": o.last_ns, "r": [r.to_wire() for r in resources],
+            "s": rows}
 
 
 def _trace_from_doc(tid: str, doc: Mapping[str, Any]) -> _Open:
     resources = [Resource.from_wire(r) for r in doc["r"]]
-    o = _Open(doc["f"])
+    o = _Open(doc["q"], doc["f"])
     o.last_ns = doc["l"]
     for row in doc["s"]:
         span = Span(tid, *row[:8], resources[row[8]])

@@ -48,13 +48,17 @@ def shop_trace(
     ]
 
 
-def span_batches(minutes: float = 3, per_s: float = 4, seed: int = 3) -> list[list[Span]]:
-    """Batches of 5 s of traces (spans of one trace may straddle two batches)."""
+def span_batches(
+    minutes: float = 3, per_s: float = 4, seed: int = 3, slow_after_s: float | None = None
+) -> list[list[Span]]:
+    """Batches of 5 s of traces (spans of one trace may straddle two batches); with
+    ``slow_after_s``, the query takes 80 ms longer from then on."""
     rng = random.Random(seed)
     spans: list[Span] = []
     n = int(minutes * 60 * per_s)
     for i in range(n):
-        spans.extend(shop_trace(rng, T0 + int(i * S / per_s)))
+        slow = slow_after_s is not None and i / per_s >= slow_after_s
+        spans.extend(shop_trace(rng, T0 + int(i * S / per_s), db_added_ms=80.0 if slow else 0.0))
     spans.sort(key=lambda s: s.end_ns)
     batches: list[list[Span]] = [[]]
     edge = T0 + 5 * S
