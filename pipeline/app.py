@@ -244,7 +244,7 @@ class Pipeline:
             if signal != "traces":
                 raise RuntimeError(f"no routed stream carries derived {signal!r} records")
             value = records.encode_samples(
-                items, (source_topic, partition, seq), engine.watermark_ns
+                items, (source_topic, partition, seq), engine.output_watermark_ns
             )
             fut = await self._producer.send(
                 self.streams[signal].topic.get_topic_name(), value=value, partition=dest

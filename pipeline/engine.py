@@ -124,6 +124,16 @@ class PartitionEngine:
                     self._outbox.append((d.emits, derived))
         return findings
 
+    @property
+    def output_watermark_ns(self) -> int:
+        """The watermark derived messages carry: how far what this partition derives is
+        complete (behind its own watermark by what its detectors hold back)."""
+        return min(
+            (d.output_watermark(self.watermark_ns) for d in self.detectors
+             if d.emits is not None),
+            default=self.watermark_ns,
+        )
+
     def drain_outbox(
         self, partitioner: Callable[[str, Any], int]
     ) -> list[tuple[str, int, list[Any], int]]:

@@ -74,5 +74,10 @@ class Detector(ABC):
         deterministic order: replaying the same input after a crash must derive the same."""
         return []
 
+    def output_watermark(self, watermark_ns: int) -> int:
+        """How far the records ``drain`` returns are complete in event time: none derived later
+        will be older than this (the next stage's watermark follows it)."""
+        return watermark_ns
+
     def stats(self) -> DetectorStats:
         return DetectorStats()

@@ -40,6 +40,7 @@ RESOURCE_NAMING = (
     "peer.service", "server.address", "net.peer.name", "http.route", "rpc.service",
     "messaging.system", "messaging.destination.name",
 )
+SCAN_NS = 100_000_000  # open traces are checked for completion every 100 ms of event time
 COUNTERS = ("late_spans", "no_root", "evicted_open", "span_cap", "orphans", "skew_adjusted")
 
 
@@ -152,7 +153,7 @@ class TraceAssembler(Detector):
 
     def advance(self, watermark_ns: int) -> list[Any]:
         # Scan at most once per 100 ms of event time: completion is judged in whole seconds.
-        if watermark_ns - self._scanned_ns < 100_000_000:
+        if watermark_ns - self._scanned_ns < SCAN_NS:
             return []
         self._scanned_ns = watermark_ns
         self._counts_dirty = True  # persist the scan time: a replay must complete the same
@@ -169,6 +170,12 @@ class TraceAssembler(Detector):
             for t in expired:
                 del self._closed[t]
         return []
+
+    def output_watermark(self, watermark_ns: int) -> int:
+        # A trace completes a quiet period after its newest span (checked every 100 ms), and
+        # its samples carry that span's time: they trail the watermark by the quiet period.
+        # Traces completed early (evicted at the cap) can still arrive late downstream.
+        return watermark_ns - self.quiet_ns - SCAN_NS
 
     def drain(self) -> list[TraceSample]:
         out, self._out = self._out, []

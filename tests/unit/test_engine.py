@@ -146,7 +146,7 @@ def test_a_crash_at_any_write_restores_one_whole_flush(chunk_bytes: int | None) 
 
 
 # -- a stage feeding another: trace assembly → trace samples → bottleneck detector --------------
-def _two_stage_run(crash_after: int | None) -> tuple[list[tuple], list[dict], int]:
+def _two_stage_run(crash_after: int | None) -> tuple[list[tuple], list[dict], int, int]:
     """Routed span messages through a spans engine (trace assembly) whose derived samples feed a
     traces engine (bottleneck detector), flushing both every 4 messages. With ``crash_after``,
     the spans engine is lost after that message and rebuilt from its last flush; the messages
@@ -173,7 +173,7 @@ def _two_stage_run(crash_after: int | None) -> tuple[list[tuple], list[dict], in
             before = dst.counters.duplicate_messages
             findings += [f.to_dict() for f in dst.process(
                 items, offset=len(sent), source=("spans-routed", 0, seq),
-                source_watermark_ns=src.watermark_ns)]
+                source_watermark_ns=src.output_watermark_ns)]
             skipped += dst.counters.duplicate_messages - before
         if i % 4 == 3:
             apply(table, src.changes())
@@ -184,13 +184,15 @@ def _two_stage_run(crash_after: int | None) -> tuple[list[tuple], list[dict], in
             src.restore(table.items())
             i = last_flush
         i += 1
-    return sent, findings, skipped
+    return sent, findings, skipped, dst.detectors[0].stats().evicted["late_samples"]
 
 
 def test_a_replay_after_a_crash_derives_the_same_messages_and_the_receiver_skips_them() -> None:
-    sent_ref, findings_ref, skipped_ref = _two_stage_run(crash_after=None)
-    sent, findings, skipped = _two_stage_run(crash_after=150)
+    sent_ref, findings_ref, skipped_ref, late_ref = _two_stage_run(crash_after=None)
+    sent, findings, skipped, late = _two_stage_run(crash_after=150)
     assert skipped_ref == 0 and skipped > 0
+    # The receiver's watermark follows the sender's output watermark: no sample comes late.
+    assert late_ref == late == 0
     # Every derived message re-sent after the crash is identical to the one sent before it...
     first: dict[int, tuple] = {}
     for seq, items in sent:
