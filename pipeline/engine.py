@@ -32,6 +32,9 @@ CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
 # A sender whose watermark trails the newest by more than this (event time) is idle: it no
 # longer holds back the watermark of a stage fed by another stage (as Flink's idleness).
 SOURCE_IDLE_NS = 60 * 1_000_000_000
+# Derived records per message: a burst of completed traces must not exceed Kafka's 1 MB default
+# message size (a trace sample is typically well under 2 KB).
+MAX_DERIVED_PER_MESSAGE = 200
 
 
 @dataclass(slots=True)
@@ -147,8 +150,12 @@ class PartitionEngine:
             for item in items:
                 groups[partitioner(signal, item)].append(item)
             for part in sorted(groups):
-                self.emitted += 1
-                out.append((signal, part, groups[part], self.emitted))
+                group = groups[part]
+                for i in range(0, len(group), MAX_DERIVED_PER_MESSAGE):
+                    self.emitted += 1
+                    out.append(
+                        (signal, part, group[i:i + MAX_DERIVED_PER_MESSAGE], self.emitted)
+                    )
         self._outbox = []
         return out
 

@@ -201,3 +201,20 @@ def test_a_replay_after_a_crash_derives_the_same_messages_and_the_receiver_skips
     assert sorted(first.items()) == sorted(dict(sent_ref).items())
     assert findings == findings_ref
     assert [f["kind"] for f in findings_ref] == ["bottleneck_span"]
+
+
+def test_derived_records_are_split_into_bounded_messages() -> None:
+    from pipeline.engine import MAX_DERIVED_PER_MESSAGE
+    from tests.support.traces import samples
+
+    e = PartitionEngine(0, [], 0)
+    items = [s for b in samples(minutes=10) for s in b]  # 2 samples per trace, 1200 traces
+    e._outbox.append(("traces", items))
+    out = e.drain_outbox(lambda signal, item: 0 if item.service == "api" else 1)
+    assert [(part, len(chunk), seq) for _, part, chunk, seq in out] == [
+        (0, 200, 1), (0, 200, 2), (0, 200, 3), (0, 200, 4), (0, 200, 5), (0, 200, 6),
+        (1, 200, 7), (1, 200, 8), (1, 200, 9), (1, 200, 10), (1, 200, 11), (1, 200, 12),
+    ]
+    assert MAX_DERIVED_PER_MESSAGE == 200
+    assert [s for _, _, chunk, _ in out for s in chunk] == sorted(
+        items, key=lambda s: s.service != "api")
