@@ -3,10 +3,12 @@
 Spans reach this stage routed by trace id, so every span of a trace lands in one partition
 whichever way the producer keyed them. Open traces wait in a bounded buffer in event time. A
 trace is *complete* when its root span has arrived and the watermark has passed its newest span
-by ``quiet`` (no span for a quiet period), or when the watermark has passed its first span by
-``max_age`` (a trace whose root never comes). A complete trace is analysed
-(``pipeline.traces.analyze``: exclusive and critical-path time per span) and summarised per
-service and operation; the summaries go, routed by service, to the bottleneck detector.
+by ``quiet`` (no span for a quiet period; a span that arrives behind the watermark counts from
+the watermark at its arrival, so a late batch does not complete its trace at once), or when the
+watermark has passed its first span by ``max_age`` (a trace whose root never comes). A complete
+trace is analysed (``pipeline.traces.analyze``: exclusive and critical-path time per span) and
+summarised per service and operation; the summaries go, routed by service, to the bottleneck
+detector.
 
 Nothing is lost silently; every case is counted (``stats().evicted``, exported as
 ``anomaly_pipeline_partition_state_evictions{detector="trace_assembly", reason=...}``):
@@ -83,7 +85,10 @@ class _Open:
         self.seq = seq  # arrival order: restored traces keep it, so a replay completes the same
         self.spans: list[Span] = []
         self.first_ns = first_ns  # earliest span start
-        self.last_ns = first_ns  # latest span end
+        # The trace's time: its newest span end, or the watermark when its last span arrived if
+        # that is later (a span that arrived late). Completion waits a quiet period past it,
+        # and the trace's samples carry it, so they are never late for the next stage.
+        self.last_ns = first_ns
         self.has_root = False
 
 
@@ -115,6 +120,7 @@ class TraceAssembler(Detector):
         self._counts_dirty = False
         self._scanned_ns = 0
         self._seq = 0  # traces opened so far (persisted: orders the open traces)
+        self._watermark_ns = 0  # the last watermark given to ``advance`` (persisted)
 
     @classmethod
     def from_settings(cls, settings: Any) -> TraceAssembler:
@@ -145,13 +151,17 @@ class TraceAssembler(Detector):
             o.spans.append(s)
             if s.start_ns < o.first_ns:
                 o.first_ns = s.start_ns
-            if s.end_ns > o.last_ns:
-                o.last_ns = s.end_ns
+            t = s.end_ns if s.end_ns > self._watermark_ns else self._watermark_ns
+            if t > o.last_ns:
+                o.last_ns = t
             if not s.parent_id:
                 o.has_root = True
             self._dirty.add(tid)
 
     def advance(self, watermark_ns: int) -> list[Any]:
+        if watermark_ns > self._watermark_ns:
+            self._watermark_ns = watermark_ns
+            self._counts_dirty = True
         # Scan at most once per 100 ms of event time: completion is judged in whole seconds.
         if watermark_ns - self._scanned_ns < SCAN_NS:
             return []
@@ -228,7 +238,8 @@ class TraceAssembler(Detector):
 
     # -- state -----------------------------------------------------------------------------
     def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        meta = {"counts": dict(self._counts), "scanned_ns": self._scanned_ns, "seq": self._seq}
+        meta = {"counts": dict(self._counts), "scanned_ns": self._scanned_ns, "seq": self._seq,
+                "watermark_ns": self._watermark_ns}
         if not changed_only:
             out: dict[str, Any] = {f"t/{tid}": _trace_doc(o) for tid, o in self._open.items()}
             out["meta"] = meta
@@ -256,6 +267,7 @@ class TraceAssembler(Detector):
                     self._counts.update(doc["counts"])
                     self._scanned_ns = doc["scanned_ns"]
                     self._seq = doc["seq"]
+                    self._watermark_ns = doc["watermark_ns"]
                 continue
             tid = key[2:]
             if doc is None:
