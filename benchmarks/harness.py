@@ -48,6 +48,7 @@ SIGNALS = ("spans", "metrics")
 METRIC_CONSUMED = "anomaly_pipeline_records_consumed_total"
 METRIC_DECODED = "anomaly_pipeline_items_decoded_total"
 METRIC_DETECTED = "anomaly_pipeline_items_detected_total"
+METRIC_DERIVED = "anomaly_pipeline_items_derived_total"
 METRIC_DEADLETTERS = "anomaly_pipeline_deadletter_records_total"
 METRIC_STAGE_SECONDS = "anomaly_pipeline_processing_seconds_sum"
 # The worker's consumer fetches up to max(4 MiB, MAX_RECORD_BYTES + 1 MiB) per partition
@@ -457,7 +458,8 @@ async def wait_until_detected(
     progress_every_s: float = 5.0,
 ) -> Timeline:
     """Poll the worker's /metrics until ``items_detected{signal}`` reaches ``expected[signal]``
-    for every signal (or ``timeout_s`` passes, or the worker dies); report progress."""
+    for every signal and the trace samples derived from them are applied too (or
+    ``timeout_s`` passes, or the worker dies); report progress."""
     tl = Timeline()
     deadline = time.perf_counter() + timeout_s
     next_progress = time.perf_counter() + progress_every_s
@@ -493,8 +495,13 @@ async def wait_until_detected(
             if s not in tl.done and detected >= expected[s]:
                 tl.done[s] = now
         if len(tl.done) == len(SIGNALS):
-            tl.cpu_at_done = worker.cpu_seconds()
-            return tl
+            # Records a stage derived for the next (trace samples) must be applied too: the
+            # span stage has applied everything, so what it derived is final.
+            derived = samples.get_value(METRIC_DERIVED, signal="traces")
+            if samples.get_value(METRIC_DETECTED, signal="traces") >= derived:
+                tl.done.setdefault("derived", now)
+                tl.cpu_at_done = worker.cpu_seconds()
+                return tl
         if now >= next_progress:
             log("worker: " + progress_line(samples, names, expected, now - worker.started_at))
             next_progress = now + progress_every_s

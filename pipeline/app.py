@@ -285,9 +285,14 @@ class Pipeline:
 
     def _open_engine(self, st: _Stream, partition: int) -> PartitionEngine:
         s = self.settings
+        if st.signal == "traces":  # fed by the span-routed partitions
+            expected = s.pipeline_partitions
+        else:
+            topic = s.otlp_spans_topic if st.signal == "spans" else s.otlp_metrics_topic
+            expected = self.ingest.input_partitions.get(topic, 0)
         engine = PartitionEngine(
             partition, [cls.from_settings(s) for cls in st.detector_classes],
-            int(s.allowed_lateness_s * 1e9),
+            int(s.allowed_lateness_s * 1e9), expected_sources=expected,
         )
         prefix = f"{partition}/".encode()
         loaded = engine.restore(

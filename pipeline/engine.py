@@ -29,11 +29,11 @@ from pipeline.findings import Finding
 ENGINE_KEY = "__engine__"
 FLUSH_KEY = "__flush__"
 CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
-# A sender whose watermark trails the newest by more than this (event time) is idle: it no
-# longer holds back the watermark of a stage fed by another stage (as Flink's idleness). Long,
-# because a sender that is merely behind must not be dropped: in a replay, event time runs
-# ~25x faster than the wall clock, and a minute of event time is a two-second scheduling skew
-# between partitions (a 60 s threshold made 58% of trace samples late in a replay).
+# A source whose progress trails the newest by more than this (event time) is idle: it no
+# longer holds back the watermark (as Flink's idleness). Long, because a source that is merely
+# behind must not be dropped: in a replay, event time runs ~25x faster than the wall clock, and
+# a minute of event time is a two-second skew between partitions (a 60 s threshold made 58% of
+# trace samples late in a replay).
 SOURCE_IDLE_NS = 10 * 60 * 1_000_000_000
 # Derived records per message: a burst of completed traces must not exceed Kafka's 1 MB default
 # message size (a trace sample is typically well under 2 KB).
@@ -50,14 +50,22 @@ class EngineCounters:
 
 class PartitionEngine:
     def __init__(
-        self, partition: int, detectors: Sequence[Detector], allowed_lateness_ns: int
+        self,
+        partition: int,
+        detectors: Sequence[Detector],
+        allowed_lateness_ns: int,
+        expected_sources: int = 0,
     ) -> None:
         self.partition = partition
+        # How many sources feed this partition, when known: until each has been seen (or the
+        # first progress is SOURCE_IDLE_NS behind), the watermark waits for the missing ones.
+        self.expected_sources = expected_sources
+        self.first_progress_ns = 0
         self.detectors = list(detectors)
         self.allowed_lateness_ns = allowed_lateness_ns
         self.offset = -1  # last applied routed message offset
         self.sources: dict[str, int] = {}  # "topic:partition" -> last applied source offset
-        self.source_watermarks: dict[str, int] = {}  # "topic:partition" -> sender's watermark
+        self.source_watermarks: dict[str, int] = {}  # "topic:partition" -> how far it has got
         self.max_event_ns = 0
         self.watermark_ns = 0
         self.counters = EngineCounters()
@@ -81,30 +89,35 @@ class PartitionEngine:
     ) -> list[Finding]:
         """Apply one routed message's records; return findings the watermark released.
 
-        Messages derived by an upstream stage carry that partition's watermark: then this
-        partition's watermark is the minimum over its active senders (no record from them can
-        be late), instead of the newest event time minus the allowed lateness."""
+        The watermark is the minimum over the sources feeding this partition (each input
+        partition, or each upstream partition for derived records) of how far that source has
+        got: its newest event time minus the allowed lateness, or, for derived messages, the
+        watermark the sender stated. An input partition read behind the others (a backlog, an
+        uneven fetch) then holds the watermark back instead of having its records arrive late.
+        A source that trails the newest by ``SOURCE_IDLE_NS`` stops holding it back (idle).
+        Messages without a source use this partition's newest event time minus the lateness.
+        """
         if offset <= self.offset:
             self.counters.duplicate_messages += 1
             return []
         self.offset = offset
+        key = None
         if source is not None:
             key = f"{source[0]}:{source[1]}"
             if source[2] <= self.sources.get(key, -1):
                 self.counters.duplicate_messages += 1
                 return []
             self.sources[key] = source[2]
-            if source_watermark_ns is not None:
-                self.source_watermarks[key] = max(
-                    source_watermark_ns, self.source_watermarks.get(key, 0)
-                )
         c = self.counters
         c.messages += 1
         c.items += len(items)
         watermark = self.watermark_ns
         newest = self.max_event_ns
+        message_newest = 0
         for item in items:
             t = item.event_time_ns
+            if t > message_newest:
+                message_newest = t
             if t > newest:
                 newest = t
             elif t < watermark:
@@ -112,10 +125,25 @@ class PartitionEngine:
         self.max_event_ns = newest
         for d in self.detectors:
             d.update(items)
+        if key is not None:
+            progress = (
+                source_watermark_ns if source_watermark_ns is not None
+                else message_newest - self.allowed_lateness_ns
+            )
+            if progress > self.source_watermarks.get(key, 0):
+                self.source_watermarks[key] = progress
+            if not self.first_progress_ns:
+                self.first_progress_ns = progress
         if self.source_watermarks:
             senders = self.source_watermarks.values()
             active_after = max(senders) - SOURCE_IDLE_NS
-            candidate = min(w for w in senders if w >= active_after)
+            if (
+                len(senders) < self.expected_sources
+                and self.first_progress_ns >= active_after
+            ):
+                candidate = 0  # a source not seen yet may be behind: wait (until it is idle)
+            else:
+                candidate = min(w for w in senders if w >= active_after)
         else:
             candidate = newest - self.allowed_lateness_ns
         if candidate <= watermark:
@@ -190,6 +218,7 @@ class PartitionEngine:
                 "offset": self.offset, "max_event_ns": self.max_event_ns,
                 "watermark_ns": self.watermark_ns, "sources": self.sources,
                 "emitted": self.emitted, "source_watermarks": self.source_watermarks,
+                "first_progress_ns": self.first_progress_ns,
                 "messages": c.messages, "items": c.items,
                 "late_items": c.late_items, "duplicate_messages": c.duplicate_messages,
             }
@@ -264,6 +293,7 @@ class PartitionEngine:
             self.sources = dict(marker["sources"])
             self.emitted = marker.get("emitted", 0)
             self.source_watermarks = dict(marker.get("source_watermarks", {}))
+            self.first_progress_ns = marker.get("first_progress_ns", 0)
             self.counters = EngineCounters(
                 marker["messages"], marker["items"], marker["late_items"],
                 marker["duplicate_messages"],

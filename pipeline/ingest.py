@@ -70,6 +70,9 @@ class Ingest:
                                    records.point_partition, records.encode_points),
         }
         self.producer: AIOKafkaProducer | None = None
+        # Partitions of each input topic, once known: the detection stage's watermark waits
+        # for every one of them (see PartitionEngine.expected_sources).
+        self.input_partitions: dict[str, int] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -134,6 +137,8 @@ class Ingest:
         )
         await producer.start()
         await consumer.start()
+        for topic in self.by_topic:
+            self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)

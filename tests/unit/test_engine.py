@@ -218,3 +218,18 @@ def test_derived_records_are_split_into_bounded_messages() -> None:
     assert MAX_DERIVED_PER_MESSAGE == 200
     assert [s for _, _, chunk, _ in out for s in chunk] == sorted(
         items, key=lambda s: s.service != "api")
+
+
+def test_watermark_waits_for_the_slowest_source_partition() -> None:
+    e = engine()
+    e.expected_sources = 2  # the input topic's partitions
+    # Input partition 0 is read ten minutes ahead of partition 1 (a backlog, an uneven fetch).
+    e.process(spans("a", 5, T0 + 600 * S), offset=0, source=("in", 0, 0))
+    e.process(spans("a", 5, T0), offset=1, source=("in", 1, 0))
+    assert e.counters.late_items == 0  # partition 1's records are not late...
+    assert e.watermark_ns <= T0  # ...because the watermark follows the slower partition
+    e.process(spans("a", 5, T0 + 600 * S), offset=2, source=("in", 1, 1))
+    assert e.watermark_ns == T0 + 604 * S + S // 10 - 5 * S
+    # A source that stopped (no record for 10 minutes of event time) stops holding it back.
+    e.process(spans("a", 5, T0 + 1300 * S), offset=3, source=("in", 0, 1))
+    assert e.watermark_ns == T0 + 1304 * S + S // 10 - 5 * S
