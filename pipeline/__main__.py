@@ -35,7 +35,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from prometheus_client import start_http_server
 
     from pipeline.app import Pipeline
+    from pipeline.topics import ensure_topics
 
+    # Before Faust joins its group: a routed topic created after that would never be read.
+    try:
+        asyncio.run(ensure_topics(settings))
+    except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback
+        sys.exit(f"cannot create the pipeline's topics on {settings.kafka_bootstrap_servers}: "
+                 f"{exc!r} (is Kafka up? `make kafka-up`)")
     pipeline = Pipeline(settings)
     if settings.metrics_port:
         try:

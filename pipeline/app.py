@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP, EventT, StreamT
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from pipeline import records
+from pipeline import records, topics
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import PartitionEngine
@@ -110,7 +110,7 @@ class Pipeline:
             # Routed messages are stamped with the time they were routed (not event time), so
             # time-based retention is safe here even when old telemetry is replayed.
             routed = app.topic(
-                f"{s.pipeline_app_id}-{signal}-routed", partitions=parts, internal=True,
+                topics.routed_topic(s, signal), partitions=parts, internal=True,
                 deleting=True, retention=24 * 3600, **RAW,
             )
             table = app.Table(

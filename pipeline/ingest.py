@@ -13,7 +13,6 @@ redoes at most the uncommitted batch; the detection stage applies each source re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -21,11 +20,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from pipeline import otlp, records
+from pipeline import otlp, records, topics
 from pipeline.settings import Settings
 from pipeline.sinks.deadletter import dead_letter
 from pipeline.sinks.metrics import PipelineMetrics
@@ -87,30 +85,8 @@ class Ingest:
                 await asyncio.sleep(2)
 
     async def ensure_topics(self) -> None:
-        """Create the input topics (a worker started before any collector wrote), the
-        dead-letter topic (7-day retention) and the compacted findings topic if they are
-        missing; existing ones are left as they are."""
-        s = self.settings
-        wanted = [
-            NewTopic(t, s.pipeline_partitions, s.pipeline_replication_factor)
-            for t in self.by_topic
-        ] + [
-            NewTopic(s.deadletter_topic, s.output_partitions, s.pipeline_replication_factor,
-                     topic_configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
-            # Compacted: the latest state of every finding stays (key = fingerprint).
-            NewTopic(s.findings_topic, s.output_partitions, s.pipeline_replication_factor,
-                     topic_configs={"cleanup.policy": "compact"}),
-        ]
-        admin = AIOKafkaAdminClient(**s.aiokafka_kwargs())
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            new = [t for t in wanted if t.name not in existing]
-            if new:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(new)
-        finally:
-            await admin.close()
+        """Create the topics this worker needs if they are missing (``pipeline.topics``)."""
+        await topics.ensure_topics(self.settings)
 
     async def _run_once(self) -> None:
         s = self.settings

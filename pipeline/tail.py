@@ -13,6 +13,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.settings import Settings
+from pipeline.topics import ensure_topics
 
 COLOURS = {"firing": "\033[31m", "resolved": "\033[32m"}
 RESET = "\033[0m"
@@ -85,6 +86,9 @@ def worker_status(metrics_url: str) -> str:
 
 
 async def tail(settings: Settings, args: argparse.Namespace) -> None:
+    # Create the output topics as the worker would (a compacted findings topic), rather than
+    # let this consumer's metadata request auto-create them with broker defaults.
+    await ensure_topics(settings, internal=False)
     topic = settings.deadletter_topic if args.deadletters else settings.findings_topic
     consumer = AIOKafkaConsumer(
         topic,

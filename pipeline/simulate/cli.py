@@ -164,9 +164,17 @@ async def run(args: argparse.Namespace) -> None:
 
     bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
     try:
-        client = Settings.from_env(kafka_bootstrap_servers=bootstrap).aiokafka_kwargs()
+        settings = Settings.from_env(
+            kafka_bootstrap_servers=bootstrap, otlp_spans_topic=scenario.spans_topic,
+            otlp_metrics_topic=scenario.metrics_topic,
+        )
     except ConfigError as exc:
         sys.exit(f"simulate: configuration error: {exc}")
+    client = settings.aiokafka_kwargs()
+    from pipeline.topics import ensure_topics
+
+    # The input topics with the pipeline's partition count, not the broker's auto-creation.
+    await ensure_topics(settings, internal=False)
     stats = await write_records(
         records,
         client,

@@ -1,0 +1,70 @@
+"""Every topic the pipeline reads or writes, created up front with the right settings.
+
+The worker calls ``ensure_topics`` before Faust starts, and ``tail`` and ``simulate`` call it
+before they subscribe or produce, so no topic is left to the broker's auto-creation (which would
+make the findings topic uncompacted and give topics the broker's default partition count), and
+Faust never joins its group before its routed topics exist (faust-streaming then skips a topic
+that is missing from its metadata at assignment, and never reads it). Existing topics are left
+as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.settings import Settings
+
+#: The internal routed streams (``<app id>-<signal>-routed``).
+ROUTED_SIGNALS = ("spans", "metrics", "traces")
+DAY_MS = 24 * 3600 * 1000
+
+
+def routed_topic(settings: Settings, signal: str) -> str:
+    return f"{settings.pipeline_app_id}-{signal}-routed"
+
+
+def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
+    s = settings
+    out = [
+        NewTopic(s.otlp_spans_topic, s.pipeline_partitions, s.pipeline_replication_factor),
+        NewTopic(s.otlp_metrics_topic, s.pipeline_partitions, s.pipeline_replication_factor),
+        NewTopic(s.deadletter_topic, s.output_partitions, s.pipeline_replication_factor,
+                 topic_configs={"retention.ms": str(7 * DAY_MS)}),
+        # Compacted: the latest state of every finding stays (key = fingerprint).
+        NewTopic(s.findings_topic, s.output_partitions, s.pipeline_replication_factor,
+                 topic_configs={"cleanup.policy": "compact"}),
+    ]
+    if internal:
+        # Routed messages carry the time they were routed (not event time), so time-based
+        # retention is safe even when old telemetry is replayed.
+        out += [
+            NewTopic(routed_topic(s, signal), s.pipeline_partitions,
+                     s.pipeline_replication_factor, topic_configs={"retention.ms": str(DAY_MS)})
+            for signal in ROUTED_SIGNALS
+        ]
+    return out
+
+
+async def ensure_topics(settings: Settings, internal: bool = True) -> list[str]:
+    """Create what is missing; return the names created. Waits until the broker lists them."""
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        wanted = wanted_topics(settings, internal)
+        existing = set(await admin.list_topics())
+        new = [t for t in wanted if t.name not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+            names = {t.name for t in new}
+            for _ in range(100):  # creation is asynchronous on the broker side
+                if names <= set(await admin.list_topics()):
+                    break
+                await asyncio.sleep(0.1)
+        return [t.name for t in new]
+    finally:
+        await admin.close()

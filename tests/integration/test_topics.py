@@ -1,0 +1,38 @@
+"""Real broker: the pipeline creates its topics itself, with the partitions and settings users
+depend on (a compacted findings topic), before anything subscribes or produces."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from pipeline.settings import Settings
+from pipeline.topics import ensure_topics, routed_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def test_topics_are_created_with_their_settings(names: dict[str, str],
+                                                      bootstrap: str) -> None:
+    env = {**names, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    settings = Settings.from_env(env)
+    created = await ensure_topics(settings)
+    routed = [routed_topic(settings, s) for s in ("spans", "metrics", "traces")]
+    assert set(created) == {names["OTLP_SPANS_TOPIC"], names["OTLP_METRICS_TOPIC"],
+                            names["FINDINGS_TOPIC"], names["DEADLETTER_TOPIC"], *routed}
+    assert await ensure_topics(settings) == []  # idempotent: existing topics are left alone
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = {t["topic"]: len(t["partitions"])
+                     for t in await admin.describe_topics(created)}
+        assert described[names["FINDINGS_TOPIC"]] == int(names["OUTPUT_PARTITIONS"])
+        assert all(described[t] == int(names["PIPELINE_PARTITIONS"]) for t in routed)
+        (resp,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, names["FINDINGS_TOPIC"])]
+        )
+        configs = {c[0]: c[1] for c in resp.resources[0][4]}
+        assert configs["cleanup.policy"] == "compact"
+    finally:
+        await admin.close()
