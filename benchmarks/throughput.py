@@ -54,6 +54,20 @@ Also reported:
   overlap), from the worker's last scrape.
 - ``first_detect_lag_s``: first consume to the first item detected, per signal: how long the
   detection stage waits for its first routed message.
+- ``trace_stage``: the worker's trace-stage counters at the last scrape (when every span had been
+  detected): ``samples_derived`` (``anomaly_pipeline_items_derived_total{signal="traces"}``:
+  trace samples the assembler derived from completed traces), ``samples_detected``
+  (``items_detected{signal="traces"}``: those applied to the bottleneck detector),
+  ``tracked_entries`` per detector, the non-zero ``partition_state_evictions`` by
+  detector/reason, and per stream the state flushes and table entries written
+  (``state_flushes_total``, ``state_writes_total``: each written entry also goes to the
+  changelog topic). Traces still open at that moment (the last few seconds of event time, held
+  until the watermark passes their quiet period) are not derived yet, so these trail the span
+  count; they are not part of the measured rate.
+- ``bytes_per_open_trace``, ``bytes_per_operation``, ``max_trace_entry_bytes``: detector state
+  memory per open trace and per tracked operation, and the largest changelog entry of a trace at
+  the span cap, from ``benchmarks.state_memory`` (pure, ``--quick`` size, run in this process
+  after the Kafka passes; see that module for the method and the full-size run).
 
 The last line of stdout is one JSON object with these figures (see ``DESIGN.md``); the table
 and progress lines (stderr) come before it.
@@ -71,7 +85,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from benchmarks import harness
+from benchmarks import harness, state_memory
 from benchmarks.harness import SIGNALS, RunNames, log
 from pipeline import otlp
 from pipeline.simulate import PRESETS, build_scenario
@@ -80,6 +94,11 @@ from pipeline.simulate.timefmt import DEFAULT_REPLAY_START
 
 CACHE = harness.ROOT / ".cache" / "bench" / "throughput"
 DECODERS = {"spans": otlp.decode_spans, "metrics": otlp.decode_metrics}
+METRIC_DERIVED = "anomaly_pipeline_items_derived_total"
+METRIC_TRACKED = "anomaly_pipeline_tracked_entries"
+METRIC_EVICTIONS = "anomaly_pipeline_partition_state_evictions"
+METRIC_FLUSHES = "anomaly_pipeline_state_flushes_total"
+METRIC_WRITES = "anomaly_pipeline_state_writes_total"
 
 
 @dataclass
@@ -164,6 +183,30 @@ class PipelineRun:
     deadletters: float
     exit_code: int | None
     first_detect_lag_s: dict[str, float]
+    trace_stage: dict[str, Any]
+
+
+def trace_stage(samples: harness.Samples) -> dict[str, Any]:
+    """The trace stage's counters from one scrape (see the module doc)."""
+    evictions = {}
+    for (name, labels), v in sorted(samples.items()):
+        if name == METRIC_EVICTIONS and v:
+            lab = dict(labels)
+            evictions[f"{lab.get('detector', '')}/{lab.get('reason', '')}"] = int(v)
+    return {
+        "samples_derived": int(samples.get_value(METRIC_DERIVED, signal="traces")),
+        "samples_detected": int(samples.get_value(harness.METRIC_DETECTED, signal="traces")),
+        "tracked_entries": {
+            k: int(v) for k, v in sorted(samples.by_label(METRIC_TRACKED, "detector").items())
+        },
+        "evictions": evictions,
+        "state_flushes": {
+            k: int(v) for k, v in sorted(samples.by_label(METRIC_FLUSHES, "stream").items())
+        },
+        "state_writes": {
+            k: int(v) for k, v in sorted(samples.by_label(METRIC_WRITES, "stream").items())
+        },
+    }
 
 
 async def pipeline_pass(
@@ -205,6 +248,7 @@ async def pipeline_pass(
         deadletters=sum(tl.last.by_label(harness.METRIC_DEADLETTERS, "topic").values()),
         exit_code=code,
         first_detect_lag_s=detect_lag,
+        trace_stage=trace_stage(tl.last),
     )
 
 
@@ -256,6 +300,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
     finally:
         await harness.cleanup_logged(bootstrap, names.tag)
+    log("state memory: benchmarks.state_memory --quick (pure, in this process)")
+    mem = state_memory.measure(quick=True, seed=args.seed)
     for p in (raw_before, raw_after):
         if p.items != produced.items:
             log(f"WARNING: {p.name} decoded {p.items}, produced {produced.items}")
@@ -307,6 +353,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "worker_startup_s": _r(pipe.startup_s, 2),
         "stage_busy_s": {k: _r(v, 2) for k, v in pipe.stage_busy_s.items()},
         "first_detect_lag_s": pipe.first_detect_lag_s,
+        "trace_stage": pipe.trace_stage,
+        "bytes_per_open_trace": mem["bytes_per_open_trace"],
+        "bytes_per_operation": mem["bytes_per_operation"],
+        "max_trace_entry_bytes": mem["max_trace_entry_bytes"],
         "deadletters": int(pipe.deadletters),
         "poll_s": args.poll,
         "replay_s": _r(produced.seconds, 2),
@@ -327,6 +377,7 @@ def _fmt(v: float | None, spec: str = ",.0f") -> str:
 
 
 def table(r: dict[str, Any], passes: list[Pass], alone: list[Pass]) -> str:
+    ts = r["trace_stage"]
     lines = [
         f"Throughput: scenario {r['scenario']} (seed {r['seed']}, {r['duration_s']:.0f} s event "
         f"time, {r['keying']}, {r['encoding']}, {r['partitions']} partitions), detectors: "
@@ -362,6 +413,17 @@ def table(r: dict[str, Any], passes: list[Pass], alone: list[Pass]) -> str:
         + (", ".join(f"{k} {v:.2f}" for k, v in r["first_detect_lag_s"].items()) or "-"),
         "  worker stage handler time (s): "
         + (", ".join(f"{k} {v:.2f}" for k, v in r["stage_busy_s"].items()) or "-"),
+        f"  trace stage at the last scrape: {ts['samples_derived']:,} trace samples derived, "
+        f"{ts['samples_detected']:,} detected; tracked "
+        + (", ".join(f"{k} {v:,}" for k, v in ts["tracked_entries"].items()) or "-")
+        + "; evictions "
+        + (", ".join(f"{k} {v:,}" for k, v in ts["evictions"].items()) or "none"),
+        "  state table entries written (flushes): "
+        + (", ".join(f"{k} {v:,} ({ts['state_flushes'].get(k, 0):,})"
+                     for k, v in ts["state_writes"].items()) or "-"),
+        f"  state memory (state_memory --quick): {r['bytes_per_open_trace']:,.0f} B per open "
+        f"trace, {r['bytes_per_operation']:,.0f} B per operation (60-window baseline); largest "
+        f"trace entry at 1000 spans {r['max_trace_entry_bytes']:,} B",
         f"  replay {r['replay_s']:.1f} s; whole run {r['wall_s']:.1f} s; poll interval "
         f"{r['poll_s']} s",
     ]
