@@ -68,7 +68,7 @@ class Settings:
     # and no span for TRACE_QUIET_S of event time, or TRACE_MAX_AGE_S after its first span.
     trace_quiet_s: float = 5.0
     trace_max_age_s: float = 120.0
-    trace_max_open: int = 20_000  # open traces per partition; the oldest is completed early
+    trace_max_open: int = 5_000  # open traces per partition (~13 KB each); oldest completes early
     trace_max_spans: int = 1_000  # spans kept per trace (bounds memory and state entries)
     # Bottleneck detection (per routed trace-sample partition).
     bottleneck_window_s: float = 30.0

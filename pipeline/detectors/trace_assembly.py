@@ -103,7 +103,7 @@ class TraceAssembler(Detector):
         self,
         quiet_s: float = 5.0,
         max_age_s: float = 120.0,
-        max_open: int = 20_000,
+        max_open: int = 5_000,
         max_spans: int = 1_000,
     ) -> None:
         if quiet_s <= 0 or max_age_s <= quiet_s or max_open < 1 or max_spans < 1:
