@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from typing import Any
 
 from pipeline.settings import ConfigError, Settings
@@ -61,7 +62,31 @@ def cmd_worker(args: argparse.Namespace) -> None:
     for name in ("faust", "aiokafka", "mode"):
         logging.getLogger(name).setLevel(max(logging.WARNING, _level(settings.log_level)))
     logging.getLogger("pipeline").setLevel(_level(settings.log_level))
+    logging.getLogger("faust.transport.producer").addFilter(_EveryMinute("producer buffer full"))
     worker.execute_from_commandline()
+
+
+class _EveryMinute(logging.Filter):
+    """Let one record starting with ``prefix`` through per minute, saying how many were held.
+
+    Faust warns "producer buffer full" on every table write while its producer queue is over
+    100 messages: ordinary backpressure under load, which otherwise floods the worker log."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.last, self.held = prefix, 0.0, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        now = time.monotonic()
+        if now - self.last < 60:
+            self.held += 1
+            return False
+        if self.held:
+            record.msg = f"{record.msg} ({self.held} more in the last minute: backpressure)"
+        self.last, self.held = now, 0
+        return True
 
 
 def _level(name: str) -> int:
