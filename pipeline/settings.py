@@ -193,7 +193,8 @@ class Settings:
                 f"TRACE_QUIET_S={self.trace_quiet_s} (a trace waits at most its max age)"
             )
         _positive("TRACE_MAX_OPEN", self.trace_max_open)
-        _positive("TRACE_MAX_SPANS", self.trace_max_spans, upper=100_000)
+        # A trace is one state entry (~250 B per span): keep it well under Kafka's 1 MB.
+        _positive("TRACE_MAX_SPANS", self.trace_max_spans, upper=3_000)
         _positive("BOTTLENECK_WINDOW_S", self.bottleneck_window_s, upper=3600)
         if not 1 <= self.bottleneck_warmup_windows <= 60:
             raise ConfigError(

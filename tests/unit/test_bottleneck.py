@@ -259,3 +259,20 @@ def test_end_to_end_from_spans() -> None:
         ("bottleneck_span", "firing", "SELECT users"),
         ("bottleneck_span", "resolved", "SELECT users"),
     ]
+
+
+def test_saved_trace_writes_each_resource_once_by_value() -> None:
+    import copy
+
+    asm = TraceAssembler()
+    spans = traces.shop_trace(random.Random(4), T0)
+    for s in spans:  # as decoded from separate routed messages: equal, not identical
+        s.resource = copy.deepcopy(s.resource)
+    asm.update(spans)
+    (doc,) = [
+        v for k, v in asm.snapshot().items() if k.startswith("t/")
+    ]
+    assert len(doc["r"]) == 2  # web and api, not one per span
+    restored = TraceAssembler()
+    restored.restore(asm.snapshot())
+    assert restored.snapshot() == asm.snapshot()
