@@ -111,7 +111,7 @@ class Pipeline:
             # time-based retention is safe here even when old telemetry is replayed.
             routed = app.topic(
                 topics.routed_topic(s, signal), partitions=parts, internal=True,
-                deleting=True, retention=24 * 3600, **RAW,
+                deleting=True, retention=topics.ROUTED_RETENTION_S, **RAW,
             )
             table = app.Table(
                 f"{signal}-state", partitions=parts, default=None, key_type=bytes,

@@ -84,14 +84,10 @@ class Ingest:
                 log.exception("ingest lost its Kafka connection; restarting in 2 s")
                 await asyncio.sleep(2)
 
-    async def ensure_topics(self) -> None:
-        """Create the topics this worker needs if they are missing (``pipeline.topics``)."""
-        await topics.ensure_topics(self.settings)
-
     async def _run_once(self) -> None:
         s = self.settings
         kwargs = s.aiokafka_kwargs()
-        await self.ensure_topics()
+        await topics.ensure_topics(s)  # again after a lost connection: cheap, idempotent
         consumer = AIOKafkaConsumer(
             *self.by_topic,
             group_id=f"{s.pipeline_app_id}-ingest",

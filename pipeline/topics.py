@@ -21,6 +21,7 @@ from pipeline.settings import Settings
 #: The internal routed streams (``<app id>-<signal>-routed``).
 ROUTED_SIGNALS = ("spans", "metrics", "traces")
 DAY_MS = 24 * 3600 * 1000
+ROUTED_RETENTION_S = 24 * 3600  # routed messages carry their routing time, not event time
 
 
 def routed_topic(settings: Settings, signal: str) -> str:
@@ -43,7 +44,8 @@ def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
         # retention is safe even when old telemetry is replayed.
         out += [
             NewTopic(routed_topic(s, signal), s.pipeline_partitions,
-                     s.pipeline_replication_factor, topic_configs={"retention.ms": str(DAY_MS)})
+                     s.pipeline_replication_factor,
+                     topic_configs={"retention.ms": str(ROUTED_RETENTION_S * 1000)})
             for signal in ROUTED_SIGNALS
         ]
     return out

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
@@ -75,6 +75,15 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return quantile(sorted(values), 0.5)
+
+
+class _Judged(NamedTuple):
+    """One operation's verdict in one window."""
+
+    key: str
+    slower: bool  # anomalous by the soft (service-wide) or the strict (bottleneck) rule
+    strict: bool  # a bottleneck, unless the whole service is slower
+    ready: bool  # its baseline has time of its own (counts toward a service-wide slowdown)
 
 
 class _Op:
@@ -253,7 +262,7 @@ class BottleneckDetector(Detector):
             if base is not None and base.seen_ns < end_ns:
                 base.seen_ns = end_ns  # last window with traffic (changes once per window)
                 self._dirty_ops.add(key)
-        evaluated: dict[str, list[tuple[str, dict[str, Any] | None, bool]]] = {}
+        evaluated: dict[str, list[_Judged]] = {}
         stats_by_key: dict[str, dict[str, Any]] = {}
         for key in sorted(window):
             acc = window[key]
@@ -262,7 +271,6 @@ class BottleneckDetector(Detector):
                 continue
             st = self._window_stats(acc)
             stats_by_key[key] = st
-            service = _split(key)[0]
             if len(base.p50) < self.warmup_windows:
                 self._learn(key, base, st)
                 continue
@@ -271,11 +279,8 @@ class BottleneckDetector(Detector):
             b95 = median(base.p95)
             excess = st["p50"] - b50
             affected = sum(1 for r in acc.rows if r[0] > b95) / len(acc.rows)
-            soft = (
-                b50 >= 0.5 * MS
-                and st["p50"] >= 1.2 * b50
-                and excess >= max(3 * 1.4826 * mad, 0.5 * MS)
-            )
+            ready = b50 >= 0.5 * MS  # has time of its own to be slower in
+            soft = ready and st["p50"] >= 1.2 * b50 and excess >= max(3 * 1.4826 * mad, 0.5 * MS)
             strict = (
                 excess >= max(self.rel_threshold * b50, self.mad_k * 1.4826 * mad,
                               self.min_excess_ns)
@@ -283,42 +288,40 @@ class BottleneckDetector(Detector):
                 and (acc.top / acc.n >= self.dominance_min
                      or st["share"] >= self.dominance_min)
             )
-            base_doc = {"b50": b50, "b95": b95, "mad": mad, "excess": excess,
-                        "affected": affected}
-            evaluated.setdefault(service, []).append(
-                (key, base_doc if (strict or soft) else None, strict)
+            st["baseline"] = {"b50": b50, "b95": b95, "mad": mad, "excess": excess,
+                              "affected": affected}
+            evaluated.setdefault(_split(key)[0], []).append(
+                _Judged(key, strict or soft, strict, ready)
             )
-            st["baseline"] = base_doc
         findings: list[Finding] = []
         for service, rows in evaluated.items():
-            ops_ready = [r for r in rows if self._ops[r[0]].p50 and median(self._ops[r[0]].p50)
-                         >= 0.5 * MS]
-            slower = [r for r in ops_ready if r[1] is not None]
-            regression = len(slower) >= 2 and len(slower) * 2 >= len(ops_ready)
+            ready = [r for r in rows if r.ready]
+            slower = [r for r in ready if r.slower]
+            regression = len(slower) >= 2 and len(slower) * 2 >= len(ready)
             verdict = (
-                self._regression_verdict(service, slower, ops_ready, stats_by_key, end_ns)
+                self._regression_verdict(service, slower, len(ready), stats_by_key, end_ns)
                 if regression else None
             )
             f = self.lc_regression.observe({"service": service}, end_ns, verdict)
             if f is not None:
                 findings.append(f)
-            for key, doc, strict in rows:
-                base = self._ops[key]
-                bad = strict and not regression
+            for r in rows:
+                base = self._ops[r.key]
                 v = (
-                    self._bottleneck_verdict(key, base, window[key], stats_by_key[key], end_ns)
-                    if bad else None
+                    self._bottleneck_verdict(r.key, base, window[r.key], stats_by_key[r.key],
+                                             end_ns)
+                    if r.strict and not regression else None
                 )
-                f = self.lc_bottleneck.observe(_entity(key), end_ns, v)
+                f = self.lc_bottleneck.observe(_entity(r.key), end_ns, v)
                 if f is not None:
                     findings.append(f)
-                if doc is None:
-                    self._learn(key, base, stats_by_key[key])
+                if not r.slower:
+                    self._learn(r.key, base, stats_by_key[r.key])
                 else:
                     base.run += 1
-                    self._dirty_ops.add(key)
+                    self._dirty_ops.add(r.key)
                     if base.run > self.freeze_max:
-                        self._learn(key, base, stats_by_key[key])
+                        self._learn(r.key, base, stats_by_key[r.key])
         return findings
 
     def _window_stats(self, acc: _Acc) -> dict[str, Any]:
@@ -377,19 +380,20 @@ class BottleneckDetector(Detector):
     def _regression_verdict(
         self,
         service: str,
-        slower: list[tuple[str, dict[str, Any] | None, bool]],
-        ready: list[Any],
+        slower: list[_Judged],
+        n_ready: int,
         stats: Mapping[str, Mapping[str, Any]],
         end_ns: int,
     ) -> Verdict:
         ratios = sorted(
-            ((stats[k]["p50"] / d["b50"], _display(k)) for k, d, _ in slower if d),
+            ((stats[r.key]["p50"] / stats[r.key]["baseline"]["b50"], _display(r.key))
+             for r in slower),
             reverse=True,
         )
         median_ratio = median([r for r, _ in ratios])
         evidence = {
             "operations_slower": len(slower),
-            "operations_evaluated": len(ready),
+            "operations_evaluated": n_ready,
             "median_ratio_to_baseline": round(median_ratio, 3),
             "slowest_operations": [
                 {"operation": name, "ratio_to_baseline": round(r, 3)} for r, name in ratios[:5]
@@ -397,7 +401,7 @@ class BottleneckDetector(Detector):
             "window_end": rfc3339(end_ns),
         }
         summary = (
-            f"{service}: {len(slower)} of {len(ready)} operations slower together "
+            f"{service}: {len(slower)} of {n_ready} operations slower together "
             f"(median x{median_ratio:.2f} their own exclusive time): a service-wide latency "
             "regression, not one bottleneck span"
         )
