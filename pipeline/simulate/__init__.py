@@ -12,7 +12,7 @@ writer (``writer``, the only Kafka-aware module) produces them live or as a fast
 
 from pipeline.simulate.cli import add_arguments, run, scenario_from_args
 from pipeline.simulate.faults import ALL_KINDS, FAULT_KINDS, NEGATIVE_KINDS, Fault, parse_fault
-from pipeline.simulate.labels import label_lines, write_labels
+from pipeline.simulate.labels import configured_limits, label_lines, write_labels
 from pipeline.simulate.model import Simulator
 from pipeline.simulate.otlp_encode import Encoder, SimRecord, iter_records
 from pipeline.simulate.scenarios import PRESETS, Scenario, build_scenario
@@ -31,6 +31,7 @@ __all__ = [
     "Topology",
     "add_arguments",
     "build_scenario",
+    "configured_limits",
     "default_topology",
     "iter_records",
     "label_lines",

@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metric-interval", type=int, help="seconds between metric exports/scrapes (default 10)"
     )
     parser.add_argument(
+        "--no-spans",
+        action="store_true",
+        help="metrics only: model the traffic (allocation, GC, TCP) but build and send no "
+        "spans (the leak preset's default)",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -113,6 +119,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         keying=args.keying,
         spans_topic=args.spans_topic,
         metrics_topic=args.metrics_topic,
+        emit_spans=False if getattr(args, "no_spans", False) else None,
         faults=[] if args.only_faults else None,
         extra_faults=args.fault,
     )
@@ -134,7 +141,7 @@ async def run(args: argparse.Namespace) -> None:
         f"simulate: scenario {scenario.name} seed {scenario.seed}, "
         f"{rfc3339(scenario.start_ns)} .. {rfc3339(scenario.end_ns)}, "
         f"{len(scenario.faults)} labelled faults/negatives, {scenario.encoding}, "
-        f"{scenario.keying}",
+        f"{scenario.keying}{'' if scenario.emit_spans else ', metrics only'}",
         flush=True,
     )
     if args.labels:

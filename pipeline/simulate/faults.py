@@ -1,8 +1,23 @@
 """Labelled faults and hard negatives: what the simulator injects and the labels say happened.
 
-A ``Fault`` is one injected condition over an event-time window. The three fault kinds are the
+A ``Fault`` is one injected condition over an event-time window. The fault kinds are the
 problems detectors must find; the negative kinds are look-alikes they must stay quiet on, and are
 labelled too (``negative=True``) so a scorer can count a finding on one as a false alarm.
+
+Fault kinds: ``bottleneck_span`` (one downstream operation slower), ``memory_leak`` (an
+instance's live set grows at ``rate_pct_limit_per_hour`` of its limit until the process is
+OOM-killed; the container restart keeps ``service.instance.id`` and the leak goes on),
+``gc_pressure`` (one Java or Node.js instance spends ``gc_time_fraction`` of its time in GC, 15%
+by default: an allocation storm of ``alloc_factor`` x makes young collections more frequent and
+its survivors make each pause longer; then it recovers) and ``time_wait_buildup``.
+
+Memory look-alikes: ``gc_sawtooth`` (healthy, allocation-heavy sawtooth), ``cache_warmup`` (the
+live set rises by ``rise_pct_limit`` with time constant ``tau_s``, then stays flat),
+``load_heap_growth`` (the entry traffic rises ``factor`` x and every replica of ``service``
+retains per-request state while it lasts, so its live set rises by up to ``rise_pct_limit`` and
+falls back with ``tau_s`` after the window; allocation and GC frequency rise with the traffic
+everywhere), ``noisy_rss`` (an instance's RSS noise is ``noise_factor`` x larger, no leak),
+``restart`` and ``deploy`` (heap resets and start-up warm-ups).
 
 Two negatives change only what is *emitted*, not what the services do (request counters, heaps
 and TCP churn are those of the full traffic): ``head_sampling`` keeps a fraction of whole traces,
@@ -22,8 +37,9 @@ from typing import Any
 
 BOTTLENECK_SPAN = "bottleneck_span"
 MEMORY_LEAK = "memory_leak"
+GC_PRESSURE = "gc_pressure"
 TIME_WAIT_BUILDUP = "time_wait_buildup"
-FAULT_KINDS = (BOTTLENECK_SPAN, MEMORY_LEAK, TIME_WAIT_BUILDUP)
+FAULT_KINDS = (BOTTLENECK_SPAN, MEMORY_LEAK, GC_PRESSURE, TIME_WAIT_BUILDUP)
 
 GLOBAL_SLOWDOWN = "global_slowdown"
 TRAFFIC_SPIKE = "traffic_spike"
@@ -35,15 +51,24 @@ CLOCK_SKEW = "clock_skew"
 RECONNECT_STORM = "reconnect_storm"
 HEAD_SAMPLING = "head_sampling"
 MISSING_SPANS = "missing_spans"
+LOAD_HEAP_GROWTH = "load_heap_growth"
+NOISY_RSS = "noisy_rss"
+
+#: Runtimes whose GC pauses are exported as a duration histogram (``jvm.gc.duration``,
+#: ``v8js.gc.duration``): the only ones a ``gc_pressure`` fault can be seen on. CPython exports
+#: collection counts only, and the Go runtime metrics no GC time at all.
+GC_PRESSURE_RUNTIMES = ("java", "nodejs")
 
 #: Each negative kind, and the finding kinds it must not trigger.
 NEGATIVE_KINDS: dict[str, tuple[str, ...]] = {
     GLOBAL_SLOWDOWN: (BOTTLENECK_SPAN,),
-    TRAFFIC_SPIKE: (TIME_WAIT_BUILDUP, BOTTLENECK_SPAN, MEMORY_LEAK),
-    GC_SAWTOOTH: (MEMORY_LEAK,),
-    CACHE_WARMUP: (MEMORY_LEAK,),
-    RESTART: (MEMORY_LEAK,),
-    DEPLOY: (MEMORY_LEAK, BOTTLENECK_SPAN),
+    TRAFFIC_SPIKE: (TIME_WAIT_BUILDUP, BOTTLENECK_SPAN, MEMORY_LEAK, GC_PRESSURE),
+    GC_SAWTOOTH: (MEMORY_LEAK, GC_PRESSURE),
+    CACHE_WARMUP: (MEMORY_LEAK, GC_PRESSURE),
+    RESTART: (MEMORY_LEAK, GC_PRESSURE),
+    DEPLOY: (MEMORY_LEAK, BOTTLENECK_SPAN, GC_PRESSURE),
+    LOAD_HEAP_GROWTH: (MEMORY_LEAK, GC_PRESSURE),
+    NOISY_RSS: (MEMORY_LEAK, GC_PRESSURE),
     CLOCK_SKEW: (BOTTLENECK_SPAN,),
     RECONNECT_STORM: (TIME_WAIT_BUILDUP,),
     HEAD_SAMPLING: (BOTTLENECK_SPAN,),
@@ -55,6 +80,7 @@ ALL_KINDS = FAULT_KINDS + tuple(NEGATIVE_KINDS)
 ENTITY_KEYS: dict[str, tuple[str, ...]] = {
     BOTTLENECK_SPAN: ("service", "operation"),
     MEMORY_LEAK: ("service", "instance"),
+    GC_PRESSURE: ("service", "instance"),
     TIME_WAIT_BUILDUP: ("host",),
     GLOBAL_SLOWDOWN: (),
     TRAFFIC_SPIKE: (),
@@ -66,12 +92,15 @@ ENTITY_KEYS: dict[str, tuple[str, ...]] = {
     RECONNECT_STORM: ("service",),
     HEAD_SAMPLING: (),  # optional "service": only traces whose root span is that service's
     MISSING_SPANS: (),  # optional "service": only that service's spans are lost
+    LOAD_HEAP_GROWTH: ("service",),  # every replica's live set grows; traffic rises everywhere
+    NOISY_RSS: ("service", "instance"),
 }
 
 #: The magnitude key a single number in a ``--fault`` spec sets, per kind.
 DEFAULT_MAGNITUDE_KEY: dict[str, str] = {
     BOTTLENECK_SPAN: "added_ms",
     MEMORY_LEAK: "rate_pct_limit_per_hour",
+    GC_PRESSURE: "gc_time_fraction",  # also "alloc_factor" (default 4)
     TIME_WAIT_BUILDUP: "connections_per_call",
     GLOBAL_SLOWDOWN: "factor",
     TRAFFIC_SPIKE: "factor",
@@ -83,6 +112,8 @@ DEFAULT_MAGNITUDE_KEY: dict[str, str] = {
     RECONNECT_STORM: "duration_s",
     HEAD_SAMPLING: "keep",  # share of traces kept (default 0.1); also "hash_seed" (default 0)
     MISSING_SPANS: "drop",  # probability that a non-root span is lost (default 0.05)
+    LOAD_HEAP_GROWTH: "factor",  # traffic x (default 2.5); also "rise_pct_limit", "tau_s"
+    NOISY_RSS: "noise_factor",  # RSS noise x (default 5)
 }
 
 
@@ -166,11 +197,11 @@ def parse_fault(spec: str) -> Fault:
     """A fault from ``KIND:target:start:duration[:magnitude]``.
 
     Targets by kind: ``service/operation`` (bottleneck_span), ``service#replica`` (memory_leak,
-    gc_sawtooth, cache_warmup, restart), ``host[/service[>destination]]`` (time_wait_buildup),
-    ``service`` (deploy, clock_skew, reconnect_storm, global_slowdown, head_sampling,
-    missing_spans) and ``*`` for everything (global_slowdown, traffic_spike, head_sampling,
-    missing_spans). The magnitude is one number for the kind's main knob
-    (``DEFAULT_MAGNITUDE_KEY``), or ``key=value,key=value``.
+    gc_pressure, gc_sawtooth, cache_warmup, restart, noisy_rss), ``host[/service[>destination]]``
+    (time_wait_buildup), ``service`` (deploy, clock_skew, reconnect_storm, global_slowdown,
+    head_sampling, missing_spans, load_heap_growth) and ``*`` for everything (global_slowdown,
+    traffic_spike, head_sampling, missing_spans). The magnitude is one number for the kind's main
+    knob (``DEFAULT_MAGNITUDE_KEY``), or ``key=value,key=value``.
 
     >>> f = parse_fault("bottleneck_span:user-service/SELECT users:5m:10m:150")
     >>> f.entity, f.start_s, f.end_s, f.magnitude
@@ -182,6 +213,9 @@ def parse_fault(spec: str) -> Fault:
     ({}, {'keep': 0.1}, ('bottleneck_span',))
     >>> parse_fault("missing_spans:cart:1m:5m:drop=0.2").entity
     {'service': 'cart'}
+    >>> f = parse_fault("gc_pressure:catalog#0:30m:25m:0.2")
+    >>> f.entity, f.magnitude, f.negative
+    ({'service': 'catalog', 'instance': 'catalog#0'}, {'gc_time_fraction': 0.2}, False)
     """
     kind, _, rest = spec.partition(":")
     if kind not in ALL_KINDS:

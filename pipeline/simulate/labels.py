@@ -8,6 +8,36 @@ latency, time to OOM at onset, expected TIME_WAIT level). An empty ``entity`` (g
 matches every entity. Labels come from the scenario and its lifecycle plan alone, so they can be
 written before any record is produced.
 
+Instance-keyed labels (``memory_leak``, ``gc_pressure``, ``gc_sawtooth``, ...) name the
+``service.instance.id`` in force at their start. A container restart or an OOM kill keeps the id,
+so one label runs through them; a deploy (or a restart that mints a new id) ends the entity, so
+the label is split there: one label per instance id, each from the moment that id appears.
+
+``memory_leak`` truth (``limit_bytes`` is the limit the instance's own telemetry reports:
+``jvm.memory.limit`` of G1 Old Gen, ``go.memory.limit``, ``v8js.memory.heap.limit`` of
+old_space; CPython reports none, so for Python services it is the configured limit that
+``configured_limits`` returns and the run line carries, ``limit_source`` says which)::
+
+    rate_bytes_per_s, rate_pct_limit_per_hour   growth of the live set (post-GC floor)
+    limit_bytes, oom_threshold_bytes            the process is killed when its live set reaches
+                                                the threshold (OOM_FRACTION = 0.92 of the limit)
+    floor_at_onset_bytes                        live set at the label's start
+    time_to_oom_s                               true time to OOM at the label's start
+    time_to_limit_s                             ... to the limit itself (a projection to 100%)
+    oom_kills                                   OOM kills inside the label's window
+    processes                                   every process in the window: start, reason,
+                                                oom_at (null if the leak stops first)
+
+True time to OOM at a later time ``t`` (seconds, event time): while the first process runs
+(before the first entry of ``processes`` after it), ``time_to_oom_s - (t - start)``; after a
+restart or OOM kill, ``oom_at - t`` of the process running at ``t`` (its heap started afresh, so
+its OOM comes later). ``oom_at`` past the run's end is extrapolated at the same rate.
+
+A planned ``restart`` of an instance that is leaking at that moment (a restart mid-leak) is
+labelled with ``memory_leak`` removed from ``must_not_trigger``: the leak label covers it.
+A ``load_heap_growth`` also gets a ``traffic_spike`` label (global, same window), because its
+traffic rises everywhere.
+
 Example (abridged)::
 
     {"type": "run", "schema_version": 1, "scenario": "demo", "seed": 1, ...,
@@ -18,6 +48,7 @@ Example (abridged)::
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,16 +58,28 @@ import orjson
 from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
     DEPLOY,
+    GC_PRESSURE,
     GLOBAL_SLOWDOWN,
     HEAD_SAMPLING,
+    LOAD_HEAP_GROWTH,
     MEMORY_LEAK,
     MISSING_SPANS,
+    NEGATIVE_KINDS,
+    NOISY_RSS,
     RECONNECT_STORM,
+    RESTART,
     TIME_WAIT_BUILDUP,
     TRAFFIC_SPIKE,
     Fault,
 )
-from pipeline.simulate.lifecycle import leak_rate_bytes_per_s
+from pipeline.simulate.lifecycle import (
+    OOM_FRACTION,
+    STARTUP_TAU_S,
+    Incarnation,
+    SlotPlan,
+    gc_pressure_magnitude,
+    leak_rate_bytes_per_s,
+)
 from pipeline.simulate.model import (
     EPHEMERAL_PORTS,
     SAMPLER_HASH_BUCKETS,
@@ -46,6 +89,7 @@ from pipeline.simulate.model import (
 from pipeline.simulate.scenarios import Scenario, leaf_call
 from pipeline.simulate.timefmt import rfc3339
 from pipeline.simulate.topology import (
+    RUNTIMES,
     HttpCall,
     LeafCall,
     Topology,
@@ -54,6 +98,31 @@ from pipeline.simulate.topology import (
 )
 
 LABEL_SCHEMA_VERSION = 1
+
+#: The metric an instance reports its memory limit in, per runtime (None: it reports none).
+LIMIT_METRIC: dict[str, str | None] = {
+    "java": "jvm.memory.limit",  # jvm.memory.pool.name=G1 Old Gen
+    "go": "go.memory.limit",
+    "nodejs": "v8js.memory.heap.limit",  # v8js.heap.space.name=old_space
+    "python": None,
+}
+GC_DURATION_METRIC = {"java": "jvm.gc.duration", "nodejs": "v8js.gc.duration"}
+RSS_METRIC = {"python": "process.runtime.cpython.memory", "nodejs": "process.memory.usage"}
+
+
+def configured_limits(scenario: Scenario) -> dict[str, int]:
+    """Memory limit in bytes per service whose runtime reports none in its telemetry (CPython):
+    what an operator would configure for a leak detector (``{"cart": 536870912}``).
+
+    >>> from pipeline.simulate.scenarios import build_scenario
+    >>> configured_limits(build_scenario("leak"))
+    {'cart': 536870912}
+    """
+    return {
+        s.name: RUNTIMES[s.runtime].limit_bytes
+        for s in scenario.topology.services
+        if LIMIT_METRIC[s.runtime] is None
+    }
 
 
 def expected_calls_per_request(topology: Topology) -> dict[tuple[str, str], float]:
@@ -95,6 +164,8 @@ def _rate_at(scenario: Scenario, t_s: float) -> float:
     for f in scenario.faults:
         if f.kind == TRAFFIC_SPIKE and f.active(t_s):
             factor *= float(f.magnitude.get("factor", 4.0))
+        elif f.kind == LOAD_HEAP_GROWTH and f.active(t_s):
+            factor *= float(f.magnitude.get("factor", 2.5))
     return scenario.base_rate_at(t_s) * factor
 
 
@@ -117,6 +188,8 @@ def run_line(scenario: Scenario) -> dict[str, Any]:
         "metric_interval_s": scenario.metric_interval_s,
         "encoding": scenario.encoding,
         "keying": scenario.keying,
+        "emit_spans": scenario.emit_spans,
+        "configured_limits": configured_limits(scenario),
         "entities": {
             "operations": len(topo.operations()),
             "instances": len({i.instance_id for i in incs}),
@@ -141,13 +214,25 @@ def label_lines(scenario: Scenario) -> list[dict[str, Any]]:
         lines.extend(_labels_for(scenario, f))
         if f.kind == GLOBAL_SLOWDOWN:
             lines.extend(_regression_labels(scenario, f))
+        if f.kind == LOAD_HEAP_GROWTH:
+            spike = _base(scenario, f, {})
+            factor = float(f.magnitude.get("factor", 2.5))
+            spike.update(
+                kind=TRAFFIC_SPIKE,
+                must_not_trigger=list(NEGATIVE_KINDS[TRAFFIC_SPIKE]),
+                magnitude={"factor": factor},
+                note=f"the traffic of the load_heap_growth on {f.entity['service']}",
+            )
+            lines.append(spike)
     return lines
 
 
 def _regression_labels(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
-    services = [f.entity["service"]] if "service" in f.entity else [
-        s.name for s in scenario.topology.services
-    ]
+    services = (
+        [f.entity["service"]]
+        if "service" in f.entity
+        else [s.name for s in scenario.topology.services]
+    )
     out = []
     for service in services:
         label = _base(scenario, f, {"service": service})
@@ -168,9 +253,15 @@ def write_labels(scenario: Scenario, path: str | Path) -> Path:
     return p
 
 
-def _base(scenario: Scenario, f: Fault, entity: dict[str, str]) -> dict[str, Any]:
-    start_ns = scenario.start_ns + int(round(f.start_s * 1e9))
-    end_ns = scenario.start_ns + int(round(f.end_s * 1e9))
+def _base(
+    scenario: Scenario,
+    f: Fault,
+    entity: dict[str, str],
+    window: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    start_s, end_s = window or (f.start_s, f.end_s)
+    start_ns = scenario.start_ns + int(round(start_s * 1e9))
+    end_ns = scenario.start_ns + int(round(end_s * 1e9))
     return {
         "type": "label",
         "scenario": scenario.name,
@@ -194,46 +285,10 @@ def _labels_for(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
     topo = scenario.topology
     if "instance" in f.entity:
         sp = plan.slots[f.entity["instance"]]
-        inc = sp.incarnation_at(f.start_s)
-        window = [
-            i
-            for i in sp.incarnations
-            if i.start_s < f.end_s and (i is inc or i.start_s >= f.start_s)
+        return [
+            _instance_label(scenario, f, sp, window, incs)
+            for window, incs in _id_segments(sp, f.start_s, f.end_s)
         ]
-        label = _base(scenario, f, {"service": sp.service, "instance": inc.instance_id})
-        label["evidence"].update(
-            {
-                "slot": sp.slot,
-                "host": sp.host,
-                "pod": inc.pod,
-                "runtime": sp.profile.runtime,
-                "instances": list(dict.fromkeys(i.instance_id for i in window)),
-            }
-        )
-        if f.kind == MEMORY_LEAK:
-            rate = leak_rate_bytes_per_s(f, sp.limit_bytes)
-            floor = sp.live_bytes(f.start_s, inc.start_s)
-            ooms = [i for i in window if i.reason == "oom"]
-            label["magnitude"] = {
-                "rate_pct_limit_per_hour": rate * 3600 / sp.limit_bytes * 100,
-                "rate_bytes_per_s": rate,
-            }
-            label["truth"] = {
-                "limit_bytes": int(sp.limit_bytes),
-                "oom_threshold_bytes": int(sp.oom_threshold_bytes),
-                "floor_at_onset_bytes": int(floor),
-                "time_to_oom_s": round((sp.oom_threshold_bytes - floor) / rate, 1),
-                "oom_kills": [rfc3339(i.start_ns) for i in ooms],
-            }
-        else:
-            label["truth"] = {
-                "restarts": [
-                    {"at": rfc3339(i.start_ns), "reason": i.reason, "instance": i.instance_id}
-                    for i in window
-                    if i is not inc
-                ]
-            }
-        return [label]
     if f.kind == BOTTLENECK_SPAN:
         call: LeafCall = leaf_call(topo, f.entity["service"], f.entity["operation"])
         label = _base(scenario, f, dict(f.entity))
@@ -272,6 +327,17 @@ def _labels_for(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
             out.append(label)
         return out
     label = _base(scenario, f, dict(f.entity))
+    if f.kind == LOAD_HEAP_GROWTH:
+        rise = float(f.magnitude.get("rise_pct_limit", 15.0))
+        tau = float(f.magnitude.get("tau_s", 300.0))
+        label["truth"] = {
+            "traffic_factor": float(f.magnitude.get("factor", 2.5)),
+            "rise_pct_limit": rise,
+            "peak_rise_pct_limit": round(rise * (1 - math.exp(-(f.end_s - f.start_s) / tau)), 2),
+            "tau_s": tau,
+            # the retained state has expired (< 5% left) this long after the window's end
+            "recedes_within_s": round(3 * tau, 1),
+        }
     if f.kind == HEAD_SAMPLING:
         threshold = sampler_threshold(float(f.magnitude.get("keep", 0.1)))
         label["truth"] = {
@@ -296,6 +362,155 @@ def _labels_for(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
                 after.append(sp.incarnation_at(f.end_s).instance_id)
         label["evidence"].update({"old_instances": before, "new_instances": after})
     return [label]
+
+
+def _id_segments(
+    sp: SlotPlan, start_s: float, end_s: float
+) -> list[tuple[tuple[float, float], list[Incarnation]]]:
+    """The processes of a slot within ``[start_s, end_s)``, grouped by ``service.instance.id``:
+    (window, processes) per id, in order."""
+    first = sp.incarnation_at(start_s)
+    incs = [i for i in sp.incarnations if i is first or start_s <= i.start_s < end_s]
+    out: list[tuple[tuple[float, float], list[Incarnation]]] = []
+    for inc in incs:
+        if out and out[-1][1][-1].instance_id == inc.instance_id:
+            out[-1][1].append(inc)
+        else:
+            out.append(((max(start_s, inc.start_s), end_s), [inc]))
+    return [
+        ((w[0], out[k + 1][0][0] if k + 1 < len(out) else w[1]), incs)
+        for k, (w, incs) in enumerate(out)
+    ]
+
+
+def _instance_label(
+    scenario: Scenario,
+    f: Fault,
+    sp: SlotPlan,
+    window: tuple[float, float],
+    incs: list[Incarnation],
+) -> dict[str, Any]:
+    inc = incs[0]
+    label = _base(scenario, f, {"service": sp.service, "instance": inc.instance_id}, window)
+    label["evidence"].update(
+        {
+            "slot": sp.slot,
+            "host": sp.host,
+            "pod": inc.pod,
+            "runtime": sp.profile.runtime,
+            "instances": [inc.instance_id],
+        }
+    )
+    if f.kind == MEMORY_LEAK:
+        label.update(_leak_truth(scenario, f, sp, window, incs))
+    elif f.kind == GC_PRESSURE:
+        fraction, alloc = gc_pressure_magnitude(f)
+        label["magnitude"] = {"gc_time_fraction": fraction, "alloc_factor": alloc}
+        label["truth"] = {
+            # young collections (Go: GC cycles) alone take this share of the time; major
+            # collections, more frequent under the allocation storm, add a little to it
+            "gc_time_fraction": fraction,
+            "allocation_factor": alloc,
+            "gc_duration_metric": GC_DURATION_METRIC.get(sp.profile.runtime),
+        }
+    else:
+        if f.kind == RESTART and any(lk.start_s <= f.start_s < lk.end_s for lk in sp.leaks):
+            label["must_not_trigger"] = [k for k in f.must_not_trigger if k != MEMORY_LEAK]
+            label["evidence"]["restart_mid_leak"] = True
+        if f.kind == NOISY_RSS:
+            factor = float(f.magnitude.get("noise_factor", 5.0))
+            label["truth"] = {
+                "rss_metric": RSS_METRIC.get(sp.profile.runtime),
+                "rss_noise_sigma": 0.02 * factor,  # lognormal sigma of each RSS sample
+                "baseline_rss_noise_sigma": 0.02,
+            }
+        label["truth"]["restarts"] = [
+            {"at": rfc3339(i.start_ns), "reason": i.reason, "instance": i.instance_id}
+            for i in incs
+            if i.start_s >= window[0]
+        ]
+    return label
+
+
+def _leak_truth(
+    scenario: Scenario,
+    f: Fault,
+    sp: SlotPlan,
+    window: tuple[float, float],
+    incs: list[Incarnation],
+) -> dict[str, Any]:
+    rate = leak_rate_bytes_per_s(f, sp.limit_bytes)
+    onset = window[0]
+    floor = sp.live_bytes(onset, incs[0].start_s)
+    # A leak window that stops before the run's end stops growing; one that reaches it is
+    # taken to go on (its OOM may come after the run).
+    leak_end = f.end_s if f.end_s < scenario.duration_s else math.inf
+    processes = []
+    for k, inc in enumerate(incs):
+        since = max(onset, inc.start_s)
+        nxt = incs[k + 1] if k + 1 < len(incs) else None
+        if nxt is not None and nxt.reason == "oom":
+            oom_at: float | None = nxt.start_s
+        else:
+            oom_at = _oom_at(sp, inc.start_s, since, rate, leak_end)
+        processes.append(
+            {
+                "start": rfc3339(scenario.start_ns + int(round(since * 1e9))),
+                "start_unix_nano": scenario.start_ns + int(round(since * 1e9)),
+                "reason": inc.reason if inc.start_s >= onset else "running",
+                "oom_at": None if oom_at is None else rfc3339(_ns(scenario, oom_at)),
+                "oom_at_unix_nano": None if oom_at is None else _ns(scenario, oom_at),
+            }
+        )
+    first_oom = (
+        incs[1].start_s
+        if len(incs) > 1 and incs[1].reason == "oom"
+        else _oom_at(sp, incs[0].start_s, onset, rate, math.inf)
+    )
+    limit_metric = LIMIT_METRIC[sp.profile.runtime]
+    return {
+        "magnitude": {
+            "rate_pct_limit_per_hour": rate * 3600 / sp.limit_bytes * 100,
+            "rate_bytes_per_s": rate,
+        },
+        "truth": {
+            "limit_bytes": int(sp.limit_bytes),
+            "limit_source": limit_metric or "configured",
+            "oom_threshold_bytes": int(sp.oom_threshold_bytes),
+            "floor_at_onset_bytes": int(floor),
+            "rate_bytes_per_s": rate,
+            "rate_pct_limit_per_hour": rate * 3600 / sp.limit_bytes * 100,
+            "time_to_oom_s": round(first_oom - onset, 1),
+            "time_to_limit_s": round(
+                first_oom - onset + (1.0 - OOM_FRACTION) * sp.limit_bytes / rate, 1
+            ),
+            "oom_kills": [rfc3339(i.start_ns) for i in incs if i.reason == "oom"],
+            "processes": processes,
+        },
+    }
+
+
+def _ns(scenario: Scenario, t_s: float) -> int:
+    return scenario.start_ns + int(round(t_s * 1e9))
+
+
+def _oom_at(
+    sp: SlotPlan, inc_start_s: float, from_s: float, rate: float, leak_end_s: float
+) -> float | None:
+    """When a process started at ``inc_start_s`` reaches the OOM threshold (None: the leak stops
+    first). Once the start-up warm-up has settled the live set grows linearly at ``rate``."""
+    threshold = sp.oom_threshold_bytes
+    settled = max(from_s, inc_start_s + 10 * STARTUP_TAU_S)
+    live = sp.live_bytes(settled, inc_start_s)
+    if live < threshold:
+        t = settled + (threshold - live) / rate
+    else:  # crossed during the warm-up: bisect
+        lo, hi = from_s, settled
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if sp.live_bytes(mid, inc_start_s) >= threshold else (mid, hi)
+        t = hi
+    return t if t <= leak_end_s else None
 
 
 def _time_wait_label(scenario: Scenario, f: Fault) -> dict[str, Any]:

@@ -25,8 +25,11 @@ from pipeline.simulate.events import ResourceInfo
 from pipeline.simulate.faults import (
     CACHE_WARMUP,
     DEPLOY,
+    GC_PRESSURE,
     GC_SAWTOOTH,
+    LOAD_HEAP_GROWTH,
     MEMORY_LEAK,
+    NOISY_RSS,
     RESTART,
     Fault,
 )
@@ -96,6 +99,27 @@ class Leak:
 
 
 @dataclass
+class LoadGrowth:
+    """State retained per request while the traffic is up: the live set approaches
+    ``rise_bytes`` with time constant ``tau_s`` from ``start_s``, and from ``end_s`` (traffic
+    back to normal) decays back with the same time constant as sessions expire."""
+
+    start_s: float
+    end_s: float
+    rise_bytes: float
+    tau_s: float
+
+    def extra_bytes(self, t_s: float, since_s: float) -> float:
+        start = max(self.start_s, since_s)  # a process started mid-window retains from then
+        if t_s <= start:
+            return 0.0
+        peak = self.rise_bytes * (1.0 - math.exp(-(min(t_s, self.end_s) - start) / self.tau_s))
+        if t_s <= self.end_s:
+            return peak
+        return peak * math.exp(-(t_s - self.end_s) / self.tau_s)
+
+
+@dataclass
 class SlotPlan:
     """Everything about one replica slot that does not depend on traffic."""
 
@@ -107,7 +131,12 @@ class SlotPlan:
     incarnations: list[Incarnation] = field(default_factory=list)
     warmups: list[Warmup] = field(default_factory=list)
     leaks: list[Leak] = field(default_factory=list)
+    load_growths: list[LoadGrowth] = field(default_factory=list)
     alloc_windows: list[tuple[float, float, float]] = field(default_factory=list)
+    #: (start, end, share of time spent in GC) of ``gc_pressure`` faults
+    gc_pressure_windows: list[tuple[float, float, float]] = field(default_factory=list)
+    #: (start, end, factor on the RSS noise) of ``noisy_rss`` negatives
+    rss_noise_windows: list[tuple[float, float, float]] = field(default_factory=list)
 
     @property
     def slot(self) -> str:
@@ -141,14 +170,27 @@ class SlotPlan:
             grown = min(t_s, leak.end_s) - max(leak.start_s, since_s)
             if grown > 0:
                 live += leak.rate_bytes_per_s * grown
+        for g in self.load_growths:
+            live += g.extra_bytes(t_s, since_s)
         return live
 
     def alloc_factor(self, t_s: float) -> float:
-        factor = 1.0
-        for start, end, f in self.alloc_windows:
-            if start <= t_s < end:
-                factor *= f
-        return factor
+        return _product(self.alloc_windows, t_s)
+
+    def gc_time_fraction(self, t_s: float) -> float:
+        """The share of time a ``gc_pressure`` fault makes the process spend in GC (0: none)."""
+        return max((f for s, e, f in self.gc_pressure_windows if s <= t_s < e), default=0.0)
+
+    def rss_noise_factor(self, t_s: float) -> float:
+        return _product(self.rss_noise_windows, t_s)
+
+
+def _product(windows: list[tuple[float, float, float]], t_s: float) -> float:
+    factor = 1.0
+    for start, end, f in windows:
+        if start <= t_s < end:
+            factor *= f
+    return factor
 
 
 @dataclass
@@ -169,6 +211,14 @@ def leak_rate_bytes_per_s(fault: Fault, limit_bytes: float) -> float:
         return float(fault.magnitude["rate_bytes_per_s"])
     pct = float(fault.magnitude.get("rate_pct_limit_per_hour", 20.0))
     return pct / 100.0 * limit_bytes / 3600.0
+
+
+def gc_pressure_magnitude(fault: Fault) -> tuple[float, float]:
+    """(share of time in GC, allocation factor) of a ``gc_pressure`` fault: defaults 0.15, 4."""
+    return (
+        float(fault.magnitude.get("gc_time_fraction", 0.15)),
+        float(fault.magnitude.get("alloc_factor", 4.0)),
+    )
 
 
 def plan_lifecycles(
@@ -207,7 +257,24 @@ def plan_lifecycles(
 
     events: list[tuple[float, str, str, Fault]] = []  # (time, slot, what, fault)
     for f in faults:
-        if f.kind in (MEMORY_LEAK, CACHE_WARMUP, GC_SAWTOOTH, RESTART):
+        if f.kind == LOAD_HEAP_GROWTH:
+            for sp in slots.values():
+                if sp.service == f.entity["service"]:
+                    rise = float(f.magnitude.get("rise_pct_limit", 15.0)) / 100.0
+                    tau = float(f.magnitude.get("tau_s", 300.0))
+                    sp.load_growths.append(
+                        LoadGrowth(f.start_s, f.end_s, rise * sp.limit_bytes, tau)
+                    )
+        elif f.kind in (GC_PRESSURE, NOISY_RSS):
+            sp = _slot(slots, f)
+            if f.kind == GC_PRESSURE:
+                fraction, alloc = gc_pressure_magnitude(f)
+                sp.gc_pressure_windows.append((f.start_s, f.end_s, fraction))
+                sp.alloc_windows.append((f.start_s, f.end_s, alloc))
+            else:
+                noise = float(f.magnitude.get("noise_factor", 5.0))
+                sp.rss_noise_windows.append((f.start_s, f.end_s, noise))
+        elif f.kind in (MEMORY_LEAK, CACHE_WARMUP, GC_SAWTOOTH, RESTART):
             sp = _slot(slots, f)
             if f.kind == MEMORY_LEAK:
                 sp.leaks.append(Leak(f.start_s, f.end_s, leak_rate_bytes_per_s(f, sp.limit_bytes)))

@@ -13,7 +13,10 @@ Each tick (one second of event time):
 3. Traffic: a Poisson number of requests (baseline rate x daily sinusoid x spikes), each a full
    trace: entry SERVER span, CLIENT spans to databases, caches, vendors and other services
    (whose SERVER span is the client span's child), INTERNAL work, parallel fan-out steps.
-   Latencies are lognormal per operation. Head sampling keeps a trace if its id falls under the
+   Latencies are lognormal per operation. With ``emit_spans`` off (metrics-only scenarios) the
+   same routing is drawn in the same order, so request and call counts (and so heaps, GC and
+   TCP) are exactly those of the full run, but no span, id or latency is made at all.
+   Head sampling keeps a trace if its id falls under the
    ratio, so every trace is generated either way and metrics do not depend on the ratio. A
    ``head_sampling`` negative does the same with the Collector's ``probabilistic_sampler``
    hash (whole traces, by trace id); a ``missing_spans`` negative then loses single non-root
@@ -21,7 +24,10 @@ Each tick (one second of event time):
    services did, so metrics are those of the full traffic.
 4. Heaps: each instance allocates in proportion to the requests it served; minor and major
    collections produce the sawtooth, and what a major collection leaves is the live set from
-   the plan (warm-ups and leaks included) plus noise.
+   the plan (warm-ups, load-retained state and leaks included) plus noise. Under a
+   ``gc_pressure`` fault each young collection (each cycle in Go) pauses for
+   ``gc_time_fraction`` x the time the allocation took to fill the young area, so the process
+   spends that share of its time in GC while the allocation storm makes collections frequent.
 5. Connections: every client call uses a pool per (instance, destination). Pools churn a few
    connections in proportion to calls; a ``time_wait_buildup`` or reconnect storm makes calls
    open and close their own connection. The closing side holds TIME_WAIT for 60 s, so a host's
@@ -59,6 +65,7 @@ from pipeline.simulate.faults import (
     CLOCK_SKEW,
     GLOBAL_SLOWDOWN,
     HEAD_SAMPLING,
+    LOAD_HEAP_GROWTH,
     MISSING_SPANS,
     RECONNECT_STORM,
     TIME_WAIT_BUILDUP,
@@ -300,6 +307,7 @@ class _Heap:
         "gen_acc",
         "collections",
         "hist",
+        "alloc_rate",
     )
 
     def __init__(self, live: float, profile: RuntimeProfile) -> None:
@@ -314,6 +322,7 @@ class _Heap:
         self.gen_acc = 0.0
         self.collections = [0, 0, 0]  # CPython generations 0, 1, 2
         self.hist: dict[str, list] = {}  # GC kind -> [bucket counts, count, sum, min, max]
+        self.alloc_rate = 0.0  # bytes/s, smoothed over ~20 s
 
 
 def _stagger_heap(heap: _Heap, p: RuntimeProfile, d: bytes) -> None:
@@ -696,6 +705,8 @@ class Simulator:
         svc = f.entity.get("service")
         if f.kind == TRAFFIC_SPIKE:
             self._rate_factor *= float(f.magnitude.get("factor", 4.0))
+        elif f.kind == LOAD_HEAP_GROWTH:
+            self._rate_factor *= float(f.magnitude.get("factor", 2.5))
         elif f.kind == GLOBAL_SLOWDOWN:
             factor = float(f.magnitude.get("factor", 1.5))
             for c in self._calls:
@@ -759,10 +770,17 @@ class Simulator:
         n = int(self._traffic.poisson(self._rate(float(k) + 0.5)))
         if n == 0:
             return
-        offsets = np.sort(self._traffic.random(n)) * NS
+        offsets = self._traffic.random(n)
         uni = self._uniform.next
-        take = self._ids.take
         eps, cum = self._entry_eps, self._entry_cum
+        if not self.scenario.emit_spans:
+            for _ in range(n):
+                ep = eps[min(bisect_right(cum, uni()), len(eps) - 1)]
+                insts = ep.instances
+                self._count_serve(ep, insts[int(uni() * len(insts))])
+            return
+        offsets = np.sort(offsets) * NS
+        take = self._ids.take
         below = self._sample_below
         samplers, loss = self._samplers, self._span_loss
         for off in offsets.tolist():
@@ -783,6 +801,42 @@ class Simulator:
                 spans = self._lose_spans(spans, loss)
             self._seq += 1
             heapq.heappush(self._pending, (end, self._seq, spans))
+
+    def _count_serve(self, ep: _Ep, inst: _Instance) -> bool:
+        """``_serve`` without spans: the same uniform draws in the same order (routing, call
+        probabilities, failures), so request and call counts match a run with spans."""
+        uni = self._uniform.next
+        child_failed = False
+        for step in ep.steps:
+            if len(step) == 1:
+                c = step[0]
+                if c.probability < 1.0 and uni() >= c.probability:
+                    continue
+                child_failed = self._count_call(c, inst) or child_failed
+            else:
+                for c in step:
+                    if c.probability < 1.0 and uni() >= c.probability:
+                        continue
+                    uni()  # the parallel call's start offset
+                    child_failed = self._count_call(c, inst) or child_failed
+        failed = uni() < ep.error_rate or (child_failed and uni() < 0.7)
+        inst.requests += 1
+        return failed
+
+    def _count_call(self, c: _Call, inst: _Instance) -> bool:
+        kind = c.kind
+        if kind == WORK:
+            return False
+        if kind == LEAF:
+            failed = self._uniform.next() < c.error_rate
+        else:
+            target = c.target
+            assert target is not None
+            insts = target.instances
+            failed = self._count_serve(target, insts[int(self._uniform.next() * len(insts))])
+        calls = inst.calls
+        calls[c.destination] = calls.get(c.destination, 0) + 1
+        return failed
 
     def _lose_spans(self, spans: list[SpanEvent], loss: dict[str, float]) -> list[SpanEvent]:
         """The trace without the spans lost in transit; the root (last) is always kept, and the
@@ -944,8 +998,10 @@ class Simulator:
             + BACKGROUND_ALLOC
         ) * math.exp(0.15 * nrm())
         heap.allocated += alloc
+        heap.alloc_rate += 0.05 * (alloc - heap.alloc_rate) if heap.alloc_rate else alloc
         limit = float(p.limit_bytes)
         residual = abs(nrm()) * 0.01 * limit
+        pressure = plan.gc_time_fraction(t_s - 1) if plan.gc_pressure_windows else 0.0
         if p.runtime in ("java", "nodejs"):
             heap.young += alloc
             while heap.young >= p.young_bytes:
@@ -956,7 +1012,10 @@ class Simulator:
                 # G1's young collections also report the old generation's usage after GC, so
                 # the post-GC series has a sawtooth of its own: only major-GC minima are floors.
                 heap.old_after_gc = live + heap.garbage
-                self._gc(heap, "minor", p.minor_gc_ms / 1e3 * math.exp(0.3 * nrm()))
+                pause = p.minor_gc_ms / 1e3 * math.exp(0.3 * nrm())
+                if pressure:  # survivors of the storm are copied: the pause takes its share
+                    pause = max(pause, pressure * p.young_bytes / heap.alloc_rate)
+                self._gc(heap, "minor", pause)
             if p.runtime == "java":
                 trigger = max(p.major_trigger_fraction * limit, live + 0.08 * limit)
             else:
@@ -972,10 +1031,14 @@ class Simulator:
             if live + heap.young >= heap.goal:
                 heap.young = 0.0
                 heap.floor = live + residual
+                cycle = heap.goal - heap.floor
                 heap.goal = min(
                     max(heap.floor * p.gc_goal_factor, heap.floor + 4 * MIB), 0.98 * limit
                 )
-                self._gc(heap, "major", p.major_gc_ms / 1e3 * math.exp(0.3 * nrm()))
+                pause = p.major_gc_ms / 1e3 * math.exp(0.3 * nrm())
+                if pressure:
+                    pause = max(pause, pressure * max(cycle, 4 * MIB) / heap.alloc_rate)
+                self._gc(heap, "major", pause)
         else:  # python: reference counting frees most; the cyclic collector handles the rest
             heap.garbage += alloc * p.promote_fraction
             heap.gen_acc += alloc / (256 * 1024)  # gen0 runs every ~700 container allocations
@@ -1082,7 +1145,8 @@ class Simulator:
                     )
                 )
 
-        rss = (live + heap.garbage + heap.young + p.overhead_bytes) * math.exp(0.02 * nrm())
+        noise = 0.02 * inst.plan.rss_noise_factor(t_s) if inst.plan.rss_noise_windows else 0.02
+        rss = (live + heap.garbage + heap.young + p.overhead_bytes) * math.exp(noise * nrm())
         if p.runtime == "java":
             old = live + heap.garbage
             pools = (

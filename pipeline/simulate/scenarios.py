@@ -18,9 +18,32 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     in their own windows: everything 1.5x slower, ``catalog`` 2x slower as a whole, head sampling
     keeping 10% of traces, a 3x traffic spike and 5% of spans lost in transit; clock skew on
     ``checkout`` (-400 ms) throughout. Every window is at least 3 min from the next one.
-``leak`` (2 h)
-    Leaks on a Java, a Go (fast enough to be OOM-killed and leak again) and a Python instance,
-    against GC sawtooth, cache warm-up, a restart and a deploy.
+``leak`` (6 h, metrics only: ``emit_spans=False``)
+    The memory accuracy suite (``memory_leak``, ``gc_pressure``); times from the start:
+
+    ========================  ======  ==========  ===========================================
+    instance                  runtime window      what
+    ========================  ======  ==========  ===========================================
+    checkout#0                java    0:20-6:00   leak 0.5%/h of the limit (no OOM)
+    user-service#0            go      0:25-3:00   leak 60%/h = 1%/min: OOM-killed ~1:30 and
+                                                  ~2:35 (container restart keeps the id)
+    cart#1                    python  0:30-6:00   leak 5%/h, in RSS only (limit: configured)
+    frontend#0                nodejs  0:35-6:00   leak 20%/h: OOM-killed ~4:00
+    payment#0                 go      0:45-6:00   leak 30%/h, restarted mid-leak at 2:30,
+                                                  OOM-killed ~4:47
+    catalog#0                 java    1:40-2:05   gc_pressure: 15% of the time in GC
+    frontend#1                nodejs  3:20-3:45   gc_pressure: 20% of the time in GC
+    catalog#1, user-service#1 java/go whole run   steep healthy sawtooth (alloc x3)
+    checkout#1, payment#1     java/go whole run   plain healthy sawtooth
+    cart#0, frontend#2        py/node 0-3h / 3-6h steep, then plain healthy sawtooth
+    checkout#1                java    1:00-1:40   cache warm-up +22% of the limit, then flat
+    user-service#2            go      2:10-2:20   container restart
+    catalog (both)            java    2:50-3:15   load_heap_growth: 2.5x traffic, +15%, recedes
+    cart#0                    python  3:50-4:50   noisy_rss (5x noise)
+    user-service (all)        go      4:15-4:25   deploy
+    frontend#2                nodejs  4:55-5:35   noisy_rss (5x noise)
+    catalog (all)             java    5:00-5:10   deploy
+    ========================  ======  ==========  ===========================================
 ``timewait`` (40 min)
     TIME_WAIT buildups on a hostmetrics host and a node_exporter-only host, against two traffic
     spikes and a deploy with its reconnect storm.
@@ -43,11 +66,15 @@ from pipeline.simulate.faults import (
     CACHE_WARMUP,
     CLOCK_SKEW,
     DEPLOY,
+    GC_PRESSURE,
+    GC_PRESSURE_RUNTIMES,
     GC_SAWTOOTH,
     GLOBAL_SLOWDOWN,
     HEAD_SAMPLING,
+    LOAD_HEAP_GROWTH,
     MEMORY_LEAK,
     MISSING_SPANS,
+    NOISY_RSS,
     RECONNECT_STORM,
     RESTART,
     TIME_WAIT_BUILDUP,
@@ -84,6 +111,10 @@ class Scenario:
     spans_topic: str = "otlp_spans"
     metrics_topic: str = "otlp_metrics"
     max_spans_per_record: int = 1000  # unkeyed batches stay well under Kafka's 1 MB default
+    #: False: metrics only. Requests are still drawn and routed exactly as with spans (so
+    #: allocation, GC, connection pools and every metric point are the same), but no span is
+    #: built or published: long memory scenarios replay in minutes.
+    emit_spans: bool = True
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -154,6 +185,20 @@ def _check_fault(topology: Topology, f: Fault) -> list[str]:
                     f"head_sampling: {spec.name} roots no traces, so a sampler on it drops "
                     f"nothing; target an entry service ({entries}) or * for all"
                 ]
+        if f.kind == GC_PRESSURE:
+            if spec.runtime not in GC_PRESSURE_RUNTIMES:
+                return [
+                    f"gc_pressure: {spec.name} runs {spec.runtime}, which exports no GC pause "
+                    f"durations; target a service of runtime {' or '.join(GC_PRESSURE_RUNTIMES)}"
+                ]
+            fraction = float(f.magnitude.get("gc_time_fraction", 0.15))
+            if not 0.0 < fraction < 1.0:
+                return [f"gc_pressure: gc_time_fraction must be in (0, 1), got {fraction}"]
+        if f.kind == NOISY_RSS and spec.runtime not in ("python", "nodejs"):
+            return [
+                f"noisy_rss: {spec.name} runs {spec.runtime}, whose telemetry has no RSS; "
+                "target a python or nodejs service"
+            ]
         if f.kind == MISSING_SPANS:
             drop = float(f.magnitude.get("drop", 0.05))
             if not 0.0 <= drop <= 1.0:
@@ -382,72 +427,124 @@ def _bottleneck() -> tuple[float, list[Fault], str]:
 
 
 def _leak() -> tuple[float, list[Fault], str]:
+    # The memory accuracy suite (metrics only, see PRESET_SETTINGS). Each leaking instance
+    # carries no negative, and each negative instance no leak; the one exception is the planned
+    # restart of payment#0 mid-leak, which the labels mark as no negative for memory_leak.
+    # Transient windows do not overlap each other, and nothing starts before minute 20.
+    def inst(slot: str) -> dict[str, str]:
+        return {"service": slot.partition("#")[0], "instance": slot}
+
+    def leak(slot: str, start: float, end: float, pct: float, note: str) -> Fault:
+        return Fault(
+            MEMORY_LEAK, inst(slot), start * M, end * M, {"rate_pct_limit_per_hour": pct}, note=note
+        )
+
+    def sawtooth(slot: str, start: float, end: float, factor: float, note: str) -> Fault:
+        magnitude = {"alloc_factor": factor}
+        return Fault(GC_SAWTOOTH, inst(slot), start * M, end * M, magnitude, note=note)
+
     faults = [
+        leak("checkout#0", 20, 360, 0.5, "slow Java leak (0.5%/h): +2.8% of the limit in 6 h"),
+        leak("user-service#0", 25, 180, 60.0, "fast Go leak (1%/min): OOM-killed twice"),
+        leak("cart#1", 30, 360, 5.0, "Python leak at 5%/h, seen in RSS only"),
+        leak("frontend#0", 35, 360, 20.0, "Node.js old-space leak at 20%/h: OOM-killed near 4h"),
+        leak("payment#0", 45, 360, 30.0, "Go leak at 30%/h, restarted mid-leak at 2h30"),
         Fault(
-            MEMORY_LEAK,
-            {"service": "checkout", "instance": "checkout#1"},
-            10 * M,
-            120 * M,
-            {"rate_pct_limit_per_hour": 20.0},
-            note="slow Java leak, no OOM within 2 h",
+            RESTART,
+            inst("payment#0"),
+            150 * M,
+            160 * M,
+            note="container restart of a leaking instance before its OOM: heap resets, the leak "
+            "goes on in the new process (same service.instance.id)",
         ),
         Fault(
-            MEMORY_LEAK,
-            {"service": "user-service", "instance": "user-service#0"},
-            20 * M,
-            120 * M,
-            {"rate_pct_limit_per_hour": 50.0},
-            note="Go leak; OOM-killed near 100 min, then leaks again",
+            GC_PRESSURE,
+            inst("catalog#0"),
+            100 * M,
+            125 * M,
+            {"gc_time_fraction": 0.15, "alloc_factor": 4.0},
+            note="Java: a batch job's allocation storm, 15% of the time in young collections",
         ),
         Fault(
-            MEMORY_LEAK,
-            {"service": "cart", "instance": "cart#1"},
-            30 * M,
-            120 * M,
-            {"rate_pct_limit_per_hour": 30.0},
-            note="Python leak seen in RSS",
+            GC_PRESSURE,
+            inst("frontend#1"),
+            200 * M,
+            225 * M,
+            {"gc_time_fraction": 0.2, "alloc_factor": 3.0},
+            note="Node.js: scavenges of a too-small new space, 20% of the time in GC",
         ),
-        Fault(
-            GC_SAWTOOTH,
-            {"service": "catalog", "instance": "catalog#0"},
-            0,
-            120 * M,
-            {"alloc_factor": 3.0},
-            note="steep healthy sawtooth",
-        ),
-        Fault(
-            GC_SAWTOOTH,
-            {"service": "frontend", "instance": "frontend#0"},
-            0,
-            120 * M,
-            {"alloc_factor": 1.0},
-            note="plain healthy sawtooth",
-        ),
+        sawtooth("catalog#1", 0, 360, 3.0, "Java: steep healthy sawtooth"),
+        sawtooth("checkout#1", 0, 360, 1.0, "Java: plain healthy sawtooth"),
+        sawtooth("user-service#1", 0, 360, 3.0, "Go: steep healthy sawtooth"),
+        sawtooth("payment#1", 0, 360, 1.0, "Go: plain healthy sawtooth"),
+        sawtooth("cart#0", 0, 180, 3.0, "Python: steep healthy sawtooth"),
+        sawtooth("cart#0", 180, 360, 1.0, "Python: plain healthy sawtooth"),
+        sawtooth("frontend#2", 0, 180, 3.0, "Node.js: steep healthy sawtooth"),
+        sawtooth("frontend#2", 180, 360, 1.0, "Node.js: plain healthy sawtooth"),
         Fault(
             CACHE_WARMUP,
-            {"service": "frontend", "instance": "frontend#2"},
-            15 * M,
-            45 * M,
-            {"rise_pct_limit": 15.0, "tau_s": 300.0},
-            note="cache warms over ~25 min",
+            inst("checkout#1"),
+            60 * M,
+            100 * M,
+            {"rise_pct_limit": 22.0, "tau_s": 480.0},
+            note="cache fills +22% of the limit over ~30 min, then stays flat",
         ),
         Fault(
             RESTART,
-            {"service": "payment", "instance": "payment#0"},
-            40 * M,
-            50 * M,
+            inst("user-service#2"),
+            130 * M,
+            140 * M,
             note="container restart: heap reset, start-up warm-up",
         ),
         Fault(
+            LOAD_HEAP_GROWTH,
+            {"service": "catalog"},
+            170 * M,
+            195 * M,
+            {"factor": 2.5, "rise_pct_limit": 15.0, "tau_s": 300.0},
+            note="2.5x traffic for 25 min; catalog keeps per-request state (+15% of the limit) "
+            "that expires after the traffic falls back",
+        ),
+        Fault(
+            NOISY_RSS,
+            inst("cart#0"),
+            230 * M,
+            290 * M,
+            {"noise_factor": 5.0},
+            note="Python RSS noise 5x (allocator arenas, page cache): no leak",
+        ),
+        Fault(
             DEPLOY,
-            {"service": "frontend"},
-            60 * M,
-            70 * M,
+            {"service": "user-service"},
+            255 * M,
+            265 * M,
+            {"stagger_s": 30.0},
+            note="rolling deploy: new instance ids and version",
+        ),
+        Fault(
+            NOISY_RSS,
+            inst("frontend#2"),
+            295 * M,
+            335 * M,
+            {"noise_factor": 5.0},
+            note="Node.js RSS noise 5x: no leak",
+        ),
+        Fault(
+            DEPLOY,
+            {"service": "catalog"},
+            300 * M,
+            310 * M,
             {"stagger_s": 30.0},
             note="rolling deploy: new instance ids and version",
         ),
     ]
-    return 120 * M, faults, "memory leaks in three runtimes against GC, warm-up and restarts"
+    return (
+        360 * M,
+        faults,
+        "memory accuracy suite (metrics only): leaks from 0.5%/h to 1%/min in all four runtimes "
+        "(OOM kills, a restart mid-leak) and GC pressure, against sawtooths, a cache warm-up, "
+        "load-driven heap growth, noisy RSS, restarts and deploys",
+    )
 
 
 def _timewait() -> tuple[float, list[Fault], str]:
@@ -588,6 +685,9 @@ PRESETS: dict[str, Callable[[], tuple[float, list[Fault], str]]] = {
     "negatives": _negatives,
 }
 
+#: Scenario fields a preset sets (overrides still win).
+PRESET_SETTINGS: dict[str, dict[str, Any]] = {"leak": {"emit_spans": False}}
+
 _FIELDS = {
     "rate",
     "sample_ratio",
@@ -599,6 +699,7 @@ _FIELDS = {
     "spans_topic",
     "metrics_topic",
     "max_spans_per_record",
+    "emit_spans",
     "topology",
     "description",
 }
@@ -623,6 +724,7 @@ def build_scenario(name: str = "demo", seed: int = 1, **overrides: Any) -> Scena
     duration_s = parse_duration(given.pop("duration", given.pop("duration_s", default_duration)))
     start = given.pop("start", DEFAULT_REPLAY_START)
     start_ns = (time.time_ns() // 10**9) * 10**9 if start == "now" else parse_time_ns(start)
+    given = {**PRESET_SETTINGS.get(name, {}), **given}
     if "faults" in given:
         faults = list(_as_faults(given.pop("faults")))
     faults += _as_faults(given.pop("extra_faults", ()))

@@ -26,10 +26,12 @@ from pipeline.simulate import (
     Simulator,
     add_arguments,
     build_scenario,
+    configured_limits,
     iter_records,
     label_lines,
     parse_fault,
     run,
+    scenario_from_args,
     write_labels,
 )
 from pipeline.simulate import writer as writer_mod
@@ -790,6 +792,334 @@ def test_deploy_changes_instance_and_version_restart_keeps_instance() -> None:
     pay = sc.plan.slots["payment#1"].incarnations
     assert len(pay) == 2 and pay[1].instance_id == pay[0].instance_id
     assert pay[1].container_id != pay[0].container_id and pay[1].restart_count == 1
+
+
+def _pod(sc: Any, slot: str) -> str:
+    return sc.plan.slots[slot].incarnations[0].pod
+
+
+def _gc_hist(
+    points: list, name: str, pod: str, **match: Any
+) -> list[tuple[int, int, float, tuple]]:
+    """(t_s, count, sum, bucket counts) of one GC duration histogram stream of one pod."""
+    out = []
+    for t, p in points:
+        if p.name != name or dict(p.resource.attributes)["k8s.pod.name"] != pod:
+            continue
+        if all(dict(p.attributes).get(k) == v for k, v in match.items()):
+            out.append((t, p.count, p.total, p.bucket_counts))
+    return out
+
+
+def _rate_between(hist: list[tuple[int, int, float, tuple]], t0: int, t1: int) -> tuple:
+    """(collections/s, GC seconds per second, new bucket counts) between two export times."""
+    a = max((h for h in hist if h[0] <= t0), key=lambda h: h[0])
+    b = max((h for h in hist if h[0] <= t1), key=lambda h: h[0])
+    dt = b[0] - a[0]
+    buckets = tuple(y - x for x, y in zip(a[3], b[3], strict=True))
+    return (b[1] - a[1]) / dt, (b[2] - a[2]) / dt, buckets
+
+
+@pytest.mark.parametrize(
+    ("slot", "name", "minor"),
+    [
+        ("catalog#0", "jvm.gc.duration", {"jvm.gc.name": "G1 Young Generation"}),
+        ("frontend#1", "v8js.gc.duration", {"v8js.gc.type": "minor"}),
+    ],
+)
+def test_gc_pressure_raises_gc_time_frequency_and_pauses(
+    slot: str, name: str, minor: dict[str, str]
+) -> None:
+    service = slot.partition("#")[0]
+    fault = Fault("gc_pressure", {"service": service, "instance": slot}, 600, 1500)
+    sc = build_scenario("healthy", seed=3, duration="35m", rate=10, faults=[fault])
+    label = next(lbl for lbl in label_lines(sc) if lbl.get("kind") == "gc_pressure")
+    assert label["truth"]["gc_time_fraction"] == 0.15 and label["must_not_trigger"] == []
+    assert label["truth"]["gc_duration_metric"] == name
+    _, points = run_model(sc)
+    pod = _pod(sc, slot)
+    young = _gc_hist(points, name, pod, **minor)
+    before_n, before_s, _ = _rate_between(young, 60, 590)
+    during_n, during_s, buckets = _rate_between(young, 660, 1490)
+    _, after_s, _ = _rate_between(young, 1560, 2090)
+    assert during_n > 2.5 * before_n  # collections far more frequent
+    assert before_s < 0.02 and after_s < 0.02  # healthy: well under 2% of the time in GC
+    assert 0.135 <= during_s < 0.2  # young collections alone take about the set share
+    assert sum(buckets[2:]) > 0.9 * sum(buckets)  # pauses now over 100 ms (p99 up)
+    old = {k: v for k, v in minor.items()}
+    old_kind = (
+        {"jvm.gc.name": "G1 Old Generation"} if "jvm.gc.name" in old else {"v8js.gc.type": "major"}
+    )
+    majors = _gc_hist(points, name, pod, **old_kind)
+    major_s = _rate_between(majors, 660, 1490)[1] if len(majors) > 1 else 0.0
+    assert during_s + major_s >= 0.14  # every collection together: about the set share
+
+
+def test_gc_pressure_needs_a_runtime_that_exports_gc_pauses() -> None:
+    for slot in ("cart#0", "payment#0"):
+        fault = Fault("gc_pressure", {"service": slot.partition("#")[0], "instance": slot}, 0, 60)
+        with pytest.raises(ValueError, match="java or nodejs"):
+            build_scenario("healthy", duration="5m", faults=[fault])
+    with pytest.raises(ValueError, match="python or nodejs"):
+        build_scenario(
+            "healthy",
+            duration="5m",
+            faults=[Fault("noisy_rss", {"service": "checkout", "instance": "checkout#0"}, 0, 60)],
+        )
+
+
+def test_load_heap_growth_raises_the_floor_with_the_traffic_then_recedes() -> None:
+    fault = Fault(
+        "load_heap_growth",
+        {"service": "catalog"},
+        900,
+        2100,
+        {"factor": 2.5, "rise_pct_limit": 15.0, "tau_s": 240.0},
+    )
+    sc = build_scenario("healthy", seed=5, duration="65m", rate=10, faults=[fault])
+    labels = label_lines(sc)
+    kinds = [lbl["kind"] for lbl in labels[1:]]
+    assert kinds == ["load_heap_growth", "traffic_spike"]
+    assert labels[1]["entity"] == {"service": "catalog"} and labels[2]["entity"] == {}
+    assert set(labels[1]["must_not_trigger"]) == {"memory_leak", "gc_pressure"}
+    plan = sc.plan.slots["catalog#1"]
+    base = plan.live_bytes(850, plan.incarnations[0].start_s)
+    peak = plan.live_bytes(2100, plan.incarnations[0].start_s)
+    later = plan.live_bytes(2100 + 3 * 240, plan.incarnations[0].start_s)
+    assert peak - base == pytest.approx(0.15 * 1024 * MIB, rel=0.02)
+    assert later - base < 0.05 * (peak - base)
+    _, points = run_model(sc)
+    pod = _pod(sc, "catalog#1")
+    old = [
+        (t, v)
+        for t, v, r in series(
+            points, "jvm.memory.used_after_last_gc", **{"jvm.memory.pool.name": "G1 Old Gen"}
+        )
+        if r["k8s.pod.name"] == pod
+    ]
+
+    def low(t0: int, t1: int) -> float:
+        return min(v for t, v in old if t0 <= t < t1)
+
+    # the post-GC old gen (its minima: the floor) rises with the load and falls back after
+    assert low(1500, 2100) - low(0, 900) > 0.10 * 1024 * MIB
+    assert low(3300, 3900) - low(0, 900) < 0.04 * 1024 * MIB
+    # ... and allocation and young collections rise with the traffic, everywhere
+    hist = _gc_hist(
+        points, "jvm.gc.duration", _pod(sc, "catalog#1"), **{"jvm.gc.name": "G1 Young Generation"}
+    )
+    assert _rate_between(hist, 1000, 2090)[0] > 1.8 * _rate_between(hist, 100, 890)[0]
+    allocated = {
+        t: v
+        for t, v, r in series(points, "go.memory.allocated")
+        if r["k8s.pod.name"] == _pod(sc, "user-service#0")
+    }
+    ts = sorted(allocated)
+
+    def alloc_rate(t0: int, t1: int) -> float:
+        a, b = max(t for t in ts if t <= t0), max(t for t in ts if t <= t1)
+        return (allocated[b] - allocated[a]) / (b - a)
+
+    assert alloc_rate(1000, 2090) > 1.8 * alloc_rate(100, 890)  # another service's too
+
+
+def test_noisy_rss_is_noise_only() -> None:
+    fault = Fault("noisy_rss", {"service": "cart", "instance": "cart#0"}, 1200, 2400)
+    sc = build_scenario("healthy", seed=2, duration="40m", rate=10, faults=[fault])
+    label = next(lbl for lbl in label_lines(sc) if lbl.get("kind") == "noisy_rss")
+    assert label["truth"]["rss_noise_sigma"] == pytest.approx(0.1)
+    assert set(label["must_not_trigger"]) == {"memory_leak", "gc_pressure"}
+    _, points = run_model(sc)
+    rss = np.array(
+        [
+            (t, v)
+            for t, v, r in series(points, "process.runtime.cpython.memory", type="rss")
+            if r["k8s.pod.name"] == _pod(sc, "cart#0")
+        ],
+        dtype=float,
+    )
+    steps = np.diff(np.log(rss[:, 1]))
+    quiet, noisy = steps[(rss[1:, 0] > 120) & (rss[1:, 0] < 1200)], steps[rss[1:, 0] > 1210]
+    assert np.std(noisy) > 3 * np.std(quiet)
+    assert abs(np.median(rss[rss[:, 0] > 1210, 1]) / np.median(rss[rss[:, 0] < 1200, 1]) - 1) < 0.05
+
+
+def test_metrics_only_mode_builds_no_spans_and_the_same_metric_points() -> None:
+    extra = [parse_fault("head_sampling:*:30s:60s:0.2"), parse_fault("missing_spans:*:1m:1m:0.1")]
+    full = build_scenario("demo", seed=9, duration="3m", rate=20, extra_faults=extra)
+    lean = build_scenario(
+        "demo", seed=9, duration="3m", rate=20, extra_faults=extra, emit_spans=False
+    )
+    traces, _ = run_model(full)
+    lean_traces, _ = run_model(lean)
+    assert traces and not lean_traces
+    full_records, lean_records = list(iter_records(full)), list(iter_records(lean))
+    assert {r.topic for r in lean_records} == {"otlp_metrics"}
+    # request and call counts are drawn the same way, so the metric records are byte-identical
+    assert lean_records == [r for r in full_records if r.topic == "otlp_metrics"]
+    assert build_scenario("leak").emit_spans is False
+    assert build_scenario("leak", emit_spans=True, duration="1m").emit_spans is True
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--scenario", "demo", "--no-spans"])
+    assert scenario_from_args(args).emit_spans is False
+    assert scenario_from_args(parser.parse_args(["--scenario", "demo"])).emit_spans is True
+
+
+def test_leak_preset_is_the_memory_accuracy_suite() -> None:
+    sc = build_scenario("leak", seed=1)
+    assert sc.duration_s == 6 * 3600 and not sc.emit_spans
+    assert min(f.start_s for f in sc.faults if f.start_s > 0) >= 20 * 60
+    runtime = {s.name: s.runtime for s in sc.topology.services}
+    leaks = [f for f in sc.faults if f.kind == "memory_leak"]
+    rates = {f.magnitude["rate_pct_limit_per_hour"]: runtime[f.entity["service"]] for f in leaks}
+    assert rates[0.5] == "java" and rates[60.0] == "go" and rates[5.0] in ("python", "nodejs")
+    assert rates[20.0] in ("java", "nodejs")
+    assert {runtime[f.entity["service"]] for f in leaks} == {"java", "go", "python", "nodejs"}
+    pressure = [f for f in sc.faults if f.kind == "gc_pressure"]
+    assert sorted(runtime[f.entity["service"]] for f in pressure) == ["java", "nodejs"]
+    positives = {f.entity["instance"] for f in leaks + pressure}
+    assert len(positives) == len(leaks) + len(pressure)  # one positive per instance
+    on_positives = [f for f in sc.faults if f.negative and f.entity.get("instance") in positives]
+    assert [(f.kind, f.entity["instance"]) for f in on_positives] == [("restart", "payment#0")]
+    services_with_positives = {f.entity["service"] for f in leaks + pressure}
+    growth = [f for f in sc.faults if f.kind == "load_heap_growth"]
+    assert growth and all(
+        f.entity["service"] not in services_with_positives - {"catalog"} for f in growth
+    )
+    kinds = Counter(f.kind for f in sc.faults if f.negative)
+    assert {"cache_warmup", "load_heap_growth", "noisy_rss", "deploy", "restart"} <= set(kinds)
+    sawtooth = [f for f in sc.faults if f.kind == "gc_sawtooth"]
+    for rt in ("java", "go", "python", "nodejs"):
+        factors = {
+            f.magnitude["alloc_factor"] for f in sawtooth if runtime[f.entity["service"]] == rt
+        }
+        assert factors == {1.0, 3.0}, rt  # steep and plain in every runtime
+    warm = next(f for f in sc.faults if f.kind == "cache_warmup")
+    assert warm.magnitude["rise_pct_limit"] >= 20
+    labels = label_lines(sc)
+    assert labels[0]["configured_limits"] == configured_limits(sc) == {"cart": 512 * MIB}
+    assert labels[0]["emit_spans"] is False
+    leak_labels = [lbl for lbl in labels[1:] if lbl["kind"] == "memory_leak"]
+    assert len(leak_labels) == len(leaks)
+    for lbl in leak_labels:
+        truth = lbl["truth"]
+        assert {
+            "limit_bytes",
+            "oom_threshold_bytes",
+            "floor_at_onset_bytes",
+            "time_to_oom_s",
+            "rate_bytes_per_s",
+            "rate_pct_limit_per_hour",
+            "oom_kills",
+            "processes",
+        } <= set(truth)
+        expected = (truth["oom_threshold_bytes"] - truth["floor_at_onset_bytes"]) / truth[
+            "rate_bytes_per_s"
+        ]
+        assert truth["time_to_oom_s"] == pytest.approx(expected, abs=2)
+    fast = next(lbl for lbl in leak_labels if lbl["evidence"]["slot"] == "user-service#0")
+    kill = parse_time_ns(fast["truth"]["oom_kills"][0])
+    assert (kill - fast["start_unix_nano"]) / 1e9 == pytest.approx(
+        fast["truth"]["time_to_oom_s"], abs=2
+    )
+    mid = next(
+        lbl
+        for lbl in labels[1:]
+        if lbl["kind"] == "restart" and lbl["evidence"]["slot"] == "payment#0"
+    )
+    assert mid["evidence"]["restart_mid_leak"] and "memory_leak" not in mid["must_not_trigger"]
+
+
+def test_restart_mid_leak_resets_the_heap_and_the_leak_goes_on() -> None:
+    sc = build_scenario("leak", seed=1)
+    sp = sc.plan.slots["payment#0"]
+    label = next(
+        lbl
+        for lbl in label_lines(sc)[1:]
+        if lbl["kind"] == "memory_leak" and lbl["evidence"]["slot"] == "payment#0"
+    )
+    procs = label["truth"]["processes"]
+    assert [p["reason"] for p in procs] == ["running", "restart", "oom"]
+    restart_s = (procs[1]["start_unix_nano"] - sc.start_ns) / 1e9
+    before = sp.live_bytes(restart_s - 1, sp.incarnation_at(restart_s - 1).start_s)
+    after = sp.live_bytes(restart_s + 900, restart_s)
+    assert after < before - 0.3 * sp.limit_bytes  # the heap reset ...
+    rate = label["truth"]["rate_bytes_per_s"]
+    grown = sp.live_bytes(restart_s + 4500, restart_s) - after
+    assert grown == pytest.approx(rate * 3600, rel=0.01)  # ... and the leak goes on
+    # the true time to OOM in the second process is oom_at - t
+    oom_s = (procs[1]["oom_at_unix_nano"] - sc.start_ns) / 1e9
+    kill_s = (parse_time_ns(label["truth"]["oom_kills"][0]) - sc.start_ns) / 1e9
+    assert oom_s == kill_s
+    assert oom_s - (restart_s + 900) == pytest.approx(
+        (sp.oom_threshold_bytes - after) / rate, abs=2
+    )
+
+
+def test_leak_labels_split_where_a_deploy_changes_the_instance_id() -> None:
+    sc = build_scenario(
+        "healthy",
+        seed=1,
+        duration="60m",
+        faults=[
+            Fault(
+                "memory_leak",
+                {"service": "cart", "instance": "cart#1"},
+                300,
+                3600,
+                {"rate_pct_limit_per_hour": 10.0},
+            ),
+            Fault("deploy", {"service": "cart"}, 1800, 1900),
+        ],
+    )
+    leaks = [lbl for lbl in label_lines(sc)[1:] if lbl["kind"] == "memory_leak"]
+    incs = sc.plan.slots["cart#1"].incarnations
+    assert [lbl["entity"]["instance"] for lbl in leaks] == [
+        incs[0].instance_id,
+        incs[1].instance_id,
+    ]
+    assert leaks[0]["end_unix_nano"] == leaks[1]["start_unix_nano"] == incs[1].start_ns
+    assert leaks[1]["truth"]["floor_at_onset_bytes"] < leaks[0]["truth"]["floor_at_onset_bytes"]
+    assert leaks[0]["truth"]["limit_source"] == "configured"
+
+
+def test_node_leak_floor_rises_at_the_labelled_rate() -> None:
+    faults = [
+        Fault(
+            "gc_sawtooth",
+            {"service": "frontend", "instance": "frontend#0"},
+            0,
+            7200,
+            {"alloc_factor": 4.0},
+        ),
+        Fault(
+            "memory_leak",
+            {"service": "frontend", "instance": "frontend#0"},
+            0,
+            7200,
+            {"rate_pct_limit_per_hour": 20.0},
+        ),
+    ]
+    sc = build_scenario("healthy", seed=4, duration="80m", rate=10, faults=faults, emit_spans=False)
+    label = next(lbl for lbl in label_lines(sc) if lbl.get("kind") == "memory_leak")
+    _, points = run_model(sc)
+    old = np.array(
+        [
+            (t, v)
+            for t, v, r in series(
+                points, "v8js.memory.heap.used", **{"v8js.heap.space.name": "old_space"}
+            )
+            if r["k8s.pod.name"] == label["evidence"]["pod"]
+        ],
+        dtype=float,
+    )
+    floors = [
+        (t0 + 300, old[(old[:, 0] >= t0) & (old[:, 0] < t0 + 600), 1].min())
+        for t0 in range(600, 4800, 600)
+    ]
+    t, v = np.array(floors).T
+    assert np.polyfit(t, v, 1)[0] == pytest.approx(label["truth"]["rate_bytes_per_s"], rel=0.2)
 
 
 # -- TCP ----------------------------------------------------------------------------------
