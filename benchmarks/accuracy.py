@@ -17,7 +17,12 @@ cut to 17 min of event time, which still holds one fault of each kind), the harn
 
 Scores are then merged across scenarios (tp/fp/fn and entity-hours summed, delays pooled); see
 ``benchmarks.scoring`` for every definition. Baselines registered in ``BASELINES`` are scored on
-the same scenarios under ``baseline:<name>``.
+the same scenarios under ``baseline:<name>``: ``p99_static`` and ``halfspacetrees``
+(``bottleneck_span``, ``benchmarks.baselines``), ``predict_linear`` and ``deriv``
+(``memory_leak``) and ``gc_time`` (``gc_pressure``) (``benchmarks.memory_baselines``). For
+``memory_leak`` the table adds the time-to-OOM accuracy of the findings' first reports and the
+median delay per leak-rate class; ``gc_pressure`` alerts under an active leak are counted as
+``inhibited``, not as false alarms.
 
 Output: a table, then as the last line one JSON object ``{"<kind>": {...},
 "baseline:<name>": {...}, "scenarios": [...], "quick": bool, ...}``; the same with per-label
@@ -36,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import baselines, harness, scoring
+from benchmarks import baselines, harness, memory_baselines, scoring
 from benchmarks.harness import RunNames, log
 from pipeline.findings import KINDS
 from pipeline.simulate import PRESETS, build_scenario, label_lines, write_labels
@@ -54,7 +59,9 @@ QUICK_DURATION = "17m"
 #: ``iter_records(scenario)`` or ``Simulator(scenario)`` give the very telemetry the worker saw):
 #: ``(scenario) -> (finding kind, [(entity, fired_at_ns), ...])``. Register as name -> function.
 Baseline = Callable[[Scenario], tuple[str, list[tuple[dict[str, str], int]]]]
-BASELINES: dict[str, Baseline] = dict(baselines.BUILTIN)  # p99_static, halfspacetrees
+#: p99_static, halfspacetrees (bottleneck_span); predict_linear, deriv (memory_leak); gc_time
+#: (gc_pressure).
+BASELINES: dict[str, Baseline] = {**baselines.BUILTIN, **memory_baselines.BUILTIN}
 
 
 async def run_scenario(
@@ -179,6 +186,10 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def table(merged: dict[str, scoring.KindScore], summaries: list[dict[str, Any]],
           classes: list[type], kinds: list[str]) -> str:
     dets = ", ".join(f"{c.name} ({', '.join(getattr(c, 'kinds', ()))})" for c in classes)
@@ -217,6 +228,24 @@ def table(merged: dict[str, scoring.KindScore], summaries: list[dict[str, Any]],
             f"{sc.hard_negative_false_alarms:8d} {sc.tp:4d} {sc.fp:4d} {sc.fn:4d} "
             f"{sc.alerts:6d}"
         )
+    extra = []
+    for key, sc in merged.items():
+        tto = sc.time_to_oom()
+        if tto and (tto["with_estimate"] or not key.startswith("baseline:")):
+            extra.append(
+                f"  {key:24s} time to OOM at first report: {tto['with_estimate']}/{tto['labels']}"
+                f" with an estimate, median |rel err| {_fmt(tto['median_abs_rel_err'])}, max "
+                f"{_fmt(tto['max_abs_rel_err'])}, within +-20% {_fmt(tto['within_20pct'], '.2f')}")
+        by_class = sc.delay_by_rate_class()
+        if by_class:
+            extra.append(f"  {key:24s} median delay by leak rate: " + "; ".join(
+                f"{c}: {_minutes(v['median_delay_s'])} min ({v['detected']}/{v['labels']})"
+                for c, v in by_class.items()))
+        if sc.inhibited:
+            extra.append(f"  {key:24s} {sc.inhibited} alerts inhibited by an active "
+                         f"{'/'.join(scoring.INHIBITED_BY.get(sc.kind, ()))} label (not counted)")
+    if extra:
+        lines += [""] + extra
     lines += ["", "  labelled faults of the scored kinds:"]
     if not any(sc.labels for sc in merged.values()):
         lines.append("    none in these scenarios: only false alarms can be counted")

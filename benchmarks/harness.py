@@ -260,16 +260,20 @@ class Produced:
 
 
 async def replay(
-    scenario: Scenario, bootstrap: str, progress: Callable[[str], None] = log
+    scenario: Scenario, bootstrap: str, progress: Callable[[str], None] = log,
+    signals: tuple[str, ...] = SIGNALS,
 ) -> Produced:
     """Produce every record of ``scenario`` (already pointed at the run's topics) as fast as the
-    broker takes it, each with its event time as Kafka timestamp; count what was sent."""
+    broker takes it, each with its event time as Kafka timestamp; count what was sent. Records
+    of signals not in ``signals`` are skipped (not produced, not counted)."""
     produced = Produced()
     signal_of = {scenario.spans_topic: "spans", scenario.metrics_topic: "metrics"}
 
     def counted(records: Iterable[SimRecord]) -> Iterator[SimRecord]:
         for rec in records:
             s = signal_of[rec.topic]
+            if s not in signals:
+                continue
             produced.records[s] += 1
             produced.items[s] += rec.items
             produced.bytes += len(rec.value)

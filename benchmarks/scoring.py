@@ -29,6 +29,26 @@ For one finding kind:
   ``time_wait_buildup``, services for ``latency_regression``) times the run's hours.
 - ``hard_negative_false_alarms``: false alarms (``fp``) that match, as above, a negative label
   whose ``must_not_trigger`` lists the kind: the look-alikes the detector must stay quiet on.
+- **Inhibited alerts** (``INHIBITED_BY``): a ``gc_pressure`` alert that matches no positive
+  ``gc_pressure`` label but fired on an instance while that instance has an active positive
+  ``memory_leak`` label (every key of the leak label's entity equal, fired within [leak start,
+  leak end], no grace) is *ignored*: neither tp nor fp, counted in ``inhibited``. A leak near
+  its limit does cause GC pressure, and alerting inhibits ``gc_pressure`` under ``memory_leak``
+  (an Alertmanager ``inhibit_rules`` entry with ``equal: [service, instance]``), so such an
+  alert would not reach anyone. Applies to findings and baselines alike.
+- ``time_to_oom`` (``memory_leak`` only): for each detected leak label, the first matching
+  finding's ``evidence["time_to_oom_s"]`` at its first firing report is compared with the true
+  time to OOM at that report's ``detected_at`` (``true_time_to_oom_s``: from the label's
+  ``truth.processes`` when present: ``oom_at`` of the process running then, minus then; else
+  ``truth.time_to_oom_s - (detected_at - label start)``). Reported: ``labels`` (detected leaks
+  whose true time to OOM at detection is known and positive), ``with_estimate`` (of those, with a
+  numeric estimate; ``null`` or a missing field is no estimate), ``median_abs_rel_err`` and
+  ``max_abs_rel_err`` of ``|estimate - truth| / truth`` over the estimates, and ``within_20pct``
+  = estimates within +-20 % / ``labels`` (a missing estimate counts as outside). Baselines carry
+  no evidence, so they have ``with_estimate`` 0.
+- ``delay_by_rate_class`` (labels whose ``magnitude`` has ``rate_pct_limit_per_hour``, i.e.
+  leaks): per class of ``RATE_CLASSES`` (<=1 %/h, 1-10 %/h, 10-40 %/h, >40 %/h: the suite's 0.5,
+  5, 20-30 and 60 %/h = 1 %/min leaks), labels, detected, and the median delay.
 
 Scores of several scenarios combine with ``merge`` (sums of counts and entity-hours, pooled
 delays), then the ratios are recomputed.
@@ -66,6 +86,15 @@ ENTITY_COUNT_BY_KIND: dict[str, str] = {
     "time_wait_buildup": "hosts",
     "latency_regression": "services",
 }
+#: Alerts of a kind (key) are ignored while a positive label of one of these kinds is active on
+#: the same entity (module docstring): Alertmanager-style inhibition.
+INHIBITED_BY: dict[str, tuple[str, ...]] = {"gc_pressure": ("memory_leak",)}
+#: Leak rate classes for ``delay_by_rate_class``: (upper bound in % of the limit per hour,
+#: inclusive; name).
+RATE_CLASSES: tuple[tuple[float, str], ...] = (
+    (1.0, "<=1%/h"), (10.0, "1-10%/h"), (40.0, "10-40%/h"), (float("inf"), ">40%/h"),
+)
+TTO_TOLERANCE = 0.2  # +-20 % for ``within_20pct``
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +110,8 @@ class Label:
     negative: bool = False
     must_not_trigger: tuple[str, ...] = ()
     note: str = ""
+    magnitude: dict[str, Any] = field(default_factory=dict)
+    truth: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_line(cls, line: Mapping[str, Any]) -> Label:
@@ -92,6 +123,8 @@ class Label:
             negative=bool(line.get("negative", False)),
             must_not_trigger=tuple(line.get("must_not_trigger") or ()),
             note=str(line.get("note", "")),
+            magnitude=dict(line.get("magnitude") or {}),
+            truth=dict(line.get("truth") or {}),
         )
 
     def matches(self, alert: Alert, grace_ns: int) -> bool:
@@ -99,6 +132,31 @@ class Label:
             self.start_ns <= alert.fired_at_ns <= self.end_ns + grace_ns
             and all(alert.entity.get(k) == v for k, v in self.entity.items())
         )
+
+    def active(self, alert: Alert) -> bool:
+        """Whether ``alert`` fired on this label's entity inside its window (no grace)."""
+        return self.start_ns <= alert.fired_at_ns <= self.end_ns and all(
+            alert.entity.get(k) == v for k, v in self.entity.items())
+
+    @property
+    def rate_pct_limit_per_hour(self) -> float | None:
+        v = self.magnitude.get("rate_pct_limit_per_hour")
+        return None if v is None else float(v)
+
+    def true_time_to_oom_s(self, at_ns: int) -> float | None:
+        """True time to OOM at ``at_ns`` (module docstring); None if unknown (no truth, or the
+        leak stops before the OOM)."""
+        processes = self.truth.get("processes")
+        if processes:
+            running = None
+            for p in processes:
+                if int(p["start_unix_nano"]) <= at_ns:
+                    running = p
+            running = running or processes[0]
+            oom_at = running.get("oom_at_unix_nano")
+            return None if oom_at is None else (int(oom_at) - at_ns) / NS
+        tto = self.truth.get("time_to_oom_s")
+        return None if tto is None else float(tto) - (at_ns - self.start_ns) / NS
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -177,6 +235,7 @@ class Alert:
     entity: dict[str, str]
     fired_at_ns: int
     id: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)  # of the first firing report
 
 
 def alerts_from_findings(findings: Iterable[Mapping[str, Any]]) -> list[Alert]:
@@ -193,7 +252,7 @@ def alerts_from_findings(findings: Iterable[Mapping[str, Any]]) -> list[Alert]:
             by_id[fid] = Alert(
                 kind=str(f["kind"]),
                 entity={str(k): str(v) for k, v in (f.get("entity") or {}).items()},
-                fired_at_ns=at, id=fid,
+                fired_at_ns=at, id=fid, evidence=dict(f.get("evidence") or {}),
             )
     return sorted(by_id.values(), key=lambda a: (a.fired_at_ns, a.id))
 
@@ -219,6 +278,12 @@ class KindScore:
     negatives: list[dict[str, Any]] = field(default_factory=list)
     false_alarms: list[dict[str, Any]] = field(default_factory=list)
     scenarios: list[str] = field(default_factory=list)
+    inhibited: int = 0
+    inhibited_alerts: list[dict[str, Any]] = field(default_factory=list)
+    #: (estimate or None, truth) per detected leak with a known true time to OOM
+    tto: list[tuple[float | None, float]] = field(default_factory=list)
+    #: rate class -> (delays of detected labels, missed labels)
+    by_rate_class: dict[str, tuple[list[float], int]] = field(default_factory=dict)
 
     @property
     def alerts(self) -> int:
@@ -248,6 +313,30 @@ class KindScore:
     def false_alarms_per_100h(self) -> float | None:
         return 100.0 * self.fp / self.entity_hours if self.entity_hours else None
 
+    def time_to_oom(self) -> dict[str, Any] | None:
+        """Accuracy of the findings' time-to-OOM estimates (module docstring); None if no
+        detected label has a known true time to OOM."""
+        if not self.tto:
+            return None
+        errs = [abs(e - t) / t for e, t in self.tto if e is not None]
+        return {
+            "labels": len(self.tto),
+            "with_estimate": len(errs),
+            "median_abs_rel_err": _round(statistics.median(errs)) if errs else None,
+            "max_abs_rel_err": _round(max(errs)) if errs else None,
+            "within_20pct": _round(sum(e <= TTO_TOLERANCE for e in errs) / len(self.tto)),
+        }
+
+    def delay_by_rate_class(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name in [n for _, n in RATE_CLASSES if n in self.by_rate_class]:
+            delays, missed = self.by_rate_class[name]
+            out[name] = {
+                "labels": len(delays) + missed, "detected": len(delays),
+                "median_delay_s": _round(statistics.median(delays), 1) if delays else None,
+            }
+        return out
+
     def merge(self, other: KindScore) -> KindScore:
         if (self.name, self.kind) != (other.name, other.kind):
             raise ValueError(f"cannot merge {self.name}/{self.kind} with {other.name}/{other.kind}")
@@ -262,6 +351,14 @@ class KindScore:
             labels=self.labels + other.labels, negatives=self.negatives + other.negatives,
             false_alarms=self.false_alarms + other.false_alarms,
             scenarios=self.scenarios + other.scenarios,
+            inhibited=self.inhibited + other.inhibited,
+            inhibited_alerts=self.inhibited_alerts + other.inhibited_alerts,
+            tto=self.tto + other.tto,
+            by_rate_class={
+                k: (self.by_rate_class.get(k, ([], 0))[0] + other.by_rate_class.get(k, ([], 0))[0],
+                    self.by_rate_class.get(k, ([], 0))[1] + other.by_rate_class.get(k, ([], 0))[1])
+                for k in {**self.by_rate_class, **other.by_rate_class}
+            },
         )
 
     def to_dict(self, detail: bool = True) -> dict[str, Any]:
@@ -277,10 +374,15 @@ class KindScore:
             "positives": self.tp + self.fn,
             "entity_hours": _round(self.entity_hours, 3),
             "scenarios": self.scenarios,
+            "inhibited": self.inhibited,
         }
+        if self.tto:
+            out["time_to_oom"] = self.time_to_oom()
+        if self.by_rate_class:
+            out["delay_by_rate_class"] = self.delay_by_rate_class()
         if detail:
             out.update(labels=self.labels, negatives=self.negatives,
-                       false_alarms=self.false_alarms)
+                       false_alarms=self.false_alarms, inhibited_alerts=self.inhibited_alerts)
         return out
 
 
@@ -305,6 +407,8 @@ def score_alerts(
     alerts = sorted((a for a in alerts if a.kind == kind), key=lambda a: (a.fired_at_ns, a.id))
     positives = [lb for lb in labels.labels if lb.kind == kind and not lb.negative]
     negatives = [lb for lb in labels.labels if lb.negative and kind in lb.must_not_trigger]
+    inhibitors = [lb for lb in labels.labels
+                  if not lb.negative and lb.kind in INHIBITED_BY.get(kind, ())]
     score = KindScore(
         name=name or kind, kind=kind, entity_hours=labels.entity_hours(kind) or 0.0,
         scenarios=[labels.scenario],
@@ -317,6 +421,12 @@ def score_alerts(
             matched[i].append(a)
         if hits:
             score.tp_alerts += 1
+        elif any(lb.active(a) for lb in inhibitors):
+            score.inhibited += 1
+            score.inhibited_alerts.append({
+                "scenario": labels.scenario, "entity": a.entity, "fired_at": rfc3339(a.fired_at_ns),
+                "id": a.id, "by": sorted({lb.kind for lb in inhibitors if lb.active(a)}),
+            })
         else:
             false.append(a)
     for lb, hits in zip(positives, matched, strict=True):
@@ -329,8 +439,25 @@ def score_alerts(
             score.delays_s.append(delay)
             detail.update(first_alert_at=rfc3339(first.fired_at_ns), delay_s=round(delay, 3),
                           first_alert_id=first.id)
+            if kind == "memory_leak":
+                truth = lb.true_time_to_oom_s(first.fired_at_ns)
+                est = first.evidence.get("time_to_oom_s")
+                est = float(est) if isinstance(est, int | float) else None
+                detail.update(true_time_to_oom_s=None if truth is None else round(truth, 1),
+                              time_to_oom_s=est)
+                if truth is not None and truth > 0:
+                    score.tto.append((est, truth))
+                    if est is not None:
+                        detail["time_to_oom_rel_err"] = round(abs(est - truth) / truth, 4)
         else:
             score.fn += 1
+        rate = lb.rate_pct_limit_per_hour
+        if rate is not None:
+            cls = rate_class(rate)
+            detail["rate_class"] = cls
+            delays, missed = score.by_rate_class.get(cls, ([], 0))
+            score.by_rate_class[cls] = (
+                delays + [detail["delay_s"]] if hits else delays, missed + (not hits))
         score.labels.append(detail)
     score.fp = len(false)
     neg_hits = [0] * len(negatives)
@@ -374,6 +501,14 @@ def score_rule(
         for i, (entity, at) in enumerate(alerts)
     ]
     return score_alerts(kind, as_alerts, labels, grace_s, name=f"baseline:{name}")
+
+
+def rate_class(rate_pct_limit_per_hour: float) -> str:
+    """The ``RATE_CLASSES`` name of a leak rate."""
+    for upper, name in RATE_CLASSES:
+        if rate_pct_limit_per_hour <= upper:
+            return name
+    return RATE_CLASSES[-1][1]
 
 
 def merge(scores: Iterable[Mapping[str, KindScore]]) -> dict[str, KindScore]:

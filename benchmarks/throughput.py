@@ -1,7 +1,15 @@
 """Throughput: the worker against the floor of plain aiokafka consume + OTLP decode, same run.
 
 ``python -m benchmarks.throughput [--quick] [--scenario healthy] [--duration 10m]
-[--keying keyed|unkeyed]``
+[--keying keyed|unkeyed] [--signal all|metrics]``
+
+``--signal metrics`` measures the metric-point path alone: the scenario (default ``leak``, the
+metrics-only memory suite, at its full 6 h; ``--quick`` 30 min) is built without spans
+(``emit_spans=False``; a simulator without that setting has its span records filtered out before
+the replay), only the metrics topic is replayed and read by the raw passes, and the worker runs
+with all its detectors on (spans stage idle). The headline is then ``metric_points_per_s`` (the
+worker, detectors on), ``raw_metric_points_per_s`` (plain consume + decode) and
+``metric_ratio``; with one signal these are capacities, not the shared rates described below.
 
 One scenario (default ``healthy``: no faults; ``--quick`` 3 min of event time, else 20 min) is
 replayed into fresh topics (``bench-tp-<id>.spans`` / ``.metrics``, ``--partitions`` each), then
@@ -111,19 +119,22 @@ class Pass:
     end: dict[str, float] = field(default_factory=dict)
     cpu_s: float | None = None
     complete: bool = True
+    signals: tuple[str, ...] = SIGNALS  # the signals this pass measures
 
     def elapsed(self, signal: str | None = None) -> float | None:
         if signal is not None:
             if signal not in self.start or signal not in self.end:
                 return None
             return self.end[signal] - self.start[signal]
-        if len(self.end) < len(SIGNALS) or not self.start:
+        if any(s not in self.end for s in self.signals) or not self.start:
             return None
-        return max(self.end.values()) - min(self.start.values())
+        return (max(self.end[s] for s in self.signals)
+                - min(v for k, v in self.start.items() if k in self.signals))
 
     def rate(self, signal: str | None = None) -> float | None:
         dt = self.elapsed(signal)
-        n = sum(self.items.values()) if signal is None else self.items[signal]
+        n = (sum(self.items.get(s, 0) for s in self.signals) if signal is None
+             else self.items.get(signal, 0))
         return n / dt if dt else None
 
 
@@ -138,7 +149,7 @@ async def raw_pass(
         auto_offset_reset="earliest", max_partition_fetch_bytes=harness.WORKER_FETCH_BYTES,
     )
     await consumer.start()
-    result = Pass(label)
+    result = Pass(label, signals=signals)
     try:
         ends = await harness.end_offsets(consumer, [names.topic(s) for s in signals])
         remaining = {tp: n for tp, n in ends.items() if n > 0}
@@ -211,7 +222,7 @@ def trace_stage(samples: harness.Samples) -> dict[str, Any]:
 
 async def pipeline_pass(
     bootstrap: str, names: RunNames, produced: harness.Produced, encoding: str,
-    detectors: str, timeout_s: float, poll_s: float,
+    detectors: str, timeout_s: float, poll_s: float, signals: tuple[str, ...] = SIGNALS,
 ) -> PipelineRun:
     env = names.worker_env("w")
     env.update(OTLP_SPANS_ENCODING=encoding, OTLP_METRICS_ENCODING=encoding)
@@ -223,7 +234,8 @@ async def pipeline_pass(
         )
     finally:
         code = worker.stop()
-    measured = Pass("pipeline", start=dict(tl.first_consumed), end=dict(tl.done))
+    measured = Pass("pipeline", start=dict(tl.first_consumed), end=dict(tl.done),
+                    signals=signals)
     for s in SIGNALS:
         measured.items[s] = int(tl.last.get_value(harness.METRIC_DETECTED, signal=s))
     measured.complete = not tl.timed_out
@@ -267,13 +279,26 @@ def _r(v: float | None, nd: int = 1) -> float | None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     bootstrap = harness.bootstrap_servers()
-    duration = args.duration or ("3m" if args.quick else "20m")
+    metrics_only = args.signal == "metrics"
+    signals: tuple[str, ...] = ("metrics",) if metrics_only else SIGNALS
+    scenario_name = args.scenario or ("leak" if metrics_only else "healthy")
+    if metrics_only:
+        duration = args.duration or ("30m" if args.quick else None)
+    else:
+        duration = args.duration or ("3m" if args.quick else "20m")
     names = RunNames.fresh("bench-tp")
-    scenario = build_scenario(
-        args.scenario, args.seed, duration=duration, start=DEFAULT_REPLAY_START,
-        keying=args.keying, encoding=args.encoding, rate=args.rate,
-        spans_topic=names.spans, metrics_topic=names.metrics,
+    settings: dict[str, Any] = dict(
+        duration=duration, start=DEFAULT_REPLAY_START, keying=args.keying,
+        encoding=args.encoding, rate=args.rate, spans_topic=names.spans,
+        metrics_topic=names.metrics,
     )
+    if metrics_only:
+        try:
+            scenario = build_scenario(scenario_name, args.seed, emit_spans=False, **settings)
+        except (TypeError, ValueError):  # a simulator without emit_spans: filter the records
+            scenario = build_scenario(scenario_name, args.seed, **settings)
+    else:
+        scenario = build_scenario(scenario_name, args.seed, **settings)
     detector_names = [c.name for c in harness.detector_classes(args.detectors)]
     log(f"throughput: scenario {scenario.name} ({scenario.duration_s:.0f} s of event time, "
         f"{scenario.keying}, {scenario.encoding}), topics {names.tag}.*, broker {bootstrap}, "
@@ -281,29 +306,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     wall0 = time.perf_counter()
     try:
         await harness.create_input_topics(bootstrap, names, args.partitions)
-        produced = await harness.replay(scenario, bootstrap)
+        produced = await harness.replay(scenario, bootstrap, signals=signals)
         log(f"replay: {produced.total_records:,} records ({produced.bytes / 1e6:,.1f} MB), "
             f"{produced.items['spans']:,} spans, {produced.items['metrics']:,} metric points in "
             f"{produced.seconds:.1f} s")
-        raw_before = await raw_pass(bootstrap, names, scenario.encoding, "raw (before)")
+        raw_before = await raw_pass(bootstrap, names, scenario.encoding, "raw (before)",
+                                    signals)
         log(f"raw (before): {raw_before.rate():,.0f} items/s")
         pipe = await pipeline_pass(
             bootstrap, names, produced, scenario.encoding, args.detectors,
             timeout_s=args.timeout or (300 if args.quick else 1800), poll_s=args.poll,
+            signals=signals,
         )
         log(f"pipeline: {pipe.measured.rate() or 0:,.0f} items/s")
-        raw_after = await raw_pass(bootstrap, names, scenario.encoding, "raw (after)")
+        raw_after = await raw_pass(bootstrap, names, scenario.encoding, "raw (after)",
+                                   signals)
         log(f"raw (after): {raw_after.rate():,.0f} items/s")
         alone = [
             await raw_pass(bootstrap, names, scenario.encoding, f"raw {s} alone", (s,))
-            for s in SIGNALS
+            for s in signals
         ]
     finally:
         await harness.cleanup_logged(bootstrap, names.tag)
     log("state memory: benchmarks.state_memory --quick (pure, in this process)")
     mem = state_memory.measure(quick=True, seed=args.seed)
     for p in (raw_before, raw_after):
-        if p.items != produced.items:
+        if any(p.items.get(s) != produced.items[s] for s in signals):
             log(f"WARNING: {p.name} decoded {p.items}, produced {produced.items}")
             p.complete = False
     pm = pipe.measured
@@ -329,6 +357,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "span_records": produced.records["spans"],
         "metric_records": produced.records["metrics"],
         "bytes": produced.bytes,
+        "signal": args.signal,
         "scenario": scenario.name,
         "seed": scenario.seed,
         "duration_s": scenario.duration_s,
@@ -363,12 +392,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": _r(time.perf_counter() - wall0, 1),
         "complete": all(p.complete for p in (raw_before, pm, raw_after)),
     }
+    by_signal = dict(zip(signals, alone, strict=True))
     result["raw_alone"] = {
-        "spans_per_s": _r(alone[0].rate("spans")),
-        "metric_points_per_s": _r(alone[1].rate("metrics")),
-        "elapsed_s": {s: _r(p.elapsed(s), 3) for s, p in zip(SIGNALS, alone, strict=True)},
+        "spans_per_s": _r(by_signal["spans"].rate("spans")) if "spans" in by_signal else None,
+        "metric_points_per_s": _r(by_signal["metrics"].rate("metrics")),
+        "elapsed_s": {s: _r(p.elapsed(s), 3) for s, p in by_signal.items()},
     }
-    print(table(result, [raw_before, pm, raw_after], alone))
+    print(table(result, [raw_before, pm, raw_after], by_signal))
     return result
 
 
@@ -376,10 +406,11 @@ def _fmt(v: float | None, spec: str = ",.0f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def table(r: dict[str, Any], passes: list[Pass], alone: list[Pass]) -> str:
+def table(r: dict[str, Any], passes: list[Pass], alone: dict[str, Pass]) -> str:
     ts = r["trace_stage"]
     lines = [
-        f"Throughput: scenario {r['scenario']} (seed {r['seed']}, {r['duration_s']:.0f} s event "
+        f"Throughput ({'metric points only' if r['signal'] == 'metrics' else 'spans + metrics'})"
+        f": scenario {r['scenario']} (seed {r['seed']}, {r['duration_s']:.0f} s event "
         f"time, {r['keying']}, {r['encoding']}, {r['partitions']} partitions), detectors: "
         f"{', '.join(r['detectors']) or 'none registered'}",
         f"  input: {r['records']:,} records ({r['span_records']:,} span, {r['metric_records']:,} "
@@ -401,9 +432,12 @@ def table(r: dict[str, Any], passes: list[Pass], alone: list[Pass]) -> str:
         f"{_fmt(r['raw_metric_points_per_s']):>10s} {'':>8s} {_fmt(r['raw_items_per_s']):>10s}",
         f"  {'pipeline/raw':14s} {_fmt(r['ratio'], '.3f'):>10s} {'':>8s} "
         f"{_fmt(r['metric_ratio'], '.3f'):>10s} {'':>8s} {_fmt(r['combined_ratio'], '.3f'):>10s}",
-        f"  {'raw, 1 topic':14s} {_fmt(alone[0].rate('spans')):>10s} "
-        f"{_fmt(alone[0].elapsed('spans'), '.2f'):>8s} {_fmt(alone[1].rate('metrics')):>10s} "
-        f"{_fmt(alone[1].elapsed('metrics'), '.2f'):>8s}   (each topic alone: decode capacity)",
+        f"  {'raw, 1 topic':14s} "
+        f"{_fmt(alone['spans'].rate('spans') if 'spans' in alone else None):>10s} "
+        f"{_fmt(alone['spans'].elapsed('spans') if 'spans' in alone else None, '.2f'):>8s} "
+        f"{_fmt(alone['metrics'].rate('metrics')):>10s} "
+        f"{_fmt(alone['metrics'].elapsed('metrics'), '.2f'):>8s}   (each topic alone: decode "
+        "capacity)",
         "",
         f"  worker: peak RSS {_fmt(r['peak_rss_mb'], '.1f')} MB, CPU "
         f"{_fmt(r['worker_cpu_s'], '.1f')} s over the measured interval "
@@ -436,9 +470,13 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="CI size: 3 min of event time")
-    parser.add_argument("--scenario", default="healthy", choices=list(PRESETS),
-                        help="simulator preset (default healthy)")
-    parser.add_argument("--duration", help="event time to replay, e.g. 10m (default 20m, quick 3m)")
+    parser.add_argument("--scenario", choices=list(PRESETS),
+                        help="simulator preset (default healthy; --signal metrics: leak)")
+    parser.add_argument("--duration", help="event time to replay, e.g. 10m (default 20m, quick "
+                        "3m; --signal metrics: the preset's, quick 30m)")
+    parser.add_argument("--signal", choices=("all", "metrics"), default="all",
+                        help="all: spans and metric points together (default); metrics: metric "
+                        "points only, detectors on vs raw consume + decode")
     parser.add_argument("--keying", choices=("keyed", "unkeyed"), default="keyed",
                         help="span records keyed by trace id or unkeyed batches (default keyed)")
     parser.add_argument("--encoding", choices=("otlp_proto", "otlp_json"), default="otlp_proto")

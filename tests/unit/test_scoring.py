@@ -188,3 +188,117 @@ def test_concatenated_label_files_split_by_run_line() -> None:
     assert [(s.scenario, len(s.labels)) for s in sets] == [("a", 1), ("b", 2)]
     with pytest.raises(ValueError, match="before any run line"):
         split_label_sets([SLOW_LABEL])
+
+
+# ---------------------------------------------------------------------------------------------
+# memory_leak / gc_pressure additions (issue 4)
+
+
+def leak_label(entity: dict[str, str], start_s: float, end_s: float, rate_pct: float,
+               tto_s: float, processes: list[dict] | None = None) -> dict[str, Any]:
+    lb = label("memory_leak", entity, start_s, end_s)
+    lb["magnitude"] = {"rate_pct_limit_per_hour": rate_pct}
+    lb["truth"] = {"time_to_oom_s": tto_s, **({"processes": processes} if processes else {})}
+    return lb
+
+
+def with_evidence(f: dict[str, Any], **evidence: Any) -> dict[str, Any]:
+    return {**f, "evidence": evidence}
+
+
+def test_gc_pressure_under_an_active_leak_is_inhibited() -> None:
+    gc_label = label("gc_pressure", OTHER_LEAK, 600, 1200)
+    truth = LabelSet.from_lines([run(), LEAK_LABEL, gc_label])
+    findings = [
+        finding("a", "gc_pressure", LEAK, 700),      # leak active on that instance: ignored
+        finding("b", "gc_pressure", LEAK, 1300),     # after the leak's end: a false alarm
+        finding("c", "gc_pressure", OTHER_LEAK, 700),  # a real gc_pressure fault: tp
+    ]
+    s = score_findings(findings, truth, ["gc_pressure"])["gc_pressure"]
+    d = s.to_dict()
+    assert (d["tp"], d["fp"], d["fn"], d["inhibited"], d["alerts"]) == (1, 1, 0, 1, 2)
+    assert d["inhibited_alerts"][0]["id"] == "a" and d["inhibited_alerts"][0]["by"] == [
+        "memory_leak"]
+    # memory_leak itself is never inhibited, and baselines get the same rule
+    r = score_rule("gc_time", "gc_pressure", [(LEAK, T0 + 700 * S)], truth)
+    assert (r.fp, r.inhibited) == (0, 1)
+    m = merge([{"g": s}, {"g": s}])["g"]
+    assert m.inhibited == 2
+
+
+def test_time_to_oom_accuracy_at_the_first_firing_report() -> None:
+    # truth at onset (600 s): 3600 s to OOM; at a report 600 s later: 3000 s.
+    a = leak_label(LEAK, 600, 5000, 20.0, 3600.0)
+    b = leak_label(OTHER_LEAK, 600, 5000, 20.0, 3600.0)
+    c = leak_label({"service": "cart", "instance": "cart-3"}, 600, 5000, 20.0, 3600.0)
+    truth = LabelSet.from_lines([run(hours=2), a, b, c])
+    findings = [
+        with_evidence(finding("a", "memory_leak", LEAK, 1200), time_to_oom_s=3300.0),  # +10 %
+        # a later report of the same finding does not count: the first one does
+        with_evidence(finding("a", "memory_leak", LEAK, 1500), time_to_oom_s=2700.0),
+        with_evidence(finding("b", "memory_leak", OTHER_LEAK, 1200), time_to_oom_s=1500.0),
+        with_evidence(finding("c", "memory_leak", {"service": "cart", "instance": "cart-3"},
+                              1200), time_to_oom_s=None),
+    ]
+    s = score_findings(findings, truth, ["memory_leak"])["memory_leak"]
+    tto = s.to_dict()["time_to_oom"]
+    assert tto == {"labels": 3, "with_estimate": 2, "median_abs_rel_err": 0.3,
+                   "max_abs_rel_err": 0.5, "within_20pct": pytest.approx(1 / 3, abs=1e-4)}
+    first = s.labels[0]
+    assert first["true_time_to_oom_s"] == 3000.0 and first["time_to_oom_rel_err"] == 0.1
+
+
+def test_true_time_to_oom_follows_the_process_running_at_the_report() -> None:
+    # first process OOM-killed at 2000 s; the next one (from 2000 s) would OOM at 4000 s
+    procs = [
+        {"start_unix_nano": T0 + 600 * S, "oom_at_unix_nano": T0 + 2000 * S},
+        {"start_unix_nano": T0 + 2000 * S, "oom_at_unix_nano": T0 + 4000 * S},
+    ]
+    lb = LabelSet.from_lines([run(hours=2), leak_label(LEAK, 600, 5000, 60.0, 1400.0,
+                                                       procs)]).labels[0]
+    assert lb.true_time_to_oom_s(T0 + 1000 * S) == 1000.0
+    assert lb.true_time_to_oom_s(T0 + 2500 * S) == 1500.0
+    no_proc = LabelSet.from_lines([run(), leak_label(LEAK, 600, 1200, 5.0, 900.0)]).labels[0]
+    assert no_proc.true_time_to_oom_s(T0 + 700 * S) == 800.0
+
+
+def test_median_delay_by_leak_rate_class() -> None:
+    entities = [{"service": "s", "instance": f"i{k}"} for k in range(5)]
+    rates = [0.5, 5.0, 20.0, 30.0, 60.0]
+    labels = [leak_label(e, 600, 5000, r, 1e5) for e, r in zip(entities, rates, strict=True)]
+    truth = LabelSet.from_lines([run(hours=2), *labels])
+    findings = [finding("a", "memory_leak", entities[1], 600 + 1800),
+                finding("b", "memory_leak", entities[2], 600 + 600),
+                finding("c", "memory_leak", entities[3], 600 + 1200),
+                finding("d", "memory_leak", entities[4], 600 + 120)]
+    d = score_findings(findings, truth, ["memory_leak"])["memory_leak"].to_dict()
+    assert d["delay_by_rate_class"] == {
+        "<=1%/h": {"labels": 1, "detected": 0, "median_delay_s": None},
+        "1-10%/h": {"labels": 1, "detected": 1, "median_delay_s": 1800.0},
+        "10-40%/h": {"labels": 2, "detected": 2, "median_delay_s": 900.0},
+        ">40%/h": {"labels": 1, "detected": 1, "median_delay_s": 120.0},
+    }
+    # baselines without evidence: delays by class, no time-to-OOM estimate
+    r = score_rule("deriv", "memory_leak", [(entities[4], T0 + 900 * S)], truth).to_dict()
+    assert r["delay_by_rate_class"][">40%/h"]["median_delay_s"] == 300.0
+    assert r["time_to_oom"]["with_estimate"] == 0
+
+
+def test_new_memory_kinds_flow_through() -> None:
+    # gc_pressure positives (service + instance) score per instance-hour; load_heap_growth and
+    # noisy_rss negatives are the look-alikes for both memory kinds
+    lines = [
+        run(), label("gc_pressure", LEAK, 600, 1200),
+        label("load_heap_growth", {"service": "cart"}, 1300, 2000,
+              must_not=("memory_leak", "gc_pressure")),
+        label("noisy_rss", OTHER_LEAK, 1300, 2000, must_not=("memory_leak", "gc_pressure")),
+    ]
+    truth = LabelSet.from_lines(lines)
+    findings = [finding("a", "gc_pressure", LEAK, 700),
+                finding("b", "memory_leak", LEAK, 1400),
+                finding("c", "memory_leak", OTHER_LEAK, 1400)]
+    s = score_findings(findings, truth, ["memory_leak", "gc_pressure"])
+    assert s["gc_pressure"].tp == 1 and s["gc_pressure"].entity_hours == 5.0
+    leak = s["memory_leak"].to_dict()
+    assert (leak["fp"], leak["hard_negative_false_alarms"]) == (2, 2)
+    assert sorted(n["kind"] for n in leak["negatives"]) == ["load_heap_growth", "noisy_rss"]
