@@ -35,9 +35,10 @@ evaluated just before the alerting rule at every evaluation (identical to a subq
 latest sample no older than the 5-minute lookback). Python's single series is used raw (10 s
 samples).
 
-Rules (one group, evaluated every ``interval_s`` = 30 s at absolute multiples of 30 s; loaded at
-the end of the warm-up, ``warmup_s`` = 15 min like the other baselines, and never alerting
-before)::
+Rules (one group, evaluated every ``interval_s`` = 30 s at absolute multiples of 30 s; a real
+group is offset inside its interval by a hash of its name, which would shift every evaluation by
+the same < 30 s; loaded at the end of the warm-up, ``warmup_s`` = 15 min like the other
+baselines, and never alerting before)::
 
     predict_linear   predict_linear(heap[1h], 4 * 3600) > on (job, instance) limit      for: 30m
     deriv            deriv(heap[10m]) > <threshold of the runtime>                      for: 10m
