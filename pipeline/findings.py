@@ -187,6 +187,20 @@ class Lifecycle:
                 self._drop(fp)
         return None
 
+    def resolve(self, entity: Mapping[str, Any], at_ns: int, reason: str) -> Finding | None:
+        """Resolve at once, without waiting for normal windows (the entity restarted, so its
+        evidence no longer holds); returns the resolved finding if one was firing."""
+        fp = fingerprint(self.kind, entity)
+        st = self._state.get(fp)
+        if st is None:
+            return None
+        finding = None
+        if st["firing"]:
+            finding = self._finding(fp, st, "resolved", at_ns)
+            finding.evidence = {**finding.evidence, "resolved_because": reason}
+        self._drop(fp)
+        return finding
+
     def expire(self, now_ns: int, idle_ns: int) -> list[Finding]:
         """Resolve and forget entities not observed for ``idle_ns`` (an instance that went away)."""
         out = []

@@ -74,6 +74,13 @@ class Settings:
     bottleneck_window_s: float = 30.0
     bottleneck_warmup_windows: int = 20  # baseline windows before an operation is judged
     bottleneck_max_operations: int = 5_000  # (service, operation) baselines per partition
+    # Memory leaks and GC pressure (per routed metric partition).
+    memory_limits: str = ""  # "service=512Mi,*=1Gi": limits for runtimes that send none
+    memory_metrics: str = ""  # extra metric -> role rules: inline JSON or a JSON file path
+    memory_oom_fraction: float = 0.9  # time to OOM counts to this fraction of the limit
+    memory_min_growth_pct_per_hour: float = 0.25  # slower floor growth is not reported
+    memory_max_instances: int = 5_000  # instances tracked per partition
+    gc_pressure_min_fraction: float = 0.10  # GC time share below this is never pressure
 
     pipeline_store: str = "rocksdb"
     pipeline_data_dir: str = ".cache/state"
@@ -202,6 +209,23 @@ class Settings:
                 "and 60 (the baseline holds 60 windows)"
             )
         _positive("BOTTLENECK_MAX_OPERATIONS", self.bottleneck_max_operations)
+        from pipeline.runtime_metrics import load_rules, parse_limits  # (imports settings)
+
+        parse_limits(self.memory_limits)
+        load_rules(self.memory_metrics)
+        if not 0 < self.memory_oom_fraction <= 1:
+            raise ConfigError(
+                f"MEMORY_OOM_FRACTION={self.memory_oom_fraction} must be in (0, 1]: the share "
+                "of the memory limit at which a process is taken as out of memory (e.g. 0.9)"
+            )
+        _positive("MEMORY_MIN_GROWTH_PCT_PER_HOUR", self.memory_min_growth_pct_per_hour,
+                  upper=1000)
+        _positive("MEMORY_MAX_INSTANCES", self.memory_max_instances)
+        if not 0 < self.gc_pressure_min_fraction < 1:
+            raise ConfigError(
+                f"GC_PRESSURE_MIN_FRACTION={self.gc_pressure_min_fraction} must be between 0 "
+                "and 1 (a share of time, e.g. 0.05 for 5%)"
+            )
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(
                 f"METRICS_PORT={self.metrics_port} is not a TCP port (0-65535; 0 disables)"

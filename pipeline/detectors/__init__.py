@@ -11,11 +11,12 @@ import importlib
 
 from pipeline.detectors.base import SIGNALS, Detector
 from pipeline.detectors.bottleneck import BottleneckDetector
+from pipeline.detectors.memory import MemoryDetector
 from pipeline.detectors.trace_assembly import TraceAssembler
 from pipeline.settings import ConfigError
 
-# The detectors for memory leaks and TIME_WAIT buildup register here too.
-BUILTIN: list[type[Detector]] = [TraceAssembler, BottleneckDetector]
+# The TIME_WAIT detector registers here too.
+BUILTIN: list[type[Detector]] = [TraceAssembler, BottleneckDetector, MemoryDetector]
 
 
 def load_detectors(extra: str = "") -> list[type[Detector]]:

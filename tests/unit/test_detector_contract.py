@@ -18,7 +18,7 @@ import pytest
 from pipeline.detectors import BUILTIN
 from pipeline.detectors.base import SIGNALS, Detector
 from pipeline.records import MetricPoint, Resource, Span
-from tests.support import traces
+from tests.support import heaps, traces
 from tests.support.counting import PointCounter, SpanCounter
 
 S = 10**9
@@ -46,9 +46,20 @@ def _slow_query(service: str, op: str, minute: float) -> float:
     return 80.0 if (service, op) == ("api", "SELECT users") and 15 <= minute < 20 else 0.0
 
 
+def _memory_batches() -> list[list[Any]]:
+    """A Java leak with a burst of GC pressure and a restart, beside a healthy Go instance."""
+    leak = heaps.batches(
+        "java", 70, heaps.leak(0.3 * heaps.GIB, 60, heaps.GIB, onset_s=1800),
+        gc_fraction=lambda t: 0.2 if 2400 <= t < 3000 else 0.01, restart_at=3900,
+    )
+    calm = heaps.batches("go", 70, heaps.flat(0.2 * heaps.GIB), service="calm", instance="c-1")
+    return [a + b for a, b in zip(leak, calm, strict=True)]
+
+
 CONTRACT_INPUTS = {
     "trace_assembly": lambda: traces.span_batches(minutes=2),
     "bottleneck": lambda: traces.samples(minutes=25, added_ms=_slow_query),
+    "memory": _memory_batches,
 }
 
 

@@ -1,0 +1,1006 @@
+"""Memory leaks and GC pressure, per instance, from runtime metrics. Pure: no Faust, no Kafka.
+
+Input: metric points routed by emitter (service + instance), so one partition sees every point
+of an instance. ``pipeline.runtime_metrics`` says which points are heap, post-GC heap, RSS,
+limits and GC activity, for every runtime; points of one metric at one timestamp are summed
+(pools, spaces, generations). Everything runs in event time: a timestamp's points are folded
+once the watermark has passed it, into one-minute buckets (``bucket_s``).
+
+**The floor.** A leak is growth of what survives collection, not of the heap: the heap is a
+sawtooth. The floor signal is the post-GC heap where the runtime reports it (JVM, .NET), else
+the heap in use, else RSS; each bucket keeps its minimum, the *lower envelope*. When the floor
+signal itself has a slow sawtooth (a major collection every several minutes, so some buckets
+catch no trough), its period ``P`` is estimated from the drops between buckets, floors are taken
+as minima over groups of ``P``, and a trend is only judged over windows spanning at least eight
+such cycles.
+
+**The trend.** Over windows of 10, 20, 40, 80, 160 and 320 minutes (the shorter ones judged
+every minute, the longer ones every few), a window is a leak when
+
+- the Mann–Kendall test (Kendall's tau of floor against time, one-sided, ``scipy.stats``) says
+  it rises at ``alpha`` (0.005; 0.001 from 80 minutes up: more windows, stricter test);
+- the Theil–Sen slope's 90% interval is above zero and the slope at least
+  ``min_growth_pct_per_hour`` (0.25 %/h) of the limit (of the floor, with no limit known);
+- it is not levelling off: the slope of the window's second half is at least half the
+  window's (a cache warming up grows fast, then slower: not a leak);
+- it is not load: the load signal (bytes allocated, else collections per second) of the second
+  half is under 1.5x the first's (a heap that grows with traffic recedes with it).
+
+The shortest passing window speaks for the instance; a finding opens after ``open_after``
+consecutive passing minutes and resolves after ``resolve_after`` minutes without one.
+
+**Restarts reset.** A new process start time (a cumulative series' start time, a counter that
+went down), a changed ``process.pid`` or ``service.version`` start the floor history afresh,
+skip ``startup_s`` of warm-up, and resolve a firing leak at once (``reset`` in its evidence). A
+redeployed pod has a new instance id: the old instance stops reporting, and its state and
+findings expire after ``instance_ttl_s``.
+
+**Time to OOM** is the time for the Theil–Sen line to reach ``oom_fraction`` (0.9) of the
+limit, with an interval from the slope's 90% bounds. The limit comes from the runtime's limit
+metric (``jvm.memory.limit``, ``go.memory.limit``, ...) or ``MEMORY_LIMITS`` (per service).
+
+**GC pressure.** Per bucket: the fraction of time in GC (sum of the pause histogram, or a GC
+time counter), pause p99 (histogram buckets) and collections per second, against the
+instance's own median and MAD over its last 60 normal buckets (after 15). A bucket is under
+pressure when its GC time fraction is at least ``gc_min_fraction`` (10%), twice the baseline and
+six MADs over it; runtimes that report only collection counts (CPython) use the collection rate
+(four times the baseline). Opens after 3 such buckets, resolves after 5 normal ones.
+
+**Bounded state.** At most ``max_instances`` per partition (the longest idle is evicted, counted
+``evicted_instances``); an instance silent for ``instance_ttl_s`` expires; floor history holds
+``history_s`` (6 h); series, pending timestamps and caches are per instance and small.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from pipeline.detectors.base import Detector, DetectorStats
+from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
+from pipeline.records import MetricPoint
+from pipeline.runtime_metrics import (
+    BUILTIN_RULES,
+    FLOOR_ROLES,
+    LEVEL_ROLES,
+    Rule,
+    load_rules,
+    parse_limits,
+    rules_for,
+    unit_scale,
+)
+
+LEAK, GC = "memory_leak", "gc_pressure"
+SLOPE_GAUGE = "anomaly_pipeline_memory_leak_slope_bytes_per_second"
+TTO_GAUGE = "anomaly_pipeline_memory_leak_time_to_oom_seconds"
+GC_GAUGE = "anomaly_pipeline_gc_time_fraction"
+NS = 1_000_000_000
+WINDOWS_MIN = (10, 20, 40, 80, 160, 320)
+MIB = 1024.0 * 1024.0
+TICK_TOLERANCE_NS = NS  # points of one instance less than this apart are one sample
+RUNTIME_PREFIXES = (
+    ("jvm", "java"), ("go", "go"), ("cpython", "python"), ("process.runtime.cpython", "python"),
+    ("python", "python"), ("v8js", "nodejs"), ("nodejs", "nodejs"), ("dotnet", "dotnet"),
+)
+
+
+class _Inst:
+    """One instance's state. Everything but ``floors`` is one small document."""
+
+    __slots__ = (
+        "service", "instance", "attrs", "runtime", "pick", "series", "pending", "last_t",
+        "reset_ns", "limit", "floor_role", "cur", "floors", "gcb", "cache", "seen_ns",
+        "reset_info", "drops", "prev",
+    )
+
+    def __init__(self, service: str, instance: str) -> None:
+        self.service, self.instance = service, instance
+        self.attrs: dict[str, Any] = {}
+        self.runtime = ""
+        self.pick: dict[str, list[Any]] = {}  # role -> [rank, metric name]
+        self.series: dict[str, list[Any]] = {}  # counter series -> [start_ns, t_ns, value...]
+        self.pending: dict[int, dict[str, Any]] = {}  # t_ns -> role -> value, waiting for wm
+        self.last_t = 0  # newest folded timestamp
+        self.reset_ns = 0  # the floor history starts here (first seen or last restart)
+        self.limit: float | None = None
+        self.floor_role = ""
+        # current bucket: [b, floor min, gc_time, gc_count, alloc, pause bounds, pause counts,
+        # floor max, lowest trough (floor right after a collection)]
+        self.cur: list[Any] | None = None
+        # closed buckets, oldest first: [b, floor min, load or None, max, trough or None]
+        self.floors: list[list[Any]] = []
+        self.gcb: dict[str, Any] = {"f": [], "q": [], "p": [], "run": 0}
+        self.cache: dict[str, Any] = {}  # window minutes -> candidate evidence or None
+        self.seen_ns = 0
+        self.reset_info: dict[str, Any] | None = None  # the last restart seen, for evidence
+        self.drops: list[int] = []  # times of the last collections seen as floor-signal drops
+        # the floor signal's last value, mean absolute change, share of moves up (EWMAs)
+        self.prev: list[float] | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "s": self.service, "i": self.instance, "a": self.attrs, "rt": self.runtime,
+            "pk": self.pick, "se": self.series,
+            "pe": [[t, v] for t, v in sorted(self.pending.items())],
+            "lt": self.last_t, "r": self.reset_ns, "l": self.limit, "fr": self.floor_role,
+            "c": self.cur, "g": self.gcb, "ca": self.cache, "sn": self.seen_ns,
+            "ri": self.reset_info, "d": self.drops, "pv": self.prev,
+        }
+
+    @classmethod
+    def from_doc(cls, d: Mapping[str, Any]) -> _Inst:
+        x = cls(d["s"], d["i"])
+        x.attrs, x.runtime, x.pick, x.series = dict(d["a"]), d["rt"], dict(d["pk"]), dict(d["se"])
+        x.pending = {int(t): dict(v) for t, v in d["pe"]}
+        x.last_t, x.reset_ns, x.limit, x.floor_role = d["lt"], d["r"], d["l"], d["fr"]
+        x.cur, x.gcb, x.cache, x.seen_ns = d["c"], dict(d["g"]), dict(d["ca"]), d["sn"]
+        x.reset_info, x.drops, x.prev = d["ri"], list(d["d"]), d["pv"]
+        return x
+
+
+class MemoryDetector(Detector):
+    name = "memory"
+    version = "1"
+    signal = "metrics"
+    kinds = (LEAK, GC)
+
+    def __init__(
+        self,
+        rules: Mapping[str, tuple[Rule, ...]] | None = None,
+        limits: Mapping[str, float] | None = None,
+        bucket_s: float = 60.0,
+        alpha: float = 0.005,
+        alpha_long: float = 0.001,
+        min_growth_pct_per_hour: float = 0.25,
+        oom_fraction: float = 0.9,
+        startup_s: float = 300.0,
+        min_growth_s: float = 720.0,
+        open_after: int = 2,
+        resolve_after: int = 60,
+        gc_min_fraction: float = 0.10,
+        gc_warmup_buckets: int = 15,
+        max_instances: int = 5_000,
+        instance_ttl_s: float = 1800.0,
+        history_s: float = 6 * 3600.0,
+    ) -> None:
+        if bucket_s <= 0 or not 0 < oom_fraction <= 1:
+            raise ValueError("need bucket_s > 0 and 0 < oom_fraction <= 1")
+        self.rules = dict(rules) if rules is not None else dict(BUILTIN_RULES)
+        self.limits = dict(limits or {})
+        self.bucket_ns = int(bucket_s * NS)
+        self.alpha, self.alpha_long = alpha, alpha_long
+        self.min_growth = min_growth_pct_per_hour / 100.0
+        self.oom_fraction = oom_fraction
+        self.startup_ns = int(startup_s * NS)
+        self.min_growth_s = min_growth_s
+        self.gc_min_fraction, self.gc_warmup = gc_min_fraction, gc_warmup_buckets
+        self.max_instances = max_instances
+        self.ttl_ns = int(instance_ttl_s * NS)
+        self.history = int(history_s / bucket_s)
+        self.lc_leak = Lifecycle(LEAK, self.name, self.version, open_after, resolve_after,
+                                 max_instances)
+        self.lc_gc = Lifecycle(GC, self.name, self.version, 3, 5, max_instances)
+        self._inst: dict[str, _Inst] = {}
+        self._waiting: set[str] = set()  # instances with pending timestamps
+        self._dirty: set[str] = set()
+        self._dirty_blocks: set[tuple[str, int]] = set()
+        self._persisted_blocks: dict[str, set[int]] = {}
+        self._expired_until = 0
+        self._counts = {"evicted_instances": 0, "expired_instances": 0, "late_points": 0,
+                        "restarts": 0}
+        self._meta_dirty = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MemoryDetector:
+        return cls(
+            rules=load_rules(settings.memory_metrics),
+            limits=parse_limits(settings.memory_limits),
+            oom_fraction=settings.memory_oom_fraction,
+            min_growth_pct_per_hour=settings.memory_min_growth_pct_per_hour,
+            gc_min_fraction=settings.gc_pressure_min_fraction,
+            max_instances=settings.memory_max_instances,
+        )
+
+    # -- folding points ----------------------------------------------------------------------
+    def update(self, records: Sequence[MetricPoint]) -> None:
+        rules_map = self.rules
+        for p in records:
+            rules = rules_for(p.name, rules_map)
+            if not rules:
+                continue
+            rule = next((r for r in rules if r.matches(p.attrs)), None)
+            if rule is None:
+                continue
+            scale = unit_scale(p.unit)
+            if scale is None:
+                continue
+            key = p.resource.key
+            inst = self._inst.get(key)
+            if inst is None:
+                if not self._make_room():
+                    continue
+                inst = self._inst[key] = _Inst(p.resource.service, p.resource.instance)
+                # a process that started recently is still warming up; one found running
+                # (the detector started after it) is not
+                young = p.start_ns > 0 and p.time_ns - p.start_ns < self.startup_ns
+                inst.reset_ns = p.start_ns if young else p.time_ns - self.startup_ns
+            t = p.time_ns
+            if t <= inst.last_t:
+                self._count("late_points")
+                continue
+            self._dirty.add(key)
+            self._waiting.add(key)
+            if t > inst.seen_ns:
+                inst.seen_ns = t
+            self._identity(inst, p, t)
+            role = rule.role
+            pick = inst.pick.get(role)
+            if pick is None or rule.rank < pick[0] or (rule.rank == pick[0] and p.name < pick[1]):
+                if pick is not None and pick[1] != p.name:
+                    for tick in inst.pending.values():
+                        tick.pop(role, None)
+                inst.pick[role] = [rule.rank, p.name]
+            elif pick[1] != p.name:
+                continue
+            tick = inst.pending.get(t)
+            if tick is None:
+                # one collection's points may carry timestamps a little apart (instruments are
+                # read one after another): they are one sample
+                near = [k for k in inst.pending if abs(k - t) < TICK_TOLERANCE_NS]
+                tick = inst.pending[near[0]] if near else inst.pending.setdefault(t, {})
+            if role in LEVEL_ROLES:
+                if p.value is not None:
+                    tick[role] = tick.get(role, 0.0) + float(p.value) * scale
+            else:
+                self._counter(inst, p, role, scale, tick, t)
+
+    def _identity(self, inst: _Inst, p: MetricPoint, t: int) -> None:
+        ra = p.resource.attrs
+        if not inst.runtime:
+            inst.runtime = _runtime(ra, p.name)
+            inst.attrs = {
+                k: v for k, v in (
+                    ("host.name", p.resource.host), ("k8s.pod.name", p.resource.pod),
+                    *((k, ra[k]) for k in ("k8s.namespace.name", "service.version",
+                                           "process.pid", "process.runtime.name",
+                                           "telemetry.sdk.language") if k in ra),
+                ) if v
+            }
+            return
+        for attr in ("service.version", "process.pid"):
+            new = ra.get(attr)
+            old = inst.attrs.get(attr)
+            if new is not None and old is not None and new != old:
+                inst.attrs[attr] = new
+                self._mark_reset(inst, t, f"{attr} changed from {old} to {new}")
+
+    def _mark_reset(self, inst: _Inst, t: int, reason: str) -> None:
+        tick = inst.pending.setdefault(t, {})
+        tick.setdefault("reset", reason)
+
+    def _counter(self, inst: _Inst, p: MetricPoint, role: str, scale: float,
+                 tick: dict[str, Any], t: int) -> None:
+        """Turn a counter or histogram point into this timestamp's increase."""
+        if p.value is not None:
+            count, total, buckets = None, float(p.value), None
+        else:
+            count, total = p.count, p.sum
+            buckets = p.bucket_counts if p.bounds else None
+        sid = p.name + "|" + "|".join(f"{k}={v}" for k, v in sorted(p.attrs.items()))
+        if p.temporality == 1:  # delta
+            d_count, d_total, d_buckets = count, total, buckets
+        else:
+            prev = inst.series.get(sid)
+            inst.series[sid] = [p.start_ns, t, count, total, buckets]
+            if prev is None:
+                return
+            restarted = (p.start_ns and prev[0] and abs(p.start_ns - prev[0]) > NS) or (
+                (total is not None and prev[3] is not None and total < prev[3])
+                or (count is not None and prev[2] is not None and count < prev[2])
+            )
+            if restarted:
+                self._mark_reset(inst, t, "process restarted (a cumulative counter reset)")
+                return
+            d_count = None if count is None or prev[2] is None else count - prev[2]
+            d_total = None if total is None or prev[3] is None else total - prev[3]
+            d_buckets = (
+                [a - b for a, b in zip(buckets, prev[4], strict=True)]
+                if buckets is not None and prev[4] is not None and len(buckets) == len(prev[4])
+                else None
+            )
+        if role == "gc":
+            if d_total is not None:
+                tick["gc_time"] = tick.get("gc_time", 0.0) + d_total * scale
+            if d_count is not None:
+                tick["gc_count"] = tick.get("gc_count", 0.0) + d_count
+            if d_buckets is not None and p.bounds:
+                pb = tick.get("pb")
+                bounds = [b * scale for b in p.bounds]
+                if pb is None:
+                    tick["pb"] = [bounds, list(d_buckets)]
+                elif pb[0] == bounds:
+                    pb[1] = [a + b for a, b in zip(pb[1], d_buckets, strict=True)]
+        elif d_total is not None:
+            field = role  # gc_time | gc_count | alloc
+            tick[field] = tick.get(field, 0.0) + d_total * (scale if role != "gc_count" else 1.0)
+
+    # -- event time ----------------------------------------------------------------------------
+    def advance(self, watermark_ns: int) -> list[Finding]:
+        findings: list[Finding] = []
+        done = []
+        for key in sorted(self._waiting):
+            inst = self._inst.get(key)
+            if inst is None:
+                done.append(key)
+                continue
+            # A sample is complete once the watermark passes it, or once the instance has sent
+            # a later one (an exporter sends a collection's points together, in order).
+            ticks = sorted(inst.pending)
+            ready = ticks[:-1] + [t for t in ticks[-1:] if t <= watermark_ns]
+            for t in ready:
+                self._fold(key, inst, t, inst.pending.pop(t), findings)
+            if ready:
+                self._dirty.add(key)
+            if not inst.pending:
+                done.append(key)
+        self._waiting.difference_update(done)
+        if watermark_ns - self._expired_until >= self.bucket_ns:
+            self._expired_until = watermark_ns
+            self._meta_dirty = True
+            findings.extend(self._expire(watermark_ns))
+        return findings
+
+    def _fold(self, key: str, inst: _Inst, t: int, tick: dict[str, Any],
+              findings: list[Finding]) -> None:
+        reason = tick.pop("reset", None)
+        if reason is not None:
+            self._reset(key, inst, t, reason, findings)
+        b = t // self.bucket_ns
+        cur = inst.cur
+        if cur is not None and cur[0] != b:
+            self._close(key, inst, findings)
+            cur = None
+        if cur is None:
+            cur = inst.cur = [b, None, None, None, None, None, None, None, None]
+        role = next((r for r in FLOOR_ROLES if r in inst.pick), None)
+        if role is not None and role != inst.floor_role:
+            if inst.floor_role:  # a better floor signal appeared: its history starts now
+                self._clear_floors(key, inst)
+            inst.floor_role = role
+        value = tick.get(inst.floor_role) if inst.floor_role else None
+        if value is not None:
+            if cur[1] is None or value < cur[1]:
+                cur[1] = value
+            if cur[7] is None or value > cur[7]:
+                cur[7] = value
+            if self._drop_seen(inst, t, value) and (cur[8] is None or value < cur[8]):
+                cur[8] = value
+        if "limit" in tick and tick["limit"] > 0:
+            inst.limit = tick["limit"]
+        for i, f in ((2, "gc_time"), (3, "gc_count"), (4, "alloc")):
+            if f in tick:
+                cur[i] = (cur[i] or 0.0) + tick[f]
+        pb = tick.get("pb")
+        if pb is not None:
+            if cur[5] is None:
+                cur[5], cur[6] = pb[0], list(pb[1])
+            elif cur[5] == pb[0]:
+                cur[6] = [a + b for a, b in zip(cur[6], pb[1], strict=True)]
+        inst.last_t = t
+
+    def _drop_seen(self, inst: _Inst, t: int, value: float) -> bool:
+        """Note a collection: the floor signal fell by at least 3% and by twice its typical
+        move between samples (an average of recent absolute changes). Only collections make
+        heaps shrink; the second bound keeps young-generation churn and RSS noise out."""
+        prev = inst.prev
+        if prev is None:
+            inst.prev = [value, 0.0, 0.5]
+            return False
+        inst.prev = [value, 0.9 * prev[1] + 0.1 * abs(value - prev[0]),
+                     0.95 * prev[2] + 0.05 * (value > prev[0])]
+        if value < prev[0] * 0.97 and prev[0] - value >= 2 * prev[1]:
+            inst.drops.append(t)
+            del inst.drops[:-9]
+            return True
+        return False
+
+    def _period(self, inst: _Inst, now_ns: int) -> float:
+        """The floor signal's sawtooth period in buckets, or 0 when it has none to speak of.
+
+        A sawtooth shows as collections at regular intervals (drops whose spacing varies by
+        less than half its mean) or as a signal that mostly climbs between them. A heap
+        sampled at a random phase of fast cycles (Go), or RSS noise, drops at irregular times
+        and moves up and down alike: its minute minima are already the floor. A climbing
+        signal whose collections have not been seen twice is taken to cycle at least as
+        slowly as the time since the last one (or since the start)."""
+        d = inst.drops
+        climbing = inst.prev is not None and inst.prev[2] >= 0.7
+        if len(d) >= 3:
+            gaps = np.diff(d)
+            if climbing or float(np.std(gaps)) < 0.5 * float(np.mean(gaps)):
+                return float(np.median(gaps)) / self.bucket_ns
+            return 0.0
+        if not climbing:
+            return 0.0
+        since = d[-1] if d else inst.reset_ns
+        return (now_ns - since) / self.bucket_ns
+
+    def _reset(self, key: str, inst: _Inst, t: int, reason: str,
+               findings: list[Finding]) -> None:
+        self._count("restarts")
+        inst.reset_info = {"at": rfc3339(t), "reason": reason}
+        entity = {"service": inst.service, "instance": inst.instance}
+        f = self.lc_leak.resolve(entity, t, f"instance restarted: {reason}")
+        if f is not None:
+            findings.append(f)
+        if inst.cur is not None:
+            self._close(key, inst, findings, judge=False)
+        self._clear_floors(key, inst)
+        inst.reset_ns = t
+        inst.cache = {}
+        inst.drops, inst.prev = [], None
+
+    def _clear_floors(self, key: str, inst: _Inst) -> None:
+        for blk in {self._block(f[0]) for f in inst.floors}:
+            self._dirty_blocks.add((key, blk))
+        inst.floors = []
+        inst.cache = {}
+
+    def _block(self, b: int) -> int:
+        return b // 60
+
+    # -- judging -------------------------------------------------------------------------------
+    def _close(self, key: str, inst: _Inst, findings: list[Finding], judge: bool = True) -> None:
+        cur, inst.cur = inst.cur, None
+        assert cur is not None
+        b, floor, gc_time, gc_count, alloc = cur[0], cur[1], cur[2], cur[3], cur[4]
+        end_ns = (b + 1) * self.bucket_ns
+        bucket_s = self.bucket_ns / NS
+        load = alloc / bucket_s if alloc is not None else (
+            gc_count / bucket_s if gc_count is not None else None
+        )
+        if floor is not None:
+            inst.floors.append([b, floor, load, cur[7], cur[8]])
+            self._dirty_blocks.add((key, self._block(b)))
+            if len(inst.floors) > self.history:
+                old = inst.floors[: -self.history]
+                del inst.floors[: -self.history]
+                for blk in {self._block(f[0]) for f in old}:
+                    self._dirty_blocks.add((key, blk))
+        if not judge:
+            return
+        entity = {"service": inst.service, "instance": inst.instance}
+        if floor is not None:
+            verdict = self._judge_leak(inst, b, end_ns)
+            f = self.lc_leak.observe(entity, end_ns, verdict)
+            if f is not None:
+                findings.append(f)
+        if gc_time is not None or gc_count is not None:
+            p99 = _hist_quantile(cur[5], cur[6], 0.99) if cur[5] is not None else None
+            verdict = self._judge_gc(inst, gc_time, gc_count, p99, bucket_s, end_ns)
+            f = self.lc_gc.observe(entity, end_ns, verdict)
+            if f is not None:
+                findings.append(f)
+
+    def _judge_leak(self, inst: _Inst, b: int, end_ns: int) -> Verdict | None:
+        start_b = -(-(inst.reset_ns + self.startup_ns) // self.bucket_ns)
+        pts = [f for f in inst.floors if f[0] >= start_b]
+        if len(pts) < 6:
+            return None
+        period = self._period(inst, end_ns)
+        g = int(round(period)) if period >= 1.5 else 1
+        best: dict[str, Any] | None = None
+        span = pts[-1][0] - pts[0][0] + 1
+        for w in WINDOWS_MIN:
+            # at least six sawtooth cycles, so that a trend persists across collections
+            w_buckets = max(int(w * 60 * NS // self.bucket_ns), math.ceil(6 * period))
+            if span < w_buckets:
+                inst.cache.pop(str(w), None)
+                continue
+            every = max(1, w // 40)
+            if str(w) not in inst.cache or b % every == 0:
+                inst.cache[str(w)] = self._window(inst, pts, w_buckets, g, end_ns)
+            cand = inst.cache[str(w)]
+            # the window that saw the most of the growth speaks (its slope is the steadiest)
+            if cand is not None and cand.get("verdict") == "leak" and (
+                best is None or cand["trend_samples"] > best["trend_samples"]
+            ):
+                best = cand
+        # A longer window that sees the growth slowing down overrules shorter ones: the tail
+        # of a warm-up still rises, slowly, for a long time.
+        if best is None or any(
+            c is not None and c.get("verdict") == "levelling_off" for c in inst.cache.values()
+        ):
+            return None
+        return self._leak_verdict(inst, best)
+
+    def _window(self, inst: _Inst, pts: list[list[Any]], w_buckets: int, g: int,
+                end_ns: int) -> dict[str, Any] | None:
+        """Judge one window of floor samples: bucket minima, or with a slow sawtooth (``g`` >
+        1) the troughs themselves (the floor right after each collection)."""
+        lo_b = pts[-1][0] - w_buckets + 1
+        if g > 1:
+            rows = [(f[0], f[4], f[2]) for f in pts if f[0] >= lo_b and f[4] is not None]
+        else:
+            # the lower envelope at a scale of about 20 samples per window: the minimum of
+            # more samples sits closer to the floor (a heap caught at a random phase of its
+            # collections is noisy one minute at a time)
+            size = max(1, w_buckets // 20)
+            groups: dict[int, list[Any]] = {}
+            for f in pts:
+                if f[0] >= lo_b:
+                    k = (f[0] - lo_b) // size
+                    cur = groups.get(k)
+                    if cur is None:
+                        groups[k] = [f[0], f[1], [f[2]] if f[2] is not None else []]
+                    else:
+                        cur[0] = f[0]
+                        cur[1] = min(cur[1], f[1])
+                        if f[2] is not None:
+                            cur[2].append(f[2])
+            rows = [(r[0] - (size - 1) / 2, r[1], float(np.mean(r[2])) if r[2] else None)
+                    for r in groups.values()]
+            if len(groups) and size > 1 and (pts[-1][0] - lo_b + 1) % size:
+                rows = rows[:-1]  # a group still filling has fewer samples: a higher minimum
+        if len(rows) < 6:
+            return None
+        bucket_h = self.bucket_ns / NS / 3600.0
+        end_b = pts[-1][0] + 1
+        x = np.array([(r[0] + 0.5 - end_b) * bucket_h for r in rows])  # hours before the end
+        y = np.array([r[1] for r in rows], dtype=float)
+        alpha = self.alpha if w_buckets * bucket_h < 1.2 else self.alpha_long
+        tau = stats.kendalltau(x, y, alternative="greater")
+        if not tau.pvalue < alpha:
+            return None
+        # Where the growth began: the last sample still near the window's starting level.
+        y0, y1 = float(np.median(y[:3])), float(np.median(y[-3:]))
+        near = np.nonzero(y <= y0 + 0.1 * (y1 - y0))[0]
+        onset = int(near[-1]) if len(near) else 0
+        if onset > len(y) - 6:
+            return {"verdict": "too_recent", "end_ns": end_ns}
+        xs, ys = x[onset:], y[onset:]
+        if onset > 0 and not stats.kendalltau(xs, ys, alternative="greater").pvalue < alpha:
+            # it rose once and stayed: a level shift (a cache filled, noise went away), or a
+            # growth too recent to call
+            return {"verdict": "level_shift", "end_ns": end_ns}
+        slope, intercept, lo, hi = (float(v) for v in stats.theilslopes(ys, xs, alpha=0.90))
+        limit = self._limit(inst)
+        scale = limit if limit else float(np.median(y))
+        if not lo > 0 or slope < self.min_growth * scale:
+            return None
+        doc: dict[str, Any] = {
+            "window_s": round(w_buckets * self.bucket_ns / NS),
+            "samples": len(rows),
+            "trend_samples": len(ys),
+            "floor_sample": "troughs" if g > 1 else "minute_minima",
+            "tau": round(float(tau.statistic), 4),
+            "p": float(tau.pvalue),
+            "slope": slope / 3600.0, "lo": lo / 3600.0, "hi": hi / 3600.0,
+            "floor_now": float(intercept),
+            "floor_start": float(intercept + slope * x[0]) if onset == 0 else float(y0),
+            "growing_for_s": round(float(-xs[0]) * 3600 + self.bucket_ns / NS / 2),
+            "end_ns": end_ns,
+            "verdict": "leak",
+        }
+        # A leak grows steadily; a warming cache grows fast, then slower. Judge the shape only
+        # once the growth has lasted ``min_growth_s``: before that the two look alike.
+        if doc["growing_for_s"] < self.min_growth_s or len(ys) < 8:
+            doc["verdict"] = "too_recent"
+            return doc
+        half = len(ys) // 2
+        if half >= 3:
+            s_early = float(stats.theilslopes(ys[:half], xs[:half])[0])
+            s_late = float(stats.theilslopes(ys[half:], xs[half:])[0])
+            doc["late_to_early_slope"] = round(s_late / s_early, 3) if s_early > 0 else None
+            third = max(len(ys) // 3, 4)
+            s_recent = float(stats.theilslopes(ys[-third:], xs[-third:])[0])
+            doc["recent_to_overall_slope"] = round(s_recent / slope, 3)
+            if s_late < 0.6 * max(s_early, slope) or s_recent < 0.5 * slope:
+                doc["verdict"] = "levelling_off"
+                return doc
+            # load before the growth (or at the window's start) against load now
+            l1 = [r[2] for r in rows[: max(onset + 1, 3)] if r[2] is not None]
+            l2 = [r[2] for r in rows[-third:] if r[2] is not None]
+            if l1 and len(l2) >= 3:
+                m1, m2 = float(np.median(l1)), float(np.median(l2))
+                doc["load_ratio"] = round(m2 / m1, 3) if m1 > 0 else None
+                if m1 > 0 and m2 >= 1.5 * m1:
+                    doc["verdict"] = "load_driven"
+        return doc
+
+    def _limit(self, inst: _Inst) -> float | None:
+        if inst.limit:
+            return inst.limit
+        return self.limits.get(inst.service) or self.limits.get("*")
+
+    def _leak_verdict(self, inst: _Inst, c: Mapping[str, Any]) -> Verdict:
+        limit = self._limit(inst)
+        slope, lo, hi = c["slope"], c["lo"], c["hi"]
+        floor_now = c["floor_now"]
+        tto = tto_lo = tto_hi = None
+        if limit:
+            headroom = max(self.oom_fraction * limit - floor_now, 0.0)
+            tto = headroom / slope
+            tto_lo = headroom / hi if hi > 0 else None
+            tto_hi = headroom / lo if lo > 0 else None
+        base = limit or floor_now
+        pct_h = slope * 3600 / base * 100 if base else None
+        metric = next(
+            (inst.pick[r][1] for r in FLOOR_ROLES if r == inst.floor_role and r in inst.pick), ""
+        )
+        evidence = {
+            "runtime": inst.runtime or "unknown",
+            "signal": {"metric": metric, "role": inst.floor_role},
+            "slope_bytes_per_s": round(slope, 3),
+            "slope_interval_bytes_per_s": [round(lo, 3), round(hi, 3)],
+            "slope_pct_limit_per_hour" if limit else "slope_pct_floor_per_hour":
+                round(pct_h, 4) if pct_h is not None else None,
+            "floor_now_bytes": round(floor_now),
+            "floor_start_bytes": round(c["floor_start"]),
+            "limit_bytes": round(limit) if limit else None,
+            "limit_source": "metric" if inst.limit else ("configuration" if limit else None),
+            "oom_at_fraction_of_limit": self.oom_fraction if limit else None,
+            "time_to_oom_s": round(tto) if tto is not None else None,
+            "time_to_oom_interval_s": [
+                round(tto_lo) if tto_lo is not None else None,
+                round(tto_hi) if tto_hi is not None else None,
+            ],
+            "mann_kendall_tau": c["tau"],
+            "mann_kendall_p": float(f"{c['p']:.3g}"),
+            "samples": c["samples"],
+            "window_s": c["window_s"],
+            "floor_samples": c["floor_sample"],
+            "trend_samples": c["trend_samples"],
+            "growing_for_s": c["growing_for_s"],
+            "window_end": rfc3339(c["end_ns"]),
+            "resource": inst.attrs,
+        }
+        if inst.reset_info is not None:
+            evidence["last_restart"] = inst.reset_info
+        severity = "critical" if tto is not None and tto <= 4 * 3600 else "warning"
+        where = f"{inst.service} {inst.instance}"
+        if tto is not None:
+            summary = (
+                f"{where}: post-GC memory floor rising {_mib(slope * 3600)} MiB/h "
+                f"({pct_h:.2f}% of the {_mib(limit)} MiB limit per hour), "
+                f"{_mib(c['floor_start'])} → {_mib(floor_now)} MiB over "
+                f"{_dur(c['window_s'])}; out of memory in ~{_dur(tto)} "
+                f"({_dur(tto_lo)}–{_dur(tto_hi)})"
+            )
+        else:
+            summary = (
+                f"{where}: memory floor rising {_mib(slope * 3600)} MiB/h, "
+                f"{_mib(c['floor_start'])} → {_mib(floor_now)} MiB over {_dur(c['window_s'])} "
+                "(no memory limit known: set MEMORY_LIMITS for a time to OOM)"
+            )
+        return Verdict(severity, summary, evidence, _leak_steps(inst))
+
+    def _judge_gc(self, inst: _Inst, gc_time: float | None, gc_count: float | None,
+                  p99: float | None, bucket_s: float, end_ns: int) -> Verdict | None:
+        gb = inst.gcb
+        frac = gc_time / bucket_s if gc_time is not None else None
+        freq = gc_count / bucket_s if gc_count is not None else None
+        verdict = None
+        if len(gb["f"]) + len(gb["q"]) >= self.gc_warmup and (frac is not None or freq):
+            bad = False
+            evidence: dict[str, Any] = {"window_s": bucket_s, "window_end": rfc3339(end_ns),
+                                        "runtime": inst.runtime or "unknown"}
+            if frac is not None and len(gb["f"]) >= self.gc_warmup:
+                med, mad = _med_mad(gb["f"])
+                thr = max(self.gc_min_fraction, 2 * med, med + 6 * 1.4826 * mad)
+                bad = frac >= thr
+                evidence.update({"gc_time_fraction": round(frac, 4),
+                                 "baseline_gc_time_fraction": round(med, 4),
+                                 "threshold": round(thr, 4)})
+            elif freq is not None and len(gb["q"]) >= self.gc_warmup:
+                med, mad = _med_mad(gb["q"])
+                bad = freq >= max(4 * med, med + 6 * 1.4826 * mad) and freq > 0
+                evidence.update({"gc_time_fraction": None,
+                                 "note": "this runtime reports collection counts only"})
+            if bad:
+                if freq is not None:
+                    evidence["collections_per_s"] = round(freq, 3)
+                    if gb["q"]:
+                        evidence["baseline_collections_per_s"] = round(_med_mad(gb["q"])[0], 3)
+                if p99 is not None:
+                    evidence["pause_p99_s"] = round(p99, 4)
+                    if gb["p"]:
+                        evidence["baseline_pause_p99_s"] = round(_med_mad(gb["p"])[0], 4)
+                evidence["resource"] = inst.attrs
+                verdict = self._gc_verdict(inst, evidence)
+        if verdict is None or gb["run"] >= 120:
+            gb["run"] = 0
+            for k, v in (("f", frac), ("q", freq), ("p", p99)):
+                if v is not None:
+                    gb[k].append(v)
+                    del gb[k][:-60]
+        else:
+            gb["run"] += 1
+        return verdict
+
+    def _gc_verdict(self, inst: _Inst, ev: dict[str, Any]) -> Verdict:
+        where = f"{inst.service} {inst.instance}"
+        if ev.get("gc_time_fraction") is not None:
+            summary = (
+                f"{where}: {ev['gc_time_fraction']:.1%} of time in garbage collection "
+                f"(baseline {ev['baseline_gc_time_fraction']:.1%})"
+            )
+        else:
+            summary = (
+                f"{where}: {ev.get('collections_per_s', 0):g} collections/s "
+                f"(baseline {ev.get('baseline_collections_per_s', 0):g})"
+            )
+        severity = "critical" if (ev.get("gc_time_fraction") or 0) >= 0.25 else "warning"
+        steps = [
+            f"Check {inst.service}'s memory_leak findings and heap usage against its limit: a "
+            "heap near its limit collects constantly (raise the limit or fix the leak).",
+            "Compare allocation rate and traffic: a new code path or batch job that allocates "
+            "heavily shows as more collections at the same traffic.",
+        ] + _gc_steps(inst.runtime)
+        return Verdict(severity, summary, ev, steps)
+
+    # -- bounds ----------------------------------------------------------------------------
+    def _make_room(self) -> bool:
+        if len(self._inst) < self.max_instances:
+            return True
+        firing = {(st["entity"]["service"], st["entity"]["instance"])
+                  for st in self.lc_leak.active() + self.lc_gc.active()}
+        idle = [(x.seen_ns, k) for k, x in self._inst.items()
+                if (x.service, x.instance) not in firing]
+        if not idle:
+            return False
+        self._drop(min(idle)[1])
+        self._count("evicted_instances")
+        return True
+
+    def _drop(self, key: str) -> None:
+        inst = self._inst.pop(key)
+        self._clear_floors(key, inst)
+        self._dirty.add(key)
+        self._waiting.discard(key)
+
+    def _expire(self, now_ns: int) -> list[Finding]:
+        for key in [k for k, x in self._inst.items() if now_ns - x.seen_ns >= self.ttl_ns]:
+            self._drop(key)
+            self._count("expired_instances")
+        idle = 10 * 60 * NS  # an instance silent for 10 minutes resolves its findings
+        return self.lc_leak.expire(now_ns, idle) + self.lc_gc.expire(now_ns, idle)
+
+    def _count(self, reason: str) -> None:
+        self._counts[reason] += 1
+        self._meta_dirty = True
+
+    # -- state -----------------------------------------------------------------------------
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        meta = {"counts": dict(self._counts), "exp": self._expired_until}
+        out: dict[str, Any] = {}
+        if not changed_only:
+            for key, inst in self._inst.items():
+                out[f"i/{key}"] = inst.to_doc()
+                for blk, rows in self._blocks(inst).items():
+                    out[f"f/{blk}/{key}"] = rows
+            for prefix, lc in (("ll", self.lc_leak), ("lg", self.lc_gc)):
+                for fp, st in lc.snapshot().items():
+                    out[f"{prefix}/{fp}"] = st
+            out["meta"] = meta
+            return out
+        for key in sorted(self._dirty):
+            inst = self._inst.get(key)
+            out[f"i/{key}"] = None if inst is None else inst.to_doc()
+        by_key: dict[str, dict[int, list[Any]]] = {}
+        for key, blk in sorted(self._dirty_blocks):
+            inst = self._inst.get(key)
+            if inst is not None and key not in by_key:
+                by_key[key] = self._blocks(inst)
+            rows = by_key.get(key, {}).get(blk)
+            persisted = self._persisted_blocks.setdefault(key, set())
+            if rows:
+                out[f"f/{blk}/{key}"] = rows
+                persisted.add(blk)
+            elif blk in persisted:
+                out[f"f/{blk}/{key}"] = None
+                persisted.discard(blk)
+        for prefix, lc in (("ll", self.lc_leak), ("lg", self.lc_gc)):
+            for fp, st in lc.snapshot(changed_only=True).items():
+                out[f"{prefix}/{fp}"] = st
+        if self._meta_dirty:
+            out["meta"] = meta
+            self._meta_dirty = False
+        self._dirty, self._dirty_blocks = set(), set()
+        return out
+
+    def _blocks(self, inst: _Inst) -> dict[int, list[Any]]:
+        blocks: dict[int, list[Any]] = {}
+        for f in inst.floors:
+            blocks.setdefault(self._block(f[0]), []).append(f)
+        return blocks
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        ll: dict[str, Any] = {}
+        lg: dict[str, Any] = {}
+        floors: dict[str, dict[int, list[Any]]] = {}
+        for key, doc in state.items():
+            kind, _, rest = key.partition("/")
+            if kind == "meta":
+                if doc is not None:
+                    self._counts.update(doc["counts"])
+                    self._expired_until = doc["exp"]
+            elif kind == "i":
+                if doc is None:
+                    self._inst.pop(rest, None)
+                else:
+                    self._inst[rest] = _Inst.from_doc(doc)
+            elif kind == "f":
+                blk_s, _, ikey = rest.partition("/")
+                floors.setdefault(ikey, {})[int(blk_s)] = doc
+            elif kind == "ll":
+                ll[rest] = doc
+            elif kind == "lg":
+                lg[rest] = doc
+        for ikey, blocks in floors.items():
+            inst = self._inst.get(ikey)
+            persisted = self._persisted_blocks.setdefault(ikey, set())
+            persisted.update(b for b, r in blocks.items() if r)
+            persisted.difference_update(b for b, r in blocks.items() if not r)
+            if inst is not None:
+                have = self._blocks(inst)
+                have.update(blocks)
+                inst.floors = [list(f) for blk in sorted(have) if have[blk] for f in have[blk]]
+        self._waiting = {k for k, x in self._inst.items() if x.pending}
+        self.lc_leak.restore(ll)
+        self.lc_gc.restore(lg)
+
+    def stats(self) -> DetectorStats:
+        active: dict[tuple[str, str], int] = {}
+        gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for kind, lc in ((LEAK, self.lc_leak), (GC, self.lc_gc)):
+            for st in lc.active():
+                k = (kind, st["severity"])
+                active[k] = active.get(k, 0) + 1
+                e, ev = st["entity"], st["last"][2]
+                labels = (("service", e["service"]), ("instance", e["instance"]))
+                if kind == LEAK:
+                    gauges[(SLOPE_GAUGE, labels)] = ev.get("slope_bytes_per_s") or 0.0
+                    if ev.get("time_to_oom_s") is not None:
+                        gauges[(TTO_GAUGE, labels)] = float(ev["time_to_oom_s"])
+                elif ev.get("gc_time_fraction") is not None:
+                    gauges[(GC_GAUGE, labels)] = float(ev["gc_time_fraction"])
+        evicted = dict(self._counts)
+        evicted.pop("restarts", None)
+        evicted["findings_evicted"] = self.lc_leak.evicted + self.lc_gc.evicted
+        return DetectorStats(tracked=len(self._inst), evicted=evicted, active=active,
+                             gauges=gauges)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _runtime(attrs: Mapping[str, Any], metric: str) -> str:
+    lang = str(attrs.get("telemetry.sdk.language") or "").lower()
+    if lang in ("java", "go", "python", "nodejs", "dotnet"):
+        return lang
+    for prefix, runtime in RUNTIME_PREFIXES:
+        if metric.startswith(prefix):
+            return runtime
+    return ""
+
+
+def _med_mad(xs: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(xs, dtype=float)
+    med = float(np.median(a))
+    return med, float(np.median(np.abs(a - med)))
+
+
+def _hist_quantile(bounds: Sequence[float], counts: Sequence[float], q: float) -> float | None:
+    """Quantile of explicit-bucket counts (upper-inclusive bounds, +Inf last), interpolated
+    inside the bucket like Prometheus' ``histogram_quantile``."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    acc = 0.0
+    for i, c in enumerate(counts):
+        if acc + c >= rank and c > 0:
+            lower = bounds[i - 1] if i > 0 else 0.0
+            if i >= len(bounds):
+                return float(bounds[-1]) if bounds else None
+            return float(lower + (bounds[i] - lower) * (rank - acc) / c)
+        acc += c
+    return float(bounds[-1]) if bounds else None
+
+
+def _mib(b: float | None) -> str:
+    return "?" if b is None else f"{b / MIB:,.0f}" if abs(b) >= 10 * MIB else f"{b / MIB:.1f}"
+
+
+def _dur(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = float(s)
+    if s >= 2 * 86400:
+        return f"{s / 86400:.1f} d"
+    if s >= 2 * 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 120:
+        return f"{s / 60:.0f} min"
+    return f"{s:.0f} s"
+
+
+_SNAPSHOT_ADVICE = (
+    "Take two snapshots a few minutes apart and compare them offline: what grew between them "
+    "is the leak."
+)
+
+
+def _leak_steps(inst: _Inst) -> list[str]:
+    one = (
+        f"Work on one replica of {inst.service} that is not a primary or leader, ideally taken "
+        "out of load-balancer rotation, and put a timeout on every command."
+    )
+    rt = inst.runtime
+    if rt == "java":
+        steps = [
+            "timeout 30 jcmd <pid> GC.heap_info; then timeout 120 jcmd <pid> "
+            "GC.class_histogram > histo-1.txt, and again a few minutes later (histo-2.txt). "
+            "The class histogram runs a full GC and pauses the JVM.",
+            "Diff the histograms: classes whose instance counts keep growing hold the leak. "
+            "A heap dump (jcmd <pid> GC.heap_dump) needs disk the size of the heap and a long "
+            "pause: take it only from a replica out of rotation.",
+        ]
+    elif rt == "go":
+        steps = [
+            "curl --max-time 30 -o heap-1.pb.gz http://<instance>:<port>/debug/pprof/heap "
+            "(net/http/pprof), and again a few minutes later (heap-2.pb.gz).",
+            "go tool pprof -sample_index=inuse_space -base heap-1.pb.gz heap-2.pb.gz: the "
+            "call sites whose in-use bytes grew are the leak; check goroutine counts too "
+            "(/debug/pprof/goroutine?debug=1).",
+        ]
+    elif rt == "python":
+        steps = [
+            "timeout 30 py-spy dump --pid <pid> shows what the process is doing now; for "
+            "allocations, memray attach --duration 60 <pid> (or tracemalloc snapshots in the "
+            "app) on the same replica.",
+            "Compare two memray or tracemalloc snapshots taken minutes apart: the allocation "
+            "sites that kept growing are the leak (module-level caches and lists are usual).",
+        ]
+    elif rt == "nodejs":
+        steps = [
+            "Write a heap snapshot (node --heapsnapshot-signal=SIGUSR2, or v8.writeHeapSnapshot "
+            "through the inspector): it pauses the process and needs about the heap's size in "
+            "extra memory, so only on a replica out of rotation.",
+            "Take a second snapshot a few minutes later and use the Comparison view in Chrome "
+            "DevTools: constructors whose counts grew hold the leak.",
+        ]
+    elif rt == "dotnet":
+        steps = [
+            "timeout 120 dotnet-gcdump collect -p <pid> -o 1.gcdump, and again a few minutes "
+            "later (2.gcdump); dotnet-counters monitor -p <pid> System.Runtime shows the heap "
+            "by generation meanwhile.",
+            "Compare the two gcdumps (Visual Studio or PerfView): types that grew hold the leak.",
+        ]
+    else:
+        steps = [
+            "Use the runtime's own heap profiler on that replica (with a time limit), and "
+            "check the memory of the container against its limit.",
+        ]
+    return [one, *steps, _SNAPSHOT_ADVICE,
+            "Until it is fixed, a rolling restart before the time to OOM buys time; do not "
+            "raise the limit blindly."]
+
+
+def _gc_steps(runtime: str) -> list[str]:
+    if runtime == "java":
+        return ["On one replica: timeout 30 jcmd <pid> GC.heap_info, and the GC log "
+                "(-Xlog:gc) for pause causes; check young-generation sizing."]
+    if runtime == "go":
+        return ["Check GOGC and GOMEMLIMIT: a soft limit close to the live heap makes the "
+                "collector run continuously; profile allocations with pprof (allocs)."]
+    if runtime == "nodejs":
+        return ["Run one replica with --trace-gc for a few minutes; check --max-old-space-size "
+                "against the live heap."]
+    if runtime == "python":
+        return ["Check gc.get_stats() and gc thresholds on one replica; large numbers of "
+                "short-lived container objects drive generation-0 collections."]
+    return []

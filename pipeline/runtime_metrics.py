@@ -1,0 +1,227 @@
+"""Which metric points say what about a process's memory and garbage collector. Pure.
+
+The memory detectors read a handful of *roles* per instance, whatever runtime or receiver the
+points came from:
+
+``heap_after_gc``
+    heap in use right after the last collection (the post-GC floor, where a runtime reports it);
+``heap_used``
+    heap in use now (a sawtooth between collections);
+``rss``
+    resident memory of the process or container (when no heap metric is sent);
+``limit``
+    the most the heap (or process) may use;
+``gc``
+    a histogram or summary of collection pauses (seconds): its sum is GC time, its count
+    collections;
+``gc_time`` / ``gc_count``
+    monotonic counters of seconds in GC / collections (when there is no histogram);
+``alloc``
+    a monotonic counter of bytes allocated (a load signal).
+
+``BUILTIN_RULES`` maps the OpenTelemetry runtime semantic conventions (JVM, Go, CPython, Node.js,
+.NET, ``process.*``, container and Kubernetes) and the Prometheus names that arrive through the
+Collector's prometheus receiver to roles. Values of one metric are summed over its data points
+(pools, spaces, generations) at one timestamp; when several metrics give one role for one
+instance, the one listed first here wins and the others are ignored (never summed together).
+Users add or override rules with ``MEMORY_METRICS`` (``load_rules``)::
+
+    {"myapp_heap_bytes": {"role": "heap_used"},
+     "jvm_memory_pool_bytes_used": {"role": "heap_used", "where": {"area": "heap"}}}
+
+``where`` keeps only points whose attributes equal one of the given values (case-insensitive).
+Units: ``By``/``KiBy``/``MiBy``/``GiBy`` and ``s``/``ms``/``us``/``ns`` are converted to bytes and
+seconds; a point without a unit (Prometheus) is taken as bytes or seconds, as its name says.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pipeline.settings import ConfigError
+
+ROLES = ("heap_after_gc", "heap_used", "rss", "limit", "gc", "gc_time", "gc_count", "alloc")
+#: Roles read as a level at a point in time (summed over a metric's points at one timestamp).
+LEVEL_ROLES = ("heap_after_gc", "heap_used", "rss", "limit")
+#: Floor signals in order of preference: post-GC heap, then the heap's lower envelope, then RSS.
+FLOOR_ROLES = ("heap_after_gc", "heap_used", "rss")
+
+UNIT_SCALE = {
+    "By": 1.0, "KiBy": 1024.0, "MiBy": 1024.0**2, "GiBy": 1024.0**3, "kBy": 1e3, "MBy": 1e6,
+    "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "": 1.0, "1": 1.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    role: str
+    where: tuple[tuple[str, frozenset[str]], ...] = ()
+    rank: int = 0  # lower wins when several metrics of one instance give the same role
+
+    def matches(self, attrs: Mapping[str, Any]) -> bool:
+        for key, allowed in self.where:
+            value = attrs.get(key)
+            if value is None or str(value).lower() not in allowed:
+                return False
+        return True
+
+
+def _rule(role: str, rank: int, **where: str) -> Rule:
+    """A built-in rule; ``where`` keys spell dots as ``__`` (``jvm__memory__type``)."""
+    w = tuple(sorted((k.replace("__", "."), frozenset({v.lower()})) for k, v in where.items()))
+    return Rule(role, w, rank)
+
+
+_HEAP = {"jvm__memory__type": "heap"}
+_PROM_HEAP = {"area": "heap"}
+
+#: metric name -> rules (a point takes the first rule whose ``where`` matches).
+BUILTIN_RULES: dict[str, tuple[Rule, ...]] = {
+    # JVM (runtime-telemetry semantic conventions; Micrometer/jmx_exporter via Prometheus)
+    "jvm.memory.used_after_last_gc": (_rule("heap_after_gc", 0, **_HEAP),),
+    "jvm.memory.used": (_rule("heap_used", 0, **_HEAP),),
+    "jvm.memory.limit": (_rule("limit", 0, **_HEAP),),
+    "jvm.gc.duration": (_rule("gc", 0),),
+    "jvm_memory_used_bytes": (_rule("heap_used", 1, **_PROM_HEAP),),
+    "jvm_memory_bytes_used": (_rule("heap_used", 2, **_PROM_HEAP),),
+    "jvm_memory_max_bytes": (_rule("limit", 1, **_PROM_HEAP),),
+    "jvm_memory_bytes_max": (_rule("limit", 2, **_PROM_HEAP),),
+    "jvm_gc_collection_seconds": (_rule("gc", 1),),
+    "jvm_gc_pause_seconds": (_rule("gc", 2),),
+    # Go
+    "go.memory.used": (_rule("heap_used", 3),),
+    "go.memory.limit": (_rule("limit", 3),),
+    "go.memory.allocated": (_rule("alloc", 0),),
+    "go_memstats_heap_inuse_bytes": (_rule("heap_used", 4),),
+    "go_memstats_heap_alloc_bytes": (_rule("heap_used", 5),),
+    "go_gc_duration_seconds": (_rule("gc", 3),),
+    "go_memstats_alloc_bytes_total": (_rule("alloc", 1),),
+    "go_memstats_alloc_bytes": (),  # a level, not the counter: ignored on purpose
+    # CPython
+    "process.runtime.cpython.memory": (_rule("rss", 0, type="rss"),),
+    "cpython.gc.collections": (_rule("gc_count", 0),),
+    "process.runtime.cpython.gc_count": (_rule("gc_count", 1),),
+    "python_gc_collections_total": (_rule("gc_count", 2),),
+    "python_gc_collections": (_rule("gc_count", 2),),
+    # Node.js
+    "v8js.memory.heap.used": (_rule("heap_used", 6),),
+    "v8js.memory.heap.limit": (_rule("limit", 4, v8js__heap__space__name="old_space"),),
+    "v8js.gc.duration": (_rule("gc", 4),),
+    "nodejs_heap_size_used_bytes": (_rule("heap_used", 7),),
+    "nodejs_gc_duration_seconds": (_rule("gc", 5),),
+    # .NET
+    "dotnet.gc.last_collection.heap.size": (_rule("heap_after_gc", 1),),
+    "dotnet.gc.pause.time": (_rule("gc_time", 0),),
+    "dotnet.gc.collections": (_rule("gc_count", 3),),
+    "dotnet.process.memory.working_set": (_rule("rss", 1),),
+    "dotnet.gc.heap.total_allocated": (_rule("alloc", 2),),
+    # Process and container (any runtime)
+    "process.memory.usage": (_rule("rss", 2),),
+    "process_resident_memory_bytes": (_rule("rss", 3),),
+    "container.memory.working_set": (_rule("rss", 4),),
+    "container_memory_working_set_bytes": (_rule("rss", 5),),
+    "k8s.container.memory_limit": (_rule("limit", 5),),
+    "container_spec_memory_limit_bytes": (_rule("limit", 6),),
+}
+
+
+def rules_for(name: str, rules: Mapping[str, tuple[Rule, ...]]) -> tuple[Rule, ...] | None:
+    """Rules for a metric name; Prometheus counters match with or without ``_total``."""
+    found = rules.get(name)
+    if found is None and name.endswith("_total"):
+        found = rules.get(name[: -len("_total")])
+    return found
+
+
+def load_rules(spec: str) -> dict[str, tuple[Rule, ...]]:
+    """Built-in rules plus ``spec``: inline JSON or a path to a JSON file (``MEMORY_METRICS``).
+
+    Each entry is ``name: {"role": ..., "where": {attr: value or [values]}}`` or a list of such;
+    user rules rank after every built-in of their role unless they replace that name.
+    """
+    rules = dict(BUILTIN_RULES)
+    spec = spec.strip()
+    if not spec:
+        return rules
+    try:
+        if spec.startswith("{"):
+            doc = orjson.loads(spec)
+        else:
+            with open(os.path.expanduser(spec), "rb") as fh:
+                doc = orjson.loads(fh.read())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"MEMORY_METRICS={spec[:80]!r} is neither readable JSON nor a readable JSON file "
+            f"({exc}); e.g. '{{\"myapp_heap_bytes\": {{\"role\": \"heap_used\"}}}}'"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("MEMORY_METRICS must be a JSON object: {metric name: rule}")
+    for name, entries in doc.items():
+        entries = entries if isinstance(entries, list) else [entries]
+        parsed = []
+        for entry in entries:
+            role = entry.get("role") if isinstance(entry, dict) else None
+            if role not in ROLES:
+                raise ConfigError(
+                    f"MEMORY_METRICS rule for {name!r} needs \"role\" set to one of "
+                    f"{', '.join(ROLES)}, got {role!r}"
+                )
+            where = entry.get("where") or {}
+            if not isinstance(where, dict):
+                raise ConfigError(
+                    f"MEMORY_METRICS rule for {name!r}: \"where\" must map attribute names to "
+                    "a value or a list of values"
+                )
+            w = tuple(
+                sorted(
+                    (str(k), frozenset(str(x).lower() for x in (v if isinstance(v, list) else [v])))
+                    for k, v in where.items()
+                )
+            )
+            parsed.append(Rule(str(role), w, 100))
+        rules[str(name)] = tuple(parsed)
+    return rules
+
+
+def unit_scale(unit: str) -> float | None:
+    """Factor to bytes or seconds; ``None`` for a unit this module does not know (ignored)."""
+    return UNIT_SCALE.get(unit)
+
+
+def parse_limits(spec: str) -> dict[str, float]:
+    """``MEMORY_LIMITS``: ``service=bytes`` pairs, comma-separated; ``*`` is the default.
+    Sizes take the suffixes Ki, Mi, Gi (and KiB...).
+
+    >>> parse_limits("cart=512Mi, *=1Gi")
+    {'cart': 536870912.0, '*': 1073741824.0}
+    """
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        service, sep, size = part.partition("=")
+        if not sep or not service.strip():
+            raise ConfigError(
+                f"MEMORY_LIMITS entry {part!r} must look like service=size (e.g. cart=512Mi, "
+                "*=1Gi for every other service)"
+            )
+        out[service.strip()] = parse_size(size.strip(), f"MEMORY_LIMITS entry {part!r}")
+    return out
+
+
+def parse_size(text: str, what: str) -> float:
+    mult = {"ki": 1024.0, "mi": 1024.0**2, "gi": 1024.0**3, "ti": 1024.0**4}
+    t = text.lower().removesuffix("b")
+    factor = 1.0
+    if t[-2:] in mult:
+        factor, t = mult[t[-2:]], t[:-2]
+    try:
+        value = float(t) * factor
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{what}: {text!r} is not a size in bytes (e.g. 536870912, 512Mi, 2Gi)")
+    return value
