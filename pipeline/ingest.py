@@ -30,7 +30,13 @@ from pipeline.sinks.metrics import PipelineMetrics
 
 log = logging.getLogger("pipeline.ingest")
 
-MAX_BATCH = 2000
+MAX_BATCH = 200  # records per read: also the step at which partitions are kept aligned
+# Input partitions read more than this far ahead (record timestamps) of the slowest partition
+# of the same topic that still has records waiting are paused until it catches up, as Kafka
+# Streams chooses the record with the lowest timestamp: a backlog is then read in event-time
+# step across partitions instead of one partition first, which would leave the others'
+# records behind the detection stage's watermark.
+ALIGN_MS = 30_000
 
 
 class RateLimitedLog:
@@ -111,9 +117,12 @@ class Ingest:
         await consumer.start()
         for topic in self.by_topic:
             self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
+        last_ts: dict[TopicPartition, int] = {}
+        next_offset: dict[TopicPartition, int] = {}
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=MAX_BATCH)
+                chosen = await self._choose(consumer, last_ts, next_offset)
+                batches = await consumer.getmany(*chosen, timeout_ms=500, max_records=MAX_BATCH)
                 if not batches:
                     continue
                 pending: list[Awaitable[Any]] = []
@@ -121,13 +130,42 @@ class Ingest:
                 for tp, recs in batches.items():
                     for rec in recs:
                         await self._ingest(rec, pending)
-                    offsets[tp] = recs[-1].offset + 1
+                    offsets[tp] = next_offset[tp] = recs[-1].offset + 1
+                    last_ts[tp] = recs[-1].timestamp
                 # Commit only what the broker has acknowledged (routed and dead letters).
                 await asyncio.gather(*pending)
                 await consumer.commit(offsets)
         finally:
             await consumer.stop()
             await producer.stop()
+
+    @staticmethod
+    async def _choose(consumer: AIOKafkaConsumer, last_ts: dict[TopicPartition, int],
+                      next_offset: dict[TopicPartition, int]) -> list[TopicPartition]:
+        """The partitions to read next: per topic, those not ``ALIGN_MS`` ahead of the slowest
+        partition that still has records waiting (all of them until each has been read)."""
+        by_topic: dict[str, list[TopicPartition]] = defaultdict(list)
+        for tp in consumer.assignment():
+            by_topic[tp.topic].append(tp)
+        chosen: list[TopicPartition] = []
+        for tps in by_topic.values():
+            behind: dict[TopicPartition, int | None] = {}
+            for tp in tps:
+                high = consumer.highwater(tp)
+                if tp not in next_offset and high is not None:
+                    next_offset[tp] = await consumer.position(tp)
+                if high is None or next_offset.get(tp, 0) < high:
+                    behind[tp] = last_ts.get(tp)
+            unread = [tp for tp, t in behind.items() if t is None]
+            if unread:  # nothing read from these yet: their first records come first
+                chosen += unread
+                continue
+            if not behind:
+                chosen += tps
+                continue
+            floor = min(t for t in behind.values() if t is not None)
+            chosen += [tp for tp in tps if last_ts.get(tp, floor) <= floor + ALIGN_MS]
+        return chosen
 
     # -- one record ---------------------------------------------------------------------------
     async def _ingest(self, rec: ConsumerRecord, pending: list[Awaitable[Any]]) -> None:
