@@ -82,6 +82,7 @@ NS = 1_000_000_000
 WINDOWS_MIN = (10, 20, 40, 80, 160, 320)
 MIB = 1024.0 * 1024.0
 TICK_TOLERANCE_NS = NS  # points of one instance less than this apart are one sample
+MAX_CLOCK_LAG_NS = 300 * NS  # how far behind the partition's newest an instance may report
 RUNTIME_PREFIXES = (
     ("jvm", "java"), ("go", "go"), ("cpython", "python"), ("process.runtime.cpython", "python"),
     ("python", "python"), ("v8js", "nodejs"), ("nodejs", "nodejs"), ("dotnet", "dotnet"),
@@ -190,6 +191,7 @@ class MemoryDetector(Detector):
         self._dirty_blocks: set[tuple[str, int]] = set()
         self._persisted_blocks: dict[str, set[int]] = {}
         self._expired_until = 0
+        self._newest = 0  # newest point time seen in this partition
         self._counts = {"evicted_instances": 0, "expired_instances": 0, "late_points": 0,
                         "restarts": 0}
         self._meta_dirty = False
@@ -229,6 +231,9 @@ class MemoryDetector(Detector):
                 young = p.start_ns > 0 and p.time_ns - p.start_ns < self.startup_ns
                 inst.reset_ns = p.start_ns if young else p.time_ns - self.startup_ns
             t = p.time_ns
+            if t > self._newest:
+                self._newest = t
+                self._meta_dirty = True
             if t <= inst.last_t:
                 self._count("late_points")
                 continue
@@ -236,7 +241,8 @@ class MemoryDetector(Detector):
             self._waiting.add(key)
             if t > inst.seen_ns:
                 inst.seen_ns = t
-            self._identity(inst, p, t)
+            if not inst.runtime:
+                self._describe(inst, p)
             role = rule.role
             pick = inst.pick.get(role)
             if pick is None or rule.rank < pick[0] or (rule.rank == pick[0] and p.name < pick[1]):
@@ -252,59 +258,62 @@ class MemoryDetector(Detector):
                 # read one after another): they are one sample
                 near = [k for k in inst.pending if abs(k - t) < TICK_TOLERANCE_NS]
                 tick = inst.pending[near[0]] if near else inst.pending.setdefault(t, {})
+            ra = p.resource.attrs
+            tick["id"] = [ra.get("service.version"), ra.get("process.pid")]
             if role in LEVEL_ROLES:
                 if p.value is not None:
                     tick[role] = tick.get(role, 0.0) + float(p.value) * scale
-            else:
-                self._counter(inst, p, role, scale, tick, t)
+            else:  # counters: their increases are taken in event-time order, when folded
+                sid = p.name + "|" + "|".join(f"{k}={v}" for k, v in sorted(p.attrs.items()))
+                tick.setdefault("c", {})[sid] = [
+                    role, scale, p.temporality, p.start_ns, p.value, p.count, p.sum, p.bounds,
+                    p.bucket_counts,
+                ]
 
-    def _identity(self, inst: _Inst, p: MetricPoint, t: int) -> None:
+    def _describe(self, inst: _Inst, p: MetricPoint) -> None:
         ra = p.resource.attrs
-        if not inst.runtime:
-            inst.runtime = _runtime(ra, p.name)
-            inst.attrs = {
-                k: v for k, v in (
-                    ("host.name", p.resource.host), ("k8s.pod.name", p.resource.pod),
-                    *((k, ra[k]) for k in ("k8s.namespace.name", "service.version",
-                                           "process.pid", "process.runtime.name",
-                                           "telemetry.sdk.language") if k in ra),
-                ) if v
-            }
-            return
-        for attr in ("service.version", "process.pid"):
-            new = ra.get(attr)
+        inst.runtime = _runtime(ra, p.name)
+        inst.attrs = {
+            k: v for k, v in (
+                ("host.name", p.resource.host), ("k8s.pod.name", p.resource.pod),
+                *((k, ra[k]) for k in ("k8s.namespace.name", "service.version",
+                                       "process.pid", "process.runtime.name",
+                                       "telemetry.sdk.language") if k in ra),
+            ) if v
+        }
+
+    def _identity_changed(self, inst: _Inst, ident: Sequence[Any]) -> str | None:
+        """A new ``service.version`` or ``process.pid`` (in event-time order): a new process."""
+        change = None
+        for attr, new in zip(("service.version", "process.pid"), ident, strict=True):
             old = inst.attrs.get(attr)
-            if new is not None and old is not None and new != old:
+            if new is not None and new != old:
                 inst.attrs[attr] = new
-                self._mark_reset(inst, t, f"{attr} changed from {old} to {new}")
+                if old is not None and change is None:
+                    change = f"{attr} changed from {old} to {new}"
+        return change
 
-    def _mark_reset(self, inst: _Inst, t: int, reason: str) -> None:
-        tick = inst.pending.setdefault(t, {})
-        tick.setdefault("reset", reason)
-
-    def _counter(self, inst: _Inst, p: MetricPoint, role: str, scale: float,
-                 tick: dict[str, Any], t: int) -> None:
-        """Turn a counter or histogram point into this timestamp's increase."""
-        if p.value is not None:
-            count, total, buckets = None, float(p.value), None
-        else:
-            count, total = p.count, p.sum
-            buckets = p.bucket_counts if p.bounds else None
-        sid = p.name + "|" + "|".join(f"{k}={v}" for k, v in sorted(p.attrs.items()))
-        if p.temporality == 1:  # delta
+    def _increase(self, inst: _Inst, sid: str, raw: Sequence[Any], cur: list[Any],
+                  t: int) -> bool:
+        """Fold one counter or histogram point's increase into the bucket; False when the
+        counter went back (the process restarted)."""
+        role, scale, temporality, start_ns, value, count, total, bounds, buckets = raw
+        if value is not None:
+            count, total, buckets = None, float(value), None
+        elif not bounds:
+            buckets = None
+        if temporality == 1:  # delta
             d_count, d_total, d_buckets = count, total, buckets
         else:
             prev = inst.series.get(sid)
-            inst.series[sid] = [p.start_ns, t, count, total, buckets]
+            inst.series[sid] = [start_ns, t, count, total, buckets]
             if prev is None:
-                return
-            restarted = (p.start_ns and prev[0] and abs(p.start_ns - prev[0]) > NS) or (
+                return True
+            if (start_ns and prev[0] and abs(start_ns - prev[0]) > NS) or (
                 (total is not None and prev[3] is not None and total < prev[3])
                 or (count is not None and prev[2] is not None and count < prev[2])
-            )
-            if restarted:
-                self._mark_reset(inst, t, "process restarted (a cumulative counter reset)")
-                return
+            ):
+                return False
             d_count = None if count is None or prev[2] is None else count - prev[2]
             d_total = None if total is None or prev[3] is None else total - prev[3]
             d_buckets = (
@@ -314,19 +323,19 @@ class MemoryDetector(Detector):
             )
         if role == "gc":
             if d_total is not None:
-                tick["gc_time"] = tick.get("gc_time", 0.0) + d_total * scale
+                cur[2] = (cur[2] or 0.0) + d_total * scale
             if d_count is not None:
-                tick["gc_count"] = tick.get("gc_count", 0.0) + d_count
-            if d_buckets is not None and p.bounds:
-                pb = tick.get("pb")
-                bounds = [b * scale for b in p.bounds]
-                if pb is None:
-                    tick["pb"] = [bounds, list(d_buckets)]
-                elif pb[0] == bounds:
-                    pb[1] = [a + b for a, b in zip(pb[1], d_buckets, strict=True)]
+                cur[3] = (cur[3] or 0.0) + d_count
+            if d_buckets is not None:
+                b_scaled = [b * scale for b in bounds]
+                if cur[5] is None:
+                    cur[5], cur[6] = b_scaled, list(d_buckets)
+                elif cur[5] == b_scaled:
+                    cur[6] = [a + b for a, b in zip(cur[6], d_buckets, strict=True)]
         elif d_total is not None:
-            field = role  # gc_time | gc_count | alloc
-            tick[field] = tick.get(field, 0.0) + d_total * (scale if role != "gc_count" else 1.0)
+            i = {"gc_time": 2, "gc_count": 3, "alloc": 4}[role]
+            cur[i] = (cur[i] or 0.0) + d_total * (scale if role != "gc_count" else 1.0)
+        return True
 
     # -- event time ----------------------------------------------------------------------------
     def advance(self, watermark_ns: int) -> list[Finding]:
@@ -337,10 +346,11 @@ class MemoryDetector(Detector):
             if inst is None:
                 done.append(key)
                 continue
-            # A sample is complete once the watermark passes it, or once the instance has sent
-            # a later one (an exporter sends a collection's points together, in order).
-            ticks = sorted(inst.pending)
-            ready = ticks[:-1] + [t for t in ticks[-1:] if t <= watermark_ns]
+            # A sample is complete once the watermark passes it on the instance's own clock:
+            # an instance whose clock runs behind the partition's newest (skew, a slower
+            # exporter) is judged that much later, up to MAX_CLOCK_LAG_NS.
+            lag = min(max(self._newest - inst.seen_ns, 0), MAX_CLOCK_LAG_NS)
+            ready = sorted(t for t in inst.pending if t <= watermark_ns - lag)
             for t in ready:
                 self._fold(key, inst, t, inst.pending.pop(t), findings)
             if ready:
@@ -356,7 +366,7 @@ class MemoryDetector(Detector):
 
     def _fold(self, key: str, inst: _Inst, t: int, tick: dict[str, Any],
               findings: list[Finding]) -> None:
-        reason = tick.pop("reset", None)
+        reason = self._identity_changed(inst, tick["id"]) if "id" in tick else None
         if reason is not None:
             self._reset(key, inst, t, reason, findings)
         b = t // self.bucket_ns
@@ -381,16 +391,14 @@ class MemoryDetector(Detector):
                 cur[8] = value
         if "limit" in tick and tick["limit"] > 0:
             inst.limit = tick["limit"]
-        for i, f in ((2, "gc_time"), (3, "gc_count"), (4, "alloc")):
-            if f in tick:
-                cur[i] = (cur[i] or 0.0) + tick[f]
-        pb = tick.get("pb")
-        if pb is not None:
-            if cur[5] is None:
-                cur[5], cur[6] = pb[0], list(pb[1])
-            elif cur[5] == pb[0]:
-                cur[6] = [a + b for a, b in zip(cur[6], pb[1], strict=True)]
+        restarted = False
+        for sid in sorted(tick.get("c", ())):
+            if not self._increase(inst, sid, tick["c"][sid], cur, t):
+                restarted = True
         inst.last_t = t
+        if restarted:  # counters restart with the process: its history starts afresh
+            self._reset(key, inst, t, "process restarted (a cumulative counter reset)",
+                        findings)
 
     def _drop_seen(self, inst: _Inst, t: int, value: float) -> bool:
         """Note a collection: the floor signal fell by at least 3% and by twice its typical
@@ -443,6 +451,7 @@ class MemoryDetector(Detector):
         inst.reset_ns = t
         inst.cache = {}
         inst.drops, inst.prev = [], None
+        inst.series = {}
 
     def _clear_floors(self, key: str, inst: _Inst) -> None:
         for blk in {self._block(f[0]) for f in inst.floors}:
@@ -776,7 +785,7 @@ class MemoryDetector(Detector):
 
     # -- state -----------------------------------------------------------------------------
     def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        meta = {"counts": dict(self._counts), "exp": self._expired_until}
+        meta = {"counts": dict(self._counts), "exp": self._expired_until, "new": self._newest}
         out: dict[str, Any] = {}
         if not changed_only:
             for key, inst in self._inst.items():
@@ -829,6 +838,7 @@ class MemoryDetector(Detector):
                 if doc is not None:
                     self._counts.update(doc["counts"])
                     self._expired_until = doc["exp"]
+                    self._newest = doc["new"]
             elif kind == "i":
                 if doc is None:
                     self._inst.pop(rest, None)
