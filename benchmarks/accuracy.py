@@ -45,6 +45,7 @@ from benchmarks import baselines, harness, memory_baselines, scoring
 from benchmarks.harness import RunNames, log
 from pipeline.findings import KINDS
 from pipeline.simulate import PRESETS, build_scenario, label_lines, write_labels
+from pipeline.simulate.labels import configured_limits
 from pipeline.simulate.scenarios import Scenario
 from pipeline.simulate.timefmt import DEFAULT_REPLAY_START, rfc3339
 
@@ -93,9 +94,12 @@ async def run_scenario(
         produced = await harness.replay(scenario, bootstrap)
         log(f"replay: {produced.total_records:,} records, {produced.items['spans']:,} spans, "
             f"{produced.items['metrics']:,} metric points in {produced.seconds:.1f} s")
-        worker = harness.Worker(
-            names.worker_env(), bootstrap, out / "worker.log", args.detectors
-        ).start()
+        env = names.worker_env()
+        # What an operator configures: limits of runtimes that report none (CPython).
+        limits = configured_limits(scenario)
+        if limits:
+            env["MEMORY_LIMITS"] = ",".join(f"{svc}={n}" for svc, n in sorted(limits.items()))
+        worker = harness.Worker(env, bootstrap, out / "worker.log", args.detectors).start()
         try:
             tl = await harness.wait_until_detected(
                 worker, names, produced.items,

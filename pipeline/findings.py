@@ -187,6 +187,10 @@ class Lifecycle:
                 self._drop(fp)
         return None
 
+    def is_firing(self, entity: Mapping[str, Any]) -> bool:
+        st = self._state.get(fingerprint(self.kind, entity))
+        return bool(st and st["firing"])
+
     def resolve(self, entity: Mapping[str, Any], at_ns: int, reason: str) -> Finding | None:
         """Resolve at once, without waiting for normal windows (the entity restarted, so its
         evidence no longer holds); returns the resolved finding if one was firing."""

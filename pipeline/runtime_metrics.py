@@ -29,7 +29,9 @@ Users add or override rules with ``MEMORY_METRICS`` (``load_rules``)::
     {"myapp_heap_bytes": {"role": "heap_used"},
      "jvm_memory_pool_bytes_used": {"role": "heap_used", "where": {"area": "heap"}}}
 
-``where`` keeps only points whose attributes equal one of the given values (case-insensitive).
+``where`` keeps only points whose attributes equal one of the given values (case-insensitive);
+``scale`` multiplies the value (Go's heap goal is mapped to the post-GC heap with 1/2, for the
+default GOGC=100: a service running with GOGC=200 maps it with ``"scale": 0.333``).
 Units: ``By``/``KiBy``/``MiBy``/``GiBy`` and ``s``/``ms``/``us``/``ns`` are converted to bytes and
 seconds; a point without a unit (Prometheus) is taken as bytes or seconds, as its name says.
 """
@@ -62,6 +64,7 @@ class Rule:
     role: str
     where: tuple[tuple[str, frozenset[str]], ...] = ()
     rank: int = 0  # lower wins when several metrics of one instance give the same role
+    scale: float = 1.0  # multiplies the value (after unit conversion)
 
     def matches(self, attrs: Mapping[str, Any]) -> bool:
         for key, allowed in self.where:
@@ -71,10 +74,15 @@ class Rule:
         return True
 
 
-def _rule(role: str, rank: int, **where: str) -> Rule:
+def _rule(role: str, rank: int, scale: float = 1.0, **where: str) -> Rule:
     """A built-in rule; ``where`` keys spell dots as ``__`` (``jvm__memory__type``)."""
     w = tuple(sorted((k.replace("__", "."), frozenset({v.lower()})) for k, v in where.items()))
-    return Rule(role, w, rank)
+    return Rule(role, w, rank, scale)
+
+
+#: Go's heap goal is the live heap after the last collection times 1 + GOGC/100 (GOGC is 100
+#: unless the service sets it; a different GOGC moves the floor's level, not its trend).
+GO_GOGC = 100.0
 
 
 _HEAP = {"jvm__memory__type": "heap"}
@@ -93,7 +101,10 @@ BUILTIN_RULES: dict[str, tuple[Rule, ...]] = {
     "jvm_memory_bytes_max": (_rule("limit", 2, **_PROM_HEAP),),
     "jvm_gc_collection_seconds": (_rule("gc", 1),),
     "jvm_gc_pause_seconds": (_rule("gc", 2),),
-    # Go
+    # Go: the heap goal set at each collection gives the post-GC live heap exactly; sampling
+    # go.memory.used catches random phases of cycles far shorter than the export interval.
+    "go.memory.gc.goal": (_rule("heap_after_gc", 2, scale=1 / (1 + GO_GOGC / 100)),),
+    "go_memstats_next_gc_bytes": (_rule("heap_after_gc", 3, scale=1 / (1 + GO_GOGC / 100)),),
     "go.memory.used": (_rule("heap_used", 3),),
     "go.memory.limit": (_rule("limit", 3),),
     "go.memory.allocated": (_rule("alloc", 0),),
@@ -183,7 +194,13 @@ def load_rules(spec: str) -> dict[str, tuple[Rule, ...]]:
                     for k, v in where.items()
                 )
             )
-            parsed.append(Rule(str(role), w, 100))
+            scale = entry.get("scale", 1.0)
+            if not isinstance(scale, (int, float)) or not scale > 0:
+                raise ConfigError(
+                    f"MEMORY_METRICS rule for {name!r}: \"scale\" must be a number > 0 "
+                    "(e.g. 0.5 for Go's heap goal with GOGC=100)"
+                )
+            parsed.append(Rule(str(role), w, 100, float(scale)))
         rules[str(name)] = tuple(parsed)
     return rules
 

@@ -262,7 +262,7 @@ class MemoryDetector(Detector):
             tick["id"] = [ra.get("service.version"), ra.get("process.pid")]
             if role in LEVEL_ROLES:
                 if p.value is not None:
-                    tick[role] = tick.get(role, 0.0) + float(p.value) * scale
+                    tick[role] = tick.get(role, 0.0) + float(p.value) * scale * rule.scale
             else:  # counters: their increases are taken in event-time order, when folded
                 sid = p.name + "|" + "|".join(f"{k}={v}" for k, v in sorted(p.attrs.items()))
                 tick.setdefault("c", {})[sid] = [
@@ -375,7 +375,7 @@ class MemoryDetector(Detector):
             self._close(key, inst, findings)
             cur = None
         if cur is None:
-            cur = inst.cur = [b, None, None, None, None, None, None, None, None]
+            cur = inst.cur = [b, None, None, None, None, None, None, None, None, 0]
         role = next((r for r in FLOOR_ROLES if r in inst.pick), None)
         if role is not None and role != inst.floor_role:
             if inst.floor_role:  # a better floor signal appeared: its history starts now
@@ -387,6 +387,7 @@ class MemoryDetector(Detector):
                 cur[1] = value
             if cur[7] is None or value > cur[7]:
                 cur[7] = value
+            cur[9] += 1
             if self._drop_seen(inst, t, value) and (cur[8] is None or value < cur[8]):
                 cur[8] = value
         if "limit" in tick and tick["limit"] > 0:
@@ -401,16 +402,20 @@ class MemoryDetector(Detector):
                         findings)
 
     def _drop_seen(self, inst: _Inst, t: int, value: float) -> bool:
-        """Note a collection: the floor signal fell by at least 3% and by twice its typical
+        """Note a collection: the floor signal fell by at least 3% and by four times its typical
         move between samples (an average of recent absolute changes). Only collections make
-        heaps shrink; the second bound keeps young-generation churn and RSS noise out."""
+        heaps shrink; the second bound keeps young-generation churn and RSS noise out (the
+        typical move is over samples that changed: a heap goal holds still between
+        collections, and its changes are noise around the floor, not a sawtooth)."""
         prev = inst.prev
         if prev is None:
             inst.prev = [value, 0.0, 0.5]
             return False
+        if value == prev[0]:
+            return False  # unchanged (a heap goal between collections): no information
         inst.prev = [value, 0.9 * prev[1] + 0.1 * abs(value - prev[0]),
                      0.95 * prev[2] + 0.05 * (value > prev[0])]
-        if value < prev[0] * 0.97 and prev[0] - value >= 2 * prev[1]:
+        if value < prev[0] * 0.97 and prev[0] - value >= 4 * prev[1]:
             inst.drops.append(t)
             del inst.drops[:-9]
             return True
@@ -432,7 +437,8 @@ class MemoryDetector(Detector):
             if climbing or float(np.std(gaps)) < 0.5 * float(np.mean(gaps)):
                 return float(np.median(gaps)) / self.bucket_ns
             return 0.0
-        if not climbing:
+        if not climbing or inst.floor_role != "heap_used":
+            # a post-GC measure (or RSS) that climbs without dropping is the floor rising
             return 0.0
         since = d[-1] if d else inst.reset_ns
         return (now_ns - since) / self.bucket_ns
@@ -473,7 +479,7 @@ class MemoryDetector(Detector):
             gc_count / bucket_s if gc_count is not None else None
         )
         if floor is not None:
-            inst.floors.append([b, floor, load, cur[7], cur[8]])
+            inst.floors.append([b, floor, load, cur[7], cur[8], cur[9]])
             self._dirty_blocks.add((key, self._block(b)))
             if len(inst.floors) > self.history:
                 old = inst.floors[: -self.history]
@@ -519,10 +525,17 @@ class MemoryDetector(Detector):
                 best is None or cand["trend_samples"] > best["trend_samples"]
             ):
                 best = cand
-        # A longer window that sees the growth slowing down overrules shorter ones: the tail
-        # of a warm-up still rises, slowly, for a long time.
-        if best is None or any(
-            c is not None and c.get("verdict") == "levelling_off" for c in inst.cache.values()
+        if best is None:
+            return None
+        # Before a finding opens, a longer window that sees the growth slow down or step
+        # overrules shorter ones: the tail of a warm-up still rises, slowly, for a long time,
+        # and a short window inside a step up sees a rise. Once open, the finding holds until
+        # no window sees a leak (or the process restarts).
+        entity = {"service": inst.service, "instance": inst.instance}
+        if not self.lc_leak.is_firing(entity) and any(
+            int(w) * 60 > best["window_s"] and c is not None
+            and c.get("verdict") in ("levelling_off", "level_shift")
+            for w, c in inst.cache.items()
         ):
             return None
         return self._leak_verdict(inst, best)
@@ -545,16 +558,15 @@ class MemoryDetector(Detector):
                     k = (f[0] - lo_b) // size
                     cur = groups.get(k)
                     if cur is None:
-                        groups[k] = [f[0], f[1], [f[2]] if f[2] is not None else []]
-                    else:
-                        cur[0] = f[0]
-                        cur[1] = min(cur[1], f[1])
-                        if f[2] is not None:
-                            cur[2].append(f[2])
-            rows = [(r[0] - (size - 1) / 2, r[1], float(np.mean(r[2])) if r[2] else None)
-                    for r in groups.values()]
+                        cur = groups[k] = [f[0], [], []]
+                    cur[0] = f[0]
+                    cur[1].append(float(f[1]))
+                    if f[2] is not None:
+                        cur[2].append(f[2])
+            rows = [(r[0] - (size - 1) / 2, float(min(r[1])),
+                     float(np.mean(r[2])) if r[2] else None) for r in groups.values()]
             if len(groups) and size > 1 and (pts[-1][0] - lo_b + 1) % size:
-                rows = rows[:-1]  # a group still filling has fewer samples: a higher minimum
+                rows = rows[:-1]  # a group still filling has fewer samples
         if len(rows) < 6:
             return None
         bucket_h = self.bucket_ns / NS / 3600.0
@@ -565,10 +577,8 @@ class MemoryDetector(Detector):
         tau = stats.kendalltau(x, y, alternative="greater")
         if not tau.pvalue < alpha:
             return None
-        # Where the growth began: the last sample still near the window's starting level.
-        y0, y1 = float(np.median(y[:3])), float(np.median(y[-3:]))
-        near = np.nonzero(y <= y0 + 0.1 * (y1 - y0))[0]
-        onset = int(near[-1]) if len(near) else 0
+        onset = _onset(x, y)
+        y0 = float(np.median(y[: max(onset, 1)]))
         if onset > len(y) - 6:
             return {"verdict": "too_recent", "end_ns": end_ns}
         xs, ys = x[onset:], y[onset:]
@@ -895,6 +905,32 @@ def _runtime(attrs: Mapping[str, Any], metric: str) -> str:
         if metric.startswith(prefix):
             return runtime
     return ""
+
+
+def _onset(x: np.ndarray, y: np.ndarray) -> int:
+    """Where the growth began: the knee of the best flat-then-linear (hinge) fit by least
+    squares, or 0 when growing throughout fits best."""
+    n = len(y)
+    best_k, best_sse = 0, math.inf
+    for k in range(0, n - 3):
+        design = np.column_stack([np.ones(n), np.maximum(x - x[k], 0.0)])
+        coef, res, *_ = np.linalg.lstsq(design, y, rcond=None)
+        sse = float(res[0]) if len(res) else float(np.sum((design @ coef - y) ** 2))
+        if sse < best_sse:
+            best_k, best_sse = k, sse
+    return best_k
+
+
+def _floor_estimate(f: Sequence[Any]) -> float:
+    """A minute's floor from its n samples' minimum and maximum: a heap caught at random
+    phases of its collection cycles lies between the floor and the floor plus the cycle's
+    growth, and for n uniform samples the unbiased estimate of the lower end is
+    ``min - (max - min) / (n - 1)`` (the minimum alone sits (max - min) / (n - 1) above it on
+    average, which would inflate both the floor and its slope)."""
+    n = f[5] if len(f) > 5 else 0
+    if n < 3 or f[3] is None:
+        return float(f[1])
+    return float(f[1] - (f[3] - f[1]) / (n - 1))
 
 
 def _med_mad(xs: Sequence[float]) -> tuple[float, float]:
