@@ -513,7 +513,7 @@ class MemoryDetector(Detector):
         for w in WINDOWS_MIN:
             # at least six sawtooth cycles, so that a trend persists across collections
             w_buckets = max(int(w * 60 * NS // self.bucket_ns), math.ceil(6 * period))
-            if span < w_buckets:
+            if span < 0.75 * w_buckets:  # a window three-quarters full is judged
                 inst.cache.pop(str(w), None)
                 continue
             every = max(1, w // 40)
