@@ -22,6 +22,13 @@ GAUGE_HELP = {
     f"{NS}_bottleneck_excess_latency_seconds":
         "Latency a firing bottleneck span adds per trace over its baseline (one series per "
         "firing bottleneck_span finding; bounded by the detector's cap on operations).",
+    f"{NS}_memory_leak_slope_bytes_per_second":
+        "Growth of the post-GC memory floor of an instance with a firing memory_leak finding.",
+    f"{NS}_memory_leak_time_to_oom_seconds":
+        "Estimated time until a leaking instance's floor reaches MEMORY_OOM_FRACTION of its "
+        "limit (one series per firing memory_leak finding with a known limit).",
+    f"{NS}_gc_time_fraction":
+        "Share of time in garbage collection of an instance with a firing gc_pressure finding.",
 }
 
 
