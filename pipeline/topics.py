@@ -3,9 +3,10 @@
 The worker calls ``ensure_topics`` before Faust starts, and ``tail`` and ``simulate`` call it
 before they subscribe or produce, so no topic is left to the broker's auto-creation (which would
 make the findings topic uncompacted and give topics the broker's default partition count), and
-Faust never joins its group before its routed topics exist (faust-streaming then skips a topic
-that is missing from its metadata at assignment, and never reads it). Existing topics are left
-as they are.
+Faust never joins its group before its routed topics and its tables' changelogs exist
+(faust-streaming skips a topic missing from its metadata at assignment and never reads it, and a
+changelog auto-created by a racing metadata request gets the broker's default partition count,
+which crashes the table's agent). Existing topics are left as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def routed_topic(settings: Settings, signal: str) -> str:
     return f"{settings.pipeline_app_id}-{signal}-routed"
 
 
+def changelog_topic(settings: Settings, signal: str) -> str:
+    """The changelog of the ``<signal>-state`` table (Faust's naming)."""
+    return f"{settings.pipeline_app_id}-{signal}-state-changelog"
+
+
 def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
     s = settings
     out = [
@@ -46,6 +52,15 @@ def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
             NewTopic(routed_topic(s, signal), s.pipeline_partitions,
                      s.pipeline_replication_factor,
                      topic_configs={"retention.ms": str(ROUTED_RETENTION_S * 1000)})
+            for signal in ROUTED_SIGNALS
+        ]
+        # The state tables' changelogs, compacted, one partition per routed partition. Left to
+        # Faust, a metadata request racing its creation can auto-create one with the broker's
+        # default partition count, and the table's agent then crashes on the mismatch.
+        out += [
+            NewTopic(changelog_topic(s, signal), s.pipeline_partitions,
+                     s.pipeline_replication_factor,
+                     topic_configs={"cleanup.policy": "compact"})
             for signal in ROUTED_SIGNALS
         ]
     return out

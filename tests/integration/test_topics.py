@@ -8,7 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline.settings import Settings
-from pipeline.topics import ensure_topics, routed_topic
+from pipeline.topics import changelog_topic, ensure_topics, routed_topic
 
 pytestmark = pytest.mark.integration
 
@@ -19,8 +19,10 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
     settings = Settings.from_env(env)
     created = await ensure_topics(settings)
     routed = [routed_topic(settings, s) for s in ("spans", "metrics", "traces")]
+    changelogs = [changelog_topic(settings, s) for s in ("spans", "metrics", "traces")]
     assert set(created) == {names["OTLP_SPANS_TOPIC"], names["OTLP_METRICS_TOPIC"],
-                            names["FINDINGS_TOPIC"], names["DEADLETTER_TOPIC"], *routed}
+                            names["FINDINGS_TOPIC"], names["DEADLETTER_TOPIC"], *routed,
+                            *changelogs}
     assert await ensure_topics(settings) == []  # idempotent: existing topics are left alone
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -28,11 +30,13 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
         described = {t["topic"]: len(t["partitions"])
                      for t in await admin.describe_topics(created)}
         assert described[names["FINDINGS_TOPIC"]] == int(names["OUTPUT_PARTITIONS"])
-        assert all(described[t] == int(names["PIPELINE_PARTITIONS"]) for t in routed)
-        (resp,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, names["FINDINGS_TOPIC"])]
-        )
-        configs = {c[0]: c[1] for c in resp.resources[0][4]}
-        assert configs["cleanup.policy"] == "compact"
+        assert all(described[t] == int(names["PIPELINE_PARTITIONS"])
+                   for t in routed + changelogs)
+        for topic in (names["FINDINGS_TOPIC"], *changelogs):
+            (resp,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            configs = {c[0]: c[1] for c in resp.resources[0][4]}
+            assert configs["cleanup.policy"] == "compact", topic
     finally:
         await admin.close()
