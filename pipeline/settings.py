@@ -79,7 +79,7 @@ class Settings:
     memory_metrics: str = ""  # extra metric -> role rules: inline JSON or a JSON file path
     memory_oom_fraction: float = 0.9  # time to OOM counts to this fraction of the limit
     memory_min_growth_pct_per_hour: float = 0.25  # slower floor growth is not reported
-    memory_max_instances: int = 5_000  # instances tracked per partition
+    memory_max_instances: int = 2_000  # instances per partition (~60 KB each with 6 h of history)
     gc_pressure_min_fraction: float = 0.10  # GC time share below this is never pressure
 
     pipeline_store: str = "rocksdb"

@@ -164,7 +164,7 @@ class MemoryDetector(Detector):
         resolve_after: int = 60,
         gc_min_fraction: float = 0.10,
         gc_warmup_buckets: int = 15,
-        max_instances: int = 5_000,
+        max_instances: int = 2_000,
         instance_ttl_s: float = 1800.0,
         history_s: float = 6 * 3600.0,
     ) -> None:
