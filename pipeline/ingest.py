@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -56,6 +56,42 @@ class RateLimitedLog:
         self._last[reason] = now
         suffix = f" ({held} more like this since the last report)" if held else ""
         self.logger.warning(msg + suffix, *args)
+
+
+def choose_partitions(
+    assigned: Iterable[TopicPartition],
+    highwater: Mapping[TopicPartition, int | None],
+    next_offset: Mapping[TopicPartition, int],
+    last_ts: Mapping[TopicPartition, int],
+) -> list[TopicPartition]:
+    """The input partitions to read next, as Kafka Streams picks the lowest timestamp: per
+    topic, those whose last read record is not ``ALIGN_MS`` ahead of the slowest partition that
+    still has records waiting; partitions with records waiting but none read yet go first.
+    Partitions whose end is unknown (not fetched yet) hold nobody back.
+
+    >>> a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    >>> choose_partitions([a, b], {a: 100, b: 100}, {a: 50, b: 10}, {a: 90_000, b: 20_000})
+    [TopicPartition(topic='t', partition=1)]
+    >>> choose_partitions([a, b], {a: 100, b: 100}, {a: 50, b: 100}, {a: 90_000, b: 20_000})
+    [TopicPartition(topic='t', partition=0), TopicPartition(topic='t', partition=1)]
+    """
+    by_topic: dict[str, list[TopicPartition]] = defaultdict(list)
+    for tp in sorted(assigned):
+        by_topic[tp.topic].append(tp)
+    chosen: list[TopicPartition] = []
+    for tps in by_topic.values():
+        waiting = [tp for tp in tps
+                   if highwater.get(tp) is not None and next_offset.get(tp, 0) < highwater[tp]]
+        unread = [tp for tp in waiting if tp not in last_ts]
+        if unread:  # nothing read from these yet: their first records come first
+            chosen += unread
+            continue
+        if not waiting:
+            chosen += tps
+            continue
+        floor = min(last_ts[tp] for tp in waiting)
+        chosen += [tp for tp in tps if last_ts.get(tp, floor) <= floor + ALIGN_MS]
+    return chosen
 
 
 class Ingest:
@@ -119,10 +155,22 @@ class Ingest:
             self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
         last_ts: dict[TopicPartition, int] = {}
         next_offset: dict[TopicPartition, int] = {}
+        starved = False
         try:
             while True:
-                chosen = await self._choose(consumer, last_ts, next_offset)
+                assigned = consumer.assignment()
+                high = {tp: consumer.highwater(tp) for tp in assigned}
+                for tp in assigned:
+                    if tp not in next_offset and high[tp] is not None:
+                        next_offset[tp] = await consumer.position(tp)
+                chosen = (
+                    list(assigned) if starved
+                    else choose_partitions(assigned, high, next_offset, last_ts)
+                )
                 batches = await consumer.getmany(*chosen, timeout_ms=500, max_records=MAX_BATCH)
+                # Nothing from the chosen ones (a partition that cannot be fetched now): read
+                # every partition next time rather than wait on it.
+                starved = not batches and len(chosen) < len(assigned)
                 if not batches:
                     continue
                 pending: list[Awaitable[Any]] = []
@@ -138,34 +186,6 @@ class Ingest:
         finally:
             await consumer.stop()
             await producer.stop()
-
-    @staticmethod
-    async def _choose(consumer: AIOKafkaConsumer, last_ts: dict[TopicPartition, int],
-                      next_offset: dict[TopicPartition, int]) -> list[TopicPartition]:
-        """The partitions to read next: per topic, those not ``ALIGN_MS`` ahead of the slowest
-        partition that still has records waiting (all of them until each has been read)."""
-        by_topic: dict[str, list[TopicPartition]] = defaultdict(list)
-        for tp in consumer.assignment():
-            by_topic[tp.topic].append(tp)
-        chosen: list[TopicPartition] = []
-        for tps in by_topic.values():
-            behind: dict[TopicPartition, int | None] = {}
-            for tp in tps:
-                high = consumer.highwater(tp)
-                if tp not in next_offset and high is not None:
-                    next_offset[tp] = await consumer.position(tp)
-                if high is None or next_offset.get(tp, 0) < high:
-                    behind[tp] = last_ts.get(tp)
-            unread = [tp for tp, t in behind.items() if t is None]
-            if unread:  # nothing read from these yet: their first records come first
-                chosen += unread
-                continue
-            if not behind:
-                chosen += tps
-                continue
-            floor = min(t for t in behind.values() if t is not None)
-            chosen += [tp for tp in tps if last_ts.get(tp, floor) <= floor + ALIGN_MS]
-        return chosen
 
     # -- one record ---------------------------------------------------------------------------
     async def _ingest(self, rec: ConsumerRecord, pending: list[Awaitable[Any]]) -> None:
