@@ -3,37 +3,46 @@
 Input: metric points routed by emitter (service + instance), so one partition sees every point
 of an instance. ``pipeline.runtime_metrics`` says which points are heap, post-GC heap, RSS,
 limits and GC activity, for every runtime; points of one metric at one timestamp are summed
-(pools, spaces, generations). Everything runs in event time: a timestamp's points are folded
-once the watermark has passed it, into one-minute buckets (``bucket_s``).
+(pools, spaces, generations). Everything runs in event time: an instance's sample is folded,
+in time order, once the watermark has passed it on the instance's own clock (an instance whose
+clock trails the partition's newest is judged that much later), into one-minute buckets.
+Counter increases, counter resets and identity changes are taken at fold, in event-time order,
+so points arriving out of order across input partitions change nothing.
 
 **The floor.** A leak is growth of what survives collection, not of the heap: the heap is a
-sawtooth. The floor signal is the post-GC heap where the runtime reports it (JVM, .NET), else
-the heap in use, else RSS; each bucket keeps its minimum, the *lower envelope*. When the floor
-signal itself has a slow sawtooth (a major collection every several minutes, so some buckets
-catch no trough), its period ``P`` is estimated from the drops between buckets, floors are taken
-as minima over groups of ``P``, and a trend is only judged over windows spanning at least eight
-such cycles.
+sawtooth. The floor signal is the post-GC heap where the runtime reports it (JVM, .NET, and Go's
+heap goal over 1 + GOGC/100), else the heap in use, else RSS; each bucket keeps its minimum, the
+*lower envelope*. Collections show as drops of the floor signal far larger than its typical
+move; when they come at regular intervals (a JVM's old generation between major collections)
+the floor signal has a sawtooth of its own: its troughs are the samples, and a trend is judged
+only over windows spanning six cycles. A climbing in-use heap whose collections have not been
+seen yet is taken to cycle at least as slowly as the time since the start.
 
-**The trend.** Over windows of 10, 20, 40, 80, 160 and 320 minutes (the shorter ones judged
-every minute, the longer ones every few), a window is a leak when
+**The trend.** Over windows of 10, 20, 40, 80, 160 and 320 minutes (judged once three-quarters
+full; the shorter ones every minute, the longer ones every few), a window is a leak when
 
 - the Mann–Kendall test (Kendall's tau of floor against time, one-sided, ``scipy.stats``) says
-  it rises at ``alpha`` (0.005; 0.001 from 80 minutes up: more windows, stricter test);
-- the Theil–Sen slope's 90% interval is above zero and the slope at least
+  it rises at ``alpha`` (0.005; 0.001 from 80 minutes up: more windows, stricter test), before
+  and after the knee of the best flat-then-linear (hinge) fit, where the growth began;
+- the Theil–Sen slope since the knee has its 90% interval above zero and is at least
   ``min_growth_pct_per_hour`` (0.25 %/h) of the limit (of the floor, with no limit known);
-- it is not levelling off: the slope of the window's second half is at least half the
-  window's (a cache warming up grows fast, then slower: not a leak);
-- it is not load: the load signal (bytes allocated, else collections per second) of the second
-  half is under 1.5x the first's (a heap that grows with traffic recedes with it).
+- the growth has lasted ``min_growth_s`` (12 minutes: before that a warm-up and a leak look
+  alike) over at least eight samples;
+- it is not levelling off: its second half and last third grow at least 0.6 and 0.5 times as
+  fast as the whole (a cache warming up grows fast, then slower);
+- it is not load: the load signal (bytes allocated, else collections per second) now is under
+  1.5x what it was before the growth (a heap that grows with traffic recedes with it).
 
-The shortest passing window speaks for the instance; a finding opens after ``open_after``
-consecutive passing minutes and resolves after ``resolve_after`` minutes without one.
+The passing window that saw the most of the growth speaks for the instance. Before a finding
+opens, a longer window that sees a step or a slowing rise vetoes shorter ones. A finding opens
+after ``open_after`` (2) consecutive passing minutes and resolves after ``resolve_after`` (60)
+minutes without one.
 
-**Restarts reset.** A new process start time (a cumulative series' start time, a counter that
-went down), a changed ``process.pid`` or ``service.version`` start the floor history afresh,
-skip ``startup_s`` of warm-up, and resolve a firing leak at once (``reset`` in its evidence). A
-redeployed pod has a new instance id: the old instance stops reporting, and its state and
-findings expire after ``instance_ttl_s``.
+**Restarts reset.** A new process (a cumulative counter that went back or a new start time, a
+changed ``process.pid`` or ``service.version``) starts the floor history afresh, skips
+``startup_s`` of warm-up, and resolves a firing leak at once (``resolved_because`` in its
+evidence). A redeployed pod has a new instance id: the old instance stops reporting, and its
+state and findings expire after ``instance_ttl_s``.
 
 **Time to OOM** is the time for the Theil–Sen line to reach ``oom_fraction`` (0.9) of the
 limit, with an interval from the slope's 90% bounds. The limit comes from the runtime's limit
