@@ -35,11 +35,6 @@ CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
 # a minute of event time is a two-second skew between partitions (a 60 s threshold made 58% of
 # trace samples late in a replay).
 SOURCE_IDLE_NS = 10 * 60 * 1_000_000_000
-# A source is idle (no longer holds the watermark back) only when it is also silent for this
-# many messages from the others; one not seen at all is waited for that long, however far
-# ahead in event time the others are: a backlog read one input partition first (at a worker's
-# start) spans more than SOURCE_IDLE_NS before the other partitions' first records.
-UNSEEN_SOURCE_MESSAGES = 1000
 # Derived records per message: a burst of completed traces must not exceed Kafka's 1 MB default
 # message size (a trace sample is typically well under 2 KB).
 MAX_DERIVED_PER_MESSAGE = 200
@@ -71,7 +66,6 @@ class PartitionEngine:
         self.offset = -1  # last applied routed message offset
         self.sources: dict[str, int] = {}  # "topic:partition" -> last applied source offset
         self.source_watermarks: dict[str, int] = {}  # "topic:partition" -> how far it has got
-        self.source_seen: dict[str, int] = {}  # "topic:partition" -> message count at its last
         self.max_event_ns = 0
         self.watermark_ns = 0
         self.counters = EngineCounters()
@@ -100,8 +94,7 @@ class PartitionEngine:
         got: its newest event time minus the allowed lateness, or, for derived messages, the
         watermark the sender stated. An input partition read behind the others (a backlog, an
         uneven fetch) then holds the watermark back instead of having its records arrive late.
-        A source that trails the newest by ``SOURCE_IDLE_NS`` stops holding it back (idle); one
-        never seen is waited for ``UNSEEN_SOURCE_MESSAGES`` messages first.
+        A source that trails the newest by ``SOURCE_IDLE_NS`` stops holding it back (idle).
         Messages without a source use this partition's newest event time minus the lateness.
         """
         if offset <= self.offset:
@@ -141,21 +134,16 @@ class PartitionEngine:
                 self.source_watermarks[key] = progress
             if not self.first_progress_ns:
                 self.first_progress_ns = progress
-            self.source_seen[key] = c.messages
         if self.source_watermarks:
             senders = self.source_watermarks.values()
             active_after = max(senders) - SOURCE_IDLE_NS
-            if len(senders) < self.expected_sources and (
-                self.first_progress_ns >= active_after or c.messages < UNSEEN_SOURCE_MESSAGES
+            if (
+                len(senders) < self.expected_sources
+                and self.first_progress_ns >= active_after
             ):
                 candidate = 0  # a source not seen yet may be behind: wait (until it is idle)
             else:
-                # idle: far behind in event time and silent for a while in messages
-                quiet_before = c.messages - UNSEEN_SOURCE_MESSAGES
-                candidate = min(
-                    w for k, w in self.source_watermarks.items()
-                    if w >= active_after or self.source_seen.get(k, 0) > quiet_before
-                )
+                candidate = min(w for w in senders if w >= active_after)
         else:
             candidate = newest - self.allowed_lateness_ns
         if candidate <= watermark:
@@ -230,7 +218,7 @@ class PartitionEngine:
                 "offset": self.offset, "max_event_ns": self.max_event_ns,
                 "watermark_ns": self.watermark_ns, "sources": self.sources,
                 "emitted": self.emitted, "source_watermarks": self.source_watermarks,
-                "first_progress_ns": self.first_progress_ns, "source_seen": self.source_seen,
+                "first_progress_ns": self.first_progress_ns,
                 "messages": c.messages, "items": c.items,
                 "late_items": c.late_items, "duplicate_messages": c.duplicate_messages,
             }
@@ -306,7 +294,6 @@ class PartitionEngine:
             self.emitted = marker.get("emitted", 0)
             self.source_watermarks = dict(marker.get("source_watermarks", {}))
             self.first_progress_ns = marker.get("first_progress_ns", 0)
-            self.source_seen = dict(marker.get("source_seen", {}))
             self.counters = EngineCounters(
                 marker["messages"], marker["items"], marker["late_items"],
                 marker["duplicate_messages"],

@@ -31,6 +31,8 @@ from pipeline.sinks.metrics import PipelineMetrics
 log = logging.getLogger("pipeline.ingest")
 
 MAX_BATCH = 200  # records per read: also the step at which partitions are kept aligned
+FIRST_READ = 20  # records per read while some input partition has not been read yet
+STARVE_S = 5.0  # processing seconds the chosen partitions may return nothing before all are read
 # Input partitions read more than this far ahead (record timestamps) of the slowest partition
 # of the same topic that still has records waiting are paused until it catches up, as Kafka
 # Streams chooses the record with the lowest timestamp: a backlog is then read in event-time
@@ -155,7 +157,8 @@ class Ingest:
             self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
         last_ts: dict[TopicPartition, int] = {}
         next_offset: dict[TopicPartition, int] = {}
-        starved = False
+        waiting_since: float | None = None  # when the chosen partitions last returned nothing
+        per_ms: dict[TopicPartition, float] = {}
         try:
             while True:
                 assigned = consumer.assignment()
@@ -164,13 +167,29 @@ class Ingest:
                     if tp not in next_offset and high[tp] is not None:
                         next_offset[tp] = await consumer.position(tp)
                 chosen = (
-                    list(assigned) if starved
+                    list(assigned)
+                    if waiting_since is not None and time.monotonic() - waiting_since > STARVE_S
                     else choose_partitions(assigned, high, next_offset, last_ts)
                 )
-                batches = await consumer.getmany(*chosen, timeout_ms=500, max_records=MAX_BATCH)
-                # Nothing from the chosen ones (a partition that cannot be fetched now): read
-                # every partition next time rather than wait on it.
-                starved = not batches and len(chosen) < len(assigned)
+                # Read about ALIGN_MS of event time per step: partitions not read yet (or of
+                # unknown end) a few records at a time, so that every one has been seen before
+                # any runs far ahead (the watermark's idle rule would give up on them), the
+                # others by their records' observed density (a few per step for metric batches
+                # seconds apart, up to MAX_BATCH for dense span records).
+                step = MAX_BATCH
+                for tp in chosen:
+                    if tp not in last_ts and (high.get(tp) is None
+                                              or next_offset.get(tp, 0) < high[tp]):
+                        step = FIRST_READ
+                    elif tp in per_ms:
+                        step = min(step, max(FIRST_READ, int(per_ms[tp] * ALIGN_MS)))
+                batches = await consumer.getmany(*chosen, timeout_ms=500, max_records=step)
+                # Nothing from the chosen ones for STARVE_S of processing time (a partition
+                # that cannot be fetched now): read every partition rather than wait on it.
+                if batches or len(chosen) == len(assigned):
+                    waiting_since = None
+                elif waiting_since is None:
+                    waiting_since = time.monotonic()
                 if not batches:
                     continue
                 pending: list[Awaitable[Any]] = []
@@ -179,6 +198,9 @@ class Ingest:
                     for rec in recs:
                         await self._ingest(rec, pending)
                     offsets[tp] = next_offset[tp] = recs[-1].offset + 1
+                    span_ms = recs[-1].timestamp - (last_ts.get(tp) or recs[0].timestamp)
+                    if span_ms > 0:  # records per millisecond of record time
+                        per_ms[tp] = len(recs) / span_ms
                     last_ts[tp] = recs[-1].timestamp
                 # Commit only what the broker has acknowledged (routed and dead letters).
                 await asyncio.gather(*pending)

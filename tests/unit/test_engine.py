@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.engine import UNSEEN_SOURCE_MESSAGES, PartitionEngine
+from pipeline.engine import PartitionEngine
 from pipeline.records import Resource, Span
 from tests.support.counting import SpanCounter
 
@@ -230,21 +230,6 @@ def test_watermark_waits_for_the_slowest_source_partition() -> None:
     assert e.watermark_ns <= T0  # ...because the watermark follows the slower partition
     e.process(spans("a", 5, T0 + 600 * S), offset=2, source=("in", 1, 1))
     assert e.watermark_ns == T0 + 604 * S + S // 10 - 5 * S
-    # A source that stopped (no record for 10 minutes of event time) stops holding it back,
-    # once it has also been silent for UNSEEN_SOURCE_MESSAGES messages (far ahead in event time
-    # alone is a backlog read one partition first, not an idle source).
+    # A source that stopped (no record for 10 minutes of event time) stops holding it back.
     e.process(spans("a", 5, T0 + 1300 * S), offset=3, source=("in", 0, 1))
-    assert e.watermark_ns == T0 + 604 * S + S // 10 - 5 * S
-    for i in range(UNSEEN_SOURCE_MESSAGES):
-        e.process(spans("a", 1, T0 + 1300 * S), offset=4 + i, source=("in", 0, 2 + i))
     assert e.watermark_ns == T0 + 1304 * S + S // 10 - 5 * S
-
-
-def test_a_source_not_seen_yet_is_waited_for_however_far_ahead_the_others_are() -> None:
-    e = engine()
-    e.expected_sources = 2
-    e.process(spans("a", 5, T0), offset=0, source=("in", 0, 0))
-    e.process(spans("a", 5, T0 + 3600 * S), offset=1, source=("in", 0, 1))
-    assert e.watermark_ns == 0  # an hour ahead, but partition 1 has not been read yet
-    e.process(spans("a", 5, T0 + 10 * S), offset=2, source=("in", 1, 0))
-    assert e.counters.late_items == 0 and 0 < e.watermark_ns <= T0 + 10 * S
