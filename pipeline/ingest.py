@@ -33,6 +33,7 @@ log = logging.getLogger("pipeline.ingest")
 MAX_BATCH = 200  # records per read: also the step at which partitions are kept aligned
 FIRST_READ = 20  # records per read while some input partition has not been read yet
 STARVE_S = 5.0  # processing seconds the chosen partitions may return nothing before all are read
+COMMIT_S = 1.0  # at most this long between offset commits while records flow
 # Input partitions read more than this far ahead (record timestamps) of the slowest partition
 # of the same topic that still has records waiting are paused until it catches up, as Kafka
 # Streams chooses the record with the lowest timestamp: a backlog is then read in event-time
@@ -159,6 +160,9 @@ class Ingest:
         next_offset: dict[TopicPartition, int] = {}
         waiting_since: float | None = None  # when the chosen partitions last returned nothing
         per_ms: dict[TopicPartition, float] = {}
+        pending: list[Awaitable[Any]] = []
+        offsets: dict[TopicPartition, int] = {}
+        since_commit, committed_at = 0, time.monotonic()
         try:
             while True:
                 assigned = consumer.assignment()
@@ -191,9 +195,9 @@ class Ingest:
                 elif waiting_since is None:
                     waiting_since = time.monotonic()
                 if not batches:
+                    if pending:
+                        await self._commit(consumer, pending, offsets)
                     continue
-                pending: list[Awaitable[Any]] = []
-                offsets: dict[TopicPartition, int] = {}
                 for tp, recs in batches.items():
                     for rec in recs:
                         await self._ingest(rec, pending)
@@ -202,12 +206,24 @@ class Ingest:
                     if span_ms > 0:  # records per millisecond of record time
                         per_ms[tp] = len(recs) / span_ms
                     last_ts[tp] = recs[-1].timestamp
-                # Commit only what the broker has acknowledged (routed and dead letters).
-                await asyncio.gather(*pending)
-                await consumer.commit(offsets)
+                    since_commit += len(recs)
+                # Small reads, batched commits: every MAX_BATCH records or COMMIT_S.
+                if since_commit >= MAX_BATCH or time.monotonic() - committed_at >= COMMIT_S:
+                    await self._commit(consumer, pending, offsets)
+                    since_commit, committed_at = 0, time.monotonic()
         finally:
             await consumer.stop()
             await producer.stop()
+
+    @staticmethod
+    async def _commit(consumer: AIOKafkaConsumer, pending: list[Awaitable[Any]],
+                      offsets: dict[TopicPartition, int]) -> None:
+        """Commit only what the broker has acknowledged (routed and dead letters)."""
+        await asyncio.gather(*pending)
+        pending.clear()
+        if offsets:
+            await consumer.commit(dict(offsets))
+            offsets.clear()
 
     # -- one record ---------------------------------------------------------------------------
     async def _ingest(self, rec: ConsumerRecord, pending: list[Awaitable[Any]]) -> None:
