@@ -384,7 +384,7 @@ class MemoryDetector(Detector):
             self._close(key, inst, findings)
             cur = None
         if cur is None:
-            cur = inst.cur = [b, None, None, None, None, None, None, None, None, 0]
+            cur = inst.cur = [b, None, None, None, None, None, None, None, None]
         role = next((r for r in FLOOR_ROLES if r in inst.pick), None)
         if role is not None and role != inst.floor_role:
             if inst.floor_role:  # a better floor signal appeared: its history starts now
@@ -396,7 +396,6 @@ class MemoryDetector(Detector):
                 cur[1] = value
             if cur[7] is None or value > cur[7]:
                 cur[7] = value
-            cur[9] += 1
             if self._drop_seen(inst, t, value) and (cur[8] is None or value < cur[8]):
                 cur[8] = value
         if "limit" in tick and tick["limit"] > 0:
@@ -488,7 +487,7 @@ class MemoryDetector(Detector):
             gc_count / bucket_s if gc_count is not None else None
         )
         if floor is not None:
-            inst.floors.append([b, floor, load, cur[7], cur[8], cur[9]])
+            inst.floors.append([b, floor, load, cur[7], cur[8]])
             self._dirty_blocks.add((key, self._block(b)))
             if len(inst.floors) > self.history:
                 old = inst.floors[: -self.history]
@@ -942,18 +941,6 @@ def _onset(x: np.ndarray, y: np.ndarray) -> int:
         sse = syy - a * sy - b * shy  # least-squares residual of y = a + b * hinge
     sse = np.where(det > 0, sse, np.inf)
     return int(np.argmin(sse))
-
-
-def _floor_estimate(f: Sequence[Any]) -> float:
-    """A minute's floor from its n samples' minimum and maximum: a heap caught at random
-    phases of its collection cycles lies between the floor and the floor plus the cycle's
-    growth, and for n uniform samples the unbiased estimate of the lower end is
-    ``min - (max - min) / (n - 1)`` (the minimum alone sits (max - min) / (n - 1) above it on
-    average, which would inflate both the floor and its slope)."""
-    n = f[5] if len(f) > 5 else 0
-    if n < 3 or f[3] is None:
-        return float(f[1])
-    return float(f[1] - (f[3] - f[1]) / (n - 1))
 
 
 def _med_mad(xs: Sequence[float]) -> tuple[float, float]:
