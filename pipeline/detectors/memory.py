@@ -267,8 +267,9 @@ class MemoryDetector(Detector):
                 # read one after another): they are one sample
                 near = [k for k in inst.pending if abs(k - t) < TICK_TOLERANCE_NS]
                 tick = inst.pending[near[0]] if near else inst.pending.setdefault(t, {})
-            ra = p.resource.attrs
-            tick["id"] = [ra.get("service.version"), ra.get("process.pid")]
+            if "id" not in tick:  # one resource per sample: its identity once
+                ra = p.resource.attrs
+                tick["id"] = [ra.get("service.version"), ra.get("process.pid")]
             if role in LEVEL_ROLES:
                 if p.value is not None:
                     tick[role] = tick.get(role, 0.0) + float(p.value) * scale * rule.scale
