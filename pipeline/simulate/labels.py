@@ -33,6 +33,30 @@ True time to OOM at a later time ``t`` (seconds, event time): while the first pr
 restart or OOM kill, ``oom_at - t`` of the process running at ``t`` (its heap started afresh, so
 its OOM comes later). ``oom_at`` past the run's end is extrapolated at the same rate.
 
+``time_wait_buildup`` truth (one label per fault, entity ``{"host": ...}``; the client's calls to
+the destination each open and close ``connections_per_call`` connections, and the client side,
+closing first, holds each in TIME_WAIT for 60 s)::
+
+    expected_close_rate_per_s                   extra closes/s at onset (also the label's
+                                                ``magnitude.close_rate_per_s``)
+    min/max_close_rate_per_s                    ... over the window (the load moves)
+    expected_time_wait                          60 s x the close rate at onset: the plateau
+    time_to_exhaustion_s                        seconds from onset until the sockets in
+                                                TIME_WAIT to one destination (closes of the last
+                                                60 s) fill the ephemeral range, integrating the
+                                                request rate second by second (spikes and the
+                                                daily curve included); null if that never happens
+                                                within the window. A steady rate r gives
+                                                ports / r when 60 r > ports, so it is < 60 s.
+
+The simulator does not cap TIME_WAIT at the range (a real client's connects would fail with
+``EADDRNOTAVAIL`` from then on), so the count goes on to 60 s x the close rate.
+
+A daily load curve whose rise within the run is large (``DAILY_CURVE_MIN_RISE`` of the base rate
+or more, e.g. a compressed ``daily_period_s``) gets one global ``daily_load_curve`` negative per
+rising flank (trough to peak): traffic, and every count that follows it, rises for reasons
+that are no fault. Real days at the default +-25% get none in runs of up to 6 h.
+
 A planned ``restart`` of an instance that is leaking at that moment (a restart mid-leak) is
 labelled with ``memory_leak`` removed from ``must_not_trigger``: the leak label covers it.
 A ``load_heap_growth`` also gets a ``traffic_spike`` label (global, same window), because its
@@ -49,7 +73,7 @@ Example (abridged)::
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +228,9 @@ def run_line(scenario: Scenario) -> dict[str, Any]:
 #: A slowdown of whole services is a hard negative for ``bottleneck_span`` and, per slowed
 #: service, what a ``latency_regression`` finding should report.
 LATENCY_REGRESSION = "latency_regression"
+#: A rising flank of the daily load curve: a global hard negative (module docstring).
+DAILY_LOAD_CURVE = "daily_load_curve"
+DAILY_CURVE_MIN_RISE = 0.5  # of the base rate: a 1.5x climb, like a mild traffic spike
 
 
 def label_lines(scenario: Scenario) -> list[dict[str, Any]]:
@@ -224,7 +251,54 @@ def label_lines(scenario: Scenario) -> list[dict[str, Any]]:
                 note=f"the traffic of the load_heap_growth on {f.entity['service']}",
             )
             lines.append(spike)
+    lines.extend(_daily_curve_labels(scenario))
     return lines
+
+
+def _daily_curve_labels(scenario: Scenario) -> list[dict[str, Any]]:
+    """One ``daily_load_curve`` negative per rising flank of the load curve inside the run whose
+    rise is at least ``DAILY_CURVE_MIN_RISE`` x the base rate.
+
+    >>> from pipeline.simulate.scenarios import build_scenario
+    >>> sc = build_scenario("healthy", duration="1h", daily_period_s=1800, daily_amplitude=0.5)
+    >>> [(lb["start"][11:19], lb["end"][11:19]) for lb in _daily_curve_labels(sc)]
+    [('08:03:45', '08:18:45'), ('08:33:45', '08:48:45')]
+    >>> _daily_curve_labels(build_scenario("leak"))  # 6 h of a real day: +31% at most
+    []
+    """
+    if scenario.daily_amplitude <= 0:
+        return []
+    period = scenario.daily_period_s
+    start_s = scenario.start_ns / 1e9
+    # Peaks at peak_hour_utc of each period (counted from the epoch); troughs half a period
+    # earlier. Flanks are taken in seconds from the scenario start.
+    peak_offset = (scenario.peak_hour_utc % 24.0) / 24.0 * period
+    first = math.floor((start_s - peak_offset) / period) * period + peak_offset - start_s
+    out = []
+    trough = first - period / 2
+    while trough < scenario.duration_s:
+        lo, hi = max(trough, 0.0), min(trough + period / 2, scenario.duration_s)
+        if hi > lo:
+            rise = scenario.base_rate_at(hi) - scenario.base_rate_at(lo)
+            if rise >= DAILY_CURVE_MIN_RISE * scenario.rate - 1e-9:
+                label = _base(scenario, Fault(TRAFFIC_SPIKE, {}, lo, hi), {})
+                label.update(
+                    kind=DAILY_LOAD_CURVE,
+                    magnitude={
+                        "from_rate": round(scenario.base_rate_at(lo), 2),
+                        "to_rate": round(scenario.base_rate_at(hi), 2),
+                        "daily_period_s": period,
+                        "daily_amplitude": scenario.daily_amplitude,
+                    },
+                    note=(
+                        f"daily load curve: entry traffic rises from "
+                        f"{scenario.base_rate_at(lo):.0f} to {scenario.base_rate_at(hi):.0f} "
+                        f"requests/s (a day of {period:.0f} s)"
+                    ),
+                )
+                out.append(label)
+        trough += period
+    return out
 
 
 def _regression_labels(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
@@ -519,10 +593,9 @@ def _time_wait_label(scenario: Scenario, f: Fault) -> dict[str, Any]:
     client, dest = f.evidence.get("service"), f.evidence.get("destination")
     per_call = float(f.magnitude.get("connections_per_call", 1))
     calls = expected_calls_per_request(topo)
-    rate = _rate_at(scenario, f.start_s)
-    close_rate = 0.0
+    # Extra closes per entry request, by destination: ports run out per destination.
+    per_request: dict[str, float] = defaultdict(float)
     services: list[str] = []
-    dests: set[str] = set()
     for s, _, h in topo.slots():
         if h != host or client not in (None, s):
             continue
@@ -530,22 +603,49 @@ def _time_wait_label(scenario: Scenario, f: Fault) -> dict[str, Any]:
         n_inst = topo.service(s).instances
         for (svc, address), per_req in calls.items():
             if svc == s and dest in (None, address):
-                close_rate += rate * per_req / n_inst * per_call
-                dests.add(address)
+                per_request[address] += per_req / n_inst * per_call
+    k = sum(per_request.values())
+    close_rate = _rate_at(scenario, f.start_s) * k
+    # The request rate of each second of the window, sampled as the simulator draws it.
+    rates = [_rate_at(scenario, t + 0.5) for t in range(int(f.start_s), int(math.ceil(f.end_s)))]
     label = _base(scenario, f, {"host": host})
     label["evidence"].update(
-        {"service": ",".join(dict.fromkeys(services)), "destination": ",".join(sorted(dests))}
+        {"service": ",".join(dict.fromkeys(services)), "destination": ",".join(sorted(per_request))}
     )
-    expected_tw = TIME_WAIT_S * close_rate
+    label["magnitude"]["close_rate_per_s"] = round(close_rate, 2)
+    exhaustion = [t for kd in per_request.values() if (t := _exhaustion_s(rates, kd)) is not None]
     label["truth"] = {
         "expected_close_rate_per_s": round(close_rate, 2),
-        "expected_time_wait": round(expected_tw, 1),
+        "min_close_rate_per_s": round(min(rates, default=0.0) * k, 2),
+        "max_close_rate_per_s": round(max(rates, default=0.0) * k, 2),
+        "expected_time_wait": round(TIME_WAIT_S * close_rate, 1),
         "time_wait_seconds": TIME_WAIT_S,
         "ephemeral_ports": EPHEMERAL_PORTS,
         # TIME_WAIT grows at the close rate for 60 s, then plateaus at 60 s x rate; ports to
         # one destination run out only if that plateau exceeds the ephemeral range.
-        "time_to_exhaustion_s": (
-            round(EPHEMERAL_PORTS / close_rate, 1) if expected_tw >= EPHEMERAL_PORTS else None
-        ),
+        "time_to_exhaustion_s": round(min(exhaustion), 1) if exhaustion else None,
     }
     return label
+
+
+def _exhaustion_s(rates: list[float], closes_per_request: float) -> float | None:
+    """Seconds until the closes of the last ``TIME_WAIT_S`` seconds reach ``EPHEMERAL_PORTS``
+    (linear within a second), given the request rate of each second; None if they never do.
+
+    >>> _exhaustion_s([100.0] * 120, 5.0)  # 500 closes/s: 28,232 ports last 56.5 s
+    56.464
+    >>> _exhaustion_s([100.0] * 120, 4.0) is None  # 400/s holds 24,000 in TIME_WAIT
+    True
+    """
+    window: deque[float] = deque()
+    held = 0.0
+    for t, rate in enumerate(rates):
+        closes = rate * closes_per_request
+        expiring = window.popleft() if len(window) == TIME_WAIT_S else 0.0
+        if held - expiring + closes >= EPHEMERAL_PORTS:
+            # within this second, closes arrive evenly while the expiring ones leave evenly
+            net = closes - expiring
+            return t + (EPHEMERAL_PORTS - held) / net if net > 0 else float(t)
+        held += closes - expiring
+        window.append(closes)
+    return None

@@ -44,9 +44,33 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     frontend#2                nodejs  4:55-5:35   noisy_rss (5x noise)
     catalog (all)             java    5:00-5:10   deploy
     ========================  ======  ==========  ===========================================
-``timewait`` (40 min)
-    TIME_WAIT buildups on a hostmetrics host and a node_exporter-only host, against two traffic
-    spikes and a deploy with its reconnect storm.
+``timewait`` (85 min)
+    The TIME_WAIT accuracy suite. The daily load curve is compressed to a "day" of 30 min at
+    +-50% (``daily_period_s=1800``, ``daily_amplitude=0.5``): a real day barely moves in an
+    85-minute run, so the entry rate instead climbs from 25 to 75 requests/s and back three
+    times (troughs at 3:45, 33:45 and 63:45, peaks 15 min later), and every rising flank is
+    labelled as a ``daily_load_curve`` hard negative. It also moves the buildups' close rates
+    (hence the ranges below; each label's ``truth`` integrates the actual rate). Times from
+    the start; closes/s at onset; "exhausts" = the truth's ``time_to_exhaustion_s``:
+
+    ======  ============  ===========================  =====  ==========  ================
+    window  host (style)  client > destination         conn.  closes/s    plateau, exhausts
+    ======  ============  ===========================  =====  ==========  ================
+    10-17   node-1 (hm)   payment > api.payments.ex.   1      2.2-3.7     ~130, no
+    11-23   node-4 (prom) cart > redis                 1      23-36       ~1,400, no
+    13-21   node-2 (hm)   user-service > postgres      1      11-14       ~650, no
+    16-24   node-3 (both) frontend > cart              3      46 (40-49)  ~2,800, no
+    30-34   all           traffic spike 4x (at the trough)
+    37-41   node-1/2/3    deploy of catalog; its clients' reconnect storm (40 s) recovers
+    44-51   node-1 (hm)   catalog > redis              25     557-656     ~33,000, 49 s
+    47-54   node-3 (both) cart > redis                 30     875-1,069   ~63,000, 27 s
+    54-62   node-2 (hm)   frontend > catalog           2      29 -> 12    ~1,700, no
+    64-67   all           traffic spike 3x (at the trough)
+    72-79   node-4 (prom) catalog > redis              28     528-735     ~32,000, 51 s
+    ======  ============  ===========================  =====  ==========  ================
+
+    Faults on one host are at least 8 minutes apart; no buildup overlaps a spike or the
+    deploy. Without faults a host holds ~50-150 sockets in TIME_WAIT (pool churn, probes).
 ``negatives`` (1 h)
     Every hard negative and no fault: any finding is a false alarm (head sampling and lost spans
     included, each in a window of its own).
@@ -104,8 +128,12 @@ class Scenario:
     rate: float = 50.0  # entry requests per second (before the daily pattern)
     sample_ratio: float = 1.0  # head sampling, decided per trace id
     metric_interval_s: int = 10
-    daily_amplitude: float = 0.25  # request rate swings +-25% over 24 h of event time
+    daily_amplitude: float = 0.25  # request rate swings +-25% over a day of event time
     peak_hour_utc: float = 15.0
+    #: Length of the "day" of the load curve, in seconds of event time. A real day (86400) barely
+    #: moves in an hour-long run; a preset that wants the daily curve as a look-alike compresses
+    #: it (``timewait``: 30 min). ``peak_hour_utc`` is then the same fraction of the period.
+    daily_period_s: float = 86400.0
     encoding: str = "otlp_proto"
     keying: str = "keyed"
     spans_topic: str = "otlp_spans"
@@ -135,6 +163,11 @@ class Scenario:
             )
         if not 0 <= self.daily_amplitude < 1:
             problems.append(f"daily_amplitude must be in [0, 1), got {self.daily_amplitude}")
+        if not (math.isfinite(self.daily_period_s) and self.daily_period_s >= 60):
+            problems.append(
+                f"daily_period_s must be a finite number of seconds >= 60 (86400 for a real day), "
+                f"got {self.daily_period_s}"
+            )
         if self.max_spans_per_record < 1:
             problems.append("max_spans_per_record must be >= 1")
         problems += [p for f in self.faults for p in _check_fault(self.topology, f)]
@@ -146,8 +179,17 @@ class Scenario:
         return self.start_ns + int(round(self.duration_s * 1e9))
 
     def base_rate_at(self, t_s: float) -> float:
-        """Entry requests/s at ``t_s`` from the baseline and the daily sinusoid (no spikes)."""
-        hour = ((self.start_ns / 1e9 + t_s) % 86400.0) / 3600.0
+        """Entry requests/s at ``t_s`` from the baseline and the daily sinusoid (no spikes).
+
+        The curve peaks at ``peak_hour_utc`` of each day of ``daily_period_s`` seconds, days
+        counted from the Unix epoch (with the default period: the hour of the UTC day).
+
+        >>> sc = build_scenario("healthy", duration="1h", daily_period_s=1800, daily_amplitude=0.5)
+        >>> [round(sc.base_rate_at(m * 60), 1) for m in (3.75, 18.75, 33.75)]  # trough, peak
+        [25.0, 75.0, 25.0]
+        """
+        period = self.daily_period_s
+        hour = ((self.start_ns / 1e9 + t_s) % period) / (period / 24.0)
         return self.rate * (
             1.0
             + self.daily_amplitude
@@ -548,45 +590,124 @@ def _leak() -> tuple[float, list[Fault], str]:
 
 
 def _timewait() -> tuple[float, list[Fault], str]:
+    # The TIME_WAIT accuracy suite (see PRESET_SETTINGS: the daily curve compressed to 30 min).
+    # Close rates below are at 50 requests/s x the curve at onset; the labels carry the exact
+    # truth. Faults on one host are >= 8 min apart; the spikes and the deploy overlap no buildup.
+    def buildup(
+        host: str, client: str, dest: str, start: float, end: float, per_call: int, note: str
+    ) -> Fault:
+        return Fault(
+            TIME_WAIT_BUILDUP,
+            {"host": host},
+            start * M,
+            end * M,
+            {"connections_per_call": per_call},
+            evidence={"service": client, "destination": dest},
+            note=note,
+        )
+
     faults = [
-        Fault(
-            TIME_WAIT_BUILDUP,
-            {"host": "node-4"},
-            10 * M,
-            20 * M,
-            {"connections_per_call": 1},
-            evidence={"service": "catalog", "destination": "redis"},
-            note="catalog on node-4 opens a Redis connection per request",
+        buildup(
+            "node-1",
+            "payment",
+            "api.payments.example",
+            10,
+            17,
+            1,
+            "payment's HTTP client to the card vendor loses keep-alive (~2 closes/s)",
         ),
-        Fault(
-            TIME_WAIT_BUILDUP,
-            {"host": "node-2"},
-            25 * M,
-            35 * M,
-            {"connections_per_call": 1},
-            evidence={"service": "frontend", "destination": "cart"},
-            note="frontend on node-2 disables keep-alive to cart",
+        buildup(
+            "node-4",
+            "cart",
+            "redis",
+            11,
+            23,
+            1,
+            "cart opens a Redis connection per command (~23 closes/s, rising to ~36)",
         ),
-        Fault(TRAFFIC_SPIKE, {}, 4 * M, 8 * M, {"factor": 4.0}, note="4x traffic"),
+        buildup(
+            "node-2",
+            "user-service",
+            "postgres",
+            13,
+            21,
+            1,
+            "user-service's pool is bypassed: a Postgres connection per query (~11/s)",
+        ),
+        buildup(
+            "node-3",
+            "frontend",
+            "cart",
+            16,
+            24,
+            3,
+            "frontend retries to cart on fresh connections: 3 per call (~47/s)",
+        ),
+        buildup(
+            "node-1",
+            "catalog",
+            "redis",
+            44,
+            51,
+            25,
+            "catalog's Redis client reconnects per key of a 25-key fan-out (~560/s): "
+            "the ports to redis run out within a minute",
+        ),
+        buildup(
+            "node-3",
+            "cart",
+            "redis",
+            47,
+            54,
+            30,
+            "cart pipelines 30 Redis commands, each on its own connection (~1,050/s)",
+        ),
+        buildup(
+            "node-2",
+            "frontend",
+            "catalog",
+            54,
+            62,
+            2,
+            "frontend to catalog without keep-alive, 2 connections per call, while the "
+            "load falls (~29/s down to ~12/s)",
+        ),
+        buildup(
+            "node-4",
+            "catalog",
+            "redis",
+            72,
+            79,
+            28,
+            "catalog's Redis fan-out without reuse on the node_exporter-only host "
+            "(~530/s, rising with the load): just over the ephemeral range",
+        ),
+        Fault(TRAFFIC_SPIKE, {}, 30 * M, 34 * M, {"factor": 4.0}, note="4x traffic"),
         Fault(
             DEPLOY,
             {"service": "catalog"},
-            21 * M,
-            24 * M,
+            37 * M,
+            41 * M,
             {"stagger_s": 30.0},
             note="rolling deploy of catalog",
         ),
         Fault(
             RECONNECT_STORM,
             {"service": "catalog"},
-            21 * M,
-            23 * M,
+            37 * M,
+            39 * M,
             {"duration_s": 40.0},
-            note="clients reconnect to the new catalog pods",
+            note="clients reconnect to the new catalog pods, then reuse again",
         ),
-        Fault(TRAFFIC_SPIKE, {}, 36 * M, 39 * M, {"factor": 3.0}, note="3x traffic"),
+        Fault(TRAFFIC_SPIKE, {}, 64 * M, 67 * M, {"factor": 3.0}, note="3x traffic"),
     ]
-    return 40 * M, faults, "TIME_WAIT buildups against traffic spikes and a reconnect storm"
+    return (
+        85 * M,
+        faults,
+        "TIME_WAIT accuracy suite: eight buildups from ~2 to ~1,050 closes/s on all four hosts "
+        "(three run the ports out), against two traffic spikes, a deploy's reconnect storm and "
+        "a daily load curve compressed to 30 min",
+    )
 
 
 def _negatives() -> tuple[float, list[Fault], str]:
@@ -686,13 +807,18 @@ PRESETS: dict[str, Callable[[], tuple[float, list[Fault], str]]] = {
 }
 
 #: Scenario fields a preset sets (overrides still win).
-PRESET_SETTINGS: dict[str, dict[str, Any]] = {"leak": {"emit_spans": False}}
+PRESET_SETTINGS: dict[str, dict[str, Any]] = {
+    "leak": {"emit_spans": False},
+    # A "day" of 30 min at +-50%: the rate goes 25 -> 75 -> 25 requests/s three times in the run
+    "timewait": {"daily_period_s": 1800.0, "daily_amplitude": 0.5},
+}
 
 _FIELDS = {
     "rate",
     "sample_ratio",
     "metric_interval_s",
     "daily_amplitude",
+    "daily_period_s",
     "peak_hour_utc",
     "encoding",
     "keying",

@@ -1203,6 +1203,110 @@ def test_reconnect_storm_recovers_within_minutes() -> None:
     assert peak > 3 * before and later < 1.5 * before
 
 
+@pytest.mark.parametrize(
+    ("period", "ok"),
+    [(86400.0, True), (1800, True), (60, True), (59.9, False), (0, False), (-1800, False),
+     (float("inf"), False), (float("nan"), False)],
+)
+def test_daily_period_is_validated(period: float, ok: bool) -> None:
+    if ok:
+        assert build_scenario("healthy", daily_period_s=period).daily_period_s == period
+    else:
+        with pytest.raises(ValueError, match="daily_period_s must be"):
+            build_scenario("healthy", daily_period_s=period)
+
+
+def test_daily_period_default_is_the_utc_day_and_compresses() -> None:
+    day = build_scenario("healthy", duration="6h")
+    for t in (0.0, 1234.5, 5 * 3600.0):  # the formula before the period existed, bit for bit
+        hour = ((day.start_ns / 1e9 + t) % 86400.0) / 3600.0
+        assert day.base_rate_at(t) == 50.0 * (
+            1 + 0.25 * np.sin(2 * np.pi * (hour - 15.0 + 6.0) / 24.0))
+    fast = build_scenario("healthy", daily_period_s=1800, daily_amplitude=0.5)
+    # start 08:00 UTC is a multiple of 30 min: the peak (hour 15 of 24) comes 18.75 min in
+    assert fast.base_rate_at(18.75 * 60) == pytest.approx(75.0)
+    assert fast.base_rate_at(3.75 * 60) == pytest.approx(25.0)
+    assert fast.base_rate_at(48.75 * 60) == pytest.approx(75.0)
+    assert not [lb for lb in label_lines(day) if lb.get("kind") == "daily_load_curve"]
+
+
+def test_timewait_preset_is_a_time_wait_accuracy_suite() -> None:
+    sc = build_scenario("timewait", seed=1)
+    assert sc.duration_s <= 90 * 60 and (sc.daily_period_s, sc.daily_amplitude) == (1800.0, 0.5)
+    labels = label_lines(sc)[1:]
+    tw = [lb for lb in labels if lb["kind"] == "time_wait_buildup"]
+    assert len(tw) >= 5 and all(not lb["negative"] for lb in tw)
+    styles = {h.name: h.metrics_style for h in sc.topology.hosts}
+    assert {styles[lb["entity"]["host"]] for lb in tw} == {"hostmetrics", "prometheus", "both"}
+    assert {lb["entity"]["host"] for lb in tw} == {"node-1", "node-2", "node-3", "node-4"}
+    rates = sorted(lb["magnitude"]["close_rate_per_s"] for lb in tw)
+    assert rates[0] < 5 and rates[-1] > 500 and len(set(rates)) == len(rates)
+    # close-rate classes as benchmarks.scoring groups them: at least two in each
+    assert sum(r < 20 for r in rates) >= 2 and sum(20 <= r < 100 for r in rates) >= 2
+    assert sum(r >= 100 for r in rates) >= 2
+    assert {lb["magnitude"]["connections_per_call"] for lb in tw} >= {1, 3}
+    by_host: dict[str, list[dict]] = defaultdict(list)
+    for lb in tw:
+        assert lb["end_unix_nano"] - lb["start_unix_nano"] >= 6 * 60 * 10**9
+        assert lb["magnitude"]["close_rate_per_s"] == lb["truth"]["expected_close_rate_per_s"]
+        by_host[lb["entity"]["host"]].append(lb)
+    for host_labels in by_host.values():
+        host_labels.sort(key=lambda lb: lb["start_unix_nano"])
+        for a, b in zip(host_labels, host_labels[1:], strict=False):
+            assert b["start_unix_nano"] - a["end_unix_nano"] >= 8 * 60 * 10**9
+    # the big ones run the ephemeral range out: 60 s x rate > ports, and ports / rate < 60 s
+    big = [lb for lb in tw if lb["truth"]["time_to_exhaustion_s"] is not None]
+    assert len(big) >= 2
+    for lb in tw:
+        t = lb["truth"]
+        assert (t["time_to_exhaustion_s"] is not None) == (
+            t["max_close_rate_per_s"] * 60 > t["ephemeral_ports"])
+    for lb in big:
+        t = lb["truth"]
+        assert t["expected_time_wait"] > t["ephemeral_ports"]
+        assert 0 < t["time_to_exhaustion_s"] < 60
+        assert t["time_to_exhaustion_s"] == pytest.approx(
+            t["ephemeral_ports"] / t["expected_close_rate_per_s"], rel=0.1)
+    # negatives: two spikes of 3-4x, a deploy with its reconnect storm, the daily curve
+    negs = [lb for lb in labels if lb["negative"]]
+    assert all("time_wait_buildup" in lb["must_not_trigger"] or lb["kind"] == "deploy"
+               for lb in negs)
+    spikes = [lb for lb in negs if lb["kind"] == "traffic_spike"]
+    assert len(spikes) >= 2 and all(3 <= lb["magnitude"]["factor"] <= 4 for lb in spikes)
+    assert any(lb["kind"] == "deploy" for lb in negs)
+    assert {lb["entity"]["host"] for lb in negs if lb["kind"] == "reconnect_storm"}
+    daily = [lb for lb in negs if lb["kind"] == "daily_load_curve"]
+    assert len(daily) >= 2 and all(lb["entity"] == {} for lb in daily)
+    assert all(lb["magnitude"]["to_rate"] >= 2 * lb["magnitude"]["from_rate"] for lb in daily)
+    # no buildup overlaps a spike or the deploy
+    for lb in tw:
+        for n in negs:
+            if n["kind"] in ("traffic_spike", "deploy", "reconnect_storm"):
+                assert (n["end_unix_nano"] <= lb["start_unix_nano"]
+                        or lb["end_unix_nano"] <= n["start_unix_nano"]), (lb["note"], n["kind"])
+
+
+def test_time_to_exhaustion_truth_matches_the_simulated_time_wait() -> None:
+    # metrics only: the TCP model draws from its own stream, so TIME_WAIT is the same as with
+    # spans (benchmarks.timewait_baselines relies on it too)
+    sc = build_scenario("timewait", seed=1, emit_spans=False)
+    _, points = run_model(sc)
+    for lb in label_lines(sc)[1:]:
+        if lb["kind"] != "time_wait_buildup" or lb["truth"]["time_to_exhaustion_s"] is None:
+            continue
+        host = lb["entity"]["host"]
+        name = ("system.network.connections" if sc.topology.host(host).metrics_style
+                == "hostmetrics" else "node_sockstat_TCP_tw")
+        match = {"state": "TIME_WAIT"} if name == "system.network.connections" else {}
+        tw = sorted(_host_series(points, host, name, **match).items())
+        onset = (lb["start_unix_nano"] - sc.start_ns) / 1e9
+        before = np.median([v for t, v in tw if onset - 300 <= t <= onset])
+        crossed = next(t for t, v in tw if t > onset and v - before >= 28232)
+        tte = lb["truth"]["time_to_exhaustion_s"]
+        # samples every 10 s: the first one at or after the true exhaustion
+        assert onset + tte - 2 <= crossed < onset + tte + 12, (host, crossed - onset, tte)
+
+
 # -- faults and CLI -----------------------------------------------------------------------
 
 
