@@ -188,7 +188,8 @@ class Pipeline:
                 try:
                     routed = st.decode_wire(msg.value)
                     findings = engine.process(
-                        routed.items, msg.offset, routed.source, routed.watermark_ns
+                        routed.items, msg.offset, routed.source, routed.watermark_ns,
+                        routed.side,
                     )
                 except Exception:  # one bad message must not stop detection for everyone
                     log.exception("skipped routed message %s[%d]@%d", msg.topic, p, msg.offset)
@@ -241,11 +242,13 @@ class Pipeline:
             await self._producer.start()
         source_topic = st.topic.get_topic_name()
         for signal, dest, items, seq in outbox:
-            if signal != "traces":
+            source = (source_topic, partition, seq)
+            if signal == "traces":
+                value = records.encode_samples(items, source, engine.output_watermark_ns(signal))
+            elif signal == "metrics":  # client calls per host: a side input, no watermark
+                value = records.encode_calls(items, source)
+            else:
                 raise RuntimeError(f"no routed stream carries derived {signal!r} records")
-            value = records.encode_samples(
-                items, (source_topic, partition, seq), engine.output_watermark_ns
-            )
             fut = await self._producer.send(
                 self.streams[signal].topic.get_topic_name(), value=value, partition=dest
             )
@@ -267,6 +270,8 @@ class Pipeline:
             os._exit(70)
 
     def _partitioner(self, signal: str, item: Any) -> int:
+        if signal == "metrics":
+            return records.calls_partition(item, self.settings.pipeline_partitions)
         return records.sample_partition(item, self.settings.pipeline_partitions)
 
     async def _tick_idle_partitions(self) -> None:

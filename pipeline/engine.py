@@ -86,6 +86,7 @@ class PartitionEngine:
         offset: int,
         source: tuple[str, int, int] | None = None,
         source_watermark_ns: int | None = None,
+        side: bool = False,
     ) -> list[Finding]:
         """Apply one routed message's records; return findings the watermark released.
 
@@ -96,6 +97,11 @@ class PartitionEngine:
         uneven fetch) then holds the watermark back instead of having its records arrive late.
         A source that trails the newest by ``SOURCE_IDLE_NS`` stops holding it back (idle).
         Messages without a source use this partition's newest event time minus the lateness.
+
+        ``side`` records (derived by another stage to enrich this one, such as the client calls
+        per host the span stage sends the metrics stream) go to ``Detector.update_side`` and are
+        deduplicated like the rest, but move no watermark: a quiet sender must not hold back
+        the stream it enriches.
         """
         if offset <= self.offset:
             self.counters.duplicate_messages += 1
@@ -111,6 +117,10 @@ class PartitionEngine:
         c = self.counters
         c.messages += 1
         c.items += len(items)
+        if side:
+            for d in self.detectors:
+                d.update_side(items)
+            return []
         watermark = self.watermark_ns
         newest = self.max_event_ns
         message_newest = 0
@@ -158,13 +168,12 @@ class PartitionEngine:
                     self._outbox.append((d.emits, derived))
         return findings
 
-    @property
-    def output_watermark_ns(self) -> int:
-        """The watermark derived messages carry: how far what this partition derives is
-        complete (behind its own watermark by what its detectors hold back)."""
+    def output_watermark_ns(self, signal: str) -> int:
+        """The watermark derived messages of ``signal`` carry: how far what this partition
+        derives is complete (behind its own watermark by what its detectors hold back)."""
         return min(
             (d.output_watermark(self.watermark_ns) for d in self.detectors
-             if d.emits is not None),
+             if d.emits == signal),
             default=self.watermark_ns,
         )
 

@@ -191,6 +191,11 @@ class Lifecycle:
         st = self._state.get(fingerprint(self.kind, entity))
         return bool(st and st["firing"])
 
+    def severity(self, entity: Mapping[str, Any]) -> str | None:
+        """The severity of the entity's firing finding (None if none is firing)."""
+        st = self._state.get(fingerprint(self.kind, entity))
+        return st["severity"] if st and st["firing"] else None
+
     def resolve(self, entity: Mapping[str, Any], at_ns: int, reason: str) -> Finding | None:
         """Resolve at once, without waiting for normal windows (the entity restarted, so its
         evidence no longer holds); returns the resolved finding if one was firing."""

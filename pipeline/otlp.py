@@ -67,7 +67,7 @@ RESOURCE_ATTRIBUTES = frozenset(
         "deployment.environment.name", "k8s.namespace.name", "k8s.node.name",
         "k8s.deployment.name", "container.id", "process.pid", "process.executable.name",
         "process.runtime.name", "process.runtime.version", "telemetry.sdk.language",
-        "process.start_time", "host.id",
+        "process.start_time", "host.id", "server.address",
     }
 )
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.connections import HOST_METRICS, host_key, host_of
+
 UNKNOWN_SERVICE = "unknown_service"
 
 # Span kinds, as in opentelemetry.proto.trace.v1.Span.SpanKind.
@@ -115,11 +117,43 @@ def span_partition(span: Span, partitions: int) -> int:
 
 
 def point_partition(point: MetricPoint, partitions: int) -> int:
-    """Partition of a metric point's emitter (service + instance)."""
+    """Partition of a metric point's emitter (service + instance); a host's connection metrics
+    (``pipeline.connections.HOST_METRICS``) go by host instead, so that one partition sees the
+    hostmetrics receiver's and node_exporter's view of a host and the client calls made from it
+    (``HostCalls``)."""
+    if point.name in HOST_METRICS:
+        return zlib.crc32(host_key(host_of(point.resource)).encode()) % partitions
     return zlib.crc32(point.resource.key.encode()) % partitions
 
 
 Source = tuple[str, int, int]  # topic, partition, offset of the record the items came from
+
+
+@dataclass(slots=True)
+class HostCalls:
+    """Client calls made from one host in one minute, by calling service and destination:
+    what the span stage derives (``pipeline.detectors.client_calls``) for the TIME_WAIT
+    detector, routed by host like the host's connection metrics."""
+
+    host: str
+    minute_ns: int  # start of the minute (event time)
+    service: str
+    destination: str
+    calls: int
+
+    @property
+    def event_time_ns(self) -> int:
+        return self.minute_ns
+
+
+def calls_partition(item: HostCalls, partitions: int) -> int:
+    return zlib.crc32(host_key(item.host).encode()) % partitions
+
+
+def encode_calls(items: list[HostCalls], source: Source | None = None) -> bytes:
+    rows = [[c.host, c.minute_ns, c.service, c.destination, c.calls] for c in items]
+    return orjson.dumps({"src": source, "c": rows})
+
 
 
 @dataclass(slots=True)
@@ -131,6 +165,8 @@ class Routed:
     # The sending partition's event-time watermark, on messages one detection stage derives
     # for the next (the receiver's watermark is the minimum over its active senders).
     watermark_ns: int | None = None
+    # Side input (``HostCalls`` on the metrics stream): applied once, but moves no watermark.
+    side: bool = False
 
 
 def _encode(
@@ -194,7 +230,10 @@ def encode_points(points: list[MetricPoint], source: Source | None = None) -> by
 
 
 def decode_points_wire(data: bytes) -> Routed:
+    """Metric points, or the client calls the span stage derives (a side input)."""
     doc = orjson.loads(data)
+    if "c" in doc:
+        return Routed(_source(doc), [HostCalls(*row) for row in doc["c"]], side=True)
     resources = [Resource.from_wire(r) for r in doc["r"]]
     out = []
     for row in doc["p"]:

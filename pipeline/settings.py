@@ -81,6 +81,13 @@ class Settings:
     memory_min_growth_pct_per_hour: float = 0.25  # slower floor growth is not reported
     memory_max_instances: int = 2_000  # instances per partition (~60 KB each with 6 h of history)
     gc_pressure_min_fraction: float = 0.10  # GC time share below this is never pressure
+    # TIME_WAIT buildup (per routed metric partition, by host).
+    time_wait_port_ranges: str = ""  # "32768-60999" or "node-7=1024-65535,*=32768-60999"
+    time_wait_factor: float = 3.0  # TIME_WAIT this many times what the host's load expects
+    time_wait_min_excess: float = 250.0  # ... and at least this many sockets over it
+    time_wait_sustain_s: float = 75.0  # elevated this long (event time) before a finding
+    time_wait_warmup_s: float = 300.0  # baseline learnt per host before it is judged
+    time_wait_max_hosts: int = 5_000  # hosts per partition (~20 KB each)
 
     pipeline_store: str = "rocksdb"
     pipeline_data_dir: str = ".cache/state"
@@ -226,6 +233,24 @@ class Settings:
                 f"GC_PRESSURE_MIN_FRACTION={self.gc_pressure_min_fraction} must be between 0 "
                 "and 1 (a share of time, e.g. 0.05 for 5%)"
             )
+        from pipeline.connections import parse_port_ranges
+
+        try:
+            parse_port_ranges(self.time_wait_port_ranges)
+        except ValueError as exc:
+            raise ConfigError(f"TIME_WAIT_PORT_RANGES: {exc}") from None
+        if self.time_wait_factor <= 1:
+            raise ConfigError(
+                f"TIME_WAIT_FACTOR={self.time_wait_factor} must be > 1: how many times the "
+                "TIME_WAIT count the host's load explains counts as a buildup (e.g. 3)"
+            )
+        if self.time_wait_min_excess < 0:
+            raise ConfigError(
+                f"TIME_WAIT_MIN_EXCESS={self.time_wait_min_excess} must be >= 0 (sockets)"
+            )
+        _positive("TIME_WAIT_SUSTAIN_S", self.time_wait_sustain_s, upper=3600)
+        _positive("TIME_WAIT_WARMUP_S", self.time_wait_warmup_s, upper=86400)
+        _positive("TIME_WAIT_MAX_HOSTS", self.time_wait_max_hosts)
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(
                 f"METRICS_PORT={self.metrics_port} is not a TCP port (0-65535; 0 disables)"

@@ -11,12 +11,15 @@ import importlib
 
 from pipeline.detectors.base import SIGNALS, Detector
 from pipeline.detectors.bottleneck import BottleneckDetector
+from pipeline.detectors.client_calls import ClientCallCounter
 from pipeline.detectors.memory import MemoryDetector
+from pipeline.detectors.timewait import TimeWaitDetector
 from pipeline.detectors.trace_assembly import TraceAssembler
 from pipeline.settings import ConfigError
 
-# The TIME_WAIT detector registers here too.
-BUILTIN: list[type[Detector]] = [TraceAssembler, BottleneckDetector, MemoryDetector]
+BUILTIN: list[type[Detector]] = [
+    TraceAssembler, ClientCallCounter, BottleneckDetector, MemoryDetector, TimeWaitDetector,
+]
 
 
 def load_detectors(extra: str = "") -> list[type[Detector]]:

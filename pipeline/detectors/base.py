@@ -56,6 +56,10 @@ class Detector(ABC):
     def update(self, records: Sequence[Any]) -> None:
         """Fold records (all of this detector's signal) into state."""
 
+    def update_side(self, records: Sequence[Any]) -> None:  # noqa: B027 (optional hook)
+        """Fold side-input records another stage derived for this stream (they move no
+        watermark; see ``PartitionEngine.process``). Ignored unless a detector uses them."""
+
     @abstractmethod
     def advance(self, watermark_ns: int) -> list[Finding]:
         """Act on everything the watermark has passed; return findings that changed state."""

@@ -18,7 +18,7 @@ import pytest
 from pipeline.detectors import BUILTIN
 from pipeline.detectors.base import SIGNALS, Detector
 from pipeline.records import MetricPoint, Resource, Span
-from tests.support import heaps, traces
+from tests.support import heaps, tcp, traces
 from tests.support.counting import PointCounter, SpanCounter
 
 S = 10**9
@@ -60,6 +60,11 @@ CONTRACT_INPUTS = {
     "trace_assembly": lambda: traces.span_batches(minutes=2),
     "bottleneck": lambda: traces.samples(minutes=25, added_ms=_slow_query),
     "memory": _memory_batches,
+    # reuse lost on one host (1.5 -> 30 closes/s) for 8 minutes, beside a steady host
+    "timewait": lambda: [a + b for a, b in zip(
+        tcp.host_batches(24, closes=tcp.step(1.5, 30.0, 600, 1080)),
+        tcp.host_batches(24, style="node", host="node-8", seed=2), strict=True)],
+    "client_calls": lambda: traces.span_batches(minutes=3),
 }
 
 

@@ -173,7 +173,7 @@ def _two_stage_run(crash_after: int | None) -> tuple[list[tuple], list[dict], in
             before = dst.counters.duplicate_messages
             findings += [f.to_dict() for f in dst.process(
                 items, offset=len(sent), source=("spans-routed", 0, seq),
-                source_watermark_ns=src.output_watermark_ns)]
+                source_watermark_ns=src.output_watermark_ns("traces"))]
             skipped += dst.counters.duplicate_messages - before
         if i % 4 == 3:
             apply(table, src.changes())
@@ -233,3 +233,19 @@ def test_watermark_waits_for_the_slowest_source_partition() -> None:
     # A source that stopped (no record for 10 minutes of event time) stops holding it back.
     e.process(spans("a", 5, T0 + 1300 * S), offset=3, source=("in", 0, 1))
     assert e.watermark_ns == T0 + 1304 * S + S // 10 - 5 * S
+
+
+def test_side_input_is_applied_once_and_moves_no_watermark() -> None:
+    from pipeline.detectors.timewait import TimeWaitDetector
+    from pipeline.records import HostCalls
+
+    tw = TimeWaitDetector()
+    e = PartitionEngine(0, [tw], 5 * S, expected_sources=1)
+    e.process(spans("a", 5, T0), offset=0, source=("in", 0, 0))
+    mark = e.watermark_ns
+    calls = [HostCalls("node-1", T0 + 3600 * S, "api", "redis", 60)]
+    e.process(calls, offset=1, source=("spans-routed", 3, 1), side=True)
+    assert e.watermark_ns == mark and "spans-routed:3" not in e.source_watermarks
+    e.process(calls, offset=2, source=("spans-routed", 3, 1), side=True)  # re-sent after a crash
+    assert e.counters.duplicate_messages == 1
+    assert tw._hosts["node-1"].calls == {str(T0 + 3600 * S): {"api\x1fredis": 60}}

@@ -1,0 +1,608 @@
+"""TIME_WAIT buildup and ephemeral-port exhaustion risk, per host. Pure: no Faust, no Kafka.
+
+Input: a host's connection metrics (``pipeline.connections``: the hostmetrics receiver's
+``system.network.connections``, node_exporter's ``node_sockstat_TCP_tw``,
+``node_netstat_Tcp_CurrEstab``, ``node_netstat_Tcp_ActiveOpens``, the port-range sysctl), routed
+by host, and as a side input the client calls the host's services made (``HostCalls``, derived
+from their CLIENT spans by ``pipeline.detectors.client_calls``). Everything runs in event time: a
+host's samples are folded in time order once the watermark has passed them.
+
+**Why relative to load.** The side that closes a TCP connection first holds it in TIME_WAIT for
+60 s, so a host closing ``r`` connections a second holds about ``60·r``. With pooled keep-alive
+connections ``r`` is small and grows a little with traffic; when a client stops reusing
+connections, ``r`` becomes its call rate. So TIME_WAIT is judged against the host's load:
+the calls its services make (client spans) and the connections it holds open (ESTABLISHED,
+which pools size to concurrency), each as a ratio learned per host over its last
+``baseline_minutes`` normal minutes (median of per-minute medians, after ``warmup_s``). A
+sample is *elevated* when TIME_WAIT is at least ``factor`` times what *every* available load
+measure expects and at least ``min_excess`` sockets over it: a traffic spike or the daily curve
+moves load and TIME_WAIT together; a loss of reuse moves TIME_WAIT alone.
+
+**Sustained, not a blip.** A finding opens when samples have been elevated for ``sustain_s``
+(75 s) without a break and the excess is still at least ``hold_fraction`` of its peak in that
+episode. A reconnect storm after a deploy (every client reopening its pool at once) raises
+TIME_WAIT for about a minute and then drains 60 s later: by the time it has lasted 75 s it is
+draining, so it opens nothing. A finding resolves after ``resolve_s`` (120 s) without an
+elevated sample. Elevated samples never enter the baseline.
+
+**Time to exhaustion.** Ports run out for one destination (address and port) when its TIME_WAIT
+sockets fill the ephemeral range (``PORT_RANGES``, or the host's
+``node_sysctl_net_ipv4_ip_local_port_range``; Linux default 32768–60999, 28,232 ports). With a
+steady close rate ``r`` TIME_WAIT levels off at ``60·r``: if that plateau is over the range the
+ports run out in ``(ports − TIME_WAIT) / r``, else they do not run out at this rate. When the
+rate itself grows (TIME_WAIT climbing over its last four samples at 0.6–1.6 times the slope
+of the four before: a steady climb, not the 60 s ramp of a step that is levelling off), the
+estimate is ``(ports − TIME_WAIT) / slope``. The close rate is the
+host's connection-open rate (``ActiveOpens``) where sent, else ``max(TIME_WAIT/60, slope)``.
+The host's whole TIME_WAIT count is compared with the range, as if the churn went to one
+destination (the usual case: one client, one peer); the evidence says so.
+
+**Attribution.** From the client calls of the last minutes: each (service, destination) pair's
+call rate against the extra closes per second. A pair whose call rate matches the extra closes
+(0.6–1.5x) is opening a connection per call (no keep-alive, or a client built per request);
+more closes than calls means several connections per call; far fewer means connections last
+a few calls each (a pool too small for the load, or a short idle timeout). A per-destination
+breakdown in the connection metrics, where sent, names the destinations directly.
+
+**Bounded state.** At most ``max_hosts`` hosts per partition (the longest quiet is evicted,
+counted), a host silent for ``host_ttl_s`` expires (its finding resolves); per host, the last
+``recent_s`` of samples, ``baseline_minutes`` minute summaries and ``calls_minutes`` minutes of
+client calls (``max_pairs`` pairs each).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from pipeline import connections as conn
+from pipeline.detectors.base import Detector, DetectorStats
+from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
+from pipeline.records import HostCalls, MetricPoint
+
+KIND = "time_wait_buildup"
+TTE_GAUGE = "anomaly_pipeline_time_wait_time_to_exhaustion_seconds"
+COUNT_GAUGE = "anomaly_pipeline_time_wait_sockets"
+NS = 1_000_000_000
+MINUTE_NS = 60 * NS
+TICK_TOLERANCE_NS = NS  # points of one host less than this apart are one sample
+SOURCE_STALE_NS = 300 * NS  # a host's TIME_WAIT source silent this long gives way to another
+CALLS_MAX_AGE_NS = 4 * MINUTE_NS  # client calls older than this say nothing about load now
+MIN_CALLS_PER_S = 0.5  # below this the call rate is no load measure
+
+
+class _Host:
+    __slots__ = (
+        "host", "src", "src_seen", "pending", "last_t", "est", "opens", "ports", "recent",
+        "minutes", "cur", "calls", "episode", "seen_ns", "dests",
+    )
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.src = ""  # the emitter whose TIME_WAIT and ESTABLISHED counts are used
+        self.src_seen = 0
+        self.pending: dict[int, dict[str, Any]] = {}  # t -> role -> value, waiting for wm
+        self.last_t = 0
+        self.est: float | None = None  # ESTABLISHED now
+        self.opens: list[float] | None = None  # [t_ns, counter, rate per s or -1]
+        self.ports: int | None = None  # from the port-range metric
+        self.recent: list[list[float]] = []  # [t_ns, time_wait, open rate or -1]
+        # normal minutes, oldest first: [minute, TIME_WAIT/ESTABLISHED, TIME_WAIT/calls per s
+        # or None, TIME_WAIT]
+        self.minutes: list[list[Any]] = []
+        self.cur: list[Any] | None = None  # this minute's normal samples: [minute, [...]...]
+        self.calls: dict[str, dict[str, int]] = {}  # minute -> "service\x1fdest" -> calls
+        self.episode: dict[str, Any] | None = None  # the current run of elevated samples
+        self.seen_ns = 0
+        self.dests: dict[str, float] = {}  # TIME_WAIT per destination, where metrics say
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "h": self.host, "s": self.src, "ss": self.src_seen,
+            "p": [[t, v] for t, v in sorted(self.pending.items())], "lt": self.last_t,
+            "e": self.est, "o": self.opens, "po": self.ports, "r": self.recent,
+            "m": self.minutes, "c": self.cur, "ca": self.calls, "ep": self.episode,
+            "sn": self.seen_ns, "d": self.dests,
+        }
+
+    @classmethod
+    def from_doc(cls, d: Mapping[str, Any]) -> _Host:
+        x = cls(d["h"])
+        x.src, x.src_seen = d["s"], d["ss"]
+        x.pending = {int(t): dict(v) for t, v in d["p"]}
+        x.last_t, x.est, x.opens, x.ports = d["lt"], d["e"], d["o"], d["po"]
+        x.recent, x.minutes, x.cur = list(d["r"]), list(d["m"]), d["c"]
+        x.calls = {k: dict(v) for k, v in d["ca"].items()}
+        x.episode, x.seen_ns, x.dests = d["ep"], d["sn"], dict(d["d"])
+        return x
+
+
+class TimeWaitDetector(Detector):
+    name = "timewait"
+    version = "1"
+    signal = "metrics"
+    kinds = (KIND,)
+
+    def __init__(
+        self,
+        port_ranges: Mapping[str, int] | None = None,
+        factor: float = 3.0,
+        min_excess: float = 250.0,
+        sustain_s: float = 75.0,
+        hold_fraction: float = 0.7,
+        resolve_s: float = 120.0,
+        warmup_s: float = 300.0,
+        baseline_minutes: int = 60,
+        recent_s: float = 300.0,
+        calls_minutes: int = 10,
+        max_pairs: int = 50,
+        max_hosts: int = 5_000,
+        host_ttl_s: float = 1800.0,
+    ) -> None:
+        if factor <= 1 or min_excess < 0 or sustain_s < 0 or not 0 < hold_fraction <= 1:
+            raise ValueError("need factor > 1, min_excess >= 0, sustain_s >= 0, "
+                             "0 < hold_fraction <= 1")
+        self.port_ranges = dict(port_ranges or {})
+        self.default_ports = self.port_ranges.get(
+            "*", conn.LINUX_PORT_RANGE[1] - conn.LINUX_PORT_RANGE[0] + 1
+        )
+        self.factor, self.min_excess = factor, min_excess
+        self.sustain_ns, self.hold_fraction = int(sustain_s * NS), hold_fraction
+        self.resolve_ns = int(resolve_s * NS)
+        self.warmup_minutes = max(1, math.ceil(warmup_s / 60))
+        self.baseline_minutes = baseline_minutes
+        self.recent_ns = int(recent_s * NS)
+        self.calls_minutes, self.max_pairs = calls_minutes, max_pairs
+        self.max_hosts, self.ttl_ns = max_hosts, int(host_ttl_s * NS)
+        self.lc = Lifecycle(KIND, self.name, self.version, 1, 1, max_hosts)
+        self._hosts: dict[str, _Host] = {}
+        self._waiting: set[str] = set()
+        self._dirty: set[str] = set()
+        self._newest = 0
+        self._expired_until = 0
+        self._counts = {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
+                        "other_sources": 0}
+        self._meta_dirty = False
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TimeWaitDetector:
+        return cls(
+            port_ranges=conn.parse_port_ranges(settings.time_wait_port_ranges),
+            factor=settings.time_wait_factor,
+            min_excess=settings.time_wait_min_excess,
+            sustain_s=settings.time_wait_sustain_s,
+            warmup_s=settings.time_wait_warmup_s,
+            max_hosts=settings.time_wait_max_hosts,
+        )
+
+    # -- folding ------------------------------------------------------------------------------
+    def update(self, records: Sequence[MetricPoint]) -> None:
+        for p in records:
+            if p.name not in conn.HOST_METRICS or p.value is None:
+                continue
+            role = conn.classify(p.name, p.attrs)
+            if role is None:
+                continue
+            name = conn.host_of(p.resource)
+            if not name:
+                continue
+            h = self._host(name, p.time_ns)
+            if h is None:
+                continue
+            t = p.time_ns
+            if t <= h.last_t:
+                self._counts["late_points"] += 1
+                self._meta_dirty = True
+                continue
+            if role in (conn.TIME_WAIT, conn.ESTABLISHED):
+                # One emitter per host: several (hostmetrics and the Python instrumentation in
+                # every process) would each report the same host-wide count.
+                src = f"{p.name.split('_')[0]}|{p.resource.key}"
+                if h.src != src:
+                    if h.src and t - h.src_seen < SOURCE_STALE_NS:
+                        self._counts["other_sources"] += 1
+                        continue
+                    h.src = src
+                h.src_seen = max(h.src_seen, t)
+            self._dirty.add(name)
+            self._waiting.add(name)
+            if t > h.seen_ns:
+                h.seen_ns = t
+            if t > self._newest:
+                self._newest = t
+                self._meta_dirty = True
+            tick = h.pending.get(t)
+            if tick is None:
+                near = [k for k in h.pending if abs(k - t) < TICK_TOLERANCE_NS]
+                tick = h.pending[near[0]] if near else h.pending.setdefault(t, {})
+            value = float(p.value)
+            if role in (conn.TIME_WAIT, conn.ESTABLISHED):
+                tick[role] = tick.get(role, 0.0) + value  # families, processes, destinations
+                dest = conn.destination(p.attrs) if role == conn.TIME_WAIT else ""
+                if dest:
+                    d = tick.setdefault("d", {})
+                    d[dest] = d.get(dest, 0.0) + value
+            else:
+                tick[role] = value
+
+    def update_side(self, records: Sequence[Any]) -> None:
+        for c in records:
+            if not isinstance(c, HostCalls):
+                continue
+            h = self._host(c.host, c.minute_ns)
+            if h is None:
+                continue
+            bucket = h.calls.setdefault(str(c.minute_ns), {})
+            pair = f"{c.service}\x1f{c.destination}"
+            if pair in bucket or len(bucket) < self.max_pairs:
+                bucket[pair] = bucket.get(pair, 0) + c.calls
+            if len(h.calls) > self.calls_minutes:
+                for k in sorted(h.calls, key=int)[: len(h.calls) - self.calls_minutes]:
+                    del h.calls[k]
+            self._dirty.add(c.host)
+
+    def _host(self, name: str, t: int) -> _Host | None:
+        h = self._hosts.get(name)
+        if h is None:
+            if len(self._hosts) >= self.max_hosts:
+                quiet = [(x.seen_ns, k) for k, x in self._hosts.items()
+                         if not self.lc.is_firing({"host": k})]
+                if not quiet:
+                    return None
+                victim = min(quiet)[1]
+                del self._hosts[victim]
+                self._waiting.discard(victim)
+                self._dirty.add(victim)
+                self._counts["evicted_hosts"] += 1
+                self._meta_dirty = True
+            h = self._hosts[name] = _Host(name)
+            h.seen_ns = t
+        return h
+
+    # -- judging -----------------------------------------------------------------------------
+    def advance(self, watermark_ns: int) -> list[Finding]:
+        out: list[Finding] = []
+        for name in sorted(self._waiting):
+            h = self._hosts.get(name)
+            if h is None:
+                continue
+            ready = sorted(t for t in h.pending if t <= watermark_ns)
+            for t in ready:
+                out.extend(self._fold(h, t, h.pending.pop(t)))
+            if not h.pending:
+                self._waiting.discard(name)
+        if watermark_ns - self._expired_until >= MINUTE_NS:
+            self._expired_until = watermark_ns
+            self._meta_dirty = True
+            horizon = self._newest - self.ttl_ns
+            for name in sorted(k for k, h in self._hosts.items() if h.seen_ns < horizon):
+                del self._hosts[name]
+                self._waiting.discard(name)
+                self._dirty.add(name)
+                self._counts["expired_hosts"] += 1
+                done = self.lc.resolve({"host": name}, watermark_ns, "the host stopped reporting")
+                if done is not None:
+                    out.append(done)
+        return out
+
+    def _fold(self, h: _Host, t: int, tick: Mapping[str, Any]) -> list[Finding]:
+        h.last_t = t
+        self._dirty.add(h.host)
+        if conn.PORT_LOW in tick and conn.PORT_HIGH in tick:
+            h.ports = int(tick[conn.PORT_HIGH] - tick[conn.PORT_LOW] + 1)
+        if conn.OPENS in tick:
+            value = float(tick[conn.OPENS])
+            rate = -1.0
+            if h.opens is not None and value >= h.opens[1] and t > h.opens[0]:
+                rate = (value - h.opens[1]) * NS / (t - h.opens[0])
+            h.opens = [t, value, rate]
+        if conn.ESTABLISHED in tick:
+            h.est = float(tick[conn.ESTABLISHED])
+        if conn.TIME_WAIT not in tick:
+            return []
+        tw = float(tick[conn.TIME_WAIT])
+        h.dests = dict(tick.get("d", {}))
+        open_rate = h.opens[2] if h.opens is not None and t - h.opens[0] <= 2 * MINUTE_NS else -1
+        h.recent.append([t, tw, open_rate])
+        while h.recent and h.recent[0][0] < t - self.recent_ns:
+            h.recent.pop(0)
+        return self._judge(h, t, tw)
+
+    def _calls_rate(self, h: _Host, t: int) -> tuple[float | None, int | None]:
+        """Client calls per second from the host in the newest minute before ``t`` (and that
+        minute), or None when no recent minute is known."""
+        minutes = [int(m) for m in h.calls if t - CALLS_MAX_AGE_NS <= int(m) <= t - MINUTE_NS]
+        if not minutes:
+            return None, None
+        m = max(minutes)
+        rate = sum(h.calls[str(m)].values()) / 60.0
+        return (rate, m) if rate >= MIN_CALLS_PER_S else (None, None)
+
+    def _judge(self, h: _Host, t: int, tw: float) -> list[Finding]:
+        est = max(h.est or 0.0, 1.0)
+        calls, _ = self._calls_rate(h, t)
+        ratio_est = tw / est
+        ratio_calls = None if calls is None else tw / calls
+        ready = len(h.minutes) >= self.warmup_minutes
+        expected = 0.0
+        if ready:
+            base_est = float(np.median([m[1] for m in h.minutes]))
+            expected = base_est * est
+            base_calls = [m[2] for m in h.minutes if m[2] is not None]
+            if calls is not None and len(base_calls) >= self.warmup_minutes:
+                expected = max(expected, float(np.median(base_calls)) * calls)
+        excess = tw - expected
+        elevated = ready and tw >= self.factor * expected and excess >= self.min_excess
+        entity = {"host": h.host}
+        firing = self.lc.is_firing(entity)
+        if not elevated:
+            if not ready or tw <= 1.5 * expected:  # clearly normal: part of the baseline
+                self._baseline_sample(h, t, ratio_est, ratio_calls, tw)
+            if not firing:
+                h.episode = None
+                return []
+            if h.episode is None:
+                h.episode = {"t0": t, "max": 0.0, "last": t}
+            if t - h.episode["last"] < self.resolve_ns:
+                return []
+            h.episode = None
+            done = self.lc.observe(entity, t, None)
+            return [done] if done is not None else []
+        ep = h.episode
+        if ep is None:
+            ep = h.episode = {"t0": t, "max": excess, "last": t}
+        ep["max"], ep["last"] = max(ep["max"], excess), t
+        if not firing and not (
+            t - ep["t0"] >= self.sustain_ns and excess >= self.hold_fraction * ep["max"]
+        ):
+            return []
+        verdict = self._verdict(h, t, tw, expected, est, calls)
+        done = self.lc.observe(entity, t, verdict)
+        return [done] if done is not None else []
+
+    def _baseline_sample(
+        self, h: _Host, t: int, ratio_est: float, ratio_calls: float | None, tw: float
+    ) -> None:
+        minute = t - t % MINUTE_NS
+        cur = h.cur
+        if cur is not None and cur[0] != minute:
+            h.minutes.append([
+                cur[0], float(np.median(cur[1])),
+                float(np.median(cur[2])) if cur[2] else None, float(np.median(cur[3])),
+            ])
+            if len(h.minutes) > self.baseline_minutes:
+                del h.minutes[: len(h.minutes) - self.baseline_minutes]
+            cur = None
+        if cur is None:
+            cur = h.cur = [minute, [], [], []]
+        cur[1].append(ratio_est)
+        if ratio_calls is not None:
+            cur[2].append(ratio_calls)
+        cur[3].append(tw)
+
+    # -- the finding ---------------------------------------------------------------------------
+    def _verdict(
+        self, h: _Host, t: int, tw: float, expected: float, est: float, calls: float | None
+    ) -> Verdict:
+        ports = self.port_ranges.get(h.host) or h.ports or self.default_ports
+        ports_from = (
+            "PORT_RANGES" if h.host in self.port_ranges
+            else "node_sysctl_net_ipv4_ip_local_port_range" if h.ports
+            else "PORT_RANGES" if "*" in self.port_ranges else "Linux default 32768-60999"
+        )
+        s_short, s_prev = _slope(h.recent[-4:]), _slope(h.recent[-8:-3])
+        open_rate = h.recent[-1][2] if h.recent and h.recent[-1][2] >= 0 else None
+        close_rate = open_rate if open_rate is not None else max(
+            tw / conn.TIME_WAIT_S, s_short or 0.0
+        )
+        plateau = conn.TIME_WAIT_S * close_rate
+        # Still climbing as fast as before (the close rate itself grows), not the 60 s ramp
+        # of a step up that is levelling off, nor its start.
+        growing = (
+            s_short is not None and s_prev is not None and s_short > 0 and s_prev > 0
+            and 0.6 <= s_short / s_prev <= 1.6 and s_short * 60 >= 0.02 * tw
+        )
+        tte: float | None = None
+        if plateau >= ports:
+            tte = max(0.0, (ports - tw) / max(close_rate, s_short or 0.0, 1e-9))
+        elif growing and s_short:
+            tte = max(0.0, (ports - tw) / s_short)
+        base_tw = float(np.median([m[3] for m in h.minutes])) if h.minutes else None
+        excess_rate = max(tw - expected, 0.0) / conn.TIME_WAIT_S
+        pairs, cause = self._attribute(h, t, excess_rate)
+        severity = (
+            "critical" if (tte is not None and tte <= 3600) or plateau >= 0.5 * ports
+            or self.lc.severity({"host": h.host}) == "critical"  # escalates, never back
+            else "warning"
+        )
+        ep = h.episode or {"t0": t}
+        evidence: dict[str, Any] = {
+            "host": h.host,
+            "time_wait": round(tw),
+            "baseline_time_wait": None if base_tw is None else round(base_tw, 1),
+            "expected_time_wait": round(expected, 1),
+            "ratio_to_expected": round(tw / expected, 2) if expected > 0 else None,
+            "established": round(est),
+            "client_calls_per_s": None if calls is None else round(calls, 2),
+            "open_rate_per_s": None if open_rate is None else round(open_rate, 2),
+            # ~60 s when every opened connection ends in TIME_WAIT here (Linux holds it 60 s)
+            "time_wait_per_open_rate_s": (
+                round(tw / open_rate, 1) if open_rate else None
+            ),
+            "close_rate_per_s": round(close_rate, 2),
+            "extra_closes_per_s": round(excess_rate, 2),
+            "slope_per_s": None if s_short is None else round(s_short, 3),
+            "plateau_time_wait": round(plateau),
+            "ephemeral_ports": ports,
+            "ephemeral_ports_from": ports_from,
+            "plateau_share_of_ports": round(plateau / ports, 4),
+            "time_to_exhaustion_s": None if tte is None else round(tte, 1),
+            "exhaustion_assumes": "the churn goes to one destination (ports are per "
+                                  "destination address and port)",
+            "elevated_since": _iso(ep["t0"]),
+            "top_destinations": (
+                [{"destination": d, "time_wait": round(v)} for d, v in
+                 sorted(h.dests.items(), key=lambda kv: -kv[1])[:5]]
+                if h.dests else [p["destination"] for p in pairs[:3]]
+            ),
+            "top_services": list(dict.fromkeys(p["service"] for p in pairs))[:3],
+            "candidates": pairs[:5],
+            "likely_cause": cause,
+        }
+        who = (f"{pairs[0]['service']} -> {pairs[0]['destination']}" if pairs
+               else "no client spans from this host")
+        when = (
+            f"ports run out in ~{_duration(tte)}" if tte is not None
+            else f"levels off near {round(plateau)} of {ports} ports at this rate"
+        )
+        summary = (
+            f"TIME_WAIT on {h.host} {round(tw)} vs {round(expected)} expected for its load "
+            f"({evidence['ratio_to_expected']}x, {round(close_rate, 1)} closes/s); {when}; "
+            f"likely {who}"
+        )
+        return Verdict(severity, summary, evidence, _next_steps(h.host, pairs))
+
+    def _attribute(
+        self, h: _Host, t: int, excess_rate: float
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Client (service, destination) pairs ranked by how well their call rate explains
+        the extra closes per second, and the likely cause for the best one."""
+        minutes = sorted(
+            (int(m) for m in h.calls if t - CALLS_MAX_AGE_NS <= int(m) <= t - MINUTE_NS),
+            reverse=True,
+        )[:2]
+        if not minutes or excess_rate <= 0:
+            return [], (
+                "unknown: no client spans from this host in the last minutes (send the "
+                "services' traces with host.name to name the client)"
+            )
+        totals: dict[str, float] = {}
+        for m in minutes:
+            for pair, n in h.calls[str(m)].items():
+                totals[pair] = totals.get(pair, 0.0) + n / (60.0 * len(minutes))
+        pairs = []
+        for pair, rate in totals.items():
+            if rate <= 0:
+                continue
+            service, _, dest = pair.partition("\x1f")
+            k = excess_rate / rate
+            pairs.append({
+                "service": service, "destination": dest or "(unknown)",
+                "calls_per_s": round(rate, 2), "extra_closes_per_call": round(k, 2),
+                "_fit": abs(math.log(k)) if k > 0 else math.inf,
+            })
+        pairs.sort(key=lambda p: (p["_fit"], -p["calls_per_s"]))
+        for p in pairs:
+            del p["_fit"]
+        if not pairs:
+            return [], "unknown: no client calls recorded"
+        best, k = pairs[0], pairs[0]["extra_closes_per_call"]
+        pair = f"{best['service']} -> {best['destination']}"
+        if 0.6 <= k <= 1.5:
+            cause = (f"{pair}: about one new connection per call (no keep-alive, a client or "
+                     "connection created per request)")
+        elif k > 1.5:
+            cause = (f"{pair}: about {k:.1f} new connections per call (a connection per "
+                     "sub-request or retries, no reuse)")
+        elif k >= 0.1:
+            cause = (f"{pair}: connections last only a few calls each (a pool too small for "
+                     "the load, or a short idle timeout / max-requests-per-connection)")
+        else:
+            cause = ("no client call rate on this host explains the extra closes (churn from "
+                     "a process without traces, or inbound connections this host closes)")
+        return pairs, cause
+
+    # -- state ---------------------------------------------------------------------------------
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        keys = sorted(self._dirty) if changed_only else list(self._hosts)
+        for name in keys:
+            h = self._hosts.get(name)
+            out[f"h/{name}"] = None if h is None else h.to_doc()
+        for fp, st in self.lc.snapshot(changed_only).items():
+            out[f"lc/{fp}"] = st
+        if self._meta_dirty or not changed_only:
+            out["meta"] = {"counts": dict(self._counts), "exp": self._expired_until,
+                           "new": self._newest}
+        if changed_only:
+            self._dirty, self._meta_dirty = set(), False
+        return out
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        lc_state = {}
+        for key, value in state.items():
+            kind, _, rest = key.partition("/")
+            if kind == "h":
+                if value is None:
+                    self._hosts.pop(rest, None)
+                    continue
+                h = self._hosts[rest] = _Host.from_doc(value)
+                if h.pending:
+                    self._waiting.add(rest)
+            elif kind == "lc":
+                lc_state[rest] = value
+            elif key == "meta" and value is not None:
+                self._counts.update(value["counts"])
+                self._expired_until, self._newest = value["exp"], value["new"]
+        self.lc.restore(lc_state)
+
+    def stats(self) -> DetectorStats:
+        active: dict[tuple[str, str], int] = {}
+        gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for st in self.lc.active():
+            k = (KIND, st["severity"])
+            active[k] = active.get(k, 0) + 1
+            labels = (("host", st["entity"]["host"]),)
+            ev = st["last"][2]
+            gauges[(COUNT_GAUGE, labels)] = float(ev["time_wait"])
+            if ev.get("time_to_exhaustion_s") is not None:
+                gauges[(TTE_GAUGE, labels)] = float(ev["time_to_exhaustion_s"])
+        evicted = dict(self._counts)
+        evicted["findings_evicted"] = self.lc.evicted
+        return DetectorStats(tracked=len(self._hosts), evicted=evicted, active=active,
+                             gauges=gauges)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _slope(rows: Sequence[Sequence[float]]) -> float | None:
+    """Theil–Sen slope of TIME_WAIT (sockets per second) over ``rows`` (at least 3)."""
+    if len(rows) < 3:
+        return None
+    x = np.array([(r[0] - rows[0][0]) / NS for r in rows])
+    if x[-1] <= 0:
+        return None
+    return float(stats.theilslopes([r[1] for r in rows], x).slope)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{round(seconds)} s"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _iso(ns: int) -> str:
+    return rfc3339(ns) or ""
+
+
+def _next_steps(host: str, pairs: Sequence[Mapping[str, Any]]) -> list[str]:
+    client = pairs[0]["service"] if pairs else "the client service on this host"
+    dest = pairs[0]["destination"] if pairs else "the destination"
+    return [
+        f"On {host} (read-only), count TIME_WAIT by peer: "
+        "timeout 10 ss -Htan state time-wait | awk '{print $4}' | sort | uniq -c | "
+        "sort -rn | head",
+        f"Check keep-alive and connection-pool settings of {client} for {dest}: "
+        "a client or connection created per request, Connection: close, pool max size / "
+        "max idle per host, idle timeout, max requests per connection",
+        "Compare with the service's client-span rate to that destination: about one new "
+        "connection per call means no reuse at all",
+        "Do not turn on net.ipv4.tcp_tw_reuse or shorten timeouts blindly: they hide the "
+        "churn rather than fix it; restore connection reuse first, then widen "
+        "net.ipv4.ip_local_port_range if the load needs it",
+    ]

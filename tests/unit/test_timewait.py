@@ -1,0 +1,355 @@
+"""TIME_WAIT buildup on golden host series (``tests.support.tcp``): what must be found, what
+must not (traffic spikes, the daily curve, reconnect storms), time to exhaustion, attribution,
+the inputs it reads, its bounds and its state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline import connections as conn
+from pipeline.detectors.client_calls import OTHER, ClientCallCounter
+from pipeline.detectors.timewait import COUNT_GAUGE, KIND, TTE_GAUGE, TimeWaitDetector
+from pipeline.findings import Finding
+from pipeline.records import (
+    HostCalls,
+    MetricPoint,
+    Resource,
+    Span,
+    point_partition,
+)
+from pipeline.settings import ConfigError, Settings
+from tests.support import tcp
+from tests.support.tcp import T0, S, const, step
+
+PORTS = 28_232
+
+
+def run(
+    batches: Sequence[Sequence[MetricPoint]],
+    det: TimeWaitDetector | None = None,
+    calls: Sequence[HostCalls] = (),
+) -> tuple[list[Finding], TimeWaitDetector]:
+    """Feed scrapes in order (calls of a minute once it is over, as the span stage sends
+    them), advancing the watermark 5 s behind the newest point."""
+    d = det or TimeWaitDetector()
+    pending = sorted(calls, key=lambda c: c.minute_ns)
+    out: list[Finding] = []
+    for batch in batches:
+        t = max(p.time_ns for p in batch)
+        while pending and pending[0].minute_ns + 70 * S <= t:
+            d.update_side([pending.pop(0)])
+        d.update(batch)
+        out += d.advance(t - 5 * S)
+    return out, d
+
+
+def firing(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.status == "firing"]
+
+
+def at_s(ns: int) -> float:
+    return (ns - T0) / S
+
+
+# -- what must be found --------------------------------------------------------------------------
+@pytest.mark.parametrize("style", ["hostmetrics", "node"])
+def test_lost_reuse_is_found_within_two_minutes(style: str) -> None:
+    found, _ = run(tcp.host_batches(25, closes=step(1.5, 30.0, 600, 1200), style=style))
+    fired = firing(found)
+    assert len(fired) == 1
+    f = fired[0]
+    assert f.kind == KIND and f.entity == {"host": "node-9"}
+    assert 600 < at_s(f.detected_at_ns) <= 720
+    ev = f.evidence
+    assert 1500 <= ev["time_wait"] <= 2100  # ~60 s x 30 closes/s
+    assert ev["baseline_time_wait"] < 150 and ev["expected_time_wait"] < 200
+    assert ev["time_to_exhaustion_s"] is None  # 1,800 sockets level off far under 28,232
+    assert ev["plateau_share_of_ports"] < 0.1 and f.severity == "warning"
+    if style == "node":  # the open rate is read from ActiveOpens
+        assert 25 <= ev["open_rate_per_s"] <= 35
+        assert 50 <= ev["time_wait_per_open_rate_s"] <= 75
+    text = " ".join(f.next_steps)
+    assert "ss -Htan state time-wait" in text and "tcp_tw_reuse" in text
+    resolved = [x for x in found if x.status == "resolved"]
+    assert len(resolved) == 1 and 1260 <= at_s(resolved[0].resolved_at_ns) <= 1420
+
+
+def test_state_values_in_any_case() -> None:
+    found, _ = run(tcp.host_batches(20, closes=step(1.5, 30.0, 600), state_case="lower"))
+    assert len(firing(found)) == 1
+
+
+def test_steady_growth_gives_time_to_exhaustion_within_20_percent() -> None:
+    """Reuse lost progressively: closes/s rise linearly to 600 over 30 minutes. TIME_WAIT holds
+    the last 60 s of closes, so the ports run out when that sum reaches 28,232."""
+    ramp_start, ramp_s, top = 600.0, 1800.0, 600.0
+
+    def closes(t: float) -> float:
+        return 1.5 + top * min(max(t - ramp_start, 0.0), ramp_s) / ramp_s
+
+    exhausted = next(  # the first second whose last 60 s of closes fill the range
+        t for t in range(int(ramp_start), 4000)
+        if sum(closes(s) for s in range(t - 59, t + 1)) >= PORTS
+    )
+    found, _ = run(tcp.host_batches(40, closes=closes))
+    first = firing(found)[0]
+    truth = exhausted - at_s(first.detected_at_ns)
+    est = first.evidence["time_to_exhaustion_s"]
+    assert est is not None and truth > 600
+    assert abs(est - truth) / truth <= 0.2
+    assert first.severity == ("critical" if est <= 3600 else "warning")
+
+
+def test_a_rate_over_the_range_is_critical_at_once() -> None:
+    found, _ = run(tcp.host_batches(20, closes=step(1.5, 600.0, 600)))
+    f = firing(found)[0]
+    assert f.severity == "critical" and f.evidence["plateau_share_of_ports"] > 1
+    assert f.evidence["time_to_exhaustion_s"] is not None
+    assert f.evidence["time_to_exhaustion_s"] < 60
+
+
+def test_port_range_from_config_and_from_the_sysctl_metric() -> None:
+    d = TimeWaitDetector(port_ranges=conn.parse_port_ranges("node-9=50000-51999"))
+    f = firing(run(tcp.host_batches(20, closes=step(1.5, 40.0, 600)), d)[0])[0]
+    assert f.evidence["ephemeral_ports"] == 2000
+    assert f.evidence["ephemeral_ports_from"] == "PORT_RANGES"
+    assert f.evidence["plateau_share_of_ports"] > 1 and f.severity == "critical"
+
+    batches = tcp.host_batches(20, closes=step(1.5, 40.0, 600), style="node")
+    res = batches[0][0].resource
+    for b in batches:
+        t = b[0].time_ns
+        b += [MetricPoint(conn.NODE_PORTS, "gauge", "", 0, False, t, 0, v, {"index": i}, res)
+              for i, v in (("0", 10000.0), ("1", 11999.0))]
+    f = firing(run(batches)[0])[0]
+    assert f.evidence["ephemeral_ports"] == 2000
+    assert f.evidence["ephemeral_ports_from"] == conn.NODE_PORTS
+
+
+# -- what must not be found ----------------------------------------------------------------------
+def test_traffic_spike_with_proportional_time_wait_is_not_a_finding() -> None:
+    """3x traffic for 6 minutes: pools grow (ESTABLISHED x3) and churn with it (closes x3)."""
+    spike = step(1.0, 3.0, 900, 1260)
+    found, _ = run(tcp.host_batches(
+        30, closes=lambda t: 4.0 * spike(t), established=lambda t: 60.0 * spike(t)))
+    assert found == []
+
+
+def test_the_call_rate_explains_a_spike_that_established_connections_miss() -> None:
+    """Short calls through a pool of fixed size: ESTABLISHED stays flat while calls and
+    churn quadruple. Judged on ESTABLISHED alone this would fire; the client spans say why
+    not."""
+    spike = step(1.0, 4.0, 900, 1260)
+    batches = tcp.host_batches(30, closes=lambda t: 10.0 * spike(t))
+    alone, _ = run(batches)
+    assert len(firing(alone)) == 1
+    with_calls, _ = run(batches, calls=tcp.calls(30, lambda t: 100.0 * spike(t)))
+    assert with_calls == []
+
+
+def test_daily_curve_is_not_a_finding() -> None:
+    """Load swinging +-60% (compressed to a 1-hour period) moves TIME_WAIT and ESTABLISHED
+    together."""
+    def load(t: float) -> float:
+        return 1.0 + 0.6 * math.sin(2 * math.pi * t / 3600)
+
+    found, _ = run(tcp.host_batches(
+        130, closes=lambda t: 6.0 * load(t), established=lambda t: 80.0 * load(t)))
+    assert found == []
+
+
+@pytest.mark.parametrize("storm_s", [20, 40, 50])
+def test_reconnect_storm_that_recovers_is_not_a_finding(storm_s: int) -> None:
+    """After a deploy every client reopens its pool: a burst of closes for tens of seconds,
+    drained 60 s later."""
+    found, _ = run(tcp.host_batches(20, closes=step(1.5, 60.0, 600, 600 + storm_s)))
+    assert found == []
+
+
+def test_nothing_before_the_baseline_is_learnt() -> None:
+    found, _ = run(tcp.host_batches(8, closes=step(1.5, 30.0, 60)))
+    assert found == []
+
+
+# -- attribution ---------------------------------------------------------------------------------
+def test_attribution_names_the_client_whose_call_rate_matches_the_extra_closes() -> None:
+    batches = tcp.host_batches(20, closes=step(1.5, 29.5, 600))
+    calls = [
+        *tcp.calls(20, const(28.0), service="catalog", destination="redis"),
+        *tcp.calls(20, const(6.0), service="catalog", destination="postgres"),
+        *tcp.calls(20, const(90.0), service="frontend", destination="catalog"),
+    ]
+    f = firing(run(batches, calls=calls)[0])[0]
+    ev = f.evidence
+    assert ev["candidates"][0]["service"] == "catalog"
+    assert ev["candidates"][0]["destination"] == "redis"
+    assert 0.8 <= ev["candidates"][0]["extra_closes_per_call"] <= 1.2
+    assert ev["top_services"][0] == "catalog" and ev["top_destinations"][0] == "redis"
+    assert "one new connection per call" in ev["likely_cause"]
+    assert "catalog" in " ".join(f.next_steps) and "redis" in f.summary
+
+
+def test_attribution_says_pool_too_small_when_connections_last_a_few_calls() -> None:
+    batches = tcp.host_batches(20, closes=step(1.5, 31.5, 600))
+    calls = tcp.calls(20, const(150.0), service="api", destination="postgres")
+    ev = firing(run(batches, calls=calls)[0])[0].evidence
+    assert "pool too small" in ev["likely_cause"]
+
+
+def test_without_client_spans_the_cause_is_unknown_and_says_why() -> None:
+    ev = firing(run(tcp.host_batches(20, closes=step(1.5, 30.0, 600)))[0])[0].evidence
+    assert ev["candidates"] == [] and ev["likely_cause"].startswith("unknown")
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def test_classify() -> None:
+    c = conn.classify
+    assert c("system.network.connections", {"protocol": "tcp", "state": "TIME-WAIT"}) == "tw"
+    assert c("system.network.connections", {"protocol": "tcp", "state": "Established"}) == "est"
+    assert c("system.network.connections", {"protocol": "tcp", "state": "LISTEN"}) is None
+    assert c("node_sockstat_TCP_tw", {}) == "tw"
+    assert c("node_netstat_Tcp_ActiveOpens", {}) == "opens"
+    assert c("node_sysctl_net_ipv4_ip_local_port_range", {"value": "low"}) == "plo"
+    assert c("system.cpu.time", {}) is None
+
+
+def test_host_identity_and_routing() -> None:
+    hm = Resource("unknown_service", "node-3", "node-3", "", {})
+    ne = Resource("node", "node-3:9100", "", "", {"server.address": "node-3"})
+    scraped = Resource("node", "10.0.0.7:9100", "", "", {})
+    app = Resource("api", "3f2b", "", "", {})
+    assert conn.host_of(hm) == conn.host_of(ne) == "node-3"
+    assert conn.host_of(scraped) == "10.0.0.7" and conn.host_of(app) == ""
+
+    def point(name: str, res: Resource) -> MetricPoint:
+        return MetricPoint(name, "gauge", "", 0, False, T0, 0, 1.0, {}, res)
+
+    parts = {point_partition(point(n, r), 64) for n, r in (
+        ("system.network.connections", hm), ("node_sockstat_TCP_tw", ne),
+        ("node_netstat_Tcp_ActiveOpens", ne))}
+    assert len(parts) == 1
+
+
+def test_one_emitter_per_host_is_read() -> None:
+    """hostmetrics and node_exporter on one host report the same count: not summed."""
+    both = [a + b for a, b in zip(
+        tcp.host_batches(20, closes=step(1.5, 30.0, 600)),
+        tcp.host_batches(20, closes=step(1.5, 30.0, 600), style="node"), strict=True)]
+    found, d = run(both)
+    f = firing(found)[0]
+    assert f.evidence["time_wait"] < 2200  # one count of ~1,800, not two
+    assert d.stats().evicted["other_sources"] > 0
+
+
+def test_per_destination_breakdown_is_used_where_sent() -> None:
+    batches = tcp.host_batches(20, closes=step(1.5, 30.0, 600))
+    for b in batches:
+        tw = next(p for p in b if p.attrs.get("state") == "TIME_WAIT")
+        tw.attrs = {**tw.attrs, "server.address": "redis"}
+        b.append(MetricPoint(tw.name, tw.type, tw.unit, tw.temporality, False, tw.time_ns,
+                             tw.start_ns, 3.0, {"protocol": "tcp", "state": "TIME_WAIT",
+                                                "server.address": "postgres"}, tw.resource))
+    ev = firing(run(batches)[0])[0].evidence
+    assert ev["top_destinations"][0]["destination"] == "redis"
+    assert ev["top_destinations"][1] == {"destination": "postgres", "time_wait": 3}
+
+
+def test_port_range_config_errors() -> None:
+    assert conn.parse_port_ranges("") == {}
+    with pytest.raises(ValueError, match="32768-60999"):
+        conn.parse_port_ranges("60999-32768")
+    with pytest.raises(ConfigError, match="TIME_WAIT_PORT_RANGES"):
+        Settings(time_wait_port_ranges="node-1=abc").validate()
+    with pytest.raises(ConfigError, match="TIME_WAIT_FACTOR"):
+        Settings(time_wait_factor=1.0).validate()
+
+
+# -- bounds, state, metrics ------------------------------------------------------------------------
+def test_late_points_are_counted_not_folded() -> None:
+    batches = tcp.host_batches(3)
+    _, d = run(batches)
+    d.update(batches[1])
+    # TIME_WAIT and ESTABLISHED: the other states and UDP are not read at all
+    assert d.stats().evicted["late_points"] == 2
+
+
+def test_hosts_are_capped_and_expire() -> None:
+    d = TimeWaitDetector(max_hosts=2, host_ttl_s=600)
+    merged = [a + b + c for a, b, c in zip(
+        tcp.host_batches(5, host="a"), tcp.host_batches(5, host="b"),
+        tcp.host_batches(5, host="c"), strict=True)]
+    run(merged, d)
+    assert d.stats().tracked == 2 and d.stats().evicted["evicted_hosts"] > 0
+    evicted = d.stats().evicted["evicted_hosts"]
+    late = tcp.host_batches(30, host="d")[-5:]  # 25 minutes later: one makes room, one expires
+    run(late, d)
+    st = d.stats()
+    assert st.tracked == 1 and st.evicted["evicted_hosts"] == evicted + 1
+    assert st.evicted["expired_hosts"] == 1
+
+
+def test_gauges_while_firing() -> None:
+    _, d = run(tcp.host_batches(12, closes=step(1.5, 600.0, 600)))
+    st = d.stats()
+    labels = (("host", "node-9"),)
+    assert st.active == {(KIND, "critical"): 1}
+    assert st.gauges[(COUNT_GAUGE, labels)] > 10_000
+    assert (TTE_GAUGE, labels) in st.gauges
+
+
+def test_snapshot_restore_mid_buildup_with_calls() -> None:
+    batches = tcp.host_batches(20, closes=step(1.5, 29.5, 600))
+    calls = tcp.calls(20, const(28.0), service="catalog", destination="redis")
+    whole, _ = run(batches, calls=calls)
+    first, d = run(batches[:62], calls=[c for c in calls if c.minute_ns + 70 * S <= T0 + 610 * S])
+    resumed = TimeWaitDetector()
+    resumed.restore(orjson.loads(orjson.dumps(d.snapshot())))
+    rest, _ = run(batches[62:], resumed, [c for c in calls if c.minute_ns + 70 * S > T0 + 610 * S])
+    assert [f.to_dict() for f in first + rest] == [f.to_dict() for f in whole]
+
+
+# -- client calls (the span side) -----------------------------------------------------------------
+def _client(t_s: float, service: str, dest: str, host: str = "node-1", kind: int = 3) -> Span:
+    res = Resource(service, f"{service}-1", host, "", {})
+    t = T0 + int(t_s * S)
+    return Span("a" * 32, f"{int(t_s * 1000):016x}", "", "GET", kind, t, t + S // 100, 0,
+                {"server.address": dest}, res)
+
+
+def _drive(c: ClientCallCounter, spans: list[Span], wm_s: float) -> list[Any]:
+    c.update(spans)
+    c.advance(T0 + int(wm_s * S))
+    return c.drain()
+
+
+def test_client_calls_are_counted_per_host_minute_service_and_destination() -> None:
+    c = ClientCallCounter()
+    spans = [_client(i * 0.5, "catalog", "redis") for i in range(240)]  # 2 minutes, 2/s
+    spans += [_client(10, "catalog", "redis", host="node-2"), _client(11, "web", "", kind=2)]
+    out = _drive(c, spans, 65)
+    assert out == [HostCalls("node-1", T0, "catalog", "redis", 120),
+                   HostCalls("node-2", T0, "catalog", "redis", 1)]
+    assert _drive(c, [_client(30, "catalog", "redis")], 125) == [
+        HostCalls("node-1", T0, "catalog", "redis", 1),  # late: sent again, receiver adds
+        HostCalls("node-1", T0 + 60 * S, "catalog", "redis", 120),
+    ]
+    assert c.stats().tracked == 0
+
+
+def test_client_call_pairs_are_capped() -> None:
+    c = ClientCallCounter(max_pairs=2)
+    out = _drive(c, [_client(i, "api", f"d{i}") for i in range(5)], 61)
+    assert [(x.destination, x.calls) for x in out] == [(OTHER, 3), ("d0", 1), ("d1", 1)]
+    assert c.stats().evicted["folded_pairs"] == 3
+
+
+def test_side_input_is_ignored_by_detectors_that_do_not_use_it() -> None:
+    d = TimeWaitDetector()
+    d.update_side(["not a HostCalls"])
+    assert d.stats().tracked == 0
+
