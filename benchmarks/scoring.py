@@ -36,19 +36,27 @@ For one finding kind:
   its limit does cause GC pressure, and alerting inhibits ``gc_pressure`` under ``memory_leak``
   (an Alertmanager ``inhibit_rules`` entry with ``equal: [service, instance]``), so such an
   alert would not reach anyone. Applies to findings and baselines alike.
-- ``time_to_oom`` (``memory_leak`` only): for each detected leak label, the first matching
-  finding's ``evidence["time_to_oom_s"]`` at its first firing report is compared with the true
-  time to OOM at that report's ``detected_at`` (``true_time_to_oom_s``: from the label's
-  ``truth.processes`` when present: ``oom_at`` of the process running then, minus then; else
-  ``truth.time_to_oom_s - (detected_at - label start)``). Reported: ``labels`` (detected leaks
-  whose true time to OOM at detection is known and positive), ``with_estimate`` (of those, with a
-  numeric estimate; ``null`` or a missing field is no estimate), ``median_abs_rel_err`` and
-  ``max_abs_rel_err`` of ``|estimate - truth| / truth`` over the estimates, and ``within_20pct``
-  = estimates within +-20 % / ``labels`` (a missing estimate counts as outside). Baselines carry
-  no evidence, so they have ``with_estimate`` 0.
-- ``delay_by_rate_class`` (labels whose ``magnitude`` has ``rate_pct_limit_per_hour``, i.e.
-  leaks): per class of ``RATE_CLASSES`` (<=1 %/h, 1-10 %/h, 10-40 %/h, >40 %/h: the suite's 0.5,
-  5, 20-30 and 60 %/h = 1 %/min leaks), labels, detected, and the median delay.
+- **Time left** (``TIME_LEFT``: ``time_to_oom`` for ``memory_leak``, ``time_to_exhaustion``
+  for ``time_wait_buildup``): for each detected label, the first matching finding's estimate
+  (``evidence["time_to_oom_s"]``, ``evidence["time_to_exhaustion_s"]``) at its first firing
+  report is compared with the true time left at that report's ``detected_at``: for leaks
+  (``true_time_to_oom_s``) from the label's ``truth.processes`` when present (``oom_at`` of the
+  process running then, minus then), otherwise, and for TIME_WAIT, the label's truth at onset
+  minus the time since (``truth.time_to_oom_s`` / ``truth.time_to_exhaustion_s`` -
+  (detected_at - label start)). Reported: ``labels`` (detected labels whose true time left at
+  detection is known and positive), ``with_estimate`` (of those, with a numeric estimate;
+  ``null`` or a missing field is no estimate), ``median_abs_rel_err`` and ``max_abs_rel_err`` of
+  ``|estimate - truth| / truth`` over the estimates, ``within_20pct`` = estimates within +-20 %
+  / ``labels`` (a missing estimate counts as outside), and ``late``: detected labels whose
+  resource had already run out at the first report (true time left <= 0; not in ``labels``).
+  A label whose truth has no time (a leak that stops first, a TIME_WAIT plateau under the
+  ephemeral range) is in neither. Baselines carry no evidence, so they have ``with_estimate`` 0.
+- ``delay_by_rate_class`` (``RATE_CLASSES_BY_KIND``): per class of the label's rate, labels,
+  detected, and the median delay. Leaks by ``magnitude.rate_pct_limit_per_hour`` (<=1 %/h,
+  1-10 %/h, 10-40 %/h, >40 %/h: the suite's 0.5, 5, 20-30 and 60 %/h = 1 %/min leaks);
+  TIME_WAIT buildups by ``magnitude.close_rate_per_s`` (else ``truth.expected_close_rate_per_s``)
+  at onset (<20/s, 20-100/s, >=100/s: a plateau under ~1,200, up to ~6,000, and the fast ones,
+  which run a destination's 28,232 ephemeral ports out from ~470/s).
 
 Scores of several scenarios combine with ``merge`` (sums of counts and entity-hours, pooled
 delays), then the ratios are recomputed.
@@ -94,7 +102,58 @@ INHIBITED_BY: dict[str, tuple[str, ...]] = {"gc_pressure": ("memory_leak",)}
 RATE_CLASSES: tuple[tuple[float, str], ...] = (
     (1.0, "<=1%/h"), (10.0, "1-10%/h"), (40.0, "10-40%/h"), (float("inf"), ">40%/h"),
 )
+#: TIME_WAIT close-rate classes: (upper bound in closes/s, exclusive; name).
+CLOSE_RATE_CLASSES: tuple[tuple[float, str], ...] = (
+    (20.0, "<20/s"), (100.0, "20-100/s"), (float("inf"), ">=100/s"),
+)
 TTO_TOLERANCE = 0.2  # +-20 % for ``within_20pct``
+
+
+@dataclass(frozen=True, slots=True)
+class RateClasses:
+    """How one kind's labels are classed by rate for ``delay_by_rate_class``."""
+
+    keys: tuple[str, ...]  # the rate: the first of these in the label's magnitude, then truth
+    what: str  # for tables: "leak rate"
+    bounds: tuple[tuple[float, str], ...]  # (upper bound, name), ascending
+    upper_inclusive: bool
+
+    def rate(self, label: Label) -> float | None:
+        for source in (label.magnitude, label.truth):
+            for key in self.keys:
+                if isinstance(source.get(key), int | float):
+                    return float(source[key])
+        return None
+
+    def of(self, rate: float) -> str:
+        for upper, name in self.bounds:
+            if rate < upper or (self.upper_inclusive and rate == upper):
+                return name
+        return self.bounds[-1][1]
+
+
+RATE_CLASSES_BY_KIND: dict[str, RateClasses] = {
+    "memory_leak": RateClasses(("rate_pct_limit_per_hour",), "leak rate", RATE_CLASSES, True),
+    "time_wait_buildup": RateClasses(
+        ("close_rate_per_s", "expected_close_rate_per_s"), "close rate", CLOSE_RATE_CLASSES,
+        False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TimeLeft:
+    """A kind whose findings predict when a resource runs out (module docstring)."""
+
+    field: str  # evidence field of the estimate and truth field at onset, in seconds
+    key: str  # name in the scores
+    what: str  # for tables
+
+
+TIME_LEFT: dict[str, TimeLeft] = {
+    "memory_leak": TimeLeft("time_to_oom_s", "time_to_oom", "time to OOM"),
+    "time_wait_buildup": TimeLeft(
+        "time_to_exhaustion_s", "time_to_exhaustion", "time to port exhaustion"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,14 +197,15 @@ class Label:
         return self.start_ns <= alert.fired_at_ns <= self.end_ns and all(
             alert.entity.get(k) == v for k, v in self.entity.items())
 
-    @property
-    def rate_pct_limit_per_hour(self) -> float | None:
-        v = self.magnitude.get("rate_pct_limit_per_hour")
-        return None if v is None else float(v)
-
     def true_time_to_oom_s(self, at_ns: int) -> float | None:
         """True time to OOM at ``at_ns`` (module docstring); None if unknown (no truth, or the
         leak stops before the OOM)."""
+        return self.true_time_left_s(at_ns, "time_to_oom_s")
+
+    def true_time_left_s(self, at_ns: int, field: str) -> float | None:
+        """True time left at ``at_ns`` (module docstring): the process running then, if the
+        truth lists ``processes``, else ``truth[field]`` at onset minus the time since; None
+        if the truth has no time (the resource does not run out)."""
         processes = self.truth.get("processes")
         if processes:
             running = None
@@ -155,8 +215,8 @@ class Label:
             running = running or processes[0]
             oom_at = running.get("oom_at_unix_nano")
             return None if oom_at is None else (int(oom_at) - at_ns) / NS
-        tto = self.truth.get("time_to_oom_s")
-        return None if tto is None else float(tto) - (at_ns - self.start_ns) / NS
+        left = self.truth.get(field)
+        return None if left is None else float(left) - (at_ns - self.start_ns) / NS
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -280,8 +340,10 @@ class KindScore:
     scenarios: list[str] = field(default_factory=list)
     inhibited: int = 0
     inhibited_alerts: list[dict[str, Any]] = field(default_factory=list)
-    #: (estimate or None, truth) per detected leak with a known true time to OOM
+    #: (estimate or None, truth) per detected label with a known, positive true time left
     tto: list[tuple[float | None, float]] = field(default_factory=list)
+    #: detected labels whose resource had run out before the first report
+    tto_late: int = 0
     #: rate class -> (delays of detected labels, missed labels)
     by_rate_class: dict[str, tuple[list[float], int]] = field(default_factory=dict)
 
@@ -313,23 +375,31 @@ class KindScore:
     def false_alarms_per_100h(self) -> float | None:
         return 100.0 * self.fp / self.entity_hours if self.entity_hours else None
 
-    def time_to_oom(self) -> dict[str, Any] | None:
-        """Accuracy of the findings' time-to-OOM estimates (module docstring); None if no
-        detected label has a known true time to OOM."""
-        if not self.tto:
+    def time_left(self) -> dict[str, Any] | None:
+        """Accuracy of the findings' time-left estimates (time to OOM, to port exhaustion;
+        module docstring); None if no detected label has a known true time left."""
+        if not self.tto and not self.tto_late:
             return None
         errs = [abs(e - t) / t for e, t in self.tto if e is not None]
+        within = sum(e <= TTO_TOLERANCE for e in errs)
         return {
             "labels": len(self.tto),
             "with_estimate": len(errs),
             "median_abs_rel_err": _round(statistics.median(errs)) if errs else None,
             "max_abs_rel_err": _round(max(errs)) if errs else None,
-            "within_20pct": _round(sum(e <= TTO_TOLERANCE for e in errs) / len(self.tto)),
+            "within_20pct": _round(within / len(self.tto)) if self.tto else None,
+            "late": self.tto_late,
         }
 
+    def time_to_oom(self) -> dict[str, Any] | None:
+        """``time_left`` of a ``memory_leak`` score."""
+        return self.time_left()
+
     def delay_by_rate_class(self) -> dict[str, dict[str, Any]]:
+        classes = RATE_CLASSES_BY_KIND.get(self.kind)
+        order = [n for _, n in classes.bounds] if classes else sorted(self.by_rate_class)
         out = {}
-        for name in [n for _, n in RATE_CLASSES if n in self.by_rate_class]:
+        for name in [n for n in order if n in self.by_rate_class]:
             delays, missed = self.by_rate_class[name]
             out[name] = {
                 "labels": len(delays) + missed, "detected": len(delays),
@@ -354,6 +424,7 @@ class KindScore:
             inhibited=self.inhibited + other.inhibited,
             inhibited_alerts=self.inhibited_alerts + other.inhibited_alerts,
             tto=self.tto + other.tto,
+            tto_late=self.tto_late + other.tto_late,
             by_rate_class={
                 k: (self.by_rate_class.get(k, ([], 0))[0] + other.by_rate_class.get(k, ([], 0))[0],
                     self.by_rate_class.get(k, ([], 0))[1] + other.by_rate_class.get(k, ([], 0))[1])
@@ -376,8 +447,8 @@ class KindScore:
             "scenarios": self.scenarios,
             "inhibited": self.inhibited,
         }
-        if self.tto:
-            out["time_to_oom"] = self.time_to_oom()
+        if (self.tto or self.tto_late) and self.kind in TIME_LEFT:
+            out[TIME_LEFT[self.kind].key] = self.time_left()
         if self.by_rate_class:
             out["delay_by_rate_class"] = self.delay_by_rate_class()
         if detail:
@@ -439,21 +510,25 @@ def score_alerts(
             score.delays_s.append(delay)
             detail.update(first_alert_at=rfc3339(first.fired_at_ns), delay_s=round(delay, 3),
                           first_alert_id=first.id)
-            if kind == "memory_leak":
-                truth = lb.true_time_to_oom_s(first.fired_at_ns)
-                est = first.evidence.get("time_to_oom_s")
+            left = TIME_LEFT.get(kind)
+            if left is not None:
+                truth = lb.true_time_left_s(first.fired_at_ns, left.field)
+                est = first.evidence.get(left.field)
                 est = float(est) if isinstance(est, int | float) else None
-                detail.update(true_time_to_oom_s=None if truth is None else round(truth, 1),
-                              time_to_oom_s=est)
+                detail.update({f"true_{left.field}": None if truth is None else round(truth, 1),
+                               left.field: est})
                 if truth is not None and truth > 0:
                     score.tto.append((est, truth))
                     if est is not None:
-                        detail["time_to_oom_rel_err"] = round(abs(est - truth) / truth, 4)
+                        detail[f"{left.key}_rel_err"] = round(abs(est - truth) / truth, 4)
+                elif truth is not None:
+                    score.tto_late += 1
         else:
             score.fn += 1
-        rate = lb.rate_pct_limit_per_hour
-        if rate is not None:
-            cls = rate_class(rate)
+        classes = RATE_CLASSES_BY_KIND.get(kind)
+        rate = classes.rate(lb) if classes else None
+        if classes and rate is not None:
+            cls = classes.of(rate)
             detail["rate_class"] = cls
             delays, missed = score.by_rate_class.get(cls, ([], 0))
             score.by_rate_class[cls] = (
@@ -503,12 +578,14 @@ def score_rule(
     return score_alerts(kind, as_alerts, labels, grace_s, name=f"baseline:{name}")
 
 
-def rate_class(rate_pct_limit_per_hour: float) -> str:
-    """The ``RATE_CLASSES`` name of a leak rate."""
-    for upper, name in RATE_CLASSES:
-        if rate_pct_limit_per_hour <= upper:
-            return name
-    return RATE_CLASSES[-1][1]
+def rate_class(rate: float, kind: str = "memory_leak") -> str:
+    """The class name of a rate of ``kind`` (``RATE_CLASSES_BY_KIND``): a leak's % of the limit
+    per hour, a TIME_WAIT buildup's closes/s.
+
+    >>> rate_class(5.0), rate_class(20.0, "time_wait_buildup"), rate_class(470, "time_wait_buildup")
+    ('1-10%/h', '20-100/s', '>=100/s')
+    """
+    return RATE_CLASSES_BY_KIND[kind].of(rate)
 
 
 def merge(scores: Iterable[Mapping[str, KindScore]]) -> dict[str, KindScore]:

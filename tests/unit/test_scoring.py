@@ -243,7 +243,8 @@ def test_time_to_oom_accuracy_at_the_first_firing_report() -> None:
     s = score_findings(findings, truth, ["memory_leak"])["memory_leak"]
     tto = s.to_dict()["time_to_oom"]
     assert tto == {"labels": 3, "with_estimate": 2, "median_abs_rel_err": 0.3,
-                   "max_abs_rel_err": 0.5, "within_20pct": pytest.approx(1 / 3, abs=1e-4)}
+                   "max_abs_rel_err": 0.5, "within_20pct": pytest.approx(1 / 3, abs=1e-4),
+                   "late": 0}
     first = s.labels[0]
     assert first["true_time_to_oom_s"] == 3000.0 and first["time_to_oom_rel_err"] == 0.1
 
@@ -302,3 +303,78 @@ def test_new_memory_kinds_flow_through() -> None:
     leak = s["memory_leak"].to_dict()
     assert (leak["fp"], leak["hard_negative_false_alarms"]) == (2, 2)
     assert sorted(n["kind"] for n in leak["negatives"]) == ["load_heap_growth", "noisy_rss"]
+
+
+# ---------------------------------------------------------------------------------------------
+# time_wait_buildup: time to port exhaustion and close-rate classes
+
+
+def tw_label(host: str, start_s: float, end_s: float, close_rate: float | None,
+             tte_s: float | None, in_magnitude: bool = True) -> dict[str, Any]:
+    lb = label("time_wait_buildup", {"host": host}, start_s, end_s)
+    lb["magnitude"] = {"connections_per_call": 1}
+    if in_magnitude and close_rate is not None:
+        lb["magnitude"]["close_rate_per_s"] = close_rate
+    lb["truth"] = {"expected_close_rate_per_s": close_rate, "time_to_exhaustion_s": tte_s}
+    return lb
+
+
+def tw_finding(fid: str, host: str, at_s: float, tte: float | None) -> dict[str, Any]:
+    return with_evidence(finding(fid, "time_wait_buildup", {"host": host}, at_s),
+                         time_to_exhaustion_s=tte, ephemeral_ports=28232)
+
+
+def test_time_to_exhaustion_accuracy_at_the_first_firing_report() -> None:
+    # each exhausts 50 s after its onset (600 s); reports 20 s in see 30 s left
+    hosts = ["h1", "h2", "h3", "h4", "h5"]
+    labels = [tw_label(h, 600, 1200, 565.0, 50.0) for h in hosts[:4]]
+    labels.append(tw_label("h5", 600, 1200, 30.0, None))  # plateau under the range
+    truth = LabelSet.from_lines([run(), *labels])
+    findings = [
+        tw_finding("a", "h1", 620, 33.0),   # +10 %
+        tw_finding("a", "h1", 640, 99.0),   # a later report of the same finding: ignored
+        tw_finding("b", "h2", 620, 21.0),   # -30 %
+        tw_finding("c", "h3", 620, None),   # no estimate: outside
+        tw_finding("d", "h4", 660, 5.0),    # the ports ran out 10 s before: late
+        tw_finding("e", "h5", 700, None),   # no true exhaustion: not scored for time left
+    ]
+    s = score_findings(findings, truth, ["time_wait_buildup"])["time_wait_buildup"]
+    d = s.to_dict()
+    assert d["tp"] == 5 and "time_to_oom" not in d
+    assert d["time_to_exhaustion"] == {
+        "labels": 3, "with_estimate": 2, "median_abs_rel_err": 0.2, "max_abs_rel_err": 0.3,
+        "within_20pct": pytest.approx(1 / 3, abs=1e-4), "late": 1}
+    first = s.labels[0]
+    assert first["true_time_to_exhaustion_s"] == 30.0 and first["time_to_exhaustion_s"] == 33.0
+    assert first["time_to_exhaustion_rel_err"] == 0.1
+    assert s.labels[3]["true_time_to_exhaustion_s"] == -10.0
+    assert s.labels[4]["true_time_to_exhaustion_s"] is None
+    # merged scenarios pool estimates and late counts; a baseline has no estimates
+    m = merge([{"k": s}, {"k": s}])["k"].to_dict(detail=False)["time_to_exhaustion"]
+    assert (m["labels"], m["with_estimate"], m["late"]) == (6, 4, 2)
+    r = score_rule("tw_static_5000_1m", "time_wait_buildup",
+                   [({"host": "h1"}, T0 + 680 * S)], truth).to_dict()
+    assert r["time_to_exhaustion"] == {
+        "labels": 0, "with_estimate": 0, "median_abs_rel_err": None, "max_abs_rel_err": None,
+        "within_20pct": None, "late": 1}
+
+
+def test_median_delay_by_close_rate_class() -> None:
+    rates = [2.0, 19.9, 20.0, 46.0, 100.0, 560.0]
+    labels = [tw_label(f"h{k}", 600, 1200, r, None) for k, r in enumerate(rates)]
+    # a label without the magnitude field is classed by its truth at onset
+    labels.append(tw_label("h9", 600, 1200, 1045.0, 27.0, in_magnitude=False))
+    truth = LabelSet.from_lines([run(), *labels])
+    findings = [finding("a", "time_wait_buildup", {"host": "h1"}, 600 + 300),
+                finding("b", "time_wait_buildup", {"host": "h2"}, 600 + 120),
+                finding("c", "time_wait_buildup", {"host": "h3"}, 600 + 60),
+                finding("d", "time_wait_buildup", {"host": "h4"}, 600 + 40),
+                finding("e", "time_wait_buildup", {"host": "h9"}, 600 + 20)]
+    d = score_findings(findings, truth, ["time_wait_buildup"])["time_wait_buildup"].to_dict()
+    assert d["delay_by_rate_class"] == {
+        "<20/s": {"labels": 2, "detected": 1, "median_delay_s": 300.0},
+        "20-100/s": {"labels": 2, "detected": 2, "median_delay_s": 90.0},
+        ">=100/s": {"labels": 3, "detected": 2, "median_delay_s": 30.0},
+    }
+    assert list(d["delay_by_rate_class"]) == ["<20/s", "20-100/s", ">=100/s"]
+    assert [lb["rate_class"] for lb in d["labels"]][:3] == ["<20/s", "<20/s", "20-100/s"]
