@@ -19,10 +19,14 @@ Scores are then merged across scenarios (tp/fp/fn and entity-hours summed, delay
 ``benchmarks.scoring`` for every definition. Baselines registered in ``BASELINES`` are scored on
 the same scenarios under ``baseline:<name>``: ``p99_static`` and ``halfspacetrees``
 (``bottleneck_span``, ``benchmarks.baselines``), ``predict_linear`` and ``deriv``
-(``memory_leak``) and ``gc_time`` (``gc_pressure``) (``benchmarks.memory_baselines``). For
+(``memory_leak``) and ``gc_time`` (``gc_pressure``) (``benchmarks.memory_baselines``), and
+``tw_static_5000_1m``, ``tw_static_1000_10m`` and ``tw_static_20000_2m`` (``time_wait_buildup``:
+``node_sockstat_TCP_tw > N for D`` per host, ``benchmarks.timewait_baselines``). For
 ``memory_leak`` the table adds the time-to-OOM accuracy of the findings' first reports and the
-median delay per leak-rate class; ``gc_pressure`` alerts under an active leak are counted as
-``inhibited``, not as false alarms.
+median delay per leak-rate class, and for ``time_wait_buildup`` the same with the time to port
+exhaustion and close-rate classes (for baselines: how many first alerts came after the ports
+had run out); ``gc_pressure`` alerts under an active leak are counted as ``inhibited``, not as
+false alarms.
 
 Output: a table, then as the last line one JSON object ``{"<kind>": {...},
 "baseline:<name>": {...}, "scenarios": [...], "quick": bool, ...}``; the same with per-label
@@ -41,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import baselines, harness, memory_baselines, scoring
+from benchmarks import baselines, harness, memory_baselines, scoring, timewait_baselines
 from benchmarks.harness import RunNames, log
 from pipeline.findings import KINDS
 from pipeline.simulate import PRESETS, build_scenario, label_lines, write_labels
@@ -61,8 +65,10 @@ QUICK_DURATION = "17m"
 #: ``(scenario) -> (finding kind, [(entity, fired_at_ns), ...])``. Register as name -> function.
 Baseline = Callable[[Scenario], tuple[str, list[tuple[dict[str, str], int]]]]
 #: p99_static, halfspacetrees (bottleneck_span); predict_linear, deriv (memory_leak); gc_time
-#: (gc_pressure).
-BASELINES: dict[str, Baseline] = {**baselines.BUILTIN, **memory_baselines.BUILTIN}
+#: (gc_pressure); tw_static_5000_1m, tw_static_1000_10m, tw_static_20000_2m (time_wait_buildup).
+BASELINES: dict[str, Baseline] = {
+    **baselines.BUILTIN, **memory_baselines.BUILTIN, **timewait_baselines.BUILTIN,
+}
 
 
 async def run_scenario(
@@ -234,15 +240,21 @@ def table(merged: dict[str, scoring.KindScore], summaries: list[dict[str, Any]],
         )
     extra = []
     for key, sc in merged.items():
-        tto = sc.time_to_oom()
-        if tto and (tto["with_estimate"] or not key.startswith("baseline:")):
+        left, what = sc.time_left(), scoring.TIME_LEFT.get(sc.kind)
+        if left and what and (left["with_estimate"] or not key.startswith("baseline:")):
             extra.append(
-                f"  {key:24s} time to OOM at first report: {tto['with_estimate']}/{tto['labels']}"
-                f" with an estimate, median |rel err| {_fmt(tto['median_abs_rel_err'])}, max "
-                f"{_fmt(tto['max_abs_rel_err'])}, within +-20% {_fmt(tto['within_20pct'], '.2f')}")
+                f"  {key:24s} {what.what} at first report: {left['with_estimate']}/"
+                f"{left['labels']} with an estimate, median |rel err| "
+                f"{_fmt(left['median_abs_rel_err'])}, max {_fmt(left['max_abs_rel_err'])}, "
+                f"within +-20% {_fmt(left['within_20pct'], '.2f')}, {left['late']} reported "
+                "after it ran out")
+        elif left and what and left["late"]:
+            extra.append(f"  {key:24s} first alert after the resource ran out: {left['late']}/"
+                         f"{left['labels'] + left['late']} of the detected faults that run out")
         by_class = sc.delay_by_rate_class()
         if by_class:
-            extra.append(f"  {key:24s} median delay by leak rate: " + "; ".join(
+            classes = scoring.RATE_CLASSES_BY_KIND[sc.kind]
+            extra.append(f"  {key:24s} median delay by {classes.what}: " + "; ".join(
                 f"{c}: {_minutes(v['median_delay_s'])} min ({v['detected']}/{v['labels']})"
                 for c, v in by_class.items()))
         if sc.inhibited:
