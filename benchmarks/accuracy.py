@@ -228,12 +228,12 @@ def table(merged: dict[str, scoring.KindScore], summaries: list[dict[str, Any]],
                          + ", ".join(f"{k} x{n}" for k, n in sorted(positives.items())))
         return "\n".join(lines)
     lines.append(
-        f"  {'kind / method':24s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'delay s':>8s} "
+        f"  {'kind / method':27s} {'prec':>6s} {'recall':>6s} {'f1':>6s} {'delay s':>8s} "
         f"{'FA/100h':>8s} {'hard-neg':>8s} {'tp':>4s} {'fp':>4s} {'fn':>4s} {'alerts':>6s}"
     )
     for key, sc in merged.items():
         lines.append(
-            f"  {key:24s} {_fmt(sc.precision):>6s} {_fmt(sc.recall):>6s} {_fmt(sc.f1):>6s} "
+            f"  {key:27s} {_fmt(sc.precision):>6s} {_fmt(sc.recall):>6s} {_fmt(sc.f1):>6s} "
             f"{_fmt(sc.median_delay_s, '.0f'):>8s} {_fmt(sc.false_alarms_per_100h, '.2f'):>8s} "
             f"{sc.hard_negative_false_alarms:8d} {sc.tp:4d} {sc.fp:4d} {sc.fn:4d} "
             f"{sc.alerts:6d}"
@@ -243,22 +243,22 @@ def table(merged: dict[str, scoring.KindScore], summaries: list[dict[str, Any]],
         left, what = sc.time_left(), scoring.TIME_LEFT.get(sc.kind)
         if left and what and (left["with_estimate"] or not key.startswith("baseline:")):
             extra.append(
-                f"  {key:24s} {what.what} at first report: {left['with_estimate']}/"
+                f"  {key:27s} {what.what} at first report: {left['with_estimate']}/"
                 f"{left['labels']} with an estimate, median |rel err| "
                 f"{_fmt(left['median_abs_rel_err'])}, max {_fmt(left['max_abs_rel_err'])}, "
                 f"within +-20% {_fmt(left['within_20pct'], '.2f')}, {left['late']} reported "
                 "after it ran out")
         elif left and what and left["late"]:
-            extra.append(f"  {key:24s} first alert after the resource ran out: {left['late']}/"
+            extra.append(f"  {key:27s} first alert after the resource ran out: {left['late']}/"
                          f"{left['labels'] + left['late']} of the detected faults that run out")
         by_class = sc.delay_by_rate_class()
         if by_class:
             classes = scoring.RATE_CLASSES_BY_KIND[sc.kind]
-            extra.append(f"  {key:24s} median delay by {classes.what}: " + "; ".join(
+            extra.append(f"  {key:27s} median delay by {classes.what}: " + "; ".join(
                 f"{c}: {_minutes(v['median_delay_s'])} min ({v['detected']}/{v['labels']})"
                 for c, v in by_class.items()))
         if sc.inhibited:
-            extra.append(f"  {key:24s} {sc.inhibited} alerts inhibited by an active "
+            extra.append(f"  {key:27s} {sc.inhibited} alerts inhibited by an active "
                          f"{'/'.join(scoring.INHIBITED_BY.get(sc.kind, ()))} label (not counted)")
     if extra:
         lines += [""] + extra
@@ -270,7 +270,7 @@ def table(merged: dict[str, scoring.KindScore], summaries: list[dict[str, Any]],
             entity = "/".join(lb["entity"].values())
             what = (f"detected after {lb['delay_s']:.0f} s ({lb['alerts']} alerts)"
                     if lb["detected"] else "MISSED")
-            lines.append(f"    {key:24s} {lb['scenario']:10s} {entity:40s} {lb['start'][11:19]}"
+            lines.append(f"    {key:27s} {lb['scenario']:10s} {entity:40s} {lb['start'][11:19]}"
                          f"-{lb['end'][11:19]}  {what}")
     return "\n".join(lines)
 
