@@ -191,6 +191,17 @@ class Lifecycle:
         st = self._state.get(fingerprint(self.kind, entity))
         return bool(st and st["firing"])
 
+    def amend(self, entity: Mapping[str, Any], verdict: Verdict) -> Finding | None:
+        """Replace a firing finding's explanation (same id, same severity) and return it to
+        publish again: evidence that arrived after it opened (a side input that was behind)."""
+        fp = fingerprint(self.kind, entity)
+        st = self._state.get(fp)
+        if st is None or not st["firing"]:
+            return None
+        st["last"] = [st["severity"], verdict.summary, verdict.evidence, verdict.next_steps]
+        self._dirty.add(fp)
+        return self._finding(fp, st, "firing", None)
+
     def severity(self, entity: Mapping[str, Any]) -> str | None:
         """The severity of the entity's firing finding (None if none is firing)."""
         st = self._state.get(fingerprint(self.kind, entity))

@@ -165,7 +165,7 @@ class TimeWaitDetector(Detector):
         self._newest = 0
         self._expired_until = 0
         self._counts = {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
-                        "other_sources": 0}
+                        "other_sources": 0, "calls_dropped": 0}
         self._meta_dirty = False
 
     @classmethod
@@ -240,10 +240,21 @@ class TimeWaitDetector(Detector):
             pair = f"{c.service}\x1f{c.destination}"
             if pair in bucket or len(bucket) < self.max_pairs:
                 bucket[pair] = bucket.get(pair, 0) + c.calls
-            if len(h.calls) > self.calls_minutes:
-                for k in sorted(h.calls, key=int)[: len(h.calls) - self.calls_minutes]:
-                    del h.calls[k]
+            self._prune_calls(h)
             self._dirty.add(c.host)
+
+    def _prune_calls(self, h: _Host) -> None:
+        """Keep the minutes the host's next samples may need (calls can arrive ahead of the
+        metrics, or behind); beyond three times that, the oldest go (counted)."""
+        horizon = h.last_t - self.calls_minutes * MINUTE_NS
+        for k in [k for k in h.calls if int(k) < horizon]:
+            del h.calls[k]
+        extra = len(h.calls) - 3 * self.calls_minutes
+        if extra > 0:
+            for k in sorted(h.calls, key=int)[:extra]:
+                del h.calls[k]
+            self._counts["calls_dropped"] += extra
+            self._meta_dirty = True
 
     def _host(self, name: str, t: int) -> _Host | None:
         h = self._hosts.get(name)
@@ -275,6 +286,7 @@ class TimeWaitDetector(Detector):
                 out.extend(self._fold(h, t, h.pending.pop(t)))
             if not h.pending:
                 self._waiting.discard(name)
+        out.extend(self._late_attribution())
         if watermark_ns - self._expired_until >= MINUTE_NS:
             self._expired_until = watermark_ns
             self._meta_dirty = True
@@ -413,13 +425,21 @@ class TimeWaitDetector(Detector):
             tte = max(0.0, (ports - tw) / s_short)
         base_tw = float(np.median([m[3] for m in h.minutes])) if h.minutes else None
         excess_rate = max(tw - expected, 0.0) / conn.TIME_WAIT_S
-        pairs, cause = self._attribute(h, t, excess_rate)
+        ep = h.episode if h.episode is not None else {"t0": t}
+        if "who" in ep:  # named when the finding opened: a draining tail must not rename it
+            pairs, cause = ep["who"]
+        else:
+            pairs, cause = self._attribute(h, t, excess_rate)
+            if h.episode is not None:
+                if pairs:
+                    h.episode["who"] = [pairs, cause]
+                elif "at" not in h.episode:  # calls may still come (see ``_late_attribution``)
+                    h.episode["at"], h.episode["rate"] = t, excess_rate
         severity = (
             "critical" if (tte is not None and tte <= 3600) or plateau >= 0.5 * ports
             or self.lc.severity({"host": h.host}) == "critical"  # escalates, never back
             else "warning"
         )
-        ep = h.episode or {"t0": t}
         evidence: dict[str, Any] = {
             "host": h.host,
             "time_wait": round(tw),
@@ -465,6 +485,36 @@ class TimeWaitDetector(Detector):
             f"likely {who}"
         )
         return Verdict(severity, summary, evidence, _next_steps(h.host, pairs))
+
+    def _late_attribution(self) -> list[Finding]:
+        """A finding that opened before the span stage had sent the client calls of its
+        minutes (the span stage runs behind when a backlog is replayed) is published again,
+        same id, once they are in, naming the client."""
+        out = []
+        for st in sorted(self.lc.active(), key=lambda st: st["entity"]["host"]):
+            h = self._hosts.get(st["entity"]["host"])
+            ep = h.episode if h is not None else None
+            if h is None or ep is None or "who" in ep or "at" not in ep:
+                continue
+            pairs, cause = self._attribute(h, ep["at"], ep["rate"])
+            if not pairs:
+                continue
+            ep["who"] = [pairs, cause]
+            self._dirty.add(h.host)
+            _, summary, evidence, _ = st["last"]
+            evidence = {**evidence, "top_services": list(
+                dict.fromkeys(p["service"] for p in pairs))[:3],
+                "candidates": pairs[:5], "likely_cause": cause}
+            if not h.dests:
+                evidence["top_destinations"] = [p["destination"] for p in pairs[:3]]
+            summary = summary.replace(
+                "likely no client spans from this host",
+                f"likely {pairs[0]['service']} -> {pairs[0]['destination']}")
+            done = self.lc.amend(st["entity"], Verdict(
+                st["severity"], summary, evidence, _next_steps(h.host, pairs)))
+            if done is not None:
+                out.append(done)
+        return out
 
     def _attribute(
         self, h: _Host, t: int, excess_rate: float

@@ -87,7 +87,8 @@ class PipelineMetrics:
         self.derived = Counter(
             f"{NS}_items_derived",
             "Records a detection stage derived for the next (trace samples from completed "
-            "traces), by signal.", ["signal"], registry=registry,
+            "traces; client calls per host for the metrics stream), by signal.", ["signal"],
+            registry=registry,
         )
         self.state_flushes = Counter(
             f"{NS}_state_flushes", "Detector state flushes to the changelog-backed table.",

@@ -194,6 +194,21 @@ def test_attribution_names_the_client_whose_call_rate_matches_the_extra_closes()
     assert "catalog" in " ".join(f.next_steps) and "redis" in f.summary
 
 
+def test_calls_that_arrive_after_the_finding_opened_amend_it() -> None:
+    """Replaying a backlog, the span stage runs behind the metrics: the finding opens unnamed
+    and is published again, same id, once the client calls of its minutes are in."""
+    batches = tcp.host_batches(16, closes=step(1.5, 29.5, 600))
+    found, d = run(batches)
+    assert [f.status for f in found] == ["firing"]
+    d.update_side(tcp.calls(16, const(28.0), service="catalog", destination="redis"))
+    amended = d.advance(max(p.time_ns for p in batches[-1]) - 5 * S)
+    assert len(amended) == 1 and amended[0].id == found[0].id
+    assert amended[0].status == "firing" and amended[0].severity == found[0].severity
+    assert amended[0].evidence["candidates"][0]["service"] == "catalog"
+    assert "catalog -> redis" in amended[0].summary
+    assert d.advance(max(p.time_ns for p in batches[-1])) == []  # once
+
+
 def test_attribution_says_pool_too_small_when_connections_last_a_few_calls() -> None:
     batches = tcp.host_batches(20, closes=step(1.5, 31.5, 600))
     calls = tcp.calls(20, const(150.0), service="api", destination="postgres")
