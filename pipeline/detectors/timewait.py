@@ -352,7 +352,9 @@ class TimeWaitDetector(Detector):
         entity = {"host": h.host}
         firing = self.lc.is_firing(entity)
         if not elevated:
-            if not ready or tw <= 1.5 * expected:  # clearly normal: part of the baseline
+            # Clearly normal (close to what the load explains, or only a few sockets over it):
+            # part of the baseline, which so follows a host whose usual level drifts.
+            if not ready or tw <= 1.5 * expected or tw - expected < 0.5 * self.min_excess:
                 self._baseline_sample(h, t, ratio_est, ratio_calls, tw)
             if not firing:
                 h.episode = None
@@ -412,11 +414,14 @@ class TimeWaitDetector(Detector):
             tw / conn.TIME_WAIT_S, s_short or 0.0
         )
         plateau = conn.TIME_WAIT_S * close_rate
-        # Still climbing as fast as before (the close rate itself grows), not the 60 s ramp
-        # of a step up that is levelling off, nor its start.
+        # Still climbing as fast as before, and already climbing a minute ago: the close rate
+        # itself grows. A step up in the close rate climbs for 60 s only (then levels off), so
+        # a climb that was not under way a minute ago is such a step, not a trend.
+        s_before = _slope([r for r in h.recent if t - 75 * NS <= r[0] <= t - 45 * NS])
         growing = (
-            s_short is not None and s_prev is not None and s_short > 0 and s_prev > 0
-            and 0.6 <= s_short / s_prev <= 1.6 and s_short * 60 >= 0.02 * tw
+            s_short is not None and s_prev is not None and s_before is not None
+            and s_short > 0 and s_prev > 0 and 0.6 <= s_short / s_prev <= 1.6
+            and s_before >= 0.3 * s_short and s_short * 60 >= 0.02 * tw
         )
         tte: float | None = None
         if plateau >= ports:
@@ -481,7 +486,8 @@ class TimeWaitDetector(Detector):
         )
         summary = (
             f"TIME_WAIT on {h.host} {round(tw)} vs {round(expected)} expected for its load "
-            f"({evidence['ratio_to_expected']}x, {round(close_rate, 1)} closes/s); {when}; "
+            f"({_ratio(evidence['ratio_to_expected'])}, {round(close_rate, 1)} closes/s); "
+            f"{when}; "
             f"likely {who}"
         )
         return Verdict(severity, summary, evidence, _next_steps(h.host, pairs))
@@ -619,13 +625,17 @@ class TimeWaitDetector(Detector):
 
 # -- helpers ------------------------------------------------------------------------------------
 def _slope(rows: Sequence[Sequence[float]]) -> float | None:
-    """Theil–Sen slope of TIME_WAIT (sockets per second) over ``rows`` (at least 3)."""
-    if len(rows) < 3:
+    """Theil–Sen slope of TIME_WAIT (sockets per second) over ``rows`` (at least 2)."""
+    if len(rows) < 2:
         return None
     x = np.array([(r[0] - rows[0][0]) / NS for r in rows])
     if x[-1] <= 0:
         return None
     return float(stats.theilslopes([r[1] for r in rows], x).slope)
+
+
+def _ratio(r: float | None) -> str:
+    return "none expected" if r is None else f"{r}x"
 
 
 def _duration(seconds: float) -> str:

@@ -124,7 +124,9 @@ class Fault:
     ``entity`` holds the keys a finding carries (see ``ENTITY_KEYS``); an instance is named by
     its replica slot, ``"checkout#0"``, and the label resolves it to the ``service.instance.id``
     in force. ``evidence`` holds targeting detail that is not part of the identity (for
-    ``time_wait_buildup``: the client ``service`` and the ``destination`` it stops reusing).
+    ``time_wait_buildup``: the client ``service`` and the ``destination`` it stops reusing;
+    its ``magnitude`` has ``connections_per_call`` and optionally ``ramp_s``, over which the
+    share of calls without reuse rises linearly from 0 to 1).
     """
 
     kind: str

@@ -605,9 +605,14 @@ def _time_wait_label(scenario: Scenario, f: Fault) -> dict[str, Any]:
             if svc == s and dest in (None, address):
                 per_request[address] += per_req / n_inst * per_call
     k = sum(per_request.values())
-    close_rate = _rate_at(scenario, f.start_s) * k
-    # The request rate of each second of the window, sampled as the simulator draws it.
-    rates = [_rate_at(scenario, t + 0.5) for t in range(int(f.start_s), int(math.ceil(f.end_s)))]
+    close_rate = _rate_at(scenario, f.start_s) * k  # at full loss of reuse
+    # The request rate of each second of the window, sampled as the simulator draws it; with a
+    # ramp (``ramp_s``), the share of calls without reuse rises linearly over it.
+    ramp_s = float(f.magnitude.get("ramp_s", 0.0))
+    rates = [
+        _rate_at(scenario, t + 0.5) * (min(1.0, (t - f.start_s) / ramp_s) if ramp_s > 0 else 1.0)
+        for t in range(int(f.start_s), int(math.ceil(f.end_s)))
+    ]
     label = _base(scenario, f, {"host": host})
     label["evidence"].update(
         {"service": ",".join(dict.fromkeys(services)), "destination": ",".join(sorted(per_request))}

@@ -275,6 +275,7 @@ class _Pool:
         "rate",
         "size",
         "no_reuse",
+        "ramp",
         "inflight",
     )
 
@@ -289,6 +290,9 @@ class _Pool:
         self.rate = 0.0  # calls/s, smoothed
         self.size = min_idle
         self.no_reuse = 0  # connections per call while reuse is off (fault or storm)
+        # (start_s, ramp_s): reuse is lost progressively, the share of calls without it rising
+        # linearly from 0 to 1 over ramp_s (a pool leaking connections, a rollout)
+        self.ramp: tuple[float, float] | None = None
         self.inflight = 0.0
 
 
@@ -650,7 +654,7 @@ class Simulator:
             self._traffic_tick(k, t0)
             for inst in self.instances:
                 self._heap_tick(inst, float(k + 1))
-            self._network_tick()
+            self._network_tick(float(k))
             if k < 0:
                 self._pending.clear()
                 for inst in self.instances:
@@ -695,6 +699,7 @@ class Simulator:
             inst.skew_ns = 0
             for pool in inst.pools.values():
                 pool.no_reuse = 0
+                pool.ramp = None
         self._rate_factor = 1.0
         self._samplers = []
         self._span_loss = {}
@@ -738,6 +743,8 @@ class Simulator:
                     for pool in inst.pools.values():
                         if dest in (None, pool.address, pool.destination):
                             pool.no_reuse = per_call
+                            ramp_s = float(f.magnitude.get("ramp_s", 0.0))
+                            pool.ramp = (f.start_s, ramp_s) if ramp_s > 0 else None
         elif f.kind == HEAD_SAMPLING:
             keep = float(f.magnitude.get("keep", 0.1))
             seed = int(f.magnitude.get("hash_seed", 0))
@@ -1058,7 +1065,7 @@ class Simulator:
 
     # -- connections ----------------------------------------------------------------------
 
-    def _network_tick(self) -> None:
+    def _network_tick(self, t_s: float) -> None:
         lams: list[float] = []
         items: list[tuple[_Instance, _Pool, int]] = []
         for inst in self.instances:
@@ -1073,7 +1080,11 @@ class Simulator:
         draws = self._net.poisson(lams).tolist()
         closes: dict[str, int] = dict.fromkeys(self.hosts, 0)
         for (inst, pool, n), churn in zip(items, draws, strict=False):
-            opens = churn + pool.no_reuse * n
+            no_reuse = pool.no_reuse * n
+            if pool.ramp is not None and no_reuse:
+                share = min(1.0, max(0.0, (t_s - pool.ramp[0]) / pool.ramp[1]))
+                no_reuse = int(self._net.binomial(no_reuse, share)) if share < 1 else no_reuse
+            opens = churn + no_reuse
             pool.size = pool.min_idle + int(pool.rate * pool.latency_s * 3 + 0.5)
             pool.inflight = pool.no_reuse * n * pool.latency_s
             closes[inst.host.name] += opens

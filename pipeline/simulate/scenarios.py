@@ -62,15 +62,19 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     16-24   node-3 (both) frontend > cart              3      46 (40-49)  ~2,800, no
     30-34   all           traffic spike 4x (at the trough)
     37-41   node-1/2/3    deploy of catalog; its clients' reconnect storm (40 s) recovers
-    44-51   node-1 (hm)   catalog > redis              25     557-656     ~33,000, 49 s
+    44-58   node-1 (hm)   catalog > redis (ramp 15m)   40     0 -> 580    rising, 449 s
     47-54   node-3 (both) cart > redis                 30     875-1,069   ~63,000, 27 s
     54-62   node-2 (hm)   frontend > catalog           2      29 -> 12    ~1,700, no
     64-67   all           traffic spike 3x (at the trough)
-    72-79   node-4 (prom) catalog > redis              28     528-735     ~32,000, 51 s
+    72-82   node-4 (prom) catalog > redis (ramp 9m)    28     0 -> 708    rising, 379 s
     ======  ============  ===========================  =====  ==========  ================
 
-    Faults on one host are at least 8 minutes apart; no buildup overlaps a spike or the
-    deploy. Without faults a host holds ~50-150 sockets in TIME_WAIT (pool churn, probes).
+    The two ramps lose reuse progressively (``ramp_s``: the share of calls without it rises
+    linearly), so TIME_WAIT climbs for minutes before the ports run out and the time to
+    exhaustion can be judged when first reported; a steady rate high enough to run the range
+    out does so within 60 s (node-3 at 47). Faults on one host are at least 8 minutes apart;
+    no buildup overlaps a spike or the deploy. Without faults a host holds ~50-150 sockets in
+    TIME_WAIT (pool churn, probes).
 ``negatives`` (1 h)
     Every hard negative and no fault: any finding is a false alarm (head sampling and lost spans
     included, each in a window of its own).
@@ -594,14 +598,18 @@ def _timewait() -> tuple[float, list[Fault], str]:
     # Close rates below are at 50 requests/s x the curve at onset; the labels carry the exact
     # truth. Faults on one host are >= 8 min apart; the spikes and the deploy overlap no buildup.
     def buildup(
-        host: str, client: str, dest: str, start: float, end: float, per_call: int, note: str
+        host: str, client: str, dest: str, start: float, end: float, per_call: int, note: str,
+        ramp_min: float = 0.0,
     ) -> Fault:
+        magnitude: dict[str, float] = {"connections_per_call": per_call}
+        if ramp_min:
+            magnitude["ramp_s"] = ramp_min * M
         return Fault(
             TIME_WAIT_BUILDUP,
             {"host": host},
             start * M,
             end * M,
-            {"connections_per_call": per_call},
+            magnitude,
             evidence={"service": client, "destination": dest},
             note=note,
         )
@@ -648,10 +656,12 @@ def _timewait() -> tuple[float, list[Fault], str]:
             "catalog",
             "redis",
             44,
-            51,
-            25,
-            "catalog's Redis client reconnects per key of a 25-key fan-out (~560/s): "
-            "the ports to redis run out within a minute",
+            58,
+            40,
+            "catalog's Redis client leaks its pool: over 15 minutes every key of a 40-key "
+            "fan-out comes to open its own connection (0 -> ~580 closes/s as the load "
+            "falls); the ports to redis run out after ~7.5 minutes",
+            ramp_min=15,
         ),
         buildup(
             "node-3",
@@ -677,10 +687,11 @@ def _timewait() -> tuple[float, list[Fault], str]:
             "catalog",
             "redis",
             72,
-            79,
+            82,
             28,
-            "catalog's Redis fan-out without reuse on the node_exporter-only host "
-            "(~530/s, rising with the load): just over the ephemeral range",
+            "catalog's Redis fan-out loses reuse over 9 minutes on the node_exporter-only "
+            "host (0 -> ~530/s and rising with the load): the ports run out after ~9 minutes",
+            ramp_min=9,
         ),
         Fault(TRAFFIC_SPIKE, {}, 30 * M, 34 * M, {"factor": 4.0}, note="4x traffic"),
         Fault(

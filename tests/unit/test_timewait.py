@@ -105,6 +105,24 @@ def test_steady_growth_gives_time_to_exhaustion_within_20_percent() -> None:
     assert first.severity == ("critical" if est <= 3600 else "warning")
 
 
+def test_a_step_gives_no_time_to_exhaustion_even_with_a_short_sustain() -> None:
+    """Opened while TIME_WAIT is still in the 60 s climb that follows a step up in the close
+    rate: that climb is not a growing close rate (found with real sockets)."""
+    d = TimeWaitDetector(sustain_s=20)
+    f = firing(run(tcp.host_batches(20, closes=step(1.5, 100.0, 600)), d)[0])[0]
+    assert f.evidence["time_to_exhaustion_s"] is None and f.severity == "warning"
+
+
+def test_the_baseline_follows_a_small_drift_of_the_usual_level() -> None:
+    """The usual level goes from ~30 to ~80 sockets (2.7x, but only 50 over): normal, and
+    learnt, so that lost reuse later is judged against ~80."""
+    closes = lambda t: (0.5 if t < 600 else 1.3) + (30.0 if t >= 1500 else 0.0)  # noqa: E731
+    found, _ = run(tcp.host_batches(30, closes=closes))
+    f = firing(found)[0]
+    assert at_s(f.detected_at_ns) > 1500
+    assert 60 <= f.evidence["baseline_time_wait"] <= 100
+
+
 def test_a_rate_over_the_range_is_critical_at_once() -> None:
     found, _ = run(tcp.host_batches(20, closes=step(1.5, 600.0, 600)))
     f = firing(found)[0]
