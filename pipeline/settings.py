@@ -83,8 +83,8 @@ class Settings:
     gc_pressure_min_fraction: float = 0.10  # GC time share below this is never pressure
     # TIME_WAIT buildup (per routed metric partition, by host).
     time_wait_port_ranges: str = ""  # "32768-60999" or "node-7=1024-65535,*=32768-60999"
-    time_wait_factor: float = 3.0  # TIME_WAIT this many times what the host's load expects
-    time_wait_min_excess: float = 250.0  # ... and at least this many sockets over it
+    time_wait_factor: float = 2.0  # TIME_WAIT this many times what the host's load expects
+    time_wait_min_excess: float = 100.0  # ... and at least this many sockets over it
     time_wait_sustain_s: float = 75.0  # elevated this long (event time) before a finding
     time_wait_warmup_s: float = 300.0  # baseline learnt per host before it is judged
     time_wait_max_hosts: int = 5_000  # hosts per partition (~20 KB each)
@@ -242,7 +242,7 @@ class Settings:
         if self.time_wait_factor <= 1:
             raise ConfigError(
                 f"TIME_WAIT_FACTOR={self.time_wait_factor} must be > 1: how many times the "
-                "TIME_WAIT count the host's load explains counts as a buildup (e.g. 3)"
+                "TIME_WAIT count the host's load explains counts as a buildup (e.g. 2)"
             )
         if self.time_wait_min_excess < 0:
             raise ConfigError(

@@ -14,9 +14,9 @@ connections, ``r`` becomes its call rate. So TIME_WAIT is judged against the hos
 the calls its services make (client spans) and the connections it holds open (ESTABLISHED,
 which pools size to concurrency), each as a ratio learned per host over its last
 ``baseline_minutes`` normal minutes (median of per-minute medians, after ``warmup_s``). A
-sample is *elevated* when TIME_WAIT is at least ``factor`` times what *every* available load
-measure expects and at least ``min_excess`` sockets over it: a traffic spike or the daily curve
-moves load and TIME_WAIT together; a loss of reuse moves TIME_WAIT alone.
+sample is *elevated* when TIME_WAIT is at least ``factor`` (2) times what *every* available
+load measure expects and at least ``min_excess`` (100) sockets over it: a traffic spike or the
+daily curve moves load and TIME_WAIT together; a loss of reuse moves TIME_WAIT alone.
 
 **Sustained, not a blip.** A finding opens when samples have been elevated for ``sustain_s``
 (75 s) without a break and the excess is still at least ``hold_fraction`` of its peak in that
@@ -73,6 +73,7 @@ TICK_TOLERANCE_NS = NS  # points of one host less than this apart are one sample
 SOURCE_STALE_NS = 300 * NS  # a host's TIME_WAIT source silent this long gives way to another
 CALLS_MAX_AGE_NS = 4 * MINUTE_NS  # client calls older than this say nothing about load now
 MIN_CALLS_PER_S = 0.5  # below this the call rate is no load measure
+SEVERITY_ORDER = ("info", "warning", "critical")
 
 
 class _Host:
@@ -130,8 +131,8 @@ class TimeWaitDetector(Detector):
     def __init__(
         self,
         port_ranges: Mapping[str, int] | None = None,
-        factor: float = 3.0,
-        min_excess: float = 250.0,
+        factor: float = 2.0,
+        min_excess: float = 100.0,
         sustain_s: float = 75.0,
         hold_fraction: float = 0.7,
         resolve_s: float = 120.0,
@@ -440,11 +441,13 @@ class TimeWaitDetector(Detector):
                     h.episode["who"] = [pairs, cause]
                 elif "at" not in h.episode:  # calls may still come (see ``_late_attribution``)
                     h.episode["at"], h.episode["rate"] = t, excess_rate
-        severity = (
-            "critical" if (tte is not None and tte <= 3600) or plateau >= 0.5 * ports
-            or self.lc.severity({"host": h.host}) == "critical"  # escalates, never back
-            else "warning"
-        )
+        # info: reuse lost, ports far from running out (a ticket, not a page); warning: the
+        # level reaches 5% of the range or a time to exhaustion is known; critical: within an
+        # hour of exhaustion or settling at half the range. It escalates, never back.
+        rank = 2 if (tte is not None and tte <= 3600) or plateau >= 0.5 * ports else (
+            1 if tte is not None or plateau >= 0.05 * ports else 0)
+        severity = SEVERITY_ORDER[max(
+            rank, SEVERITY_ORDER.index(self.lc.severity({"host": h.host}) or "info"))]
         evidence: dict[str, Any] = {
             "host": h.host,
             "time_wait": round(tw),

@@ -79,6 +79,14 @@ def test_lost_reuse_is_found_within_two_minutes(style: str) -> None:
     assert len(resolved) == 1 and 1260 <= at_s(resolved[0].resolved_at_ns) <= 1420
 
 
+def test_a_small_loss_of_reuse_is_found_as_info() -> None:
+    """2.5 extra closes/s (TIME_WAIT ~90 -> ~240): reuse is lost, the ports are far from
+    running out: a finding to look at, not a page."""
+    found, _ = run(tcp.host_batches(20, closes=step(1.5, 4.0, 600)))
+    f = firing(found)[0]
+    assert f.severity == "info" and f.evidence["plateau_share_of_ports"] < 0.05
+
+
 def test_state_values_in_any_case() -> None:
     found, _ = run(tcp.host_batches(20, closes=step(1.5, 30.0, 600), state_case="lower"))
     assert len(firing(found)) == 1
