@@ -116,11 +116,11 @@ class PartitionEngine:
             self.sources[key] = source[2]
         c = self.counters
         c.messages += 1
-        c.items += len(items)
-        if side:
+        if side:  # not counted in ``items``: those are the stream's own records
             for d in self.detectors:
                 d.update_side(items)
             return []
+        c.items += len(items)
         watermark = self.watermark_ns
         newest = self.max_event_ns
         message_newest = 0

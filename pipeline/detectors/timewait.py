@@ -419,10 +419,12 @@ class TimeWaitDetector(Detector):
         # itself grows. A step up in the close rate climbs for 60 s only (then levels off), so
         # a climb that was not under way a minute ago is such a step, not a trend.
         s_before = _slope([r for r in h.recent if t - 75 * NS <= r[0] <= t - 45 * NS])
+        # The climb must also stand out of the count's own noise (five Poisson standard
+        # deviations over a minute): a flat level's wobble is no trend.
         growing = (
             s_short is not None and s_prev is not None and s_before is not None
             and s_short > 0 and s_prev > 0 and 0.6 <= s_short / s_prev <= 1.6
-            and s_before >= 0.3 * s_short and s_short * 60 >= 0.02 * tw
+            and s_before >= 0.3 * s_short and s_short * 60 >= max(0.1 * tw, 5 * math.sqrt(tw))
         )
         tte: float | None = None
         if plateau >= ports:

@@ -29,6 +29,11 @@ GAUGE_HELP = {
         "limit (one series per firing memory_leak finding with a known limit).",
     f"{NS}_gc_time_fraction":
         "Share of time in garbage collection of an instance with a firing gc_pressure finding.",
+    f"{NS}_time_wait_sockets":
+        "TIME_WAIT sockets of a host with a firing time_wait_buildup finding.",
+    f"{NS}_time_wait_time_to_exhaustion_seconds":
+        "Estimated time until a host's TIME_WAIT sockets fill its ephemeral port range (one "
+        "series per firing time_wait_buildup finding with an estimate).",
 }
 
 

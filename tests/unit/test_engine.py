@@ -247,5 +247,5 @@ def test_side_input_is_applied_once_and_moves_no_watermark() -> None:
     e.process(calls, offset=1, source=("spans-routed", 3, 1), side=True)
     assert e.watermark_ns == mark and "spans-routed:3" not in e.source_watermarks
     e.process(calls, offset=2, source=("spans-routed", 3, 1), side=True)  # re-sent after a crash
-    assert e.counters.duplicate_messages == 1
+    assert e.counters.duplicate_messages == 1 and e.counters.items == 5  # the spans only
     assert tw._hosts["node-1"].calls == {str(T0 + 3600 * S): {"api\x1fredis": 60}}
