@@ -74,6 +74,7 @@ SOURCE_STALE_NS = 300 * NS  # a host's TIME_WAIT source silent this long gives w
 CALLS_MAX_AGE_NS = 4 * MINUTE_NS  # client calls older than this say nothing about load now
 MIN_CALLS_PER_S = 0.5  # below this the call rate is no load measure
 SEVERITY_ORDER = ("info", "warning", "critical")
+TIE_LOG_RATIO = 0.2  # candidates whose fit is within this (natural log) of the best are tied
 
 
 class _Host:
@@ -483,8 +484,8 @@ class TimeWaitDetector(Detector):
             "candidates": pairs[:5],
             "likely_cause": cause,
         }
-        who = (f"{pairs[0]['service']} -> {pairs[0]['destination']}" if pairs
-               else "no client spans from this host")
+        who = (" or ".join(f"{p['service']} -> {p['destination']}" for p in pairs[:3]
+                           if p["tied"]) if pairs else "no client spans from this host")
         when = (
             f"ports run out in ~{_duration(tte)}" if tte is not None
             else f"levels off near {round(plateau)} of {ports} ports at this rate"
@@ -520,7 +521,8 @@ class TimeWaitDetector(Detector):
                 evidence["top_destinations"] = [p["destination"] for p in pairs[:3]]
             summary = summary.replace(
                 "likely no client spans from this host",
-                f"likely {pairs[0]['service']} -> {pairs[0]['destination']}")
+                "likely " + " or ".join(f"{p['service']} -> {p['destination']}"
+                                        for p in pairs[:3] if p["tied"]))
             done = self.lc.amend(st["entity"], Verdict(
                 st["severity"], summary, evidence, _next_steps(h.host, pairs)))
             if done is not None:
@@ -557,12 +559,17 @@ class TimeWaitDetector(Detector):
                 "_fit": abs(math.log(k)) if k > 0 else math.inf,
             })
         pairs.sort(key=lambda p: (p["_fit"], -p["calls_per_s"]))
+        # Call rates within ~20% of each other explain the extra closes about as well: the
+        # spans cannot tell those clients apart, so all of them are named (``tied``).
+        for p in pairs:
+            p["tied"] = p["_fit"] - pairs[0]["_fit"] <= TIE_LOG_RATIO
         for p in pairs:
             del p["_fit"]
         if not pairs:
             return [], "unknown: no client calls recorded"
-        best, k = pairs[0], pairs[0]["extra_closes_per_call"]
-        pair = f"{best['service']} -> {best['destination']}"
+        k = pairs[0]["extra_closes_per_call"]
+        pair = " or ".join(f"{p['service']} -> {p['destination']}" for p in pairs[:3]
+                           if p["tied"])
         if 0.6 <= k <= 1.5:
             cause = (f"{pair}: about one new connection per call (no keep-alive, a client or "
                      "connection created per request)")
@@ -656,10 +663,13 @@ def _iso(ns: int) -> str:
 
 
 def _next_steps(host: str, pairs: Sequence[Mapping[str, Any]]) -> list[str]:
-    client = pairs[0]["service"] if pairs else "the client service on this host"
-    dest = pairs[0]["destination"] if pairs else "the destination"
+    tied = [p for p in pairs[:3] if p.get("tied", True)]
+    client = " / ".join(dict.fromkeys(p["service"] for p in tied)) or (
+        "the client service on this host")
+    dest = " / ".join(dict.fromkeys(p["destination"] for p in tied)) or "the destination"
     return [
-        f"On {host} (read-only), count TIME_WAIT by peer: "
+        f"On {host} (read-only), count TIME_WAIT by peer (it tells apart clients whose call "
+        "rates the spans cannot): "
         "timeout 10 ss -Htan state time-wait | awk '{print $4}' | sort | uniq -c | "
         "sort -rn | head",
         f"Check keep-alive and connection-pool settings of {client} for {dest}: "

@@ -235,6 +235,22 @@ def test_calls_that_arrive_after_the_finding_opened_amend_it() -> None:
     assert d.advance(max(p.time_ns for p in batches[-1])) == []  # once
 
 
+def test_clients_with_similar_call_rates_are_all_named() -> None:
+    """Two clients whose call rates both match the extra closes: the spans cannot tell them
+    apart, so the summary and the next steps name both (ss by peer tells)."""
+    batches = tcp.host_batches(20, closes=step(1.5, 11.5, 600))
+    calls = [
+        *tcp.calls(20, const(10.0), service="frontend", destination="cart"),
+        *tcp.calls(20, const(10.8), service="frontend", destination="catalog"),
+        *tcp.calls(20, const(40.0), service="frontend", destination="users"),
+    ]
+    f = firing(run(batches, calls=calls)[0])[0]
+    assert "frontend -> cart" in f.summary and "frontend -> catalog" in f.summary
+    assert "users" not in f.summary
+    assert [c["tied"] for c in f.evidence["candidates"]][:3] == [True, True, False]
+    assert "cart" in f.next_steps[1] and "catalog" in f.next_steps[1]
+
+
 def test_attribution_says_pool_too_small_when_connections_last_a_few_calls() -> None:
     batches = tcp.host_batches(20, closes=step(1.5, 31.5, 600))
     calls = tcp.calls(20, const(150.0), service="api", destination="postgres")
