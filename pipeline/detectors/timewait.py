@@ -484,8 +484,7 @@ class TimeWaitDetector(Detector):
             "candidates": pairs[:5],
             "likely_cause": cause,
         }
-        who = (" or ".join(f"{p['service']} -> {p['destination']}" for p in pairs[:3]
-                           if p["tied"]) if pairs else "no client spans from this host")
+        who = _named(pairs) if pairs else "no client spans from this host"
         when = (
             f"ports run out in ~{_duration(tte)}" if tte is not None
             else f"levels off near {round(plateau)} of {ports} ports at this rate"
@@ -521,8 +520,7 @@ class TimeWaitDetector(Detector):
                 evidence["top_destinations"] = [p["destination"] for p in pairs[:3]]
             summary = summary.replace(
                 "likely no client spans from this host",
-                "likely " + " or ".join(f"{p['service']} -> {p['destination']}"
-                                        for p in pairs[:3] if p["tied"]))
+                f"likely {_named(pairs)}")
             done = self.lc.amend(st["entity"], Verdict(
                 st["severity"], summary, evidence, _next_steps(h.host, pairs)))
             if done is not None:
@@ -568,8 +566,7 @@ class TimeWaitDetector(Detector):
         if not pairs:
             return [], "unknown: no client calls recorded"
         k = pairs[0]["extra_closes_per_call"]
-        pair = " or ".join(f"{p['service']} -> {p['destination']}" for p in pairs[:3]
-                           if p["tied"])
+        pair = _named(pairs)
         if 0.6 <= k <= 1.5:
             cause = (f"{pair}: about one new connection per call (no keep-alive, a client or "
                      "connection created per request)")
@@ -644,6 +641,11 @@ def _slope(rows: Sequence[Sequence[float]]) -> float | None:
     if x[-1] <= 0:
         return None
     return float(stats.theilslopes([r[1] for r in rows], x).slope)
+
+
+def _named(pairs: Sequence[Mapping[str, Any]]) -> str:
+    """The tied best candidates, as "service -> destination or ..."."""
+    return " or ".join(f"{p['service']} -> {p['destination']}" for p in pairs[:3] if p["tied"])
 
 
 def _ratio(r: float | None) -> str:
