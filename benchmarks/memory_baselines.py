@@ -172,7 +172,8 @@ class MemoryTable:
     end_ns: int
 
 
-def _finish(labels: Attrs, ts: list[int], vs: list[float]) -> Series:
+def finish_series(labels: Attrs, ts: list[int], vs: list[float]) -> Series:
+    """A series as Prometheus stores it: samples that do not advance time are dropped."""
     t = np.asarray(ts, np.int64)
     v = np.asarray(vs, np.float64)
     if t.size > 1:  # drop samples that do not advance time (Prometheus: out of order/duplicate)
@@ -224,11 +225,11 @@ def memory_table(scenario: Scenario) -> MemoryTable:
                 continue
             d = {k: str(v) for k, v in attrs}
             if name == hname and all(d.get(k) == v for k, v in hattrs.items()):
-                im.heap.append(_finish(attrs, ts, vs))
+                im.heap.append(finish_series(attrs, ts, vs))
             elif lim and name == lim[0] and all(d.get(k) == v for k, v in lim[1].items()):
-                im.limit = _finish(attrs, ts, vs)
+                im.limit = finish_series(attrs, ts, vs)
             elif name == gname:
-                im.gc.append(_finish(attrs, ts, vs))
+                im.gc.append(finish_series(attrs, ts, vs))
         if runtime == "python":
             im.limit_const = python_limit_bytes(service, scenario)
         out.append(im)

@@ -84,16 +84,6 @@ class HostTimeWait:
         return {"host": self.host}
 
 
-def _series(ts: list[int], vs: list[float]) -> mb.Series:
-    t = np.asarray(ts, np.int64)
-    v = np.asarray(vs, np.float64)
-    if t.size > 1:  # drop samples that do not advance time (Prometheus: out of order/duplicate)
-        keep = np.ones(t.size, bool)
-        keep[1:] = t[1:] > np.maximum.accumulate(t)[:-1]
-        t, v = t[keep], v[keep]
-    return mb.Series((), t, v)
-
-
 def time_wait_table(scenario: Scenario) -> list[HostTimeWait]:
     """Each host's TIME_WAIT series (module docstring), by host name; memoised for the last
     scenario object."""
@@ -121,7 +111,8 @@ def time_wait_table(scenario: Scenario) -> list[HostTimeWait]:
             ts.append(m.time_ns // MS)
             vs.append(float(m.value))
     table = [
-        HostTimeWait(h, NODE_EXPORTER if h in prom else HOSTMETRICS_PROM, _series(*raw[h]))
+        HostTimeWait(h, NODE_EXPORTER if h in prom else HOSTMETRICS_PROM,
+                     mb.finish_series((), *raw[h]))
         for h in sorted(styles)
     ]
     _LAST = (scenario, table)
