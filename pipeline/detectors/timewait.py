@@ -326,19 +326,18 @@ class TimeWaitDetector(Detector):
             h.recent.pop(0)
         return self._judge(h, t, tw)
 
-    def _calls_rate(self, h: _Host, t: int) -> tuple[float | None, int | None]:
-        """Client calls per second from the host in the newest minute before ``t`` (and that
-        minute), or None when no recent minute is known."""
-        minutes = [int(m) for m in h.calls if t - CALLS_MAX_AGE_NS <= int(m) <= t - MINUTE_NS]
+    def _calls_rate(self, h: _Host, t: int) -> float | None:
+        """Client calls per second from the host in the newest complete minute before ``t``,
+        or None when no recent minute is known (or too few calls to measure load by)."""
+        minutes = _recent_minutes(h, t)
         if not minutes:
-            return None, None
-        m = max(minutes)
-        rate = sum(h.calls[str(m)].values()) / 60.0
-        return (rate, m) if rate >= MIN_CALLS_PER_S else (None, None)
+            return None
+        rate = sum(h.calls[str(minutes[0])].values()) / 60.0
+        return rate if rate >= MIN_CALLS_PER_S else None
 
     def _judge(self, h: _Host, t: int, tw: float) -> list[Finding]:
         est = max(h.est or 0.0, 1.0)
-        calls, _ = self._calls_rate(h, t)
+        calls = self._calls_rate(h, t)
         ratio_est = tw / est
         ratio_calls = None if calls is None else tw / calls
         ready = len(h.minutes) >= self.warmup_minutes
@@ -532,10 +531,7 @@ class TimeWaitDetector(Detector):
     ) -> tuple[list[dict[str, Any]], str]:
         """Client (service, destination) pairs ranked by how well their call rate explains
         the extra closes per second, and the likely cause for the best one."""
-        minutes = sorted(
-            (int(m) for m in h.calls if t - CALLS_MAX_AGE_NS <= int(m) <= t - MINUTE_NS),
-            reverse=True,
-        )[:2]
+        minutes = _recent_minutes(h, t)[:2]
         if not minutes or excess_rate <= 0:
             return [], (
                 "unknown: no client spans from this host in the last minutes (send the "
@@ -641,6 +637,15 @@ def _slope(rows: Sequence[Sequence[float]]) -> float | None:
     if x[-1] <= 0:
         return None
     return float(stats.theilslopes([r[1] for r in rows], x).slope)
+
+
+def _recent_minutes(h: _Host, t: int) -> list[int]:
+    """Starts of the host's client-call minutes that ended before ``t`` and are at most
+    ``CALLS_MAX_AGE_NS`` old, newest first."""
+    return sorted(
+        (int(m) for m in h.calls if t - CALLS_MAX_AGE_NS <= int(m) <= t - MINUTE_NS),
+        reverse=True,
+    )
 
 
 def _named(pairs: Sequence[Mapping[str, Any]]) -> str:
