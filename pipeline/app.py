@@ -65,6 +65,7 @@ class _Stream:
     pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
     last_flush: dict[int, float] = field(default_factory=dict)
     ticked: set[int] = field(default_factory=set)  # partitions with a flush tick in flight
+    position: dict[int, int] = field(default_factory=dict)  # next routed offset per partition
     # Derived messages sent and not yet acknowledged by the broker, per partition: a flush
     # waits for them (they leave the state it writes).
     sending: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
@@ -74,9 +75,10 @@ class Pipeline:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = s = settings
         self._state_view: dict[str, StreamState] = {}
+        self._lag_view: dict[str, int] = {}
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
-        self.metrics.watch_state(lambda: self._state_view)
+        self.metrics.watch_state(lambda: self._state_view, lambda: self._lag_view)
         detector_classes = load_detectors(s.pipeline_detectors)
 
         self.app = app = faust.App(
@@ -164,6 +166,7 @@ class Pipeline:
         @app.timer(interval=5.0)
         async def refresh_state_view() -> None:
             self._state_view = self._build_state_view()
+            self._lag_view = self._build_lag_view()
 
         @app.timer(interval=s.state_flush_interval_s)
         async def tick_idle_partitions() -> None:
@@ -177,6 +180,7 @@ class Pipeline:
             started = time.perf_counter()
             msg = event.message
             p = msg.partition
+            st.position[p] = msg.offset + 1
             engine = st.engines.get(p)
             if engine is None:
                 engine = self._open_engine(st, p)
@@ -322,8 +326,10 @@ class Pipeline:
                     st.last_flush.pop(tp.partition, None)
                     st.ticked.discard(tp.partition)
                     st.sending.pop(tp.partition, None)
+                    st.position.pop(tp.partition, None)
 
     async def _publish(self, finding: Finding) -> None:
+        finding.runbook_url = self.settings.runbook_url(finding.kind)
         await self.findings_out.send(key=finding.fingerprint.encode(), value=finding.to_json())
         self.metrics.findings.labels(finding.kind, finding.severity, finding.status).inc()
         log.info("finding %s %s %s: %s", finding.status, finding.kind, finding.entity,
@@ -346,6 +352,22 @@ class Pipeline:
                     for key, n in stats.active.items():
                         sv.active[key] = sv.active.get(key, 0) + n
                     sv.gauges.update(stats.gauges)
+                    sv.firing.extend(stats.firing)
             view[name] = sv
         return view
+
+    def _build_lag_view(self) -> dict[str, int]:
+        """Records behind the end of each consumed topic, over the partitions this worker owns:
+        the input topics (ingest) and the routed topics (detection)."""
+        lag = self.ingest.lag()
+        for st in self.streams.values():
+            topic = st.topic.get_topic_name()
+            for p, pos in list(st.position.items()):
+                try:
+                    high = self.app.consumer.highwater(TP(topic, p))
+                except Exception:  # not assigned (any more) or not fetched yet
+                    continue
+                if high is not None:
+                    lag[topic] = lag.get(topic, 0) + max(0, high - pos)
+        return lag
 

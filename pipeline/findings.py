@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added runbook_url (optional); see schemas/finding.schema.json
 KINDS = (
     "bottleneck_span", "latency_regression", "memory_leak", "gc_pressure", "time_wait_buildup",
 )
@@ -74,6 +74,7 @@ class Finding:
     resolved_at_ns: int | None = None
     fingerprint: str = ""
     id: str = ""
+    runbook_url: str = ""  # set by the publisher (RUNBOOK_BASE_URL + kind); omitted when empty
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -86,7 +87,7 @@ class Finding:
         self.id = self.id or finding_id(self.fingerprint, self.started_at_ns)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "schema_version": SCHEMA_VERSION,
             "id": self.id,
             "fingerprint": self.fingerprint,
@@ -102,6 +103,9 @@ class Finding:
             "next_steps": self.next_steps,
             "detector": {"name": self.detector, "version": self.detector_version},
         }
+        if self.runbook_url:
+            doc["runbook_url"] = self.runbook_url
+        return doc
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -233,6 +237,11 @@ class Lifecycle:
 
     def active(self) -> list[dict[str, Any]]:
         return [st for st in self._state.values() if st["firing"]]
+
+    def firing(self) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """``(kind, severity, fingerprint, entity)`` of each firing finding (for metrics)."""
+        return [(self.kind, st["severity"], fp, st["entity"])
+                for fp, st in self._state.items() if st["firing"]]
 
     # -- state -----------------------------------------------------------------------------
     def snapshot(self, changed_only: bool = False) -> dict[str, Any]:

@@ -116,6 +116,21 @@ class Ingest:
         # Partitions of each input topic, once known: the detection stage's watermark waits
         # for every one of them (see PartitionEngine.expected_sources).
         self.input_partitions: dict[str, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._next_offset: dict[TopicPartition, int] = {}
+
+    def lag(self) -> dict[str, int]:
+        """Records behind the end of each input topic, over this worker's assigned partitions
+        (partitions whose end or position is not known yet are left out)."""
+        out: dict[str, int] = {}
+        consumer = self._consumer
+        if consumer is None:
+            return out
+        for tp in consumer.assignment():
+            high, pos = consumer.highwater(tp), self._next_offset.get(tp)
+            if high is not None and pos is not None:
+                out[tp.topic] = out.get(tp.topic, 0) + max(0, high - pos)
+        return out
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -158,6 +173,7 @@ class Ingest:
             self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
         last_ts: dict[TopicPartition, int] = {}
         next_offset: dict[TopicPartition, int] = {}
+        self._consumer, self._next_offset = consumer, next_offset
         waiting_since: float | None = None  # when the chosen partitions last returned nothing
         per_ms: dict[TopicPartition, float] = {}
         pending: list[Awaitable[Any]] = []
@@ -212,6 +228,7 @@ class Ingest:
                     await self._commit(consumer, pending, offsets)
                     since_commit, committed_at = 0, time.monotonic()
         finally:
+            self._consumer = None
             await consumer.stop()
             await producer.stop()
 

@@ -19,6 +19,10 @@ ENCODINGS = ("otlp_proto", "otlp_json")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 STORES = ("memory", "rocksdb")
+#: The project's runbooks (docs/runbooks/ in this repository), as published.
+RUNBOOK_BASE_URL = (
+    "https://github.com/otel-anomaly-pipeline/otel-anomaly-pipeline/blob/main/docs/runbooks/"
+)
 
 
 class ConfigError(ValueError):
@@ -102,6 +106,10 @@ class Settings:
     # Consumer-group session timeout: how long a dead worker keeps its partitions before the
     # group hands them (and their state) to the others.
     kafka_session_timeout_s: float = 30.0
+
+    # Where findings (``runbook_url``) and the shipped alert rules point for each kind's runbook:
+    # <base><kind>.md. Point it at wherever your team hosts docs/runbooks/.
+    runbook_base_url: str = RUNBOOK_BASE_URL
 
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9464
@@ -256,8 +264,16 @@ class Settings:
                 f"METRICS_PORT={self.metrics_port} is not a TCP port (0-65535; 0 disables)"
             )
         _choice("LOG_LEVEL", self.log_level.lower(), ("debug", "info", "warning", "error"))
+        if not self.runbook_base_url.endswith("/"):
+            raise ConfigError(
+                f"RUNBOOK_BASE_URL={self.runbook_base_url!r} must end with '/': runbooks are "
+                "found at <base><kind>.md (e.g. https://git.example.com/team/runbooks/)"
+            )
 
     # ----------------------------------------------------------------------------------------
+    def runbook_url(self, kind: str) -> str:
+        return f"{self.runbook_base_url}{kind}.md"
+
     @property
     def bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]

@@ -36,6 +36,8 @@ class DetectorStats:
     # Per-finding gauges: (metric name, ((label, value), ...)) -> value; bounded by the
     # detector's cap on firing findings.
     gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+    # Firing findings: (kind, severity, fingerprint, entity), from ``Lifecycle.firing()``.
+    firing: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
 
 
 class Detector(ABC):

@@ -53,6 +53,7 @@ from pipeline.records import TraceSample
 BOTTLENECK = "bottleneck_span"
 REGRESSION = "latency_regression"
 EXCESS_GAUGE = "anomaly_pipeline_bottleneck_excess_latency_seconds"
+RATIO_GAUGE = "anomaly_pipeline_latency_regression_ratio"
 MS = 1_000_000
 DB_KEYS = ("db.system", "db.system.name", "db.name", "db.namespace")
 PEER_KEYS = ("peer.service", "server.address", "net.peer.name", "rpc.service")
@@ -526,10 +527,16 @@ class BottleneckDetector(Detector):
                     gauges[(EXCESS_GAUGE, labels)] = (
                         st["last"][2].get("added_latency_ms_per_trace", 0.0) / 1000.0
                     )
+                elif st["last"][2].get("median_ratio_to_baseline") is not None:
+                    labels = (("service", st["entity"]["service"]),)
+                    gauges[(RATIO_GAUGE, labels)] = float(
+                        st["last"][2]["median_ratio_to_baseline"]
+                    )
         evicted = dict(self._counts)
         evicted["findings_evicted"] = self.lc_bottleneck.evicted + self.lc_regression.evicted
         return DetectorStats(tracked=len(self._ops), evicted=evicted, active=active,
-                             gauges=gauges)
+                             gauges=gauges,
+                             firing=self.lc_bottleneck.firing() + self.lc_regression.firing())
 
 
 def _split(key: str) -> tuple[str, str, str]:

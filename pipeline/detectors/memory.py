@@ -900,7 +900,7 @@ class MemoryDetector(Detector):
                 k = (kind, st["severity"])
                 active[k] = active.get(k, 0) + 1
                 e, ev = st["entity"], st["last"][2]
-                labels = (("service", e["service"]), ("instance", e["instance"]))
+                labels = (("service", e["service"]), ("service_instance", e["instance"]))
                 if kind == LEAK:
                     gauges[(SLOPE_GAUGE, labels)] = ev.get("slope_bytes_per_s") or 0.0
                     if ev.get("time_to_oom_s") is not None:
@@ -911,7 +911,7 @@ class MemoryDetector(Detector):
         evicted.pop("restarts", None)
         evicted["findings_evicted"] = self.lc_leak.evicted + self.lc_gc.evicted
         return DetectorStats(tracked=len(self._inst), evicted=evicted, active=active,
-                             gauges=gauges)
+                             gauges=gauges, firing=self.lc_leak.firing() + self.lc_gc.firing())
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -625,7 +625,7 @@ class TimeWaitDetector(Detector):
         evicted = dict(self._counts)
         evicted["findings_evicted"] = self.lc.evicted
         return DetectorStats(tracked=len(self._hosts), evicted=evicted, active=active,
-                             gauges=gauges)
+                             gauges=gauges, firing=self.lc.firing())
 
 
 # -- helpers ------------------------------------------------------------------------------------

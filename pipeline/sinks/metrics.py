@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -22,6 +23,9 @@ GAUGE_HELP = {
     f"{NS}_bottleneck_excess_latency_seconds":
         "Latency a firing bottleneck span adds per trace over its baseline (one series per "
         "firing bottleneck_span finding; bounded by the detector's cap on operations).",
+    f"{NS}_latency_regression_ratio":
+        "Median ratio of a service's slower operations to their baselines, while its "
+        "latency_regression finding fires.",
     f"{NS}_memory_leak_slope_bytes_per_second":
         "Growth of the post-GC memory floor of an instance with a firing memory_leak finding.",
     f"{NS}_memory_leak_time_to_oom_seconds":
@@ -49,6 +53,29 @@ class StreamState:
     partitions: int = 0
     # Per-finding gauges from detectors: (metric name, ((label, value), ...)) -> value.
     gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+    # Firing findings: (kind, severity, fingerprint, entity).
+    firing: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+#: Labels of ``anomaly_pipeline_finding_active``: what alert rules route and group on. The
+#: entity's ``instance`` is exported as ``service_instance``: Prometheus owns ``instance`` (the
+#: scrape target) and would rename ours to ``exported_instance``.
+FINDING_LABELS = ("kind", "severity", "service", "operation", "service_instance", "host",
+                  "fingerprint")
+_ENTITY_LABELS = (("service", "service"), ("operation", "operation"),
+                  ("instance", "service_instance"), ("host", "host"))
+
+
+def finding_labels(kind: str, severity: str, fp: str, entity: dict[str, Any]) -> list[str]:
+    """Label values of a firing finding's ``finding_active`` series ("" where the kind's entity
+    has no such key, which Prometheus treats as an absent label).
+
+    >>> finding_labels("memory_leak", "critical", "ab", {"service": "cart", "instance": "c-1"})
+    ['memory_leak', 'critical', 'cart', '', 'c-1', '', 'ab']
+    """
+    by_label = {label: str(entity.get(key, "")) for key, label in _ENTITY_LABELS}
+    return [kind, severity, by_label["service"], by_label["operation"],
+            by_label["service_instance"], by_label["host"], fp]
 
 
 class PipelineMetrics:
@@ -104,22 +131,52 @@ class PipelineMetrics:
             ["stream"], registry=registry,
         )
 
-    def watch_state(self, snapshot: Callable[[], dict[str, StreamState]]) -> None:
-        self.registry.register(StateCollector(snapshot))
+    def watch_state(
+        self,
+        snapshot: Callable[[], dict[str, StreamState]],
+        lag: Callable[[], dict[str, int]] = dict,
+    ) -> None:
+        self.registry.register(StateCollector(snapshot, lag))
 
 
 class StateCollector(Collector):
+    """Builds the state gauges at scrape time from views the event loop swaps in whole (the
+    HTTP server's thread must not iterate structures the loop is changing)."""
+
     def __init__(
         self,
         snapshot: Callable[[], dict[str, StreamState]],
+        lag: Callable[[], dict[str, int]] = dict,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._snapshot = snapshot
+        self._lag = lag
         self._clock = clock
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         streams = self._snapshot()
         now = self._clock()
+        consumer_lag = GaugeMetricFamily(
+            f"{NS}_consumer_lag_records",
+            "Records between this worker's position and the end of each topic it consumes "
+            "(input topics and routed topics), over the partitions it owns.", labels=["topic"],
+        )
+        for topic, n in sorted(self._lag().items()):
+            consumer_lag.add_metric([topic], n)
+        yield consumer_lag
+        finding = GaugeMetricFamily(
+            f"{NS}_finding_active",
+            "1 for each firing finding, labelled with its kind, severity, entity and fingerprint "
+            "(the Kafka key of its records on the findings topic): what alert rules fire on.",
+            labels=list(FINDING_LABELS),
+        )
+        seen: set[str] = set()
+        for st in streams.values():
+            for kind, severity, fp, entity in sorted(st.firing, key=lambda f: f[2]):
+                if fp not in seen:  # an entity's finding lives in one partition
+                    seen.add(fp)
+                    finding.add_metric(finding_labels(kind, severity, fp, entity), 1.0)
+        yield finding
         lag = GaugeMetricFamily(
             f"{NS}_event_time_lag_seconds",
             "Wall clock minus the slowest owned partition's event-time watermark.",

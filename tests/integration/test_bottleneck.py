@@ -84,6 +84,7 @@ async def test_slow_query_found_explained_and_resolved_but_global_slowdown_is_no
     assert ev["added_latency_ms_per_trace"] == pytest.approx(120, rel=0.25)
     assert ev["resource"].get("db.system")
     assert any("read replica" in step for step in fired["next_steps"])
+    assert fired["runbook_url"].endswith("/docs/runbooks/bottleneck_span.md")
     # The global slowdown is named as what it is, per service, if at all: never a bottleneck.
     late = [f for f in findings if f["started_at"] >= at(17)]
     assert all(f["kind"] == "latency_regression" for f in late), late

@@ -9,9 +9,14 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.detectors.bottleneck import EXCESS_GAUGE, BottleneckDetector, quantile
+from pipeline.detectors.bottleneck import (
+    EXCESS_GAUGE,
+    RATIO_GAUGE,
+    BottleneckDetector,
+    quantile,
+)
 from pipeline.detectors.trace_assembly import TraceAssembler
-from pipeline.findings import Finding
+from pipeline.findings import Finding, fingerprint
 from pipeline.records import Span, TraceSample, decode_samples_wire, encode_samples
 from tests.support import traces
 from tests.support.traces import MS, T0, S
@@ -130,6 +135,11 @@ def test_excess_gauge_while_firing() -> None:
     assert name == EXCESS_GAUGE
     assert dict(labels) == {"service": "api", "operation": "SELECT users"}
     assert value == pytest.approx(0.08, rel=0.1)
+    ((kind, severity, fp, entity),) = st.firing
+    assert (kind, severity, entity) == (
+        "bottleneck_span", "warning", {"service": "api", "operation": "SELECT users"}
+    )
+    assert fp == fingerprint("bottleneck_span", entity)
 
 
 def test_small_or_off_path_slowdowns_are_not_bottlenecks() -> None:
@@ -149,6 +159,16 @@ def test_service_wide_slowdown_is_one_latency_regression() -> None:
     fired = out[0]
     assert fired.evidence["operations_slower"] == fired.evidence["operations_evaluated"] == 3
     assert fired.evidence["median_ratio_to_baseline"] == pytest.approx(2, rel=0.15)
+
+
+def test_regression_ratio_gauge_while_firing() -> None:
+    d = BottleneckDetector()
+    fault = lambda s, o, m: 2.0 if s == "api" and m >= 15 else 1.0  # noqa: E731
+    run(d, traces.samples(minutes=19, fault=fault))
+    st = d.stats()
+    assert st.active == {("latency_regression", "warning"): 1}
+    assert st.gauges == {(RATIO_GAUGE, (("service", "api"),)): pytest.approx(2, rel=0.15)}
+    assert [(k, e) for k, _, _, e in st.firing] == [("latency_regression", {"service": "api"})]
 
 
 def test_everything_slower_gives_no_bottleneck() -> None:

@@ -172,10 +172,13 @@ def test_gauges_while_firing() -> None:
     d = detector()
     H.run(d, H.batches("go", 60, H.leak(BASE, 60, H.GIB, ONSET_S)))
     gauges = d.stats().gauges
-    labels = (("service", "svc"), ("instance", "svc-1"))
+    labels = (("service", "svc"), ("service_instance", "svc-1"))
     assert gauges[(SLOPE_GAUGE, labels)] > 0
     assert gauges[(TTO_GAUGE, labels)] > 0
     assert d.stats().active == {(LEAK, "critical"): 1}
+    assert [(k, s, e) for k, s, _, e in d.stats().firing] == [
+        (LEAK, "critical", {"service": "svc", "instance": "svc-1"})
+    ]
 
 
 def test_instances_are_capped_and_expire() -> None:

@@ -53,6 +53,7 @@ def test_sasl_settings_reach_the_clients() -> None:
         ({"METRICS_PORT": "70000"}, "not a TCP port"),
         ({"ALLOWED_LATENESS_S": "-5"}, ">= 0"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"RUNBOOK_BASE_URL": "https://wiki.example.com/runbooks"}, "must end with '/'"),
     ],
 )
 def test_bad_configuration_says_what_and_how(env: dict[str, str], words: str) -> None:
@@ -74,3 +75,9 @@ def test_bad_detector_plugins_fail_at_start(spec: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_detectors(spec)
     assert words in str(err.value)
+
+
+def test_runbook_url_per_kind() -> None:
+    assert Settings().runbook_url("memory_leak").endswith("/docs/runbooks/memory_leak.md")
+    custom = Settings.from_env({"RUNBOOK_BASE_URL": "https://wiki.example.com/rb/"})
+    assert custom.runbook_url("gc_pressure") == "https://wiki.example.com/rb/gc_pressure.md"

@@ -357,6 +357,7 @@ def test_gauges_while_firing() -> None:
     assert st.active == {(KIND, "critical"): 1}
     assert st.gauges[(COUNT_GAUGE, labels)] > 10_000
     assert (TTE_GAUGE, labels) in st.gauges
+    assert [(k, s, e) for k, s, _, e in st.firing] == [(KIND, "critical", {"host": "node-9"})]
 
 
 def test_snapshot_restore_mid_buildup_with_calls() -> None:
