@@ -1,0 +1,143 @@
+"""End to end on real components: simulated telemetry through the real broker into a worker;
+real Prometheus (Debian package) scraping it and evaluating the shipped rules; real
+Alertmanager with the shipped routing delivering to a webhook in this test. A slow query fires
+``BottleneckSpan`` to the latency team's receiver, and the alert resolves after the fault ends.
+
+Also, on a real Alertmanager with the shipped configuration: grouping, the critical route that
+continues to the owning team, and inhibition (a memory leak silences the GC pressure it causes
+on the same instance, and only there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.findings import fingerprint
+from pipeline.simulate import Fault, build_scenario, iter_records
+from pipeline.simulate.faults import BOTTLENECK_SPAN
+from pipeline.simulate.writer import write_records
+from tests.integration.conftest import consume, wait_for
+from tests.support import promstack
+
+pytestmark = pytest.mark.integration
+M = 60.0
+TARGET = {"service": "user-service", "operation": "SELECT users"}
+SPEED = 12.0  # event seconds per wall second: 20 minutes of traffic in 100 s
+
+
+@pytest.fixture
+def webhook():
+    hook = promstack.Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, webhook: promstack.Webhook):
+    proc, url = promstack.start_alertmanager(tmp_path, webhook.url)
+    yield url
+    proc.stop()
+
+
+async def test_injected_bottleneck_fires_the_alert_and_it_resolves(
+    names: dict[str, str], workers, bootstrap: str, tmp_path: Path,
+    webhook: promstack.Webhook, alertmanager: str,
+) -> None:
+    worker = workers({**names, "PIPELINE_DETECTORS": ""})
+    prom_proc, prometheus = promstack.start_prometheus(
+        tmp_path, [f"127.0.0.1:{worker.port}"], alertmanager
+    )
+    try:
+        # Live: event time follows the wall clock x SPEED, ending about now, so the finding
+        # is a series Prometheus scrapes for a while, then goes away.
+        start_ns = time.time_ns() - int(20 * M * 1e9) + int(20 * M / SPEED * 1e9)
+        scenario = build_scenario(
+            "healthy", seed=7, duration="20m", rate=15, start=start_ns,
+            faults=[Fault(BOTTLENECK_SPAN, TARGET, 11 * M, 14 * M, {"added_ms": 120.0})],
+            spans_topic=names["OTLP_SPANS_TOPIC"], metrics_topic=names["OTLP_METRICS_TOPIC"],
+        )
+        writing = asyncio.create_task(write_records(
+            iter_records(scenario), {"bootstrap_servers": bootstrap}, mode="live", speed=SPEED,
+            spans_topic=scenario.spans_topic, progress=lambda line: None,
+        ))
+
+        def fired() -> list:
+            return webhook.alerts(alertname="BottleneckSpan", **TARGET)
+
+        await wait_for(lambda: fired() or writing.done() and writing.exception()
+                       or not worker.alive(), timeout=200, what="BottleneckSpan delivered")
+        assert worker.alive(), worker.log()[-3000:]
+        receiver, alert = fired()[0]
+        assert alert["status"] == "firing"
+        # Routed by kind to the latency team; the labels carry what the finding is about.
+        assert receiver == "service-latency"
+        fp = fingerprint(BOTTLENECK_SPAN, TARGET)
+        assert alert["labels"] == {
+            "alertname": "BottleneckSpan", "kind": BOTTLENECK_SPAN, "severity": "warning",
+            "service": TARGET["service"], "operation": TARGET["operation"], "fingerprint": fp,
+        }
+        ann = alert["annotations"]
+        assert ann["runbook_url"].endswith("/docs/runbooks/bottleneck_span.md")
+        assert Path(promstack.ROOT / "docs/runbooks/bottleneck_span.md").exists()
+        assert "an unknown amount" not in ann["description"], ann["description"]
+        assert "ms per" in ann["description"] and fp in ann["description"], ann["description"]
+        # No other operation is alerted as a bottleneck.
+        assert {a["labels"]["operation"] for _, a in webhook.alerts(alertname="BottleneckSpan")
+                } == {TARGET["operation"]}
+
+        await writing
+        # The fault ended at 14 min of 20: the finding resolves, its series goes, and after
+        # the rule's keep_firing_for (2 min) the alert resolves and Alertmanager says so.
+        await wait_for(
+            lambda: any(a["status"] == "resolved" for _, a in fired()), timeout=240,
+            what="BottleneckSpan resolved notification",
+        )
+        assert not promstack.prometheus_alerts(prometheus, "BottleneckSpan")
+
+        # The finding on the topic is the one the alert names.
+        def resolved(recs: list) -> bool:
+            return any(orjson.loads(r.value)["status"] == "resolved"
+                       and orjson.loads(r.value)["kind"] == BOTTLENECK_SPAN for r in recs)
+
+        out = await consume(bootstrap, names["FINDINGS_TOPIC"], resolved, timeout=30)
+        findings = [orjson.loads(r.value) for r in out if orjson.loads(r.value)["kind"]
+                    == BOTTLENECK_SPAN]
+        assert {f["fingerprint"] for f in findings} == {fp}
+        assert {f["runbook_url"] for f in findings} == {ann["runbook_url"]}
+    finally:
+        prom_proc.stop()
+
+
+def test_alertmanager_routes_groups_and_inhibits(alertmanager: str,
+                                                 webhook: promstack.Webhook) -> None:
+    def alert(name: str, severity: str, **labels: str) -> dict:
+        kind = {"MemoryLeak": "memory_leak", "GcPressure": "gc_pressure"}[name]
+        return {"labels": {"alertname": name, "kind": kind, "severity": severity,
+                           "service": "cart", "fingerprint": f"{name}-{labels['instance']}",
+                           **labels},
+                "annotations": {"summary": f"{name} {labels}"}}
+
+    promstack.post_alerts(alertmanager, [
+        alert("MemoryLeak", "critical", instance="cart-1"),
+        alert("GcPressure", "warning", instance="cart-1"),  # explained by the leak
+        alert("GcPressure", "warning", instance="cart-2"),  # no leak there
+    ])
+    promstack.until(lambda: webhook.alerts(alertname="GcPressure") and len(
+        webhook.alerts(alertname="MemoryLeak")) >= 2, 30, "notifications")
+    time.sleep(3)  # a few more group intervals: anything inhibited would have arrived by now
+    leak = webhook.alerts(alertname="MemoryLeak")
+    # Critical pages and continues to the owning team.
+    assert sorted(r for r, _ in leak) == ["findings-pager", "service-runtime"]
+    gc = webhook.alerts(alertname="GcPressure")
+    assert {a["labels"]["instance"] for _, a in gc} == {"cart-2"}
+    assert {r for r, _ in gc} == {"service-runtime"}
+    # Grouped by alertname and service: one notification per group and receiver.
+    groups = {(n["receiver"], n["groupLabels"].get("alertname")) for n in
+              webhook.notifications()}
+    assert groups == {("findings-pager", "MemoryLeak"), ("service-runtime", "MemoryLeak"),
+                      ("service-runtime", "GcPressure")}
