@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# `make test`: unit tests, then integration tests on a real Kafka broker.
+# `make test`: unit tests, deployment checks (promtool, amtool, manifests), then integration
+# tests on a real Kafka broker, Prometheus and Alertmanager.
 # Uses KAFKA_BOOTSTRAP_SERVERS when set; otherwise starts the local broker (and stops it
 # afterwards if this script started it). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
+bash deploy/local/test-tools.sh  # Prometheus + Alertmanager (Debian) for the alerting tests
 started=""
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   if ! bash deploy/kafka/kafka.sh status >/dev/null 2>&1; then

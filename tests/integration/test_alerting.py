@@ -91,6 +91,15 @@ async def test_injected_bottleneck_fires_the_alert_and_it_resolves(
                 } == {TARGET["operation"]}
 
         await writing
+        # Consumer lag is exported per consumed topic and drains to 0 once everything is read.
+        routed = f"{names['PIPELINE_APP_ID']}-spans-routed"
+
+        def lag(topic: str) -> float | None:
+            return worker.metrics().get(
+                ("anomaly_pipeline_consumer_lag_records", (("topic", topic),)))
+
+        await wait_for(lambda: lag(scenario.spans_topic) == 0 and lag(routed) == 0,
+                       timeout=60, what="consumer lag 0 on the input and routed topics")
         # The fault ended at 14 min of 20: the finding resolves, its series goes, and after
         # the rule's keep_firing_for (2 min) the alert resolves and Alertmanager says so.
         await wait_for(
