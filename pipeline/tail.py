@@ -38,6 +38,8 @@ def format_finding(doc: dict, colour: bool = False) -> str:
         lines.append(f"    exemplar traces: {', '.join(evidence['exemplar_trace_ids'][:3])}")
     for step in (doc.get("next_steps") or [])[:2]:
         lines.append(f"    next: {step}")
+    if doc.get("runbook_url"):
+        lines.append(f"    runbook: {doc['runbook_url']}")
     return "\n".join(lines)
 
 

@@ -141,3 +141,13 @@ def test_a_full_cap_of_firing_findings_refuses_new_entities_instead_of_dropping_
     lc.observe({"instance": "b"}, 2, bad())
     assert lc.observe({"instance": "c"}, 3, bad()) is None
     assert lc.refused == 1 and lc.evicted == 0 and len(lc) == 2
+
+
+def test_tail_shows_the_runbook_link() -> None:
+    from pipeline.tail import format_finding
+
+    doc = {"kind": "memory_leak", "status": "firing", "severity": "warning",
+           "entity": {"service": "cart"}, "summary": "floor grows", "evidence": {},
+           "next_steps": ["look"], "runbook_url": "https://x.example/memory_leak.md"}
+    assert format_finding(doc).splitlines()[-1] == "    runbook: https://x.example/memory_leak.md"
+    assert "runbook" not in format_finding({**doc, "runbook_url": ""})
