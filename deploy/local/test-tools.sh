@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Debian packages the tests run for real: Prometheus (promtool, and the server for the
-# end-to-end alerting test) and Alertmanager (amtool, and the server). Installs what is
+# end-to-end alerting test), Alertmanager (amtool, and the server) and docker-compose (to
+# validate the Compose file). Installs what is
 # missing with apt-get when it can (root, or sudo without a password); otherwise says how.
 set -euo pipefail
 need=()
@@ -8,8 +9,10 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 { command -v amtool >/dev/null 2>&1 \
   && { command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1; }; } \
   || need+=(prometheus-alertmanager)
+# Validates the Compose file (`docker-compose config`); no Docker engine needed.
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [[ ${#need[@]} -eq 0 ]] && exit 0
-echo "installing for the alerting tests: ${need[*]}"
+echo "installing for the deployment and alerting tests: ${need[*]}"
 if [[ $(id -u) -eq 0 ]]; then
   sudo=()
 elif sudo -n true 2>/dev/null; then
