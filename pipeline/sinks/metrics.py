@@ -72,8 +72,13 @@ def finding_labels(kind: str, severity: str, fp: str, entity: dict[str, Any]) ->
 
     >>> finding_labels("memory_leak", "critical", "ab", {"service": "cart", "instance": "c-1"})
     ['memory_leak', 'critical', 'cart', '', 'c-1', '', 'ab']
+    >>> finding_labels("bottleneck_span", "warning", "cd",
+    ...                {"service": "api", "operation": "GET", "operation_detail": "/u/{id}"})[3]
+    'GET /u/{id}'
     """
     by_label = {label: str(entity.get(key, "")) for key, label in _ENTITY_LABELS}
+    if entity.get("operation_detail"):  # "GET" + "/u/{id}": as the bottleneck gauges name it
+        by_label["operation"] += f" {entity['operation_detail']}"
     return [kind, severity, by_label["service"], by_label["operation"],
             by_label["service_instance"], by_label["host"], fp]
 
