@@ -131,6 +131,21 @@ def test_promtool_unit_tests_pass() -> None:
     assert "SUCCESS" in proc.stdout, output(proc)
 
 
+def test_example_scrape_config_loads_the_rules() -> None:
+    """deploy/prometheus/prometheus.yml: valid, loads the rule file, and scrapes the job the
+    self-monitoring alerts select on."""
+    import yaml
+
+    example = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    proc = run([tool("promtool"), "check", "config", str(example)])
+    assert proc.returncode == 0, output(proc)
+    assert re.search(r"SUCCESS: \d+ rules found", proc.stdout + proc.stderr), output(proc)
+    config = yaml.safe_load(example.read_text())
+    assert [j["job_name"] for j in config["scrape_configs"]] == ["anomaly-pipeline"]
+    assert not config["scrape_configs"][0].get("honor_labels")
+    assert 'job="anomaly-pipeline"' in RULES.read_text()
+
+
 def test_amtool_check_config() -> None:
     proc = run([tool("amtool"), "check-config", str(ALERTMANAGER)])
     assert proc.returncode == 0, output(proc)
