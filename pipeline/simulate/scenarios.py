@@ -371,7 +371,7 @@ def _demo() -> tuple[float, list[Fault], str]:
             {"factor": 1.8},
             note="payment's node is CPU-throttled: every operation 1.8x slower",
         ),
-        Fault(TRAFFIC_SPIKE, {}, 16 * M, 19 * M, {"factor": 4.0}, note="marketing e-mail: 4x"),
+        Fault(TRAFFIC_SPIKE, {}, 3 * M, 5 * M, {"factor": 4.0}, note="marketing e-mail: 4x"),
         Fault(
             RESTART,
             {"service": "payment", "instance": "payment#1"},
