@@ -240,7 +240,7 @@ class Lifecycle:
 
     def firing(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         """``(kind, severity, fingerprint, entity)`` of each firing finding (for metrics)."""
-        return [(self.kind, st["severity"], fp, st["entity"])
+        return [(self.kind, st["severity"], fp, dict(st["entity"]))
                 for fp, st in self._state.items() if st["firing"]]
 
     # -- state -----------------------------------------------------------------------------

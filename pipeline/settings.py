@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 ENCODINGS = ("otlp_proto", "otlp_json")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -264,10 +265,12 @@ class Settings:
                 f"METRICS_PORT={self.metrics_port} is not a TCP port (0-65535; 0 disables)"
             )
         _choice("LOG_LEVEL", self.log_level.lower(), ("debug", "info", "warning", "error"))
-        if not self.runbook_base_url.endswith("/"):
+        url = urlsplit(self.runbook_base_url)
+        if url.scheme not in ("http", "https") or not url.netloc or not url.path.endswith("/"):
             raise ConfigError(
-                f"RUNBOOK_BASE_URL={self.runbook_base_url!r} must end with '/': runbooks are "
-                "found at <base><kind>.md (e.g. https://git.example.com/team/runbooks/)"
+                f"RUNBOOK_BASE_URL={self.runbook_base_url!r} must be an http(s) URL ending with "
+                "'/': runbooks are found at <base><kind>.md "
+                "(e.g. https://git.example.com/team/runbooks/)"
             )
 
     # ----------------------------------------------------------------------------------------

@@ -523,12 +523,12 @@ class BottleneckDetector(Detector):
                 active[k] = active.get(k, 0) + 1
                 if kind == BOTTLENECK:
                     key = _key(st["entity"])
-                    labels = (("service", _split(key)[0]), ("operation", _display(key)))
+                    labels = (("service_name", _split(key)[0]), ("operation", _display(key)))
                     gauges[(EXCESS_GAUGE, labels)] = (
                         st["last"][2].get("added_latency_ms_per_trace", 0.0) / 1000.0
                     )
                 elif st["last"][2].get("median_ratio_to_baseline") is not None:
-                    labels = (("service", st["entity"]["service"]),)
+                    labels = (("service_name", st["entity"]["service"]),)
                     gauges[(RATIO_GAUGE, labels)] = float(
                         st["last"][2]["median_ratio_to_baseline"]
                     )

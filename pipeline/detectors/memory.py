@@ -900,7 +900,7 @@ class MemoryDetector(Detector):
                 k = (kind, st["severity"])
                 active[k] = active.get(k, 0) + 1
                 e, ev = st["entity"], st["last"][2]
-                labels = (("service", e["service"]), ("service_instance", e["instance"]))
+                labels = (("service_name", e["service"]), ("service_instance", e["instance"]))
                 if kind == LEAK:
                     gauges[(SLOPE_GAUGE, labels)] = ev.get("slope_bytes_per_s") or 0.0
                     if ev.get("time_to_oom_s") is not None:

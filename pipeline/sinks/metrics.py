@@ -58,11 +58,14 @@ class StreamState:
 
 
 #: Labels of ``anomaly_pipeline_finding_active``: what alert rules route and group on. The
-#: entity's ``instance`` is exported as ``service_instance``: Prometheus owns ``instance`` (the
-#: scrape target) and would rename ours to ``exported_instance``.
-FINDING_LABELS = ("kind", "severity", "service", "operation", "service_instance", "host",
+#: entity's ``service`` and ``instance`` are exported as ``service_name`` and
+#: ``service_instance`` (OpenTelemetry's service.name, service.instance.id): Prometheus sets
+#: ``instance`` to the scrape target, and the Prometheus Operator sets ``service`` to the
+#: Kubernetes Service it scraped, renaming ours to ``exported_*``. The shipped rules put them
+#: back as the alerts' ``service`` and ``instance``.
+FINDING_LABELS = ("kind", "severity", "service_name", "operation", "service_instance", "host",
                   "fingerprint")
-_ENTITY_LABELS = (("service", "service"), ("operation", "operation"),
+_ENTITY_LABELS = (("service", "service_name"), ("operation", "operation"),
                   ("instance", "service_instance"), ("host", "host"))
 
 
@@ -79,7 +82,7 @@ def finding_labels(kind: str, severity: str, fp: str, entity: dict[str, Any]) ->
     by_label = {label: str(entity.get(key, "")) for key, label in _ENTITY_LABELS}
     if entity.get("operation_detail"):  # "GET" + "/u/{id}": as the bottleneck gauges name it
         by_label["operation"] += f" {entity['operation_detail']}"
-    return [kind, severity, by_label["service"], by_label["operation"],
+    return [kind, severity, by_label["service_name"], by_label["operation"],
             by_label["service_instance"], by_label["host"], fp]
 
 

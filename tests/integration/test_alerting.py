@@ -78,7 +78,8 @@ async def test_injected_bottleneck_fires_the_alert_and_it_resolves(
         assert receiver == "service-latency"
         fp = fingerprint(BOTTLENECK_SPAN, TARGET)
         assert alert["labels"] == {
-            "alertname": "BottleneckSpan", "kind": BOTTLENECK_SPAN, "severity": "warning",
+            "alertname": "BottleneckSpan", "source": "anomaly-pipeline",
+            "kind": BOTTLENECK_SPAN, "severity": "warning",
             "service": TARGET["service"], "operation": TARGET["operation"], "fingerprint": fp,
         }
         ann = alert["annotations"]
@@ -124,29 +125,46 @@ async def test_injected_bottleneck_fires_the_alert_and_it_resolves(
 
 def test_alertmanager_routes_groups_and_inhibits(alertmanager: str,
                                                  webhook: promstack.Webhook) -> None:
-    def alert(name: str, severity: str, **labels: str) -> dict:
+    def alert(name: str, severity: str, source: str = "anomaly-pipeline", **labels: str) -> dict:
         kind = {"MemoryLeak": "memory_leak", "GcPressure": "gc_pressure"}[name]
-        return {"labels": {"alertname": name, "kind": kind, "severity": severity,
-                           "service": "cart", "fingerprint": f"{name}-{labels['instance']}",
-                           **labels},
-                "annotations": {"summary": f"{name} {labels}"}}
+        out = {"labels": {"alertname": name, "kind": kind, "severity": severity,
+                          "service": "cart", "fingerprint": f"{name}-{labels['instance']}",
+                          **labels},
+               "annotations": {"summary": f"{name} {labels}"}}
+        if source:
+            out["labels"]["source"] = source
+        return out
 
     promstack.post_alerts(alertmanager, [
         alert("MemoryLeak", "critical", instance="cart-1"),
         alert("GcPressure", "warning", instance="cart-1"),  # explained by the leak
         alert("GcPressure", "warning", instance="cart-2"),  # no leak there
+        # A finding whose severity rose: the old, lower one is silenced.
+        alert("MemoryLeak", "warning", instance="cart-3"),
+        alert("MemoryLeak", "critical", instance="cart-3"),
+        # Another team's alerts with the same names: not the pipeline's to route or inhibit.
+        alert("MemoryLeak", "critical", source="", instance="vm-1"),
+        alert("GcPressure", "warning", source="", instance="vm-1"),
     ])
     promstack.until(lambda: webhook.alerts(alertname="GcPressure") and len(
-        webhook.alerts(alertname="MemoryLeak")) >= 2, 30, "notifications")
+        webhook.alerts(alertname="MemoryLeak")) >= 5, 30, "notifications")
     time.sleep(3)  # a few more group intervals: anything inhibited would have arrived by now
-    leak = webhook.alerts(alertname="MemoryLeak")
-    # Critical pages and continues to the owning team.
-    assert sorted(r for r, _ in leak) == ["findings-pager", "service-runtime"]
-    gc = webhook.alerts(alertname="GcPressure")
-    assert {a["labels"]["instance"] for _, a in gc} == {"cart-2"}
-    assert {r for r, _ in gc} == {"service-runtime"}
+    ours = [(r, a) for r, a in webhook.alerts(source="anomaly-pipeline")]
+    leak = [(r, a["labels"]["instance"], a["labels"]["severity"]) for r, a in ours
+            if a["labels"]["alertname"] == "MemoryLeak"]
+    # Critical pages and continues to the owning team; cart-3's warning is inhibited.
+    assert sorted(leak) == [
+        ("findings-pager", "cart-1", "critical"), ("findings-pager", "cart-3", "critical"),
+        ("service-runtime", "cart-1", "critical"), ("service-runtime", "cart-3", "critical"),
+    ]
+    gc = [(r, a["labels"]["instance"]) for r, a in ours
+          if a["labels"]["alertname"] == "GcPressure"]
+    assert gc == [("service-runtime", "cart-2")]
     # Grouped by alertname and service: one notification per group and receiver.
     groups = {(n["receiver"], n["groupLabels"].get("alertname")) for n in
-              webhook.notifications()}
+              webhook.notifications() if n["receiver"] != "default"}
     assert groups == {("findings-pager", "MemoryLeak"), ("service-runtime", "MemoryLeak"),
                       ("service-runtime", "GcPressure")}
+    # The other team's alerts go to the root receiver, both of them.
+    foreign = {(r, a["labels"]["alertname"]) for r, a in webhook.alerts(instance="vm-1")}
+    assert foreign == {("default", "MemoryLeak"), ("default", "GcPressure")}

@@ -133,7 +133,7 @@ def test_excess_gauge_while_firing() -> None:
     assert st.active == {("bottleneck_span", "warning"): 1}
     ((name, labels), value), = st.gauges.items()
     assert name == EXCESS_GAUGE
-    assert dict(labels) == {"service": "api", "operation": "SELECT users"}
+    assert dict(labels) == {"service_name": "api", "operation": "SELECT users"}
     assert value == pytest.approx(0.08, rel=0.1)
     ((kind, severity, fp, entity),) = st.firing
     assert (kind, severity, entity) == (
@@ -167,7 +167,7 @@ def test_regression_ratio_gauge_while_firing() -> None:
     run(d, traces.samples(minutes=19, fault=fault))
     st = d.stats()
     assert st.active == {("latency_regression", "warning"): 1}
-    assert st.gauges == {(RATIO_GAUGE, (("service", "api"),)): pytest.approx(2, rel=0.15)}
+    assert st.gauges == {(RATIO_GAUGE, (("service_name", "api"),)): pytest.approx(2, rel=0.15)}
     assert [(k, e) for k, _, _, e in st.firing] == [("latency_regression", {"service": "api"})]
 
 

@@ -172,7 +172,7 @@ def test_gauges_while_firing() -> None:
     d = detector()
     H.run(d, H.batches("go", 60, H.leak(BASE, 60, H.GIB, ONSET_S)))
     gauges = d.stats().gauges
-    labels = (("service", "svc"), ("service_instance", "svc-1"))
+    labels = (("service_name", "svc"), ("service_instance", "svc-1"))
     assert gauges[(SLOPE_GAUGE, labels)] > 0
     assert gauges[(TTO_GAUGE, labels)] > 0
     assert d.stats().active == {(LEAK, "critical"): 1}

@@ -30,10 +30,10 @@ def test_one_finding_active_series_per_firing_finding() -> None:
     series = {tuple(sorted(s.labels.items())): s.value
               for s in samples["anomaly_pipeline_finding_active"]}
     assert series == {
-        tuple(sorted({"kind": "memory_leak", "severity": "critical", "service": "cart",
+        tuple(sorted({"kind": "memory_leak", "severity": "critical", "service_name": "cart",
                       "operation": "", "service_instance": "cart-1", "host": "",
                       "fingerprint": fp_leak}.items())): 1.0,
-        tuple(sorted({"kind": "time_wait_buildup", "severity": "info", "service": "",
+        tuple(sorted({"kind": "time_wait_buildup", "severity": "info", "service_name": "",
                       "operation": "", "service_instance": "", "host": "node-2",
                       "fingerprint": fp_tw}.items())): 1.0,
     }
@@ -47,12 +47,12 @@ def test_no_findings_no_series() -> None:
 
 def test_consumer_lag_per_topic_and_detector_gauges() -> None:
     gauge = ("anomaly_pipeline_memory_leak_slope_bytes_per_second",
-             (("service", "cart"), ("service_instance", "cart-1")))
+             (("service_name", "cart"), ("service_instance", "cart-1")))
     samples = scrape({"metrics": StreamState(gauges={gauge: 1234.5})},
                      {"otlp_spans": 17, "app-metrics-routed": 0})
     assert {s.labels["topic"]: s.value
             for s in samples["anomaly_pipeline_consumer_lag_records"]} == {
         "otlp_spans": 17, "app-metrics-routed": 0}
     (slope,) = samples["anomaly_pipeline_memory_leak_slope_bytes_per_second"]
-    assert slope.labels == {"service": "cart", "service_instance": "cart-1"}
+    assert slope.labels == {"service_name": "cart", "service_instance": "cart-1"}
     assert slope.value == 1234.5

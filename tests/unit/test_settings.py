@@ -53,7 +53,9 @@ def test_sasl_settings_reach_the_clients() -> None:
         ({"METRICS_PORT": "70000"}, "not a TCP port"),
         ({"ALLOWED_LATENESS_S": "-5"}, ">= 0"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
-        ({"RUNBOOK_BASE_URL": "https://wiki.example.com/runbooks"}, "must end with '/'"),
+        ({"RUNBOOK_BASE_URL": "https://wiki.example.com/runbooks"}, "ending with '/'"),
+        ({"RUNBOOK_BASE_URL": "/runbooks/"}, "http(s) URL"),
+        ({"RUNBOOK_BASE_URL": "file:///srv/runbooks/"}, "http(s) URL"),
     ],
 )
 def test_bad_configuration_says_what_and_how(env: dict[str, str], words: str) -> None:
