@@ -511,7 +511,7 @@ def test_worker_deployment(built):
     assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
     # Resources.
     for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+        assert {"cpu", "memory", "ephemeral-storage"} <= set(container["resources"][kind]), kind
     # Settings: ConfigMap + explicit env make a valid worker configuration.
     configmap = one(built, "ConfigMap")
     refs = [e for e in container["envFrom"] if "configMapRef" in e]
