@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import PartitionEngine
 from pipeline.findings import Finding
-from pipeline.ingest import Ingest
+from pipeline.ingest import Ingest, RateLimitedLog
 from pipeline.settings import Settings
 from pipeline.sinks.metrics import PipelineMetrics, StreamState
 
@@ -71,11 +71,57 @@ class _Stream:
     sending: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
 
 
+POSITION_TIMEOUT_S = 1.0  # the lag view's wait for a consumer position
+
+
+async def routed_lag(
+    assigned: Iterable[TP],
+    processed: Mapping[str, Mapping[int, int]],
+    highwater: Callable[[TP], int | None],
+    committed: Callable[[TP], int | None],
+    position: Callable[[TP], Awaitable[int | None]],
+) -> dict[str, int]:
+    """Records behind the end of each routed topic, over the assigned partitions of the topics
+    in ``processed`` (routed topic → partition → next offset to process). A partition that
+    has processed nothing here yet (just assigned, still recovering its state, or its backlog
+    not reached) counts from its committed offset, else the consumer's position. Partitions
+    whose end or position is unknown, or whose look-up fails, are left out."""
+    lag: dict[str, int] = {}
+    unknown: list[tuple[TP, int]] = []
+    for tp in assigned:
+        offsets = processed.get(tp.topic)
+        if offsets is None:  # not a routed topic (a changelog, say)
+            continue
+        try:
+            high = highwater(tp)
+            pos = offsets.get(tp.partition)
+            if pos is None:
+                pos = committed(tp)
+        except Exception:  # revoked since the assignment was read
+            continue
+        if high is None:
+            continue
+        if pos is None:
+            unknown.append((tp, high))
+        else:
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - pos)
+    if unknown:
+        found = await asyncio.gather(
+            *(asyncio.wait_for(position(tp), POSITION_TIMEOUT_S) for tp, _ in unknown),
+            return_exceptions=True,
+        )
+        for (tp, high), pos in zip(unknown, found, strict=True):
+            if isinstance(pos, int):
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - pos)
+    return lag
+
+
 class Pipeline:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = s = settings
         self._state_view: dict[str, StreamState] = {}
         self._lag_view: dict[str, int] = {}
+        self._lag_log = RateLimitedLog(log, every_s=60.0)
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self.metrics.watch_state(lambda: self._state_view, lambda: self._lag_view)
@@ -166,7 +212,11 @@ class Pipeline:
         @app.timer(interval=5.0)
         async def refresh_state_view() -> None:
             self._state_view = self._build_state_view()
-            self._lag_view = self._build_lag_view()
+            try:
+                self._lag_view = await self._build_lag_view()
+            except Exception:  # the timer must live on; no lag rather than a stale one
+                self._lag_view = {}
+                self._lag_log.warning("lag", "cannot compute consumer lag", exc_info=True)
 
         @app.timer(interval=s.state_flush_interval_s)
         async def tick_idle_partitions() -> None:
@@ -356,18 +406,27 @@ class Pipeline:
             view[name] = sv
         return view
 
-    def _build_lag_view(self) -> dict[str, int]:
+    async def _build_lag_view(self) -> dict[str, int]:
         """Records behind the end of each consumed topic, over the partitions this worker owns:
-        the input topics (ingest) and the routed topics (detection)."""
+        the input topics (ingest) and the routed topics (detection), every assigned partition
+        of these, processed here yet or not (see ``routed_lag``)."""
         lag = self.ingest.lag()
-        for st in self.streams.values():
-            topic = st.topic.get_topic_name()
-            for p, pos in list(st.position.items()):
-                try:
-                    high = self.app.consumer.highwater(TP(topic, p))
-                except Exception:  # not assigned (any more) or not fetched yet
-                    continue
-                if high is not None:
-                    lag[topic] = lag.get(topic, 0) + max(0, high - pos)
+        consumer = self.app.consumer
+        try:
+            assigned = consumer.assignment()
+        except Exception:  # consumer not started (or stopped)
+            return lag
+        # Faust's record of the committed offsets (read at assignment, updated on commit):
+        # a dict look-up, where asking the broker would be a round trip per partition.
+        committed_offsets = getattr(consumer, "_committed_offset", None) or {}
+        routed = await routed_lag(
+            assigned,
+            {st.topic.get_topic_name(): dict(st.position) for st in self.streams.values()},
+            consumer.highwater,
+            lambda tp: committed_offsets.get(tp),
+            consumer.position,
+        )
+        for topic, n in routed.items():
+            lag[topic] = lag.get(topic, 0) + n
         return lag
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -50,7 +50,7 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = defaultdict(int)
 
-    def warning(self, reason: str, msg: str, *args: Any) -> None:
+    def warning(self, reason: str, msg: str, *args: Any, exc_info: bool = False) -> None:
         now = time.monotonic()
         if now - self._last.get(reason, -1e9) < self.every_s:
             self._held[reason] += 1
@@ -58,7 +58,7 @@ class RateLimitedLog:
         held = self._held.pop(reason, 0)
         self._last[reason] = now
         suffix = f" ({held} more like this since the last report)" if held else ""
-        self.logger.warning(msg + suffix, *args)
+        self.logger.warning(msg + suffix, *args, exc_info=exc_info)
 
 
 def choose_partitions(
@@ -97,6 +97,24 @@ def choose_partitions(
     return chosen
 
 
+def forget_unassigned(
+    assigned: Collection[TopicPartition], *per_partition: dict[TopicPartition, Any]
+) -> None:
+    """Drop what is known of partitions no longer assigned (position, last record time, record
+    density): one that comes back, after another worker may have read it, starts afresh from
+    the consumer's position and is read first again as not read yet (``choose_partitions``).
+
+    >>> a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    >>> positions, times = {a: 5, b: 7}, {b: 1_000}
+    >>> forget_unassigned({a}, positions, times)
+    >>> positions, times
+    ({TopicPartition(topic='t', partition=0): 5}, {})
+    """
+    for known in per_partition:
+        for tp in [tp for tp in known if tp not in assigned]:
+            del known[tp]
+
+
 class Ingest:
     def __init__(
         self, settings: Settings, metrics: PipelineMetrics, routed_topics: dict[str, str]
@@ -121,14 +139,25 @@ class Ingest:
 
     def lag(self) -> dict[str, int]:
         """Records behind the end of each input topic, over this worker's assigned partitions
-        (partitions whose end or position is not known yet are left out)."""
+        (partitions whose end or position is not known yet are left out). Never raises: it is
+        read by a timer, possibly while the consumer is being rebalanced or stopped."""
         out: dict[str, int] = {}
         consumer = self._consumer
         if consumer is None:
             return out
-        for tp in consumer.assignment():
-            high, pos = consumer.highwater(tp), self._next_offset.get(tp)
-            if high is not None and pos is not None:
+        try:
+            assigned = list(consumer.assignment())
+        except Exception:  # stopping
+            return out
+        for tp in assigned:
+            pos = self._next_offset.get(tp)
+            if pos is None:
+                continue
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # revoked since assignment() was read
+                continue
+            if high is not None:
                 out[tp.topic] = out.get(tp.topic, 0) + max(0, high - pos)
         return out
 
@@ -182,6 +211,9 @@ class Ingest:
         try:
             while True:
                 assigned = consumer.assignment()
+                # A partition revoked (and maybe read by another worker since) must not keep
+                # its old position: lag() and choose_partitions would use it until it is read.
+                forget_unassigned(assigned, next_offset, last_ts, per_ms)
                 high = {tp: consumer.highwater(tp) for tp in assigned}
                 for tp in assigned:
                     if tp not in next_offset and high[tp] is not None:
