@@ -124,7 +124,9 @@ class Pipeline:
         self._lag_log = RateLimitedLog(log, every_s=60.0)
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
-        self.metrics.watch_state(lambda: self._state_view, lambda: self._lag_view)
+        self._view_built_at = time.time()  # wall clock: the HTTP thread compares it with now
+        self.metrics.watch_state(lambda: self._state_view, lambda: self._lag_view,
+                                 lambda: self._view_built_at)
         detector_classes = load_detectors(s.pipeline_detectors)
 
         self.app = app = faust.App(
@@ -212,6 +214,7 @@ class Pipeline:
         @app.timer(interval=5.0)
         async def refresh_state_view() -> None:
             self._state_view = self._build_state_view()
+            self._view_built_at = time.time()
             try:
                 self._lag_view = await self._build_lag_view()
             except Exception:  # the timer must live on; no lag rather than a stale one

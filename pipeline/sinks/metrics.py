@@ -143,27 +143,62 @@ class PipelineMetrics:
         self,
         snapshot: Callable[[], dict[str, StreamState]],
         lag: Callable[[], dict[str, int]] = dict,
+        built_at: Callable[[], float] | None = None,
     ) -> None:
-        self.registry.register(StateCollector(snapshot, lag))
+        self.registry.register(StateCollector(snapshot, lag, built_at))
+
+
+#: A state view older than this means the event loop is stuck: scrapes fail (see
+#: ``StateCollector``). The loop rebuilds it every 5 s.
+STALE_VIEW_S = 90.0
+
+
+class StaleStateError(RuntimeError):
+    """The event loop has not refreshed the state view: the worker is hung."""
 
 
 class StateCollector(Collector):
     """Builds the state gauges at scrape time from views the event loop swaps in whole (the
-    HTTP server's thread must not iterate structures the loop is changing)."""
+    HTTP server's thread must not iterate structures the loop is changing).
+
+    The HTTP server runs in its own thread, so it would go on serving the last view of a worker
+    whose event loop is stuck, findings included, for ever. When ``built_at`` (the wall time of
+    the last view) is older than ``stale_after_s``, collecting raises instead: the scrape fails
+    (HTTP 500), Prometheus records ``up == 0`` (AnomalyPipelineWorkerDown), the finding series
+    go stale, and a liveness probe on /metrics restarts the worker.
+    """
 
     def __init__(
         self,
         snapshot: Callable[[], dict[str, StreamState]],
         lag: Callable[[], dict[str, int]] = dict,
+        built_at: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.time,
+        stale_after_s: float = STALE_VIEW_S,
     ) -> None:
         self._snapshot = snapshot
         self._lag = lag
+        self._built_at = built_at
         self._clock = clock
+        self._stale_after_s = stale_after_s
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        streams = self._snapshot()
         now = self._clock()
+        if self._built_at is not None:
+            age = max(0.0, now - self._built_at())
+            if age > self._stale_after_s:
+                raise StaleStateError(
+                    f"state view is {age:.0f} s old (refreshed every 5 s): the worker's event "
+                    "loop is stuck; failing the scrape rather than serving stale findings"
+                )
+            view_age = GaugeMetricFamily(
+                f"{NS}_state_view_age_seconds",
+                "Age of the state these gauges come from (rebuilt every 5 s by the event loop; "
+                f"scrapes fail once it is over {self._stale_after_s:.0f} s).",
+            )
+            view_age.add_metric([], age)
+            yield view_age
+        streams = self._snapshot()
         consumer_lag = GaugeMetricFamily(
             f"{NS}_consumer_lag_records",
             "Records between this worker's position and the end of each topic it consumes "

@@ -56,3 +56,45 @@ def test_consumer_lag_per_topic_and_detector_gauges() -> None:
     (slope,) = samples["anomaly_pipeline_memory_leak_slope_bytes_per_second"]
     assert slope.labels == {"service_name": "cart", "service_instance": "cart-1"}
     assert slope.value == 1234.5
+
+
+def test_a_stuck_event_loop_fails_the_scrape() -> None:
+    """The HTTP thread must not serve a hung worker's last findings for ever: past
+    STALE_VIEW_S the scrape fails (Prometheus: up == 0; a liveness probe restarts it)."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client import start_http_server
+
+    from pipeline.sinks.metrics import STALE_VIEW_S, StaleStateError, StateCollector
+
+    clock = [1000.0]
+    built = [1000.0]
+    collector = StateCollector(dict, dict, lambda: built[0], clock=lambda: clock[0])
+    clock[0] += 30
+    (age, *_) = list(collector.collect())
+    assert age.name == "anomaly_pipeline_state_view_age_seconds"
+    assert age.samples[0].value == 30
+    clock[0] = built[0] + STALE_VIEW_S + 1
+    try:
+        list(collector.collect())
+        raise AssertionError("a stale view was served")
+    except StaleStateError as exc:
+        assert "stuck" in str(exc)
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            raise AssertionError("a stale view was served over HTTP")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 500
+        built[0] = clock[0]  # the loop comes back
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
