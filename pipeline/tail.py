@@ -22,8 +22,9 @@ RESET = "\033[0m"
 def format_finding(doc: dict, colour: bool = False) -> str:
     """One readable block per finding: status, kind, entity, summary, key evidence, next step."""
     status = doc.get("status", "?")
+    at = doc.get("resolved_at") if status == "resolved" else doc.get("detected_at")
     head = (
-        f"[{doc.get('detected_at')}] {status.upper():8} {doc.get('kind')} "
+        f"[{at}] {status.upper():8} {doc.get('kind')} "
         f"({doc.get('severity')})"
     )
     if colour:

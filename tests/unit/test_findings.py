@@ -151,3 +151,13 @@ def test_tail_shows_the_runbook_link() -> None:
            "next_steps": ["look"], "runbook_url": "https://x.example/memory_leak.md"}
     assert format_finding(doc).splitlines()[-1] == "    runbook: https://x.example/memory_leak.md"
     assert "runbook" not in format_finding({**doc, "runbook_url": ""})
+
+
+def test_tail_heads_a_resolved_finding_with_when_it_resolved() -> None:
+    from pipeline.tail import format_finding
+
+    doc = {"kind": "memory_leak", "status": "resolved", "severity": "warning",
+           "detected_at": "2026-01-05T08:17:00.000Z", "resolved_at": "2026-01-05T08:40:00.000Z",
+           "entity": {}, "summary": "s", "evidence": {}, "next_steps": []}
+    assert format_finding(doc).startswith("[2026-01-05T08:40:00.000Z] RESOLVED")
+    assert format_finding({**doc, "status": "firing"}).startswith("[2026-01-05T08:17:00.000Z]")
