@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from pipeline.settings import RUNBOOK_BASE_URL
+from tests.support import tools
+from tests.support.tools import load_yaml, run
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "anomaly-pipeline.rules.yml"
@@ -48,28 +49,12 @@ BLOB = "/blob/main/"
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"`{name}` is not on PATH; install it with {INSTALL} "
-                    "(deploy/local/test-tools.sh does this when it can)")
-    return path
-
-
-def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return tools.tool(name, install=f"install it with {INSTALL} "
+                      "(deploy/local/test-tools.sh does this when it can)")
 
 
 def output(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
-
-
-def load_yaml(path: Path) -> Any:
-    try:
-        import yaml
-    except ImportError:
-        pytest.fail("PyYAML is needed to read the rule files: it is in the project's test "
-                    "extras (.venv/bin/pip install -e '.[test]')")
-    return yaml.safe_load(path.read_text())
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -134,13 +119,11 @@ def test_promtool_unit_tests_pass() -> None:
 def test_example_scrape_config_loads_the_rules() -> None:
     """deploy/prometheus/prometheus.yml: valid, loads the rule file, and scrapes the job the
     self-monitoring alerts select on."""
-    import yaml
-
     example = ROOT / "deploy" / "prometheus" / "prometheus.yml"
     proc = run([tool("promtool"), "check", "config", str(example)])
     assert proc.returncode == 0, output(proc)
     assert re.search(r"SUCCESS: \d+ rules found", proc.stdout + proc.stderr), output(proc)
-    config = yaml.safe_load(example.read_text())
+    config = load_yaml(example)
     assert [j["job_name"] for j in config["scrape_configs"]] == ["anomaly-pipeline"]
     assert not config["scrape_configs"][0].get("honor_labels")
     assert 'job="anomaly-pipeline"' in RULES.read_text()

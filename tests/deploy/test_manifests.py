@@ -26,22 +26,17 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline.settings import Settings
-
-try:
-    import yaml
-except ImportError:  # pragma: no cover - the message is the point
-    raise ImportError("PyYAML is needed by the deployment tests: pip install pyyaml "
-                      "(in the project's test extras)") from None
+from tests.support import tools
+from tests.support.tools import load_yaml, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -68,22 +63,7 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def tool(name: str, install: str) -> str:
-    """Path of a command-line validator: the venv's own first, then PATH; else fail."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"`{name}` is needed to validate the deployment files: {install}")
-    return found
-
-
-def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
-
-
-def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    return tools.tool(name, install=f"to validate the deployment files: {install}")
 
 
 def settings_from(env: dict[str, Any]) -> Settings:

@@ -10,7 +10,6 @@ shipped rule file unchanged.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -22,27 +21,13 @@ from typing import Any
 
 import yaml
 
+from tests.support.tools import free_port, tool
+
 ROOT = Path(__file__).parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "anomaly-pipeline.rules.yml"
 ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 INSTALL = ("install them with `apt-get install prometheus prometheus-alertmanager` (Debian; "
            "`.ci/run` and `make test` do this when they can)")
-
-
-def binary(*names: str) -> str:
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    raise AssertionError(f"none of {', '.join(names)} is on PATH: {INSTALL}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Webhook:
@@ -152,7 +137,8 @@ def start_alertmanager(tmp: Path, webhook_url: str) -> tuple[Process, str]:
     (tmp / "am-data").mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     proc = Process(
-        [binary("prometheus-alertmanager", "alertmanager"), f"--config.file={config}",
+        [tool("prometheus-alertmanager", "alertmanager", install=INSTALL),
+         f"--config.file={config}",
          f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
          "--cluster.listen-address=",  # no gossip port: a single instance
          "--log.level=warn"],
@@ -179,7 +165,7 @@ def start_prometheus(tmp: Path, targets: list[str], alertmanager: str) -> tuple[
     }))
     url = f"http://127.0.0.1:{port}"
     proc = Process(
-        [binary("prometheus"), f"--config.file={config}",
+        [tool("prometheus", install=INSTALL), f"--config.file={config}",
          f"--storage.tsdb.path={tmp / 'prom-data'}", f"--web.listen-address=127.0.0.1:{port}",
          "--log.level=warn"],
         tmp / "prometheus.log", f"{url}/-/ready",
