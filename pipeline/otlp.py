@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,7 @@ MAX_VALID_TIME_NS = 4_102_444_800 * 10**9
 REASONS = (
     "empty_value", "record_too_large", "wrong_encoding", "wrong_signal", "invalid_protobuf",
     "invalid_json", "not_otlp", "invalid_trace_id", "invalid_span_id", "invalid_timestamp",
-    "timestamp_out_of_range", "invalid_metric", "internal_error",
+    "timestamp_out_of_range", "invalid_metric", "internal_error", "unroutable",
 )
 
 
@@ -112,18 +113,59 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+#: Why a valid point is left out without dead-lettering its record (metric label values):
+#: ``no_recorded_value`` — OTLP's DataPointFlags.FLAG_NO_RECORDED_VALUE, the staleness marker
+#: the Collector's prometheus receiver writes when a target disappears; ``non_finite`` — a NaN
+#: or infinite value or sum. The rest of the record is fine, so it is not a dead letter.
+DROP_REASONS = ("no_recorded_value", "non_finite")
+FLAG_NO_RECORDED_VALUE = 1
+
+
 @dataclass(slots=True)
 class Decoded:
-    """Valid items of one record, plus how many were rejected and why (first error)."""
+    """Valid items of one record, plus how many were rejected and why (first error), and how
+    many valid points were left out on purpose (``dropped``, by ``DROP_REASONS``)."""
 
     items: list[Any] = field(default_factory=list)
     rejected: int = 0
     first_error: DecodeError | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def reject(self, error: DecodeError) -> None:
         self.rejected += 1
         if self.first_error is None:
             self.first_error = error
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def keep_point(self, p: MetricPoint, flags: int) -> None:
+        """Append ``p`` unless it carries no value (dropped and counted) or its histogram is
+        malformed (rejected: partial success)."""
+        if flags & FLAG_NO_RECORDED_VALUE:
+            self.drop("no_recorded_value")
+            return
+        if p.value is not None and not math.isfinite(p.value):
+            self.drop("non_finite")
+            return
+        if p.sum is not None and not math.isfinite(p.sum):
+            self.drop("non_finite")
+            return
+        if p.bucket_counts and len(p.bucket_counts) != len(p.bounds or ()) + 1:
+            self.reject(DecodeError(
+                "invalid_metric",
+                f"histogram {p.name!r} has {len(p.bucket_counts)} bucket counts for "
+                f"{len(p.bounds or ())} bounds (OTLP needs one more count than bounds)",
+            ))
+            return
+        if p.bounds is not None and any(
+            not math.isfinite(b) or (i and b <= p.bounds[i - 1]) for i, b in enumerate(p.bounds)
+        ):
+            self.reject(DecodeError(
+                "invalid_metric", f"histogram {p.name!r} bounds are not finite and increasing"
+            ))
+            return
+        self.items.append(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +532,7 @@ def _points_from_proto(req: ExportMetricsServiceRequest, limits: Limits) -> Deco
                         if kind != "summary":
                             p.min = dp.min if dp.HasField("min") else None
                             p.max = dp.max if dp.HasField("max") else None
-                    out.items.append(p)
+                    out.keep_point(p, dp.flags)
     return out
 
 
@@ -563,7 +605,7 @@ def _points_from_json(doc: dict[str, Any], limits: Limits) -> Decoded:
                                 p.bucket_counts = [
                                     int(c) for c in _get(dp, "bucketCounts", "bucket_counts", [])
                                 ]
-                        out.items.append(p)
+                        out.keep_point(p, _int64(dp.get("flags", 0) or 0))
     except (AttributeError, TypeError, ValueError) as exc:
         raise DecodeError("not_otlp", f"JSON does not follow the OTLP schema: {exc}") from None
     return out
