@@ -39,9 +39,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from pipeline import records, topics
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
-from pipeline.engine import PartitionEngine
+from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine
 from pipeline.findings import Finding
-from pipeline.ingest import Ingest, RateLimitedLog
+from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog
 from pipeline.settings import Settings
 from pipeline.sinks.metrics import PipelineMetrics, StreamState
 
@@ -122,6 +122,8 @@ class Pipeline:
         self._state_view: dict[str, StreamState] = {}
         self._lag_view: dict[str, int] = {}
         self._lag_log = RateLimitedLog(log, every_s=60.0)
+        self._detector_log = RateLimitedLog(log, every_s=30.0)
+        self._behind_log = RateLimitedLog(log, every_s=60.0)
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self._view_built_at = time.time()  # wall clock: the HTTP thread compares it with now
@@ -243,11 +245,7 @@ class Pipeline:
                 c = engine.counters
                 items, duplicates = c.items, c.duplicate_messages
                 try:
-                    routed = st.decode_wire(msg.value)
-                    findings = engine.process(
-                        routed.items, msg.offset, routed.source, routed.watermark_ns,
-                        routed.side,
-                    )
+                    findings = engine.process(st.decode_wire(msg.value), msg.offset)
                 except Exception:  # one bad message must not stop detection for everyone
                     log.exception("skipped routed message %s[%d]@%d", msg.topic, p, msg.offset)
                     m.decode_errors.labels(msg.topic, "internal_error").inc()
@@ -256,6 +254,13 @@ class Pipeline:
                 for finding in findings:
                     await self._publish(finding)
                 await self._send_derived(st, p, engine)
+                if engine.behind_ns:
+                    self._behind_log.warning(
+                        st.signal, "%s partition %d: records arrive %.0f s behind the saved "
+                        "state's watermark: the input went back in time (a rerun or a replay "
+                        "into old state), so they are late and the detectors drop them. To "
+                        "start clean: make kafka-reset (local), or a new PIPELINE_APP_ID.",
+                        st.signal, p, engine.behind_ns / 1e9)
                 m.items_detected.labels(st.signal).inc(c.items - items)
                 if c.duplicate_messages != duplicates:
                     m.duplicates.labels(st.signal).inc()
@@ -270,10 +275,13 @@ class Pipeline:
                 writes = 0
                 for key, value in engine.changes():
                     kb = key.encode()
-                    if value is None:
-                        st.table.pop(kb, None)
-                    else:
+                    if value is not None:
                         st.table[kb] = value
+                    elif kb in st.table:
+                        del st.table[kb]
+                    else:  # not in the local store (restored elsewhere): delete it anyway
+                        st.table.send_changelog(p, kb, None, key_serializer="raw",
+                                                value_serializer="raw")
                     writes += 1
                 m.state_flushes.labels(st.signal).inc()
                 m.state_writes.labels(st.signal).inc(writes)
@@ -288,7 +296,13 @@ class Pipeline:
         ingest) gives one delivery future per message, awaited before the flush that drops the
         derived records from this partition's state."""
         outbox = engine.drain_outbox(self._partitioner)
-        if not outbox:
+        source_topic = st.topic.get_topic_name()
+        beats = [
+            (signal, mark) for signal in {c.emits for c in st.detector_classes if c.emits}
+            if signal == "traces"
+            and (mark := engine.heartbeat(signal, source_topic, time.monotonic(), HEARTBEAT_S))
+        ]
+        if not outbox and not beats:
             return
         if self._producer is None:
             self._producer = AIOKafkaProducer(
@@ -297,20 +311,21 @@ class Pipeline:
                 **self.settings.aiokafka_kwargs(),
             )
             await self._producer.start()
-        source_topic = st.topic.get_topic_name()
-        for signal, dest, items, seq in outbox:
-            source = (source_topic, partition, seq)
-            if signal == "traces":
-                value = records.encode_samples(items, source, engine.output_watermark_ns(signal))
-            elif signal == "metrics":  # client calls per host: a side input, no watermark
-                value = records.encode_calls(items, source)
-            else:
-                raise RuntimeError(f"no routed stream carries derived {signal!r} records")
-            fut = await self._producer.send(
-                self.streams[signal].topic.get_topic_name(), value=value, partition=dest
-            )
-            st.sending[partition].append(fut)
-            self.metrics.derived.labels(signal).inc(len(items))
+        for d in outbox:
+            encode = d.encoder(source_topic, partition)
+            for value in records.split_encode(d.items, encode, MAX_DERIVED_BYTES):
+                fut = await self._producer.send(
+                    self.streams[d.signal].topic.get_topic_name(), value=value,
+                    partition=d.partition,
+                )
+                st.sending[partition].append(fut)
+            self.metrics.derived.labels(d.signal).inc(len(d.items))
+        for signal, mark in beats:  # the next stage's partitions that got nothing from here
+            value = records.encode_heartbeat([mark],
+                                             {source_topic: self.settings.pipeline_partitions})
+            for dest in range(self.settings.pipeline_partitions):
+                await self._producer.send(self.streams[signal].topic.get_topic_name(),
+                                          value=value, partition=dest)
 
     async def _await_derived(self, st: _Stream, partition: int) -> None:
         sending = st.sending.pop(partition, None)
@@ -348,13 +363,19 @@ class Pipeline:
     def _open_engine(self, st: _Stream, partition: int) -> PartitionEngine:
         s = self.settings
         if st.signal == "traces":  # fed by the span-routed partitions
-            expected = s.pipeline_partitions
-        else:
+            expected = {self.streams["spans"].topic.get_topic_name(): s.pipeline_partitions}
+        else:  # the input topic's partitions (heartbeats say how many; saved with the state)
             topic = s.otlp_spans_topic if st.signal == "spans" else s.otlp_metrics_topic
-            expected = self.ingest.input_partitions.get(topic, 0)
+            n = self.ingest.input_partitions.get(topic, 0)
+            expected = {topic: n} if n else {}
         engine = PartitionEngine(
             partition, [cls.from_settings(s) for cls in st.detector_classes],
-            int(s.allowed_lateness_s * 1e9), expected_sources=expected,
+            int(s.allowed_lateness_s * 1e9), expected=expected, idle_s=s.source_idle_s,
+            end_of_input_s=s.end_of_input_s,
+            # Streams fed by ingest close their last windows at the end of the input; the
+            # trace stage follows the span stage's watermark, which already did.
+            end_advance_ns=0 if st.signal == "traces" else int(s.end_of_input_advance_s * 1e9),
+            on_error=self._detector_error, rebuild=lambda d: type(d).from_settings(s),
         )
         prefix = f"{partition}/".encode()
         loaded = engine.restore(
@@ -381,6 +402,13 @@ class Pipeline:
                     st.sending.pop(tp.partition, None)
                     st.position.pop(tp.partition, None)
 
+    def _detector_error(self, detector: str, what: str, exc: BaseException) -> None:
+        self.metrics.detector_errors.labels(detector).inc()
+        self._detector_log.warning(
+            detector, "detector %s raised in %s: %s: %s (the other detectors go on; after "
+            "repeated failures it is quarantined in that partition)", detector, what,
+            type(exc).__name__, exc, exc_info=True)
+
     async def _publish(self, finding: Finding) -> None:
         finding.runbook_url = self.settings.runbook_url(finding.kind)
         await self.findings_out.send(key=finding.fingerprint.encode(), value=finding.to_json())
@@ -394,10 +422,24 @@ class Pipeline:
             sv = StreamState(partitions=len(st.engines))
             watermarks = [e.watermark_ns for e in st.engines.values() if e.watermark_ns]
             sv.watermark_ns = min(watermarks) if watermarks else 0
+            idles = []
             for engine in st.engines.values():
                 sv.late_items += engine.counters.late_items
+                sv.behind_ns = max(sv.behind_ns, engine.behind_ns)
+                sv.ended += engine.ended
+                idles.append(engine.idle_since_s())
+                for reason, n in (("unreadable", engine.counters.state_dropped),
+                                  ("too_large", engine.counters.state_too_large)):
+                    sv.lost[reason] = sv.lost.get(reason, 0) + n
                 for d in engine.detectors:
-                    stats = d.stats()
+                    sv.quarantined[d.name] = (sv.quarantined.get(d.name, 0)
+                                              + (d.name in engine.quarantined))
+                    if d.name in engine.quarantined:
+                        continue
+                    try:
+                        stats = d.stats()
+                    except Exception:  # a broken detector must not break the metrics
+                        continue
                     sv.tracked[d.name] = sv.tracked.get(d.name, 0) + stats.tracked
                     for reason, n in stats.evicted.items():
                         key = (d.name, reason)
@@ -406,6 +448,7 @@ class Pipeline:
                         sv.active[key] = sv.active.get(key, 0) + n
                     sv.gauges.update(stats.gauges)
                     sv.firing.extend(stats.firing)
+            sv.idle_s = min(idles) if idles else 0.0
             view[name] = sv
         return view
 

@@ -1,43 +1,105 @@
 """One partition's detection state: watermark, detectors, and the offset they have seen. Pure.
 
 The Faust wiring keeps one ``PartitionEngine`` per routed partition it owns. The engine records
-the offset of the last routed message it applied and, per source partition, the offset of the
-last source record; its state (its own marker plus every detector's changed keys) is written to a
-changelog-backed table under keys prefixed by the partition. The wiring acknowledges a message to
-Kafka only after the state that includes it has been written, so the committed offset never runs
-ahead of saved state.
+the offset of the last routed message it applied and, per source partition, the position of the
+last source record; its state (its own marker plus every detector's changed keys) is written to
+a changelog-backed table under keys prefixed by the partition. The wiring acknowledges a message
+to Kafka only after the state that includes it has been written, so the committed offset never
+runs ahead of saved state.
 
 After a crash two things repeat, and both are caught here: the detection stage re-reads routed
 messages after its last commit (skipped by routed offset), and the ingest stage re-routes source
-records after *its* last commit, which arrive as new routed messages (skipped by source offset,
+records after *its* last commit, which arrive as new routed messages (skipped by source position,
 since each source partition's records reach a routed partition in order). No record is skipped
 and none is applied twice.
+
+**The watermark** is the minimum over the sources feeding this partition (the input topic's
+partitions, or the upstream partitions for derived records) of the watermark each states
+(``pipeline.clock``), in its data messages and in heartbeats. Until every source has been heard
+from (the heartbeats say how many partitions each source topic has; the count is saved with the
+state) it does not move. A source the ingest stage reports idle — read to its end with nothing
+new for ``idle_s`` of processing time — stops holding it back; when every source is idle it is
+the newest of them, and after ``end_of_input_s`` more it moves ``end_advance_ns`` past the
+newest event time, so that the last windows and traces of a finite input close (*end of input*).
+How fast the input is read changes when the watermark moves, never what is late.
+
+**Detectors are isolated**: an exception in one is counted (``on_error``) and the others go on;
+one that fails ``QUARANTINE_AFTER`` times in a row is quarantined in this partition (no longer
+called, its last saved state kept) until the worker restarts.
+
+**Saved state is versioned** (``ENGINE_VERSION`` for the marker; detectors version their own
+entries, see ``pipeline.state``): state written by the previous release is migrated on restore,
+and what cannot be read is dropped and counted, never a crash.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from pipeline import records
 from pipeline.detectors.base import Detector
 from pipeline.findings import Finding
+from pipeline.records import Mark, Routed
+
+log = logging.getLogger("pipeline.engine")
 
 ENGINE_KEY = "__engine__"
 FLUSH_KEY = "__flush__"
+ENGINE_VERSION = 2  # 1: unversioned (sources as offsets, event-time idleness)
 CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
-# A source whose progress trails the newest by more than this (event time) is idle: it no
-# longer holds back the watermark (as Flink's idleness). Long, because a source that is merely
-# behind must not be dropped: in a replay, event time runs ~25x faster than the wall clock, and
-# a minute of event time is a two-second skew between partitions (a 60 s threshold made 58% of
-# trace samples late in a replay).
-SOURCE_IDLE_NS = 10 * 60 * 1_000_000_000
-# Derived records per message: a burst of completed traces must not exceed Kafka's 1 MB default
-# message size (a trace sample is typically well under 2 KB).
+# A state entry larger than this is not written (its key is deleted from the table, counted
+# ``state_too_large``): Kafka's default message limit is 1 MB. Detectors bound their entries
+# (a trace keeps at most TRACE_MAX_SPANS spans), so this only guards against the unexpected.
+MAX_ENTRY_BYTES = 768 * 1024
+# Derived messages are split to stay under this many bytes (and MAX_DERIVED_PER_MESSAGE records).
+MAX_DERIVED_BYTES = 512 * 1024
 MAX_DERIVED_PER_MESSAGE = 200
+QUARANTINE_AFTER = 5  # consecutive failures of one detector in one partition
+# Records this far behind the watermark when they arrive mean the input went back in time (a
+# rerun or replay into saved state): said at once, in the log and a metric.
+BEHIND_NS = 300 * 1_000_000_000
+
+ErrorHook = Callable[[str, str, BaseException], None]
+
+
+@dataclass(slots=True)
+class Derived:
+    """One message of records derived for the next stage. A message states the watermark
+    that holds for everything after it from this partition: the last message to each
+    destination states the new output watermark, earlier ones the one stated before (later
+    messages of the same batch may hold older records)."""
+
+    signal: str
+    partition: int
+    items: list[Any]
+    seq: int
+    watermark_before: int
+    watermark_after: int
+    last: bool
+
+    def watermark(self, final_chunk: bool = True) -> int:
+        return self.watermark_after if self.last and final_chunk else self.watermark_before
+
+    def encoder(self, source_topic: str, partition: int
+                ) -> Callable[[list[Any], int, bool], bytes]:
+        """How this message's chunks are encoded (``records.split_encode``): each names this
+        partition and the message's sequence number, which the receiver deduplicates on."""
+
+        def encode(items: list[Any], chunk: int, final: bool) -> bytes:
+            source = (source_topic, partition, self.seq, chunk)
+            if self.signal == "traces":
+                return records.encode_samples(items, source, self.watermark(final))
+            if self.signal == "metrics":  # client calls per host: a side input, no watermark
+                return records.encode_calls(items, source)
+            raise RuntimeError(f"no routed stream carries derived {self.signal!r} records")
+
+        return encode
 
 
 @dataclass(slots=True)
@@ -46,6 +108,14 @@ class EngineCounters:
     items: int = 0
     late_items: int = 0
     duplicate_messages: int = 0
+    state_too_large: int = 0  # state entries not written (over MAX_ENTRY_BYTES)
+    state_dropped: int = 0  # saved detector state that could not be read (dropped)
+    errors: dict[str, int] = field(default_factory=dict)  # detector -> exceptions
+
+
+def _log_error(detector: str, what: str, exc: BaseException) -> None:
+    log.error("detector %s failed in %s: %s: %s", detector, what, type(exc).__name__, exc,
+              exc_info=exc)
 
 
 class PartitionEngine:
@@ -54,21 +124,38 @@ class PartitionEngine:
         partition: int,
         detectors: Sequence[Detector],
         allowed_lateness_ns: int,
-        expected_sources: int = 0,
+        *,
+        expected: Mapping[str, int] | None = None,
+        idle_s: float = 10.0,
+        end_of_input_s: float = 60.0,
+        end_advance_ns: int = 0,
+        on_error: ErrorHook | None = None,
+        rebuild: Callable[[Detector], Detector] | None = None,
     ) -> None:
         self.partition = partition
-        # How many sources feed this partition, when known: until each has been seen (or the
-        # first progress is SOURCE_IDLE_NS behind), the watermark waits for the missing ones.
-        self.expected_sources = expected_sources
-        self.first_progress_ns = 0
         self.detectors = list(detectors)
         self.allowed_lateness_ns = allowed_lateness_ns
+        # Source topic -> partitions: every one of those sources must be heard from before the
+        # watermark moves. Given for derived streams, learnt from heartbeats for input topics,
+        # and saved with the state (a restarted worker must not wait for fewer).
+        self.expected: dict[str, int] = dict(expected or {})
+        self.idle_s, self.end_of_input_s, self.end_advance_ns = (
+            idle_s, end_of_input_s, end_advance_ns,
+        )
+        self.on_error = on_error or _log_error
+        self._rebuild = rebuild or (lambda d: type(d)())
         self.offset = -1  # last applied routed message offset
-        self.sources: dict[str, int] = {}  # "topic:partition" -> last applied source offset
-        self.source_watermarks: dict[str, int] = {}  # "topic:partition" -> how far it has got
+        # "topic:partition" -> [offset, chunk] of the last applied source record
+        self.sources: dict[str, list[int]] = {}
+        # "topic:partition" -> [watermark it stated, seconds it has been idle]
+        self.marks: dict[str, list[float]] = {}
         self.max_event_ns = 0
         self.watermark_ns = 0
+        self.ended = False  # the watermark moved past the input's end (end of input)
+        self.behind_ns = 0  # how far the last data message was behind the watermark (if far)
         self.counters = EngineCounters()
+        self.quarantined: dict[str, str] = {}  # detector -> the error that made it stop
+        self._fails: dict[str, int] = {}  # "detector.method" -> failures in a row
         self.prefix = f"{partition}/"
         self.chunk_bytes = CHUNK_BYTES
         self._seq = 0  # flush sequence number
@@ -79,46 +166,45 @@ class PartitionEngine:
         # receiving partition skip what a replay after a crash derives again).
         self._outbox: list[tuple[str, list[Any]]] = []
         self.emitted = 0
+        self._heartbeat: dict[str, tuple[int, float]] = {}  # signal -> (watermark, sent at)
+        self._stated: dict[str, int] = {}  # signal -> output watermark derived messages stated
 
-    def process(
-        self,
-        items: Sequence[Any],
-        offset: int,
-        source: tuple[str, int, int] | None = None,
-        source_watermark_ns: int | None = None,
-        side: bool = False,
-    ) -> list[Finding]:
-        """Apply one routed message's records; return findings the watermark released.
+    # -- the work ---------------------------------------------------------------------------
+    def process(self, msg: Routed, offset: int) -> list[Finding]:
+        """Apply one routed message; return the findings the watermark released.
 
-        The watermark is the minimum over the sources feeding this partition (each input
-        partition, or each upstream partition for derived records) of how far that source has
-        got: its newest event time minus the allowed lateness, or, for derived messages, the
-        watermark the sender stated. An input partition read behind the others (a backlog, an
-        uneven fetch) then holds the watermark back instead of having its records arrive late.
-        A source that trails the newest by ``SOURCE_IDLE_NS`` stops holding it back (idle).
-        Messages without a source use this partition's newest event time minus the lateness.
-
-        ``side`` records (derived by another stage to enrich this one, such as the client calls
-        per host the span stage sends the metrics stream) go to ``Detector.update_side`` and are
-        deduplicated like the rest, but move no watermark: a quiet sender must not hold back
-        the stream it enriches.
+        ``side`` messages (records another stage derived to enrich this one, such as the
+        client calls per host the span stage sends the metrics stream) go to
+        ``Detector.update_side`` and are deduplicated like the rest, but move no watermark: a
+        quiet sender must not hold back the stream it enriches.
         """
         if offset <= self.offset:
             self.counters.duplicate_messages += 1
             return []
         self.offset = offset
+        if msg.partitions:
+            for topic, n in msg.partitions.items():
+                if n > self.expected.get(topic, 0):
+                    self.expected[topic] = n
+        if msg.marks is not None:  # a heartbeat
+            for m in msg.marks:
+                self._mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)
+            return self._advance()
         key = None
-        if source is not None:
-            key = f"{source[0]}:{source[1]}"
-            if source[2] <= self.sources.get(key, -1):
+        src = msg.source
+        if src is not None:
+            key = f"{src[0]}:{src[1]}"
+            last = self.sources.get(key)
+            if last is not None and (src[2], src[3]) <= (last[0], last[1]):
                 self.counters.duplicate_messages += 1
                 return []
-            self.sources[key] = source[2]
+            self.sources[key] = [src[2], src[3]]
         c = self.counters
         c.messages += 1
-        if side:  # not counted in ``items``: those are the stream's own records
+        items = msg.items
+        if msg.side:  # not counted in ``items``: those are the stream's own records
             for d in self.detectors:
-                d.update_side(items)
+                self._call(d, "update_side", d.update_side, items)
             return []
         c.items += len(items)
         watermark = self.watermark_ns
@@ -133,59 +219,121 @@ class PartitionEngine:
             elif t < watermark:
                 c.late_items += 1
         self.max_event_ns = newest
+        self.behind_ns = (
+            watermark - message_newest
+            if message_newest and watermark - message_newest > BEHIND_NS else 0
+        )
         for d in self.detectors:
-            d.update(items)
+            self._call(d, "update", d.update, items)
         if key is not None:
-            progress = (
-                source_watermark_ns if source_watermark_ns is not None
-                else message_newest - self.allowed_lateness_ns
-            )
-            if progress > self.source_watermarks.get(key, 0):
-                self.source_watermarks[key] = progress
-            if not self.first_progress_ns:
-                self.first_progress_ns = progress
-        if self.source_watermarks:
-            senders = self.source_watermarks.values()
-            active_after = max(senders) - SOURCE_IDLE_NS
-            if (
-                len(senders) < self.expected_sources
-                and self.first_progress_ns >= active_after
-            ):
-                candidate = 0  # a source not seen yet may be behind: wait (until it is idle)
-            else:
-                candidate = min(w for w in senders if w >= active_after)
+            stated = msg.watermark_ns
+            if stated is None:  # a sender that states none: its newest minus the lateness
+                stated = message_newest - self.allowed_lateness_ns
+            self._mark(key, stated, 0.0)
+        return self._advance()
+
+    def _mark(self, key: str, watermark_ns: float, idle_s: float) -> None:
+        m = self.marks.get(key)
+        if m is None:
+            self.marks[key] = [watermark_ns, idle_s]
         else:
-            candidate = newest - self.allowed_lateness_ns
-        if candidate <= watermark:
+            if watermark_ns > m[0]:
+                m[0] = watermark_ns
+            m[1] = idle_s
+
+    def _candidate(self) -> int:
+        marks = self.marks
+        if not marks:  # messages without a source (tests, tools): newest minus the lateness
+            return self.max_event_ns - self.allowed_lateness_ns
+        if len(marks) < sum(self.expected.values()):
+            return 0  # a source not heard from yet may be behind: wait for it
+        active = [m[0] for m in marks.values() if m[1] < self.idle_s]
+        if active:
+            return int(min(active))
+        newest = int(max(m[0] for m in marks.values()))
+        if self.end_advance_ns and min(m[1] for m in marks.values()) >= (
+            self.idle_s + self.end_of_input_s
+        ):
+            self.ended = True
+            return newest + self.allowed_lateness_ns + self.end_advance_ns
+        return newest
+
+    def _advance(self) -> list[Finding]:
+        candidate = self._candidate()
+        if candidate <= self.watermark_ns:
             return []
         self.watermark_ns = candidate
         findings: list[Finding] = []
         for d in self.detectors:
-            findings.extend(d.advance(candidate))
+            found = self._call(d, "advance", d.advance, candidate)
+            if found:
+                findings.extend(found)
             if d.emits is not None:
-                derived = d.drain()
+                derived = self._call(d, "drain", d.drain)
                 if derived:
                     self._outbox.append((d.emits, derived))
         return findings
+
+    def _call(self, d: Detector, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        name = d.name
+        if name in self.quarantined:
+            return None
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            errors = self.counters.errors
+            errors[name] = errors.get(name, 0) + 1
+            key = f"{name}.{what}"
+            fails = self._fails[key] = self._fails.get(key, 0) + 1
+            if fails >= QUARANTINE_AFTER:
+                self.quarantined[name] = f"{what}: {type(exc).__name__}: {exc}"
+            self.on_error(name, what, exc)
+            return None
+        if self._fails:
+            self._fails.pop(f"{name}.{what}", None)
+        return out
+
+    def idle_since_s(self) -> float:
+        """Seconds every source has been idle (0 unless all are): how long the input has
+        been quiet, as far as this partition knows."""
+        if not self.marks or any(m[1] < self.idle_s for m in self.marks.values()):
+            return 0.0
+        return min(m[1] for m in self.marks.values())
 
     def output_watermark_ns(self, signal: str) -> int:
         """The watermark derived messages of ``signal`` carry: how far what this partition
         derives is complete (behind its own watermark by what its detectors hold back)."""
         return min(
             (d.output_watermark(self.watermark_ns) for d in self.detectors
-             if d.emits == signal),
+             if d.emits == signal and d.name not in self.quarantined),
             default=self.watermark_ns,
         )
 
-    def drain_outbox(
-        self, partitioner: Callable[[str, Any], int]
-    ) -> list[tuple[str, int, list[Any], int]]:
-        """Derived records grouped into messages: ``(signal, partition, records, seq)``.
+    def heartbeat(self, signal: str, topic: str, now_s: float, every_s: float) -> Mark | None:
+        """The mark to send every partition of the next stage, when this partition's output
+        watermark for ``signal`` moved and the last one is ``every_s`` old (``now_s`` is the
+        caller's processing clock): a receiver that gets no derived records from here still
+        learns how far this partition has got."""
+        wm = self.output_watermark_ns(signal)
+        last = self._heartbeat.get(signal)
+        if last is not None and (last[0] >= wm or now_s - last[1] < every_s):
+            return None
+        self._heartbeat[signal] = (wm, now_s)
+        return Mark(topic, self.partition, wm, 0.0)
+
+    def drain_outbox(self, partitioner: Callable[[str, Any], int]) -> list[Derived]:
+        """Derived records grouped into messages, each with its sequence number and watermark.
 
         Call after every ``process`` and before ``changes``: the state the next flush writes
         no longer holds what was derived, so it must be on its way by then."""
-        out = []
+        out: list[Derived] = []
+        by_signal: dict[str, list[Any]] = defaultdict(list)
         for signal, items in self._outbox:
+            by_signal[signal].extend(items)
+        for signal, items in by_signal.items():
+            before = self._stated.get(signal, 0)
+            after = self.output_watermark_ns(signal)
+            self._stated[signal] = max(before, after)
             groups: dict[int, list[Any]] = defaultdict(list)
             for item in items:
                 groups[partitioner(signal, item)].append(item)
@@ -193,9 +341,10 @@ class PartitionEngine:
                 group = groups[part]
                 for i in range(0, len(group), MAX_DERIVED_PER_MESSAGE):
                     self.emitted += 1
-                    out.append(
-                        (signal, part, group[i:i + MAX_DERIVED_PER_MESSAGE], self.emitted)
-                    )
+                    out.append(Derived(
+                        signal, part, group[i:i + MAX_DERIVED_PER_MESSAGE], self.emitted,
+                        before, after, i + MAX_DERIVED_PER_MESSAGE >= len(group),
+                    ))
         self._outbox = []
         return out
 
@@ -216,22 +365,23 @@ class PartitionEngine:
         entries: dict[str, bytes | None] = dict(self._rematerialize)
         self._rematerialize = {}
         for d in self.detectors:
+            if d.name in self.quarantined:
+                continue  # its last saved state stays
+            snap = self._call(d, "snapshot", d.snapshot, True)
+            if snap is None:
+                continue
             base = f"{self.prefix}{d.name}/"
-            for key, value in d.snapshot(changed_only=True).items():
-                entries[base + key] = None if value is None else orjson.dumps(
+            for key, value in snap.items():
+                raw = None if value is None else orjson.dumps(
                     value, option=orjson.OPT_SERIALIZE_NUMPY
                 )
-        c = self.counters
-        entries[self.prefix + ENGINE_KEY] = orjson.dumps(
-            {
-                "offset": self.offset, "max_event_ns": self.max_event_ns,
-                "watermark_ns": self.watermark_ns, "sources": self.sources,
-                "emitted": self.emitted, "source_watermarks": self.source_watermarks,
-                "first_progress_ns": self.first_progress_ns,
-                "messages": c.messages, "items": c.items,
-                "late_items": c.late_items, "duplicate_messages": c.duplicate_messages,
-            }
-        )
+                if raw is not None and len(raw) > MAX_ENTRY_BYTES:
+                    self.counters.state_too_large += 1
+                    log.warning("state entry %s%s is %d bytes, over %d: not saved (a restart "
+                                "loses it)", base, key, len(raw), MAX_ENTRY_BYTES)
+                    raw = None
+                entries[base + key] = raw
+        entries[self.prefix + ENGINE_KEY] = orjson.dumps(self._marker())
         self._seq += 1
         slot, self._slot = self._slot, 1 - self._slot
         chunks: list[dict[str, Any]] = [{}]
@@ -253,21 +403,65 @@ class PartitionEngine:
         writes.extend(entries.items())
         return writes
 
+    def _marker(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "v": ENGINE_VERSION,
+            "offset": self.offset, "max_event_ns": self.max_event_ns,
+            "watermark_ns": self.watermark_ns, "sources": self.sources, "marks": self.marks,
+            "expected": self.expected, "emitted": self.emitted, "ended": self.ended,
+            "counters": {"messages": c.messages, "items": c.items, "late_items": c.late_items,
+                         "duplicate_messages": c.duplicate_messages,
+                         "state_too_large": c.state_too_large,
+                         "state_dropped": c.state_dropped},
+        }
+
+    def _restore_marker(self, m: Mapping[str, Any]) -> None:
+        version = m.get("v", 1)
+        if version > ENGINE_VERSION:
+            raise ValueError(f"engine state version {version} is newer than this release's "
+                             f"{ENGINE_VERSION} (a rollback?)")
+        self.offset, self.max_event_ns, self.watermark_ns = (
+            m["offset"], m["max_event_ns"], m["watermark_ns"],
+        )
+        self.emitted = m.get("emitted", 0)
+        if version == 1:  # sources as bare offsets; each source's watermark, no idleness
+            self.sources = {k: [int(v), 0] for k, v in m["sources"].items()}
+            self.marks = {k: [v, 0.0] for k, v in m.get("source_watermarks", {}).items()}
+            counters = m
+        else:
+            self.sources = {k: [int(v[0]), int(v[1])] for k, v in m["sources"].items()}
+            self.marks = {k: [v[0], v[1]] for k, v in m["marks"].items()}
+            for topic, n in m["expected"].items():
+                self.expected[topic] = max(self.expected.get(topic, 0), int(n))
+            self.ended = bool(m.get("ended", False))
+            counters = m["counters"]
+        self.counters = EngineCounters(
+            counters["messages"], counters["items"], counters["late_items"],
+            counters["duplicate_messages"], counters.get("state_too_large", 0),
+            counters.get("state_dropped", 0),
+        )
+
     def restore(self, items: Iterable[tuple[str, bytes | None]]) -> int:
         """Load this partition's entries from the table; returns how many were read."""
         state: dict[str, Any] = {}
         chunks: dict[int, dict[int, dict[str, Any]]] = {0: {}, 1: {}}
-        n = 0
+        n = unreadable = 0
         for key, raw in items:
             if not key.startswith(self.prefix) or raw is None:
                 continue
             n += 1
             rest = key[len(self.prefix):]
-            if rest.startswith(FLUSH_KEY + "/"):
-                _, slot, index = rest.split("/")
-                chunks[int(slot)][int(index)] = orjson.loads(raw)
-            else:
-                state[rest] = orjson.loads(raw)
+            try:
+                if rest.startswith(FLUSH_KEY + "/"):
+                    _, slot, index = rest.split("/")
+                    chunks[int(slot)][int(index)] = orjson.loads(raw)
+                else:
+                    state[rest] = orjson.loads(raw)
+            except (ValueError, KeyError) as exc:
+                unreadable += 1
+                log.error("partition %d: state entry %s cannot be read (%s); dropped",
+                          self.partition, key, exc)
         best_slot, best_seq, max_seq = None, -1, 0
         for slot, parts in chunks.items():
             for doc in parts.values():
@@ -296,25 +490,29 @@ class PartitionEngine:
         self._seq = max_seq
         marker = state.pop(ENGINE_KEY, None)
         if marker is not None:
-            self.offset, self.max_event_ns, self.watermark_ns = (
-                marker["offset"], marker["max_event_ns"], marker["watermark_ns"],
-            )
-            self.sources = dict(marker["sources"])
-            self.emitted = marker.get("emitted", 0)
-            self.source_watermarks = dict(marker.get("source_watermarks", {}))
-            self.first_progress_ns = marker.get("first_progress_ns", 0)
-            self.counters = EngineCounters(
-                marker["messages"], marker["items"], marker["late_items"],
-                marker["duplicate_messages"],
-            )
+            try:
+                self._restore_marker(marker)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                log.error("partition %d: its engine state cannot be read (%s); starting it "
+                          "afresh (records may be applied again)", self.partition, exc)
+                unreadable += 1
         by_detector: dict[str, dict[str, Any]] = {d.name: {} for d in self.detectors}
         for rest, value in state.items():
             name, _, sub = rest.partition("/")
             if name in by_detector:
                 by_detector[name][sub] = value
-        for d in self.detectors:
-            if by_detector[d.name]:
+        for i, d in enumerate(self.detectors):
+            if not by_detector[d.name]:
+                continue
+            try:
                 d.restore(by_detector[d.name])
+            except Exception as exc:
+                self.counters.state_dropped += len(by_detector[d.name])
+                log.error("partition %d: detector %s cannot restore its state (%s: %s); "
+                          "it starts afresh", self.partition, d.name, type(exc).__name__, exc)
+                self.detectors[i] = self._rebuild(d)
+        unreadable += sum(d.dropped_on_restore for d in self.detectors)
+        self.counters.state_dropped += unreadable
         return n
 
     def tracked(self) -> int:

@@ -17,13 +17,24 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline import otlp, records, topics
+from pipeline.clock import SourceClock
+from pipeline.records import Mark
 from pipeline.settings import Settings
 from pipeline.sinks.deadletter import dead_letter
 from pipeline.sinks.metrics import PipelineMetrics
@@ -40,6 +51,37 @@ COMMIT_S = 1.0  # at most this long between offset commits while records flow
 # step across partitions instead of one partition first, which would leave the others'
 # records behind the detection stage's watermark.
 ALIGN_MS = 30_000
+HEARTBEAT_S = 1.0  # how often every routed partition hears every owned input partition's mark
+# A source record whose routed or dead-letter messages fail this many times with an error
+# that is neither a lost connection nor a timeout is dead-lettered as ``unroutable``.
+MAX_ROUTE_ATTEMPTS = 3
+
+
+SIZE_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
+               InvalidTimestampError, CorruptRecordException)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A message sent for a source record, not yet acknowledged by the broker."""
+
+    future: Awaitable[Any]
+    record: ConsumerRecord
+    ident: str  # "topic:partition:offset" of the source record
+
+
+class RouteError(Exception):
+    """A source record's routed messages could not be delivered (raised to restart ingest
+    from its last commit; ``cause`` is the broker's or producer's error)."""
+
+    def __init__(self, cause: BaseException, record: str) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause} (routing {record})")
+        self.cause = cause
+
+
+def transient(error: BaseException) -> bool:
+    """A lost connection, a leader change, a timeout: trying again later can succeed."""
+    return isinstance(error, KafkaTimeoutError) or bool(getattr(error, "retriable", False))
 
 
 class RateLimitedLog:
@@ -123,6 +165,7 @@ class Ingest:
         self.metrics = metrics
         self.routed_topics = routed_topics
         self._dlq_log = RateLimitedLog(log)
+        self._error_log = RateLimitedLog(log, every_s=30.0)
         # Per input topic: signal, encoding, decoder, partitioner, wire encoder.
         self.by_topic: dict[str, tuple[str, str, Callable[..., otlp.Decoded], Any, Any]] = {
             s.otlp_spans_topic: ("spans", s.otlp_spans_encoding, otlp.decode_spans,
@@ -131,11 +174,22 @@ class Ingest:
                                    records.point_partition, records.encode_points),
         }
         self.producer: AIOKafkaProducer | None = None
-        # Partitions of each input topic, once known: the detection stage's watermark waits
-        # for every one of them (see PartitionEngine.expected_sources).
+        # Partitions of each input topic, once known: heartbeats tell the detection stage how
+        # many sources to wait for.
         self.input_partitions: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._next_offset: dict[TopicPartition, int] = {}
+        # Event-time progress of each assigned input partition, and since when (processing
+        # time) it has been read to its end with nothing new.
+        self.clocks: dict[TopicPartition, SourceClock] = {}
+        self._quiet_since: dict[TopicPartition, float] = {}
+        self._heartbeat_at = 0.0
+        # Largest message worth sending to each output topic (its max.message.bytes).
+        self.limits: dict[str, int] = {}
+        # Failed routing attempts per source record ("topic:partition:offset"), kept across
+        # restarts of the consume loop: a record that cannot be routed is dead-lettered, not
+        # retried for ever.
+        self._attempts: dict[str, int] = {}
 
     def lag(self) -> dict[str, int]:
         """Records behind the end of each input topic, over this worker's assigned partitions
@@ -163,14 +217,22 @@ class Ingest:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
-        """Consume until cancelled; Kafka errors are logged and the loop restarts."""
+        """Consume until cancelled; Kafka errors are logged and the loop restarts from the
+        last commit."""
         while True:
             try:
                 await self._run_once()
             except asyncio.CancelledError:
                 raise
-            except KafkaError:
-                log.exception("ingest lost its Kafka connection; restarting in 2 s")
+            except RouteError as exc:
+                self._error_log.warning(
+                    "route", "ingest could not deliver routed messages (%s); restarting from "
+                    "the last commit in 2 s", exc, exc_info=not transient(exc.cause))
+                await asyncio.sleep(2)
+            except KafkaError as exc:
+                self._error_log.warning(
+                    "kafka", "ingest: Kafka error (%s: %s); restarting from the last commit "
+                    "in 2 s", type(exc).__name__, exc)
                 await asyncio.sleep(2)
 
     async def _run_once(self) -> None:
@@ -200,12 +262,14 @@ class Ingest:
         await consumer.start()
         for topic in self.by_topic:
             self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
+        self.limits = await topics.message_limits(
+            s, [*self.routed_topics.values(), s.deadletter_topic])
         last_ts: dict[TopicPartition, int] = {}
         next_offset: dict[TopicPartition, int] = {}
         self._consumer, self._next_offset = consumer, next_offset
         waiting_since: float | None = None  # when the chosen partitions last returned nothing
         per_ms: dict[TopicPartition, float] = {}
-        pending: list[Awaitable[Any]] = []
+        pending: list[Pending] = []
         offsets: dict[TopicPartition, int] = {}
         since_commit, committed_at = 0, time.monotonic()
         try:
@@ -213,11 +277,13 @@ class Ingest:
                 assigned = consumer.assignment()
                 # A partition revoked (and maybe read by another worker since) must not keep
                 # its old position: lag() and choose_partitions would use it until it is read.
-                forget_unassigned(assigned, next_offset, last_ts, per_ms)
+                forget_unassigned(assigned, next_offset, last_ts, per_ms, self.clocks,
+                                  self._quiet_since)
                 high = {tp: consumer.highwater(tp) for tp in assigned}
                 for tp in assigned:
                     if tp not in next_offset and high[tp] is not None:
                         next_offset[tp] = await consumer.position(tp)
+                await self._heartbeats(assigned, high, next_offset)
                 chosen = (
                     list(assigned)
                     if waiting_since is not None and time.monotonic() - waiting_since > STARVE_S
@@ -247,6 +313,7 @@ class Ingest:
                         await self._commit(consumer, pending, offsets)
                     continue
                 for tp, recs in batches.items():
+                    self._quiet_since.pop(tp, None)
                     for rec in recs:
                         await self._ingest(rec, pending)
                     offsets[tp] = next_offset[tp] = recs[-1].offset + 1
@@ -264,27 +331,114 @@ class Ingest:
             await consumer.stop()
             await producer.stop()
 
-    @staticmethod
-    async def _commit(consumer: AIOKafkaConsumer, pending: list[Awaitable[Any]],
+    async def _commit(self, consumer: AIOKafkaConsumer, pending: list[Pending],
                       offsets: dict[TopicPartition, int]) -> None:
-        """Commit only what the broker has acknowledged (routed and dead letters)."""
-        await asyncio.gather(*pending)
+        """Commit only what the broker has acknowledged (routed and dead letters).
+
+        A record whose messages failed for a reason of its own (over the broker's size limit,
+        invalid) is dead-lettered as ``unroutable`` with that reason, and the batch commits; a
+        lost connection or timeout restarts ingest from the last commit (nothing is lost); any
+        other failure does too, until the same record has failed ``MAX_ROUTE_ATTEMPTS`` times,
+        when it is dead-lettered: no record can stop ingest."""
+        results = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
+        failed: dict[str, tuple[ConsumerRecord, BaseException]] = {}
+        for p, result in zip(pending, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.setdefault(p.ident, (p.record, result))
         pending.clear()
+        if failed:
+            retry: tuple[ConsumerRecord, BaseException] | None = None
+            for ident, (rec, error) in failed.items():
+                self._attempts[ident] = self._attempts.get(ident, 0) + 1
+                if transient(error) or (
+                    not permanent(error) and self._attempts[ident] < MAX_ROUTE_ATTEMPTS
+                ):
+                    retry = retry or (rec, error)
+            if retry is not None:
+                raise RouteError(retry[1], f"{retry[0].topic}[{retry[0].partition}]@"
+                                           f"{retry[0].offset}")
+            for ident, (rec, error) in failed.items():
+                await self._dead_letter(rec, error, "unroutable", pending, partial=True)
+                self._attempts.pop(ident, None)
+            results = await asyncio.gather(*(p.future for p in pending),
+                                           return_exceptions=True)
+            pending.clear()
+            for result in results:
+                if isinstance(result, BaseException):  # a dead letter the broker refused
+                    raise RouteError(result, "a dead letter")
         if offsets:
             await consumer.commit(dict(offsets))
             offsets.clear()
 
+    # -- heartbeats ---------------------------------------------------------------------------
+    def marks(self, assigned: Iterable[TopicPartition], high: Mapping[TopicPartition, int | None],
+              next_offset: Mapping[TopicPartition, int], now: float) -> dict[str, list[Mark]]:
+        """Each signal's marks: for every assigned input partition, its watermark and how long
+        it has been idle (read to its end with nothing new; 0 while records are waiting)."""
+        out: dict[str, list[Mark]] = {}
+        idle_after = self.settings.source_idle_s
+        for tp in sorted(assigned):
+            signal = self.by_topic[tp.topic][0]
+            h, pos = high.get(tp), next_offset.get(tp)
+            if h is not None and pos is not None and pos >= h:
+                idle = now - self._quiet_since.setdefault(tp, now)
+            else:
+                self._quiet_since.pop(tp, None)
+                idle = 0.0
+            clock = self._clock(tp)
+            if idle >= idle_after:
+                clock.release()
+            out.setdefault(signal, []).append(Mark(tp.topic, tp.partition, clock.watermark_ns,
+                                                   idle))
+        return out
+
+    async def _heartbeats(self, assigned: Iterable[TopicPartition],
+                          high: Mapping[TopicPartition, int | None],
+                          next_offset: Mapping[TopicPartition, int]) -> None:
+        """Every ``HEARTBEAT_S``, send every routed partition the marks of the input partitions
+        this worker reads (not awaited: a lost heartbeat is replaced by the next)."""
+        now = time.monotonic()
+        if now - self._heartbeat_at < HEARTBEAT_S:
+            return
+        self._heartbeat_at = now
+        assert self.producer is not None
+        for signal, marks in self.marks(assigned, high, next_offset, now).items():
+            topic = marks[0].topic
+            value = records.encode_heartbeat(
+                marks, {topic: self.input_partitions.get(topic, 0) or len(marks)})
+            name = self.routed_topics[signal]
+            for p in range(self.settings.pipeline_partitions):
+                await self.producer.send(name, value, partition=p)
+
+    def _clock(self, tp: TopicPartition) -> SourceClock:
+        clock = self.clocks.get(tp)
+        if clock is None:
+            s = self.settings
+            clock = self.clocks[tp] = SourceClock(
+                int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
+                int(s.clock_ahead_tolerance_s * 1e9),
+            )
+        return clock
+
     # -- one record ---------------------------------------------------------------------------
-    async def _ingest(self, rec: ConsumerRecord, pending: list[Awaitable[Any]]) -> None:
+    async def _ingest(self, rec: ConsumerRecord, pending: list[Pending]) -> None:
         started = time.perf_counter()
         s, m = self.settings, self.metrics
         signal, encoding, decode, partition_of, encode = self.by_topic[rec.topic]
         m.records_consumed.labels(rec.topic).inc()
+        ident = f"{rec.topic}:{rec.partition}:{rec.offset}"
+        if self._attempts.get(ident, 0) >= MAX_ROUTE_ATTEMPTS:
+            # It failed every time: dead-letter it instead (this happens after a restart that
+            # the last failure caused, when the record is read again).
+            self._attempts.pop(ident, None)
+            await self._dead_letter(rec, RuntimeError(
+                f"its routed messages failed {MAX_ROUTE_ATTEMPTS} times"), "unroutable", pending)
+            return
+        record_ns = rec.timestamp * 1_000_000 if rec.timestamp and rec.timestamp > 0 else None
         limits = otlp.Limits(
             max_record_bytes=s.max_record_bytes,
             max_future_skew_ns=int(s.max_future_skew_s * 1e9),
-            reference_time_ns=rec.timestamp * 1_000_000 if rec.timestamp and rec.timestamp > 0
-            else None,
+            reference_time_ns=record_ns,
         )
         try:
             decoded = decode(rec.value, encoding, limits)
@@ -300,40 +454,72 @@ class Ingest:
             err = decoded.first_error
             assert err is not None
             await self._dead_letter(rec, err, err.reason, pending, rejected=decoded.rejected)
+        for reason, n in decoded.dropped.items():
+            m.items_dropped.labels(signal, reason).inc(n)
         items = decoded.items
         m.items_decoded.labels(signal).inc(len(items))
         if items:
+            tp = TopicPartition(rec.topic, rec.partition)
+            clock = self._clock(tp)
+            counts, wm_before = dict(clock.counts), clock.watermark_ns
+            clock.observe((it.event_time_ns for it in items), record_ns)
+            for reason, n in clock.counts.items():
+                if n != counts[reason]:
+                    m.clock_adjustments.labels(rec.topic, reason).inc(n - counts[reason])
+            wm_after = clock.watermark_ns
             parts = s.pipeline_partitions
+            name = self.routed_topics[signal]
+            limit = self.limits.get(name, topics.DEFAULT_MESSAGE_BYTES - topics.FRAMING_BYTES)
             groups: dict[int, list[Any]] = defaultdict(list)
-            source = (rec.topic, rec.partition, rec.offset)
             try:
                 for item in items:
                     groups[partition_of(item, parts)].append(item)
-                payloads = [(p, encode(group, source)) for p, group in groups.items()]
+                payloads = [
+                    (p, data) for p, group in sorted(groups.items())
+                    for data in records.split_encode(
+                        group,
+                        lambda chunk_items, chunk, final: encode(
+                            chunk_items, (rec.topic, rec.partition, rec.offset, chunk),
+                            wm_after if final else wm_before,
+                            self.input_partitions.get(rec.topic) or None),
+                        limit,
+                    )
+                ]
+            except records.TooLarge as exc:
+                await self._dead_letter(rec, exc, "unroutable", pending)
+                return
             except Exception as exc:  # e.g. a JSON value the wire form cannot carry
                 log.exception("cannot route %s[%d]@%d", rec.topic, rec.partition, rec.offset)
                 await self._dead_letter(rec, exc, "internal_error", pending)
                 return
             assert self.producer is not None
-            name = self.routed_topics[signal]
             for p, payload in payloads:
-                pending.append(await self.producer.send(name, payload, partition=p))
+                try:
+                    fut = await self.producer.send(name, payload, partition=p)
+                except KafkaError as exc:  # refused before sending (over max_request_size)
+                    fut = asyncio.get_running_loop().create_future()
+                    fut.set_exception(exc)
+                pending.append(Pending(fut, rec, ident))
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
 
     async def _dead_letter(
         self, rec: ConsumerRecord, error: BaseException, reason: str,
-        pending: list[Awaitable[Any]], rejected: int | None = None,
+        pending: list[Pending], rejected: int | None = None, partial: bool = False,
     ) -> None:
+        limit = self.limits.get(self.settings.deadletter_topic,
+                                topics.DEFAULT_MESSAGE_BYTES - topics.FRAMING_BYTES)
         dl = dead_letter(
             key=rec.key, value=rec.value, headers=list(rec.headers or ()), topic=rec.topic,
             partition=rec.partition, offset=rec.offset,
             timestamp_ms=rec.timestamp if rec.timestamp and rec.timestamp > 0 else None,
-            error=error, reason=reason, rejected_items=rejected,
+            error=error, reason=reason, rejected_items=rejected, max_value_bytes=limit,
+            partial=partial,
         )
         assert self.producer is not None
-        pending.append(await self.producer.send(
+        fut = await self.producer.send(
             self.settings.deadletter_topic, dl.value, key=dl.key, headers=dl.headers,
-        ))
+        )
+        pending.append(Pending(fut, rec, f"dlq:{rec.topic}:{rec.partition}:{rec.offset}"))
         self.metrics.decode_errors.labels(rec.topic, reason).inc()
         self.metrics.deadletters.labels(rec.topic, reason).inc()
         what = f"{rejected} items of " if rejected else ""
@@ -341,3 +527,8 @@ class Ingest:
             reason, "dead-lettered %srecord %s[%d]@%d: %s: %s", what, rec.topic, rec.partition,
             rec.offset, reason, error,
         )
+
+
+def permanent(error: BaseException) -> bool:
+    """An error about the message itself (too large, invalid): sending it again fails again."""
+    return isinstance(error, SIZE_ERRORS)

@@ -3,14 +3,20 @@
 The decoder (``pipeline.otlp``) turns OTLP requests into these records; the router ships them to
 the detection stage as one orjson document per (source record, destination partition), with each
 resource written once and referenced by index, so that the shuffle costs little more than the
-decode it follows. Each document names its source record (topic, partition, offset): after a
-crash the router may send a source record again, and the detection stage uses this to apply it
-only once.
+decode it follows. Each document names its source record (topic, partition, offset, chunk):
+after a crash the router may send a source record again, and the detection stage uses this to
+apply it only once. A record whose items for one partition would make a message over the
+broker's limit is split into chunks (``split_encode``), numbered in order.
+
+Every data message also states its source's watermark (``pipeline.clock``), and *heartbeats*
+(``encode_heartbeat``) carry every source's watermark and idleness to each routed partition,
+so a partition that gets no records from a source still learns how far that source has got.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +132,13 @@ def point_partition(point: MetricPoint, partitions: int) -> int:
     return zlib.crc32(point.resource.key.encode()) % partitions
 
 
-Source = tuple[str, int, int]  # topic, partition, offset of the record the items came from
+# topic, partition, offset of the record the items came from, and the chunk of that record's
+# items for this partition (0 unless they were split to stay under the message size limit)
+Source = tuple[str, int, int, int]
+
+
+class TooLarge(ValueError):
+    """One item alone encodes over the message size limit: it cannot be routed."""
 
 
 @dataclass(slots=True)
@@ -155,29 +167,105 @@ def encode_calls(items: list[HostCalls], source: Source | None = None) -> bytes:
     return orjson.dumps({"src": source, "c": rows})
 
 
+@dataclass(slots=True)
+class Mark:
+    """What a heartbeat says of one source: how far it has got, and for how many seconds of
+    processing time it has been idle (read to its end with nothing new; 0 while active)."""
+
+    topic: str
+    partition: int
+    watermark_ns: int
+    idle_s: float = 0.0
+
 
 @dataclass(slots=True)
 class Routed:
-    """One routed message: its source record and its items."""
+    """One routed message: its source record and its items, or a heartbeat."""
 
     source: Source | None
     items: list[Any]
-    # The sending partition's event-time watermark, on messages one detection stage derives
-    # for the next (the receiver's watermark is the minimum over its active senders).
+    # The source's event-time watermark once this message's items are in: the ingest stage's
+    # ``SourceClock`` for input records, the sending partition's output watermark for records
+    # one detection stage derives for the next. The receiver's watermark is the minimum over
+    # its sources.
     watermark_ns: int | None = None
     # Side input (``HostCalls`` on the metrics stream): applied once, but moves no watermark.
     side: bool = False
+    # A heartbeat: no items, the marks of the sender's sources.
+    marks: list[Mark] | None = None
+    # The partition count of each source topic (how many sources the receiver must hear
+    # from), on heartbeats and on data messages.
+    partitions: dict[str, int] | None = None
+
+
+def encode_heartbeat(marks: list[Mark], partitions: dict[str, int]) -> bytes:
+    return orjson.dumps({
+        "hb": [[m.topic, m.partition, m.watermark_ns, round(m.idle_s, 3)] for m in marks],
+        "n": partitions,
+    })
+
+
+def _heartbeat(doc: dict[str, Any]) -> Routed:
+    return Routed(None, [], marks=[Mark(*m) for m in doc["hb"]], partitions=dict(doc["n"]))
+
+
+def split_encode(
+    items: list[Any], encode: Callable[[list[Any], int, bool], bytes], max_bytes: int
+) -> list[bytes]:
+    """``encode(items, chunk, final)`` as one message, or as several in order (chunks 0, 1,
+    ...), each at most ``max_bytes``; raises ``TooLarge`` if one item alone is over.
+
+    Only the final chunk is encoded with ``final=True``: a message states the watermark that
+    holds for everything after it from the same source, and the chunks after it may hold
+    older items, so earlier chunks state the watermark from before the record. (Sizes are
+    measured with ``final=True``, which must not encode smaller than ``final=False``.)
+
+    >>> enc = lambda xs, c, final: orjson.dumps({"c": c, "f": final, "x": xs})
+    >>> [(len(m), orjson.loads(m)["f"]) for m in split_encode(list(range(100)), enc, 200)]
+    [(163, False), (172, True)]
+    >>> split_encode(["x" * 300], enc, 200)
+    Traceback (most recent call last):
+    pipeline.records.TooLarge: one item encodes to 325 bytes, over the 200-byte message limit
+    """
+    whole = encode(items, 0, True)
+    if len(whole) <= max_bytes:
+        return [whole]
+    groups: list[list[Any]] = []
+    pending = [items]
+    while pending:
+        part = pending.pop(0)
+        data = encode(part, len(groups), True)
+        if len(data) <= max_bytes:
+            groups.append(part)
+        elif len(part) == 1:
+            raise TooLarge(
+                f"one item encodes to {len(data)} bytes, over the {max_bytes}-byte message "
+                "limit"
+            )
+        else:
+            half = len(part) // 2
+            pending[:0] = [part[:half], part[half:]]
+    return [encode(g, i, i == len(groups) - 1) for i, g in enumerate(groups)]
 
 
 def _encode(
-    resources: list[Resource], rows: list[list[Any]], tag: str, source: Source | None
+    resources: list[Resource], rows: list[list[Any]], tag: str, source: Source | None,
+    watermark_ns: int | None, partitions: int | None,
 ) -> bytes:
-    return orjson.dumps({"src": source, "r": [r.to_wire() for r in resources], tag: rows})
+    return orjson.dumps({"src": source, "wm": watermark_ns, "n": partitions,
+                         "r": [r.to_wire() for r in resources], tag: rows})
+
+
+def _partitions(doc: dict[str, Any]) -> dict[str, int] | None:
+    n, src = doc.get("n"), doc.get("src")
+    return {src[0]: n} if n and src else None
 
 
 def _source(doc: dict[str, Any]) -> Source | None:
     src = doc.get("src")
-    return None if src is None else (src[0], src[1], src[2])
+    if src is None:
+        return None
+    return (src[0], src[1], src[2], src[3] if len(src) > 3 else 0)
 
 
 def _resource_index(items: list[Any]) -> tuple[list[Resource], dict[int, int]]:
@@ -192,8 +280,10 @@ def _resource_index(items: list[Any]) -> tuple[list[Resource], dict[int, int]]:
     return resources, index
 
 
-def encode_spans(spans: list[Span], source: Source | None = None) -> bytes:
-    """Wire form of spans for the routing topic (resources written once)."""
+def encode_spans(spans: list[Span], source: Source | None = None,
+                 watermark_ns: int | None = None, partitions: int | None = None) -> bytes:
+    """Wire form of spans for the routing topic (resources written once); ``partitions`` is
+    the source topic's partition count (how many sources the receiver waits for)."""
     resources, index = _resource_index(spans)
     rows = []
     for s in spans:
@@ -202,16 +292,20 @@ def encode_spans(spans: list[Span], source: Source | None = None) -> bytes:
             [s.trace_id, s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
              s.attrs, ri]
         )
-    return _encode(resources, rows, "s", source)
+    return _encode(resources, rows, "s", source, watermark_ns, partitions)
 
 
 def decode_spans_wire(data: bytes) -> Routed:
     doc = orjson.loads(data)
+    if "hb" in doc:
+        return _heartbeat(doc)
     resources = [Resource.from_wire(r) for r in doc["r"]]
-    return Routed(_source(doc), [Span(*row[:9], resources[row[9]]) for row in doc["s"]])
+    return Routed(_source(doc), [Span(*row[:9], resources[row[9]]) for row in doc["s"]],
+                  doc.get("wm"), partitions=_partitions(doc))
 
 
-def encode_points(points: list[MetricPoint], source: Source | None = None) -> bytes:
+def encode_points(points: list[MetricPoint], source: Source | None = None,
+                  watermark_ns: int | None = None, partitions: int | None = None) -> bytes:
     """Wire form of metric points for the routing topic (resources written once)."""
     resources, index = _resource_index(points)
     rows = []
@@ -226,12 +320,14 @@ def encode_points(points: list[MetricPoint], source: Source | None = None) -> by
             [p.name, p.type, p.unit, p.temporality, p.monotonic, p.time_ns, p.start_ns, p.value,
              p.attrs, ri, hist]
         )
-    return _encode(resources, rows, "p", source)
+    return _encode(resources, rows, "p", source, watermark_ns, partitions)
 
 
 def decode_points_wire(data: bytes) -> Routed:
     """Metric points, or the client calls the span stage derives (a side input)."""
     doc = orjson.loads(data)
+    if "hb" in doc:
+        return _heartbeat(doc)
     if "c" in doc:
         return Routed(_source(doc), [HostCalls(*row) for row in doc["c"]], side=True)
     resources = [Resource.from_wire(r) for r in doc["r"]]
@@ -242,7 +338,7 @@ def decode_points_wire(data: bytes) -> Routed:
         if hist is not None:
             point.count, point.sum, point.min, point.max, point.bounds, point.bucket_counts = hist
         out.append(point)
-    return Routed(_source(doc), out)
+    return Routed(_source(doc), out, doc.get("wm"), partitions=_partitions(doc))
 
 
 @dataclass(slots=True)
@@ -294,6 +390,8 @@ def encode_samples(
 
 def decode_samples_wire(data: bytes) -> Routed:
     doc = orjson.loads(data)
+    if "hb" in doc:
+        return _heartbeat(doc)
     return Routed(
         _source(doc),
         [TraceSample(*row[:5], [OpTime(*o) for o in row[5]]) for row in doc["t"]],

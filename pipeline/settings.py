@@ -68,6 +68,21 @@ class Settings:
     max_future_skew_s: float = 3600.0
     # Event-time watermark = newest event time seen in a partition minus this lateness.
     allowed_lateness_s: float = 5.0
+    # Event time (pipeline.clock, pipeline.engine). An input partition read to its end with no
+    # new record for SOURCE_IDLE_S (processing time) is idle: it stops holding the watermark
+    # back. When every input partition has been idle END_OF_INPUT_S longer, the input has ended
+    # (for now): the watermark moves END_OF_INPUT_ADVANCE_S past the newest event, so the last
+    # windows and traces close. Keep the advance <= SOURCE_IDLE_S + END_OF_INPUT_S for live
+    # input (records after a pause that long are at least that much newer).
+    source_idle_s: float = 10.0
+    end_of_input_s: float = 60.0
+    end_of_input_advance_s: float = 60.0
+    # Items more than this past their Kafka record's timestamp (a host with a bad clock) are
+    # processed but do not move the watermark.
+    clock_ahead_tolerance_s: float = 60.0
+    # A record this far past its input partition's progress (and no record timestamp to
+    # judge it by) moves it only once the next record confirms the jump.
+    source_jump_s: float = 300.0
 
     # Trace assembly (per routed span partition): a trace is complete when its root has arrived
     # and no span for TRACE_QUIET_S of event time, or TRACE_MAX_AGE_S after its first span.
@@ -209,6 +224,15 @@ class Settings:
             raise ConfigError(
                 f"ALLOWED_LATENESS_S={self.allowed_lateness_s} must be >= 0 (seconds)"
             )
+        _positive("SOURCE_IDLE_S", self.source_idle_s, upper=86400)
+        _positive("END_OF_INPUT_S", self.end_of_input_s, upper=7 * 86400)
+        if self.end_of_input_advance_s < 0:
+            raise ConfigError(
+                f"END_OF_INPUT_ADVANCE_S={self.end_of_input_advance_s} must be >= 0 (seconds of "
+                "event time; 0 never closes windows at the end of the input)"
+            )
+        _positive("CLOCK_AHEAD_TOLERANCE_S", self.clock_ahead_tolerance_s)
+        _positive("SOURCE_JUMP_S", self.source_jump_s)
         _positive("TRACE_QUIET_S", self.trace_quiet_s, upper=3600)
         if self.trace_max_age_s <= self.trace_quiet_s:
             raise ConfigError(

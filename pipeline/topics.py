@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.settings import Settings
@@ -22,6 +24,13 @@ from pipeline.settings import Settings
 #: The internal routed streams (``<app id>-<signal>-routed``).
 ROUTED_SIGNALS = ("spans", "metrics", "traces")
 DAY_MS = 24 * 3600 * 1000
+#: The broker's default message size limit (message.max.bytes, and max.message.bytes of a
+#: topic that does not set it), used when a topic's own limit cannot be read.
+DEFAULT_MESSAGE_BYTES = 1_048_588
+# Room left under a topic's limit for the record batch framing, key and headers.
+FRAMING_BYTES = 16 * 1024
+
+log = logging.getLogger("pipeline.topics")
 ROUTED_RETENTION_S = 24 * 3600  # routed messages carry their routing time, not event time
 
 
@@ -85,3 +94,27 @@ async def ensure_topics(settings: Settings, internal: bool = True) -> list[str]:
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+async def message_limits(settings: Settings, names: list[str]) -> dict[str, int]:
+    """The largest value worth sending to each topic: its ``max.message.bytes`` less room for
+    framing, key and headers (the broker default when it cannot be read)."""
+    out = dict.fromkeys(names, DEFAULT_MESSAGE_BYTES - FRAMING_BYTES)
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([
+            ConfigResource(ConfigResourceType.TOPIC, name, configs={"max.message.bytes": None})
+            for name in names
+        ])
+        for response in responses:
+            for error, _msg, _type, name, entries in response.resources:
+                for entry in entries if not error else ():
+                    if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
+                        out[name] = max(int(entry[1]) - FRAMING_BYTES, 64 * 1024)
+    except Exception as exc:  # keep the default: smaller messages are always accepted
+        log.warning("cannot read max.message.bytes of %s (%s); assuming the broker default",
+                    names, exc)
+    finally:
+        await admin.close()
+    return out

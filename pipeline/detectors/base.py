@@ -85,5 +85,11 @@ class Detector(ABC):
         will be older than this (the next stage's watermark follows it)."""
         return watermark_ns
 
+    @property
+    def dropped_on_restore(self) -> int:
+        """Saved entries ``restore`` could not read and dropped (state of an unknown version,
+        or corrupt): counted by the engine, never a crash."""
+        return 0
+
     def stats(self) -> DetectorStats:
         return DetectorStats()

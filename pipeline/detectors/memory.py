@@ -104,7 +104,7 @@ class _Inst:
     __slots__ = (
         "service", "instance", "attrs", "runtime", "pick", "series", "pending", "last_t",
         "reset_ns", "limit", "floor_role", "cur", "floors", "gcb", "cache", "seen_ns",
-        "reset_info", "drops", "prev",
+        "reset_info", "drops", "prev", "closed_ns",
     )
 
     def __init__(self, service: str, instance: str) -> None:
@@ -130,6 +130,7 @@ class _Inst:
         self.drops: list[int] = []  # times of the last collections seen as floor-signal drops
         # the floor signal's last value, mean absolute change, share of moves up (EWMAs)
         self.prev: list[float] | None = None
+        self.closed_ns = 0  # end of the last closed bucket: older points are late
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -138,7 +139,7 @@ class _Inst:
             "pe": [[t, v] for t, v in sorted(self.pending.items())],
             "lt": self.last_t, "r": self.reset_ns, "l": self.limit, "fr": self.floor_role,
             "c": self.cur, "g": self.gcb, "ca": self.cache, "sn": self.seen_ns,
-            "ri": self.reset_info, "d": self.drops, "pv": self.prev,
+            "ri": self.reset_info, "d": self.drops, "pv": self.prev, "cl": self.closed_ns,
         }
 
     @classmethod
@@ -149,6 +150,7 @@ class _Inst:
         x.last_t, x.reset_ns, x.limit, x.floor_role = d["lt"], d["r"], d["l"], d["fr"]
         x.cur, x.gcb, x.cache, x.seen_ns = d["c"], dict(d["g"]), dict(d["ca"]), d["sn"]
         x.reset_info, x.drops, x.prev = d["ri"], list(d["d"]), d["pv"]
+        x.closed_ns = d.get("cl", 0)
         return x
 
 
@@ -176,6 +178,7 @@ class MemoryDetector(Detector):
         max_instances: int = 2_000,
         instance_ttl_s: float = 1800.0,
         history_s: float = 6 * 3600.0,
+        lateness_s: float = 5.0,
     ) -> None:
         if bucket_s <= 0 or not 0 < oom_fraction <= 1:
             raise ValueError("need bucket_s > 0 and 0 < oom_fraction <= 1")
@@ -191,6 +194,9 @@ class MemoryDetector(Detector):
         self.max_instances = max_instances
         self.ttl_ns = int(instance_ttl_s * NS)
         self.history = int(history_s / bucket_s)
+        # The watermark trails the newest event time by the allowed lateness: the partition's
+        # clock, against which an instance whose own clock trails is judged later.
+        self.lateness_ns = int(lateness_s * NS)
         self.lc_leak = Lifecycle(LEAK, self.name, self.version, open_after, resolve_after,
                                  max_instances)
         self.lc_gc = Lifecycle(GC, self.name, self.version, 3, 5, max_instances)
@@ -200,7 +206,6 @@ class MemoryDetector(Detector):
         self._dirty_blocks: set[tuple[str, int]] = set()
         self._persisted_blocks: dict[str, set[int]] = {}
         self._expired_until = 0
-        self._newest = 0  # newest point time seen in this partition
         self._counts = {"evicted_instances": 0, "expired_instances": 0, "late_points": 0,
                         "restarts": 0}
         self._meta_dirty = False
@@ -240,10 +245,7 @@ class MemoryDetector(Detector):
                 young = p.start_ns > 0 and p.time_ns - p.start_ns < self.startup_ns
                 inst.reset_ns = p.start_ns if young else p.time_ns - self.startup_ns
             t = p.time_ns
-            if t > self._newest:
-                self._newest = t
-                self._meta_dirty = True
-            if t <= inst.last_t:
+            if t <= inst.last_t or t < inst.closed_ns:
                 self._count("late_points")
                 continue
             self._dirty.add(key)
@@ -357,15 +359,22 @@ class MemoryDetector(Detector):
                 done.append(key)
                 continue
             # A sample is complete once the watermark passes it on the instance's own clock:
-            # an instance whose clock runs behind the partition's newest (skew, a slower
-            # exporter) is judged that much later, up to MAX_CLOCK_LAG_NS.
-            lag = min(max(self._newest - inst.seen_ns, 0), MAX_CLOCK_LAG_NS)
-            ready = sorted(t for t in inst.pending if t <= watermark_ns - lag)
+            # an instance whose clock runs behind the partition's (skew, a slower exporter)
+            # is judged that much later, up to MAX_CLOCK_LAG_NS. The partition's clock is the
+            # watermark, never the newest time seen: one far-ahead point must not delay all.
+            lag = min(max(watermark_ns + self.lateness_ns - inst.seen_ns, 0), MAX_CLOCK_LAG_NS)
+            own = watermark_ns - lag
+            ready = sorted(t for t in inst.pending if t <= own)
             for t in ready:
                 self._fold(key, inst, t, inst.pending.pop(t), findings)
             if ready:
                 self._dirty.add(key)
-            if not inst.pending:
+            # A bucket closes once the instance's clock has passed its end (the end of the
+            # input, too, closes the last one).
+            if inst.cur is not None and (inst.cur[0] + 1) * self.bucket_ns <= own:
+                self._close(key, inst, findings)
+                self._dirty.add(key)
+            if not inst.pending and inst.cur is None:
                 done.append(key)
         self._waiting.difference_update(done)
         if watermark_ns - self._expired_until >= self.bucket_ns:
@@ -483,6 +492,7 @@ class MemoryDetector(Detector):
         assert cur is not None
         b, floor, gc_time, gc_count, alloc = cur[0], cur[1], cur[2], cur[3], cur[4]
         end_ns = (b + 1) * self.bucket_ns
+        inst.closed_ns = max(inst.closed_ns, end_ns)  # later points of it are late
         bucket_s = self.bucket_ns / NS
         load = alloc / bucket_s if alloc is not None else (
             gc_count / bucket_s if gc_count is not None else None
@@ -813,7 +823,7 @@ class MemoryDetector(Detector):
 
     # -- state -----------------------------------------------------------------------------
     def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        meta = {"counts": dict(self._counts), "exp": self._expired_until, "new": self._newest}
+        meta = {"counts": dict(self._counts), "exp": self._expired_until}
         out: dict[str, Any] = {}
         if not changed_only:
             for key, inst in self._inst.items():
@@ -866,7 +876,6 @@ class MemoryDetector(Detector):
                 if doc is not None:
                     self._counts.update(doc["counts"])
                     self._expired_until = doc["exp"]
-                    self._newest = doc["new"]
             elif kind == "i":
                 if doc is None:
                     self._inst.pop(rest, None)
@@ -888,7 +897,7 @@ class MemoryDetector(Detector):
                 have = self._blocks(inst)
                 have.update(blocks)
                 inst.floors = [list(f) for blk in sorted(have) if have[blk] for f in have[blk]]
-        self._waiting = {k for k, x in self._inst.items() if x.pending}
+        self._waiting = {k for k, x in self._inst.items() if x.pending or x.cur is not None}
         self.lc_leak.restore(ll)
         self.lc_gc.restore(lg)
 

@@ -164,7 +164,6 @@ class TimeWaitDetector(Detector):
         self._hosts: dict[str, _Host] = {}
         self._waiting: set[str] = set()
         self._dirty: set[str] = set()
-        self._newest = 0
         self._expired_until = 0
         self._counts = {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
                         "other_sources": 0, "calls_dropped": 0}
@@ -214,9 +213,6 @@ class TimeWaitDetector(Detector):
             self._waiting.add(name)
             if t > h.seen_ns:
                 h.seen_ns = t
-            if t > self._newest:
-                self._newest = t
-                self._meta_dirty = True
             tick = h.pending.get(t)
             if tick is None:
                 near = [k for k in h.pending if abs(k - t) < TICK_TOLERANCE_NS]
@@ -292,7 +288,7 @@ class TimeWaitDetector(Detector):
         if watermark_ns - self._expired_until >= MINUTE_NS:
             self._expired_until = watermark_ns
             self._meta_dirty = True
-            horizon = self._newest - self.ttl_ns
+            horizon = watermark_ns - self.ttl_ns  # the watermark: one host ahead expires none
             for name in sorted(k for k, h in self._hosts.items() if h.seen_ns < horizon):
                 del self._hosts[name]
                 self._waiting.discard(name)
@@ -587,8 +583,7 @@ class TimeWaitDetector(Detector):
         for fp, st in self.lc.snapshot(changed_only).items():
             out[f"lc/{fp}"] = st
         if self._meta_dirty or not changed_only:
-            out["meta"] = {"counts": dict(self._counts), "exp": self._expired_until,
-                           "new": self._newest}
+            out["meta"] = {"counts": dict(self._counts), "exp": self._expired_until}
         if changed_only:
             self._dirty, self._meta_dirty = set(), False
         return out
@@ -608,7 +603,7 @@ class TimeWaitDetector(Detector):
                 lc_state[rest] = value
             elif key == "meta" and value is not None:
                 self._counts.update(value["counts"])
-                self._expired_until, self._newest = value["exp"], value["new"]
+                self._expired_until = value["exp"]
         self.lc.restore(lc_state)
 
     def stats(self) -> DetectorStats:

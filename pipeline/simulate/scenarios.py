@@ -138,6 +138,10 @@ class Scenario:
     #: moves in an hour-long run; a preset that wants the daily curve as a look-alike compresses
     #: it (``timewait``: 30 min). ``peak_hour_utc`` is then the same fraction of the period.
     daily_period_s: float = 86400.0
+    #: Uneven traffic: requests come in bursts of ``burst_on_s`` with quiet gaps of
+    #: ``burst_off_s`` (no requests, so no spans; metrics go on). 0: steady traffic.
+    burst_on_s: float = 0.0
+    burst_off_s: float = 0.0
     encoding: str = "otlp_proto"
     keying: str = "keyed"
     spans_topic: str = "otlp_spans"
@@ -172,6 +176,10 @@ class Scenario:
                 f"daily_period_s must be a finite number of seconds >= 60 (86400 for a real day), "
                 f"got {self.daily_period_s}"
             )
+        if self.burst_on_s < 0 or self.burst_off_s < 0 or (
+            self.burst_off_s > 0 and self.burst_on_s <= 0
+        ):
+            problems.append("burst_on_s must be > 0 when burst_off_s is set (both >= 0)")
         if self.max_spans_per_record < 1:
             problems.append("max_spans_per_record must be >= 1")
         problems += [p for f in self.faults for p in _check_fault(self.topology, f)]
@@ -192,6 +200,8 @@ class Scenario:
         >>> [round(sc.base_rate_at(m * 60), 1) for m in (3.75, 18.75, 33.75)]  # trough, peak
         [25.0, 75.0, 25.0]
         """
+        if self.burst_off_s > 0 and t_s % (self.burst_on_s + self.burst_off_s) >= self.burst_on_s:
+            return 0.0  # a quiet gap between bursts
         period = self.daily_period_s
         hour = ((self.start_ns / 1e9 + t_s) % period) / (period / 24.0)
         return self.rate * (
@@ -721,6 +731,42 @@ def _timewait() -> tuple[float, list[Fault], str]:
     )
 
 
+def _bursty() -> tuple[float, list[Fault], str]:
+    # Traffic in 4-minute bursts with 4-minute quiet gaps (bursts at 0, 8, 16, 24, 32 min):
+    # span partitions go silent for minutes while metrics go on. The operations' baselines
+    # are learnt over the first three bursts (24 windows); the faults fall in later ones.
+    faults = [
+        Fault(
+            BOTTLENECK_SPAN,
+            {"service": "user-service", "operation": "SELECT users"},
+            24.5 * M,
+            28 * M,
+            {"added_ms": 120.0},
+            note="missing index during the fourth burst",
+        ),
+        Fault(
+            TIME_WAIT_BUILDUP,
+            {"host": "node-2"},
+            32 * M,
+            36 * M,
+            {"connections_per_call": 1},
+            evidence={"service": "frontend", "destination": "cart"},
+            note="frontend on node-2 stops reusing connections to cart in the fifth burst",
+        ),
+        Fault(
+            MEMORY_LEAK,
+            {"service": "checkout", "instance": "checkout#0"},
+            4 * M,
+            40 * M,
+            {"rate_pct_limit_per_hour": 120.0},
+            note="Java old-gen floor grows 120%/h, bursts or not",
+        ),
+    ]
+    return 40 * M, faults, (
+        "uneven traffic: 4-minute bursts with 4-minute quiet gaps, for replay-speed checks"
+    )
+
+
 def _negatives() -> tuple[float, list[Fault], str]:
     faults = [
         Fault(GLOBAL_SLOWDOWN, {}, 5 * M, 10 * M, {"factor": 1.6}, note="everything slower"),
@@ -815,6 +861,7 @@ PRESETS: dict[str, Callable[[], tuple[float, list[Fault], str]]] = {
     "leak": _leak,
     "timewait": _timewait,
     "negatives": _negatives,
+    "bursty": _bursty,
 }
 
 #: Scenario fields a preset sets (overrides still win).
@@ -822,6 +869,7 @@ PRESET_SETTINGS: dict[str, dict[str, Any]] = {
     "leak": {"emit_spans": False},
     # A "day" of 30 min at +-50%: the rate goes 25 -> 75 -> 25 requests/s three times in the run
     "timewait": {"daily_period_s": 1800.0, "daily_amplitude": 0.5},
+    "bursty": {"burst_on_s": 240.0, "burst_off_s": 240.0, "rate": 30.0},
 }
 
 _FIELDS = {
@@ -830,6 +878,8 @@ _FIELDS = {
     "metric_interval_s",
     "daily_amplitude",
     "daily_period_s",
+    "burst_on_s",
+    "burst_off_s",
     "peak_hour_utc",
     "encoding",
     "keying",

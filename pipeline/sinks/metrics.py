@@ -55,6 +55,11 @@ class StreamState:
     gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
     # Firing findings: (kind, severity, fingerprint, entity).
     firing: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    quarantined: dict[str, int] = field(default_factory=dict)  # detector -> partitions
+    behind_ns: int = 0  # how far the newest input is behind saved state (0: it is not)
+    idle_s: float = 0.0  # how long every source of every owned partition has been idle
+    ended: int = 0  # owned partitions whose watermark moved past the end of the input
+    lost: dict[str, int] = field(default_factory=dict)  # reason -> state entries not kept
 
 
 #: Labels of ``anomaly_pipeline_finding_active``: what alert rules route and group on. The
@@ -133,6 +138,24 @@ class PipelineMetrics:
         self.state_flushes = Counter(
             f"{NS}_state_flushes", "Detector state flushes to the changelog-backed table.",
             ["stream"], registry=registry,
+        )
+        self.items_dropped = Counter(
+            f"{NS}_items_dropped",
+            "Valid metric points left out at decode, by reason (no_recorded_value: the "
+            "staleness marker; non_finite: NaN or infinite values); their records are kept.",
+            ["signal", "reason"], registry=registry,
+        )
+        self.clock_adjustments = Counter(
+            f"{NS}_clock_adjustments",
+            "Items or records kept from moving an input partition's event-time progress, by "
+            "reason (clock_ahead: items past their record's timestamp; jump_held: records far "
+            "ahead held for the next one; jump_discarded: held records the next contradicted).",
+            ["topic", "reason"], registry=registry,
+        )
+        self.detector_errors = Counter(
+            f"{NS}_detector_errors",
+            "Exceptions raised by a detector (the others go on; one that keeps failing in a "
+            "partition is quarantined there).", ["detector"], registry=registry,
         )
         self.state_writes = Counter(
             f"{NS}_state_writes", "Table entries written (or deleted) by state flushes.",
@@ -252,7 +275,40 @@ class StateCollector(Collector):
         active = GaugeMetricFamily(
             f"{NS}_active_findings", "Findings currently firing.", labels=["kind", "severity"],
         )
+        quarantined = GaugeMetricFamily(
+            f"{NS}_detector_quarantined",
+            "Owned partitions where a detector is quarantined (it kept raising; it is no longer "
+            "called there until the worker restarts).", labels=["detector"],
+        )
+        behind = GaugeMetricFamily(
+            f"{NS}_input_behind_state_seconds",
+            "How far the newest records arriving are behind the saved state's watermark (a "
+            "rerun or replay into old state: they are late). 0 when they are not.",
+            labels=["stream"],
+        )
+        idle = GaugeMetricFamily(
+            f"{NS}_input_idle_seconds",
+            "Processing seconds every input partition has been read to its end with nothing "
+            "new, as the owned partitions know (0 while records flow).", labels=["stream"],
+        )
+        ended = GaugeMetricFamily(
+            f"{NS}_end_of_input_partitions",
+            "Owned partitions whose watermark moved past the end of a quiet input "
+            "(END_OF_INPUT_S), closing their last windows.", labels=["stream"],
+        )
+        lost = GaugeMetricFamily(
+            f"{NS}_state_entries_lost",
+            "Saved state entries not kept, over the owned partitions' lifetime: unreadable on "
+            "restore (dropped, never a crash) or too large to save.", labels=["stream", "reason"],
+        )
         for stream, st in sorted(streams.items()):
+            behind.add_metric([stream], st.behind_ns / 1e9)
+            idle.add_metric([stream], st.idle_s)
+            ended.add_metric([stream], st.ended)
+            for reason, n in sorted(st.lost.items()):
+                lost.add_metric([stream, reason], n)
+            for name, n in sorted(st.quarantined.items()):
+                quarantined.add_metric([name], n)
             partitions.add_metric([stream], st.partitions)
             late.add_metric([stream], st.late_items)
             if st.watermark_ns:
@@ -264,7 +320,8 @@ class StateCollector(Collector):
                 evicted.add_metric([name, reason], n)
             for (kind, severity), n in st.active.items():
                 active.add_metric([kind, severity], n)
-        yield from (lag, watermark, partitions, tracked, evicted, late, active)
+        yield from (lag, watermark, partitions, tracked, evicted, late, active, quarantined,
+                    behind, idle, ended, lost)
         families: dict[str, GaugeMetricFamily] = {}
         for st in streams.values():
             for (name, labels), value in sorted(st.gauges.items()):

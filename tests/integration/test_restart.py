@@ -59,8 +59,9 @@ async def routed_sources(bootstrap: str, app_id: str) -> set[tuple[int, int]]:
     """(source partition, offset) of every source record the ingest stage routed."""
     out = set()
     for r in await read_topic(bootstrap, f"{app_id}-spans-routed"):
-        if r.value != b"tick":
-            _, partition, offset = orjson.loads(r.value)["src"]
+        doc = orjson.loads(r.value) if r.value != b"tick" else {}
+        if doc.get("src"):  # not a tick or a heartbeat
+            _, partition, offset, _chunk = doc["src"]
             out.add((partition, offset))
     return out
 

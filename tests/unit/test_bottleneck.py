@@ -97,9 +97,9 @@ def test_open_trace_cap_completes_the_oldest_early() -> None:
 
 def test_samples_round_trip_the_wire() -> None:
     batches = traces.samples(minutes=1)
-    data = encode_samples(batches[0], ("t", 3, 9), watermark_ns=T0)
+    data = encode_samples(batches[0], ("t", 3, 9, 0), watermark_ns=T0)
     routed = decode_samples_wire(data)
-    assert routed.items == batches[0] and routed.source == ("t", 3, 9)
+    assert routed.items == batches[0] and routed.source == ("t", 3, 9, 0)
     assert routed.watermark_ns == T0
 
 

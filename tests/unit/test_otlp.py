@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline import otlp
@@ -176,7 +177,58 @@ def test_far_future_is_relative_to_the_record_timestamp() -> None:
 
 def test_wire_roundtrip_preserves_records() -> None:
     spans = otlp.decode_spans(span_request(_tree(), RESOURCE).SerializeToString()).items
-    back = decode_spans_wire(encode_spans(spans, ("otlp_spans", 3, 41)))
-    assert back.items == spans and back.source == ("otlp_spans", 3, 41)
+    back = decode_spans_wire(encode_spans(spans, ("otlp_spans", 3, 41, 2), T0, 8))
+    assert back.items == spans and back.source == ("otlp_spans", 3, 41, 2)
+    assert back.watermark_ns == T0 and back.partitions == {"otlp_spans": 8}
     points = otlp.decode_metrics(metric_request().SerializeToString()).items
     assert decode_points_wire(encode_points(points)).items == points
+    # The first release's wire form (a 3-element source, no watermark): chunk 0.
+    old = orjson.dumps({"src": ["otlp_spans", 3, 41], "r": [], "s": []})
+    assert decode_spans_wire(old).source == ("otlp_spans", 3, 41, 0)
+
+
+@pytest.mark.parametrize("encoding", [otlp.OTLP_PROTO, otlp.OTLP_JSON])
+def test_points_without_a_value_are_dropped_and_counted(encoding: str) -> None:
+    """NaN/Inf values and sums and the no-recorded-value flag (the prometheus receiver's
+    staleness marker) leave the point out, counted; the rest of the record is kept and the
+    record is not a dead letter."""
+    req = metric_request()
+    gauge, _, delta, hist = req.resource_metrics[0].scope_metrics[0].metrics
+    dp = gauge.gauge.data_points.add()
+    dp.time_unix_nano, dp.as_double = T0 + 10**10, float("nan")
+    dp = gauge.gauge.data_points.add()
+    dp.time_unix_nano, dp.as_double = T0 + 2 * 10**10, float("inf")
+    dp = gauge.gauge.data_points.add()
+    dp.time_unix_nano, dp.as_double, dp.flags = T0 + 3 * 10**10, 0.0, 1
+    dp = delta.sum.data_points.add()
+    dp.time_unix_nano, dp.as_double = T0 + 10**10, float("-inf")
+    dp = hist.histogram.data_points.add()
+    dp.time_unix_nano, dp.count, dp.sum = T0 + 10**10, 3, float("nan")
+    dp.explicit_bounds.extend([1.0])
+    dp.bucket_counts.extend([1, 2])
+    value = req.SerializeToString() if encoding == otlp.OTLP_PROTO else to_otlp_json(req)
+    out = otlp.decode_metrics(value, encoding, limits())
+    assert out.rejected == 0
+    assert out.dropped == {"non_finite": 4, "no_recorded_value": 1}
+    assert len(out.items) == 4  # the four original points
+    assert all(p.time_ns == T0 for p in out.items)
+
+
+@pytest.mark.parametrize("encoding", [otlp.OTLP_PROTO, otlp.OTLP_JSON])
+def test_histogram_whose_counts_do_not_match_its_bounds_is_rejected(encoding: str) -> None:
+    req = metric_request()
+    hist = req.resource_metrics[0].scope_metrics[0].metrics[3]
+    dp = hist.histogram.data_points.add()
+    dp.time_unix_nano, dp.count, dp.sum = T0 + 10**10, 3, 1.0
+    dp.explicit_bounds.extend([0.1, 1.0])
+    dp.bucket_counts.extend([1, 2])  # needs 3
+    dp = hist.histogram.data_points.add()
+    dp.time_unix_nano, dp.count, dp.sum = T0 + 2 * 10**10, 3, 1.0
+    dp.explicit_bounds.extend([1.0, 0.1])  # not increasing
+    dp.bucket_counts.extend([1, 2, 0])
+    value = req.SerializeToString() if encoding == otlp.OTLP_PROTO else to_otlp_json(req)
+    out = otlp.decode_metrics(value, encoding, limits())
+    assert out.rejected == 2 and out.first_error is not None
+    assert out.first_error.reason == "invalid_metric"
+    assert "bucket counts" in str(out.first_error)
+    assert len(out.items) == 4  # the valid points stay (partial success)

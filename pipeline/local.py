@@ -1,0 +1,215 @@
+"""The worker's stages in one process, without Kafka. Pure: no Faust, no Kafka, no clock.
+
+``LocalPipeline`` does what the ingest stage and the detection agents do, in the same order and
+through the same wire format: decode a source record, fold its items into its partition's
+``SourceClock``, route them (split like ingest) to the routed partitions' ``PartitionEngine``s,
+and move what those derive (trace samples, client calls) and their heartbeats to the next stage.
+Processing time is the caller's: ``heartbeat`` says how long each input partition has been idle.
+
+It runs the detectors over recorded telemetry for tests and benchmarks (the same records in
+another order, another pace, another partitioning), and captures the state a release writes.
+
+    >>> from pipeline.settings import Settings
+    >>> lp = LocalPipeline(Settings(), {"otlp_spans": 1, "otlp_metrics": 1}, partitions=2)
+    >>> lp.heartbeat()
+    []
+    >>> sorted(lp.engines)
+    ['metrics', 'spans', 'traces']
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pipeline import otlp, records
+from pipeline.clock import SourceClock
+from pipeline.detectors import load_detectors
+from pipeline.detectors.base import Detector
+from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine
+from pipeline.findings import Finding
+from pipeline.records import Mark
+from pipeline.settings import Settings
+
+#: The routed message size ingest splits at with the broker's default limit.
+ROUTED_MAX_BYTES = 1_048_588 - 16 * 1024
+
+
+class LocalPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        input_partitions: Mapping[str, int],
+        partitions: int | None = None,
+        detector_classes: Iterable[type[Detector]] | None = None,
+        routed_max_bytes: int = ROUTED_MAX_BYTES,
+    ) -> None:
+        s = self.settings = settings
+        self.partitions = partitions or s.pipeline_partitions
+        self.input_partitions = dict(input_partitions)
+        self.routed_max_bytes = routed_max_bytes
+        classes = list(detector_classes or load_detectors(s.pipeline_detectors))
+        self.signal_of = {s.otlp_spans_topic: "spans", s.otlp_metrics_topic: "metrics"}
+        self.routed = {sig: f"{s.pipeline_app_id}-{sig}-routed"
+                       for sig in ("spans", "metrics", "traces")}
+        self.engines: dict[str, dict[int, PartitionEngine]] = {}
+        for signal in ("spans", "metrics", "traces"):
+            mine = [c for c in classes if c.signal == signal]
+            expected = ({self.routed["spans"]: self.partitions} if signal == "traces"
+                        else {})
+            self.engines[signal] = {
+                p: PartitionEngine(
+                    p, [c.from_settings(s) for c in mine], int(s.allowed_lateness_s * 1e9),
+                    expected=expected, idle_s=s.source_idle_s, end_of_input_s=s.end_of_input_s,
+                    end_advance_ns=0 if signal == "traces"
+                    else int(s.end_of_input_advance_s * 1e9),
+                    rebuild=lambda d: type(d).from_settings(s),
+                )
+                for p in range(self.partitions)
+            }
+        self.clocks: dict[tuple[str, int], SourceClock] = {}
+        self._offsets: dict[tuple[str, int], int] = defaultdict(int)  # routed offsets
+        self.dropped: dict[str, int] = defaultdict(int)
+        self.dead_letters: list[tuple[str, int, int, str]] = []  # topic, partition, offset, why
+
+    # -- ingest -------------------------------------------------------------------------------
+    def feed(self, topic: str, partition: int, offset: int, value: bytes,
+             timestamp_ms: int | None = None) -> list[Finding]:
+        """One source record, as ingest reads it; the findings it releases."""
+        s = self.settings
+        signal = self.signal_of[topic]
+        decode = otlp.decode_spans if signal == "spans" else otlp.decode_metrics
+        encoding = s.otlp_spans_encoding if signal == "spans" else s.otlp_metrics_encoding
+        record_ns = timestamp_ms * 1_000_000 if timestamp_ms and timestamp_ms > 0 else None
+        limits = otlp.Limits(max_record_bytes=s.max_record_bytes,
+                             max_future_skew_ns=int(s.max_future_skew_s * 1e9),
+                             reference_time_ns=record_ns)
+        try:
+            decoded = decode(value, encoding, limits)
+        except otlp.DecodeError as exc:
+            self.dead_letters.append((topic, partition, offset, exc.reason))
+            return []
+        if decoded.rejected:
+            assert decoded.first_error is not None
+            self.dead_letters.append((topic, partition, offset, decoded.first_error.reason))
+        for reason, n in decoded.dropped.items():
+            self.dropped[reason] += n
+        items = decoded.items
+        if not items:
+            return []
+        clock = self.clock(topic, partition)
+        before = clock.watermark_ns
+        clock.observe((it.event_time_ns for it in items), record_ns)
+        after = clock.watermark_ns
+        part = records.span_partition if signal == "spans" else records.point_partition
+        encode = records.encode_spans if signal == "spans" else records.encode_points
+        groups: dict[int, list[Any]] = defaultdict(list)
+        for item in items:
+            groups[part(item, self.partitions)].append(item)
+        findings: list[Finding] = []
+        for p, group in sorted(groups.items()):
+            try:
+                chunks = records.split_encode(
+                    group, lambda xs, c, final: encode(
+                        xs, (topic, partition, offset, c), after if final else before,
+                        self.input_partitions.get(topic)),
+                    self.routed_max_bytes)
+            except records.TooLarge:
+                self.dead_letters.append((topic, partition, offset, "unroutable"))
+                return findings
+            for data in chunks:
+                findings += self._deliver(signal, p, data)
+        return findings
+
+    def clock(self, topic: str, partition: int) -> SourceClock:
+        c = self.clocks.get((topic, partition))
+        if c is None:
+            s = self.settings
+            c = self.clocks[(topic, partition)] = SourceClock(
+                int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
+                int(s.clock_ahead_tolerance_s * 1e9))
+        return c
+
+    def heartbeat(self, idle_s: Mapping[tuple[str, int], float] | None = None,
+                  topics: Iterable[str] | None = None) -> list[Finding]:
+        """Ingest's heartbeat to every routed partition: each input partition's mark, idle for
+        ``idle_s[(topic, partition)]`` seconds (0 when not given)."""
+        idle_s = idle_s or {}
+        findings: list[Finding] = []
+        for topic in topics or self.input_partitions:
+            n = self.input_partitions[topic]
+            marks = []
+            for partition in range(n):
+                idle = idle_s.get((topic, partition), 0.0)
+                clock = self.clock(topic, partition)
+                if idle >= self.settings.source_idle_s:
+                    clock.release()
+                marks.append(Mark(topic, partition, clock.watermark_ns, idle))
+            data = records.encode_heartbeat(marks, {topic: n})
+            signal = self.signal_of[topic]
+            for p in range(self.partitions):
+                findings += self._deliver(signal, p, data)
+        return findings
+
+    def end_of_input(self) -> list[Finding]:
+        """Every input partition idle long enough: the last windows and traces close."""
+        s = self.settings
+        quiet = s.source_idle_s + s.end_of_input_s
+        return self.heartbeat({(t, p): quiet for t, n in self.input_partitions.items()
+                               for p in range(n)})
+
+    # -- detection ------------------------------------------------------------------------------
+    def _deliver(self, signal: str, p: int, data: bytes) -> list[Finding]:
+        engine = self.engines[signal][p]
+        self._offsets[(signal, p)] += 1
+        decode = {"spans": records.decode_spans_wire, "metrics": records.decode_points_wire,
+                  "traces": records.decode_samples_wire}[signal]
+        findings = engine.process(decode(data), self._offsets[(signal, p)])
+        source_topic = self.routed[signal]
+        for d in engine.drain_outbox(self._partitioner):
+            for chunk in records.split_encode(d.items, d.encoder(source_topic, p),
+                                              MAX_DERIVED_BYTES):
+                findings += self._deliver(d.signal, d.partition, chunk)
+        if any(d.emits == "traces" for d in engine.detectors):
+            mark = engine.heartbeat("traces", source_topic, 0.0, 0.0)
+            if mark is not None:
+                beat = records.encode_heartbeat([mark], {source_topic: self.partitions})
+                for dest in range(self.partitions):
+                    findings += self._deliver("traces", dest, beat)
+        return findings
+
+    def _partitioner(self, signal: str, item: Any) -> int:
+        if signal == "metrics":
+            return records.calls_partition(item, self.partitions)
+        return records.sample_partition(item, self.partitions)
+
+    # -- state ----------------------------------------------------------------------------------
+    def changes(self) -> dict[str, list[tuple[str, bytes | None]]]:
+        """Each stream's table writes since the last call (as the worker flushes them)."""
+        return {sig: [w for e in by_p.values() for w in e.changes()]
+                for sig, by_p in self.engines.items()}
+
+    def restore(self, tables: Mapping[str, Mapping[str, bytes]]) -> int:
+        """Load each stream's table (key -> value); returns the entries read."""
+        n = 0
+        for sig, by_p in self.engines.items():
+            table = tables.get(sig, {})
+            for e in by_p.values():
+                n += e.restore(table.items())
+        return n
+
+    def late_items(self) -> dict[str, int]:
+        return {sig: sum(e.counters.late_items for e in by_p.values())
+                for sig, by_p in self.engines.items()}
+
+
+def run(pipeline: LocalPipeline, recs: Iterable[tuple[str, int, int, bytes, int | None]]
+        ) -> list[Finding]:
+    """Feed ``(topic, partition, offset, value, timestamp_ms)`` records in order with a
+    heartbeat after each, then end the input; every finding released."""
+    out: list[Finding] = []
+    for topic, partition, offset, value, ts in recs:
+        out += pipeline.feed(topic, partition, offset, value, ts)
+        out += pipeline.heartbeat(topics=[topic])
+    return out + pipeline.end_of_input()
