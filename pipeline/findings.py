@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.state import Keyed
+
 SCHEMA_VERSION = "1.1"  # 1.1 added runbook_url (optional); see schemas/finding.schema.json
 KINDS = (
     "bottleneck_span", "latency_regression", "memory_leak", "gc_pressure", "time_wait_buildup",
@@ -126,8 +128,9 @@ class Lifecycle:
 
     Detectors call ``observe(entity, window_end_ns, verdict_or_None)`` once per evaluated window;
     it returns the finding to publish on a transition (open, severity change, resolve) and
-    ``None`` otherwise. State is per fingerprint, capped at ``max_tracked`` (the oldest quiet
-    entries go first; what is dropped is counted in ``evicted``).
+    ``None`` otherwise. State is per fingerprint (``store``, a ``pipeline.state.Keyed`` under
+    ``prefix``), capped at ``max_tracked`` (the longest quiet entries that are not firing go
+    first; what is dropped is counted in ``evicted``).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Lifecycle:
         open_after: int = 3,
         resolve_after: int = 3,
         max_tracked: int = 10_000,
+        prefix: str = "",
     ) -> None:
         if open_after < 1 or resolve_after < 1:
             raise ValueError("open_after and resolve_after must be >= 1")
@@ -145,10 +149,18 @@ class Lifecycle:
         self.open_after, self.resolve_after, self.max_tracked = (
             open_after, resolve_after, max_tracked,
         )
-        self._state: dict[str, dict[str, Any]] = {}
-        self._dirty: set[str] = set()
-        self.evicted = 0
-        self.refused = 0  # new entities not tracked because every slot held a firing finding
+        self.store: Keyed[dict[str, Any]] = Keyed(
+            prefix, encode=dict, decode=lambda doc, fp: doc, cap=max_tracked)
+        self._state = self.store
+
+    @property
+    def evicted(self) -> int:
+        return self.store.evicted
+
+    @property
+    def refused(self) -> int:
+        """New entities not tracked because every slot held a firing finding."""
+        return self.store.refused
 
     # -- the work --------------------------------------------------------------------------
     def observe(
@@ -159,13 +171,16 @@ class Lifecycle:
         if st is None:
             if verdict is None:
                 return None  # healthy and never suspicious: keep no state
-            if not self._make_room():
+            # Only the longest-quiet *non-firing* entry is evicted: dropping a firing one would
+            # leave its finding firing forever on the compacted topic, with no resolve.
+            if not self.store.make_room(protect=lambda _fp, st: st["firing"]):
                 return None  # counted in ``refused``
-            st = self._state[fp] = {
+            st = {
                 "entity": dict(entity), "bad": 0, "good": 0, "firing": False,
                 "started": at_ns, "detected": None, "severity": None, "last": None, "seen": at_ns,
             }
-        self._dirty.add(fp)
+            self.store.put(fp, st)
+        self.store.changed(fp)
         st["seen"] = at_ns
         if verdict is not None:
             if st["bad"] == 0 and not st["firing"]:
@@ -203,7 +218,7 @@ class Lifecycle:
         if st is None or not st["firing"]:
             return None
         st["last"] = [st["severity"], verdict.summary, verdict.evidence, verdict.next_steps]
-        self._dirty.add(fp)
+        self.store.changed(fp)
         return self._finding(fp, st, "firing", None)
 
     def severity(self, entity: Mapping[str, Any]) -> str | None:
@@ -245,18 +260,11 @@ class Lifecycle:
 
     # -- state -----------------------------------------------------------------------------
     def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        keys = self._dirty if changed_only else self._state.keys()
-        out = {fp: self._state.get(fp) for fp in keys}
-        if changed_only:
-            self._dirty = set()
-        return out
+        """Standalone use; a detector saves ``store`` with its ``State`` instead."""
+        return self.store.snapshot(changed_only)
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        for fp, st in state.items():
-            if st is None:
-                self._state.pop(fp, None)
-            else:
-                self._state[fp] = dict(st)
+        self.store.restore(state)
 
     def __len__(self) -> int:
         return len(self._state)
@@ -276,21 +284,4 @@ class Lifecycle:
         )
 
     def _drop(self, fp: str) -> None:
-        self._state.pop(fp, None)
-        self._dirty.add(fp)  # a None in the next snapshot deletes it from the table
-
-    def _make_room(self) -> bool:
-        """Free a slot for a new entity; False if every tracked entity is firing.
-
-        Only the longest-quiet *non-firing* entry is evicted: dropping a firing one would leave
-        its finding firing forever on the compacted topic with no resolve to clear it.
-        """
-        if len(self._state) < self.max_tracked:
-            return True
-        quiet = [(st["seen"], fp) for fp, st in self._state.items() if not st["firing"]]
-        if not quiet:
-            self.refused += 1
-            return False
-        self._drop(min(quiet)[1])
-        self.evicted += 1
-        return True
+        self.store.pop(fp)  # a None in the next snapshot deletes it from the table

@@ -44,6 +44,7 @@ class LocalPipeline:
         partitions: int | None = None,
         detector_classes: Iterable[type[Detector]] | None = None,
         routed_max_bytes: int = ROUTED_MAX_BYTES,
+        routed_prefix: str | None = None,
     ) -> None:
         s = self.settings = settings
         self.partitions = partitions or s.pipeline_partitions
@@ -51,8 +52,8 @@ class LocalPipeline:
         self.routed_max_bytes = routed_max_bytes
         classes = list(detector_classes or load_detectors(s.pipeline_detectors))
         self.signal_of = {s.otlp_spans_topic: "spans", s.otlp_metrics_topic: "metrics"}
-        self.routed = {sig: f"{s.pipeline_app_id}-{sig}-routed"
-                       for sig in ("spans", "metrics", "traces")}
+        prefix = f"{s.pipeline_app_id}-" if routed_prefix is None else routed_prefix
+        self.routed = {sig: f"{prefix}{sig}-routed" for sig in ("spans", "metrics", "traces")}
         self.engines: dict[str, dict[int, PartitionEngine]] = {}
         for signal in ("spans", "metrics", "traces"):
             mine = [c for c in classes if c.signal == signal]
@@ -195,8 +196,10 @@ class LocalPipeline:
         n = 0
         for sig, by_p in self.engines.items():
             table = tables.get(sig, {})
-            for e in by_p.values():
+            for p, e in by_p.items():
                 n += e.restore(table.items())
+                # routed offsets go on from the restored ones, as a Kafka topic's would
+                self._offsets[(sig, p)] = max(self._offsets[(sig, p)], e.offset)
         return n
 
     def late_items(self) -> dict[str, int]:

@@ -7,7 +7,9 @@ A detector is a state machine over one partition's records in event time:
   returns the findings that changed state (through a ``pipeline.findings.Lifecycle``);
 - ``snapshot(changed_only)`` / ``restore(state)`` move its state in and out as a mapping of
   string keys to JSON-able values; ``None`` means "deleted". The engine stores these in a Faust
-  table backed by a changelog topic, so a restarted worker resumes where it left off;
+  table backed by a changelog topic, so a restarted worker resumes where it left off. A
+  detector that keeps its state in a ``pipeline.state.State`` (``self.state``: per-key maps
+  with change tracking, LRU caps and versioned documents) gets both for free;
 - ``stats()`` reports how much it tracks and what it evicted (exported as metrics).
 
 Every per-key structure must have a cap and an expiry, and count what it drops.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.findings import Finding
+from pipeline.state import State
 
 #: Routed streams: decoded spans and metric points, and the trace samples the trace stage
 #: derives from completed traces (see ``emits``).
@@ -48,6 +51,9 @@ class Detector(ABC):
     signal: ClassVar[str]  # one of SIGNALS: which routed stream feeds it
     kinds: ClassVar[tuple[str, ...]]  # finding kinds it can emit (benchmarks score these)
     emits: ClassVar[str | None] = None  # signal of the records ``drain`` returns, if any
+    #: Where the detector keeps its state, if it uses the shared type (``snapshot``,
+    #: ``restore`` and ``dropped_on_restore`` then come from it).
+    state: State | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> Detector:
@@ -66,14 +72,24 @@ class Detector(ABC):
     def advance(self, watermark_ns: int) -> list[Finding]:
         """Act on everything the watermark has passed; return findings that changed state."""
 
-    @abstractmethod
     def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
         """State as {key: JSON-able value or None (deleted)}; all of it, or what changed since
         the last ``changed_only`` call."""
+        if self.state is None:
+            raise NotImplementedError(f"{type(self).__name__} keeps no pipeline.state.State: "
+                                      "implement snapshot and restore")
+        return self.state.snapshot(changed_only)
 
-    @abstractmethod
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load state written by ``snapshot`` (possibly merged from several snapshots)."""
+        if self.state is None:
+            raise NotImplementedError(f"{type(self).__name__} keeps no pipeline.state.State: "
+                                      "implement snapshot and restore")
+        self.state.restore(state)
+        self.restored()
+
+    def restored(self) -> None:  # noqa: B027 (optional hook)
+        """Called after ``restore``: rebuild what is derived from the restored state."""
 
     def drain(self) -> list[Any]:
         """Records derived for another stream (signal ``emits``) since the last call, in a
@@ -89,7 +105,7 @@ class Detector(ABC):
     def dropped_on_restore(self) -> int:
         """Saved entries ``restore`` could not read and dropped (state of an unknown version,
         or corrupt): counted by the engine, never a crash."""
-        return 0
+        return self.state.dropped if self.state is not None else 0
 
     def stats(self) -> DetectorStats:
         return DetectorStats()

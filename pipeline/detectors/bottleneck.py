@@ -34,10 +34,12 @@ its operations raise no ``bottleneck_span`` in that window.
 Findings open after ``open_after`` anomalous windows (default 2) and resolve after
 ``resolve_after`` normal ones (default 3), through ``pipeline.findings.Lifecycle``.
 
-**Bounded state.** At most ``max_operations`` operations per partition (the longest idle is
-evicted to make room, counted ``evicted_operations``); an operation unseen for ``operation_ttl_s``
-of event time expires (``expired_operations``); at most ``reservoir`` samples per operation and
-window are kept (deterministic replacement, counted ``samples_folded``).
+**Bounded state.** At most ``max_operations`` operations per partition (the least recently
+seen one without a firing finding is evicted to make room, counted ``evicted_operations``); an
+operation unseen for ``operation_ttl_s`` of event time expires (``expired_operations``); at most
+``reservoir`` samples per operation and window are kept (deterministic replacement, counted
+``samples_folded``). Baselines (``o``), open windows (``w``, format 2: the first release saved
+them as bare lists) and findings (``lb``, ``lr``) are ``pipeline.state.Keyed`` maps.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from typing import Any, NamedTuple
 from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
 from pipeline.records import TraceSample
+from pipeline.state import State
 
 BOTTLENECK = "bottleneck_span"
 REGRESSION = "latency_regression"
@@ -122,16 +125,21 @@ class _Acc:
         self.top = 0  # traces in which this operation had the most critical-path time
         self.exemplars: list[list[Any]] = []  # [[cp_ns, trace_id], ...], the 5 slowest
 
-    def to_doc(self) -> list[Any]:
-        return [self.rows, self.n, self.top, self.exemplars]
+    def to_doc(self) -> dict[str, Any]:
+        return {"rows": self.rows, "n": self.n, "top": self.top, "ex": self.exemplars}
 
     @classmethod
-    def from_doc(cls, doc: Sequence[Any]) -> _Acc:
+    def from_doc(cls, doc: Mapping[str, Any]) -> _Acc:
         acc = cls()
-        acc.rows, acc.n, acc.top, acc.exemplars = [list(r) for r in doc[0]], doc[1], doc[2], [
-            list(e) for e in doc[3]
-        ]
+        acc.rows, acc.n, acc.top = [list(r) for r in doc["rows"]], doc["n"], doc["top"]
+        acc.exemplars = [list(e) for e in doc["ex"]]
         return acc
+
+    @staticmethod
+    def migrate(doc: Any, version: int) -> dict[str, Any]:
+        """Format 1 (the first release): ``[rows, n, top, exemplars]``."""
+        rows, n, top, ex = doc
+        return {"rows": rows, "n": n, "top": top, "ex": ex}
 
 
 class BottleneckDetector(Detector):
@@ -172,23 +180,31 @@ class BottleneckDetector(Detector):
         self.max_operations = max_operations
         self.ttl_ns = int(operation_ttl_s * 1e9)
         self.reservoir = reservoir
+        self.state = State()
         self.lc_bottleneck = Lifecycle(
-            BOTTLENECK, self.name, self.version, open_after, resolve_after, max_operations
+            BOTTLENECK, self.name, self.version, open_after, resolve_after, max_operations,
+            prefix="lb",
         )
         self.lc_regression = Lifecycle(
-            REGRESSION, self.name, self.version, open_after, resolve_after, max_operations
+            REGRESSION, self.name, self.version, open_after, resolve_after, max_operations,
+            prefix="lr",
         )
-        self._ops: dict[str, _Op] = {}  # "service|operation" -> baseline
-        self._windows: dict[int, dict[str, _Acc]] = {}  # window index -> op key -> samples
-        self._dirty_ops: set[str] = set()
-        self._dirty_acc: set[tuple[int, str]] = set()
-        self._persisted_acc: set[tuple[int, str]] = set()
-        self._closed_until = -1  # every window index <= this is closed
-        self._counts = {
-            "evicted_operations": 0, "expired_operations": 0, "samples_folded": 0,
-            "late_samples": 0,
-        }
-        self._meta_dirty = False
+        self.state.add(self.lc_bottleneck.store)
+        self.state.add(self.lc_regression.store)
+        # "service|operation|detail" -> baseline
+        self._ops = self.state.keyed("o", encode=_Op.to_doc,
+                                     decode=lambda doc, key: _Op.from_doc(doc),
+                                     cap=max_operations)
+        # "<window index>/<op key>" -> samples, and the same by window (not saved: rebuilt)
+        self._accs = self.state.keyed("w", encode=_Acc.to_doc,
+                                      decode=lambda doc, key: _Acc.from_doc(doc),
+                                      version=2, migrate=_Acc.migrate)
+        self._windows: dict[int, dict[str, _Acc]] = {}
+        self._meta = self.state.cell("meta", {
+            "counts": {"evicted_operations": 0, "expired_operations": 0, "samples_folded": 0,
+                       "late_samples": 0},
+            "closed_until": -1,  # every window index <= this is closed
+        })
 
     @classmethod
     def from_settings(cls, settings: Any) -> BottleneckDetector:
@@ -200,9 +216,10 @@ class BottleneckDetector(Detector):
 
     # -- the work --------------------------------------------------------------------------
     def update(self, records: Sequence[TraceSample]) -> None:
+        closed_until = self._meta["closed_until"]
         for sample in records:
             w = sample.end_ns // self.window_ns
-            if w <= self._closed_until:
+            if w <= closed_until:
                 self._count("late_samples")
                 continue
             window = self._windows.get(w)
@@ -214,15 +231,16 @@ class BottleneckDetector(Detector):
                 if base is None:
                     if not self._make_room():
                         continue
-                    base = self._ops[key] = _Op()
+                    base = _Op()
                     base.attrs = dict(op.attrs)
                     base.seen_ns = (w + 1) * self.window_ns
-                    self._dirty_ops.add(key)
+                    self._ops.put(key, base)
                 acc = window.get(key)
                 if acc is None:
                     acc = window[key] = _Acc()
+                    self._accs.put(f"{w}/{key}", acc)
                 self._add(acc, sample, op.cp_ns, op.self_ns, key)
-                self._dirty_acc.add((w, key))
+                self._accs.changed(f"{w}/{key}")
 
     def _add(self, acc: _Acc, sample: TraceSample, cp: int, self_ns: int, key: str) -> None:
         acc.n += 1
@@ -245,12 +263,11 @@ class BottleneckDetector(Detector):
     def advance(self, watermark_ns: int) -> list[Finding]:
         findings: list[Finding] = []
         last_closable = watermark_ns // self.window_ns - 1  # windows ending at or before wm
-        if last_closable <= self._closed_until:
+        if last_closable <= self._meta["closed_until"]:
             return findings
         for w in sorted(k for k in self._windows if k <= last_closable):
             findings.extend(self._close(w, self._windows.pop(w)))
-        self._closed_until = last_closable
-        self._meta_dirty = True
+        self._meta["closed_until"] = last_closable
         end_ns = (last_closable + 1) * self.window_ns
         findings.extend(self._expire(end_ns))
         return findings
@@ -258,11 +275,11 @@ class BottleneckDetector(Detector):
     def _close(self, w: int, window: dict[str, _Acc]) -> list[Finding]:
         end_ns = (w + 1) * self.window_ns
         for key in window:
-            self._dirty_acc.add((w, key))
+            self._accs.pop(f"{w}/{key}")
             base = self._ops.get(key)
             if base is not None and base.seen_ns < end_ns:
                 base.seen_ns = end_ns  # last window with traffic (changes once per window)
-                self._dirty_ops.add(key)
+                self._ops.changed(key)
         evaluated: dict[str, list[_Judged]] = {}
         stats_by_key: dict[str, dict[str, Any]] = {}
         for key in sorted(window):
@@ -320,7 +337,7 @@ class BottleneckDetector(Detector):
                     self._learn(r.key, base, stats_by_key[r.key])
                 else:
                     base.run += 1
-                    self._dirty_ops.add(r.key)
+                    self._ops.changed(r.key)
                     if base.run > self.freeze_max:
                         self._learn(r.key, base, stats_by_key[r.key])
         return findings
@@ -342,7 +359,7 @@ class BottleneckDetector(Detector):
         base.p95.append(st["p95"])
         del base.p50[: -self.baseline_windows]
         del base.p95[: -self.baseline_windows]
-        self._dirty_ops.add(key)
+        self._ops.changed(key)
 
     # -- explanations ------------------------------------------------------------------------
     def _bottleneck_verdict(
@@ -417,102 +434,39 @@ class BottleneckDetector(Detector):
 
     # -- bounds ----------------------------------------------------------------------------
     def _make_room(self) -> bool:
-        if len(self._ops) < self.max_operations:
-            return True
         firing = {_key(st["entity"]) for st in self.lc_bottleneck.active()}
-        idle = [(op.seen_ns, k) for k, op in self._ops.items() if k not in firing]
-        if not idle:
-            return False
-        key = min(idle)[1]
-        self._drop_op(key)
-        self._count("evicted_operations")
-        return True
+        return self._ops.make_room(protect=lambda key, _op: key in firing,
+                                   evict=self._evicted)
 
-    def _drop_op(self, key: str) -> None:
-        del self._ops[key]
-        self._dirty_ops.add(key)
+    def _evicted(self, key: str, _op: _Op) -> None:
+        self._drop_accs(key)
+        self._count("evicted_operations")
+
+    def _drop_accs(self, key: str) -> None:
         for w, window in self._windows.items():
             if window.pop(key, None) is not None:
-                self._dirty_acc.add((w, key))
+                self._accs.pop(f"{w}/{key}")
 
     def _expire(self, now_ns: int) -> list[Finding]:
         stale = [k for k, op in self._ops.items() if now_ns - op.seen_ns >= self.ttl_ns]
         for key in stale:
-            self._drop_op(key)
+            self._ops.pop(key)
+            self._drop_accs(key)
             self._count("expired_operations")
         # A firing finding whose operation stopped appearing resolves after 10 windows.
         idle = 10 * self.window_ns
         return self.lc_bottleneck.expire(now_ns, idle) + self.lc_regression.expire(now_ns, idle)
 
     def _count(self, reason: str) -> None:
-        self._counts[reason] += 1
-        self._meta_dirty = True
+        self._meta["counts"][reason] += 1
+        self._meta.changed()
 
     # -- state -----------------------------------------------------------------------------
-    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        meta = {"counts": dict(self._counts), "closed_until": self._closed_until}
-        out: dict[str, Any] = {}
-        if not changed_only:
-            out = {f"o/{key}": op.to_doc() for key, op in self._ops.items()}
-            for w, window in self._windows.items():
-                for key, acc in window.items():
-                    out[f"w/{w}/{key}"] = acc.to_doc()
-            for prefix, lc in (("lb", self.lc_bottleneck), ("lr", self.lc_regression)):
-                for fp, st in lc.snapshot().items():
-                    out[f"{prefix}/{fp}"] = st
-            out["meta"] = meta
-            return out
-        for key in self._dirty_ops:
-            op = self._ops.get(key)
-            out[f"o/{key}"] = None if op is None else op.to_doc()
-        for w, key in self._dirty_acc:
-            acc = self._windows.get(w, {}).get(key)
-            if acc is None:
-                if (w, key) in self._persisted_acc:
-                    out[f"w/{w}/{key}"] = None
-                    self._persisted_acc.discard((w, key))
-            else:
-                out[f"w/{w}/{key}"] = acc.to_doc()
-                self._persisted_acc.add((w, key))
-        for prefix, lc in (("lb", self.lc_bottleneck), ("lr", self.lc_regression)):
-            for fp, st in lc.snapshot(changed_only=True).items():
-                out[f"{prefix}/{fp}"] = st
-        if self._meta_dirty:
-            out["meta"] = meta
-            self._meta_dirty = False
-        self._dirty_ops, self._dirty_acc = set(), set()
-        return out
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        lb: dict[str, Any] = {}
-        lr: dict[str, Any] = {}
-        for key, doc in state.items():
-            kind, _, rest = key.partition("/")
-            if kind == "meta":
-                if doc is not None:
-                    self._counts.update(doc["counts"])
-                    self._closed_until = doc["closed_until"]
-            elif kind == "o":
-                if doc is None:
-                    self._ops.pop(rest, None)
-                else:
-                    self._ops[rest] = _Op.from_doc(doc)
-            elif kind == "w":
-                w_s, _, op_key = rest.partition("/")
-                w = int(w_s)
-                if doc is None:
-                    self._windows.get(w, {}).pop(op_key, None)
-                    self._persisted_acc.discard((w, op_key))
-                else:
-                    self._windows.setdefault(w, {})[op_key] = _Acc.from_doc(doc)
-                    self._persisted_acc.add((w, op_key))
-            elif kind == "lb":
-                lb[rest] = doc
-            elif kind == "lr":
-                lr[rest] = doc
-        self.lc_bottleneck.restore(lb)
-        self.lc_regression.restore(lr)
-        self._windows = {w: win for w, win in self._windows.items() if win}
+    def restored(self) -> None:
+        self._windows = {}
+        for name, acc in self._accs.items():
+            w, _, key = name.partition("/")
+            self._windows.setdefault(int(w), {})[key] = acc
 
     def stats(self) -> DetectorStats:
         active: dict[tuple[str, str], int] = {}
@@ -532,7 +486,7 @@ class BottleneckDetector(Detector):
                     gauges[(RATIO_GAUGE, labels)] = float(
                         st["last"][2]["median_ratio_to_baseline"]
                     )
-        evicted = dict(self._counts)
+        evicted = dict(self._meta["counts"])
         evicted["findings_evicted"] = self.lc_bottleneck.evicted + self.lc_regression.evicted
         return DetectorStats(tracked=len(self._ops), evicted=evicted, active=active,
                              gauges=gauges,

@@ -12,18 +12,20 @@ and names who drives the churn) but never hold back its watermark.
 A span arriving after its minute was sent is counted into a new record for that minute (the
 receiver adds them up), so none is lost. Bounded: at most ``max_pairs`` (service, destination)
 pairs per host and minute (the rest are summed under destination ``(other)``) and at most
-``max_buckets`` open (host, minute) buckets (beyond that, the oldest is sent early).
+``max_buckets`` open (host, minute) buckets (beyond that, the least recently counted is sent
+early). State: the open buckets (``pipeline.state.Keyed``, prefix ``b``; format 2 — the first
+release saved the pairs bare) and the counters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from pipeline.connections import destination, host_of
 from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.findings import Finding
 from pipeline.records import SPAN_KIND_CLIENT, HostCalls, Span
+from pipeline.state import State
 
 MINUTE_NS = 60 * 1_000_000_000
 OTHER = "(other)"
@@ -38,11 +40,14 @@ class ClientCallCounter(Detector):
 
     def __init__(self, max_pairs: int = 50, max_buckets: int = 5_000) -> None:
         self.max_pairs, self.max_buckets = max_pairs, max_buckets
+        self.state = State()
         # "host\x1fminute" -> {"service\x1fdestination": calls}
-        self._open: dict[str, dict[str, int]] = {}
-        self._dirty: set[str] = set()
+        self._open = self.state.keyed(
+            "b", encode=lambda pairs: {"pairs": pairs}, decode=lambda d, key: dict(d["pairs"]),
+            version=2, migrate=lambda doc, v: {"pairs": doc}, cap=max_buckets,
+        )
         self._out: list[HostCalls] = []
-        self._counts = {"folded_pairs": 0, "sent_early": 0}
+        self._counts = self.state.cell("meta", {"folded_pairs": 0, "sent_early": 0})
 
     def update(self, records: Sequence[Span]) -> None:
         opened = self._open
@@ -55,16 +60,15 @@ class ClientCallCounter(Detector):
             key = f"{host}\x1f{s.start_ns - s.start_ns % MINUTE_NS}"
             bucket = opened.get(key)
             if bucket is None:
-                if len(opened) >= self.max_buckets:
-                    self._send(min(opened, key=_minute))
-                    self._counts["sent_early"] += 1
-                bucket = opened[key] = {}
+                opened.make_room(evict=self._send_early)
+                bucket = {}
+                opened.put(key, bucket)
             pair = f"{s.resource.service}\x1f{destination(s.attrs)}"
             if pair not in bucket and len(bucket) >= self.max_pairs:
                 pair = f"{s.resource.service}\x1f{OTHER}"
                 self._counts["folded_pairs"] += 1
             bucket[pair] = bucket.get(pair, 0) + 1
-            self._dirty.add(key)
+            opened.changed(key)
 
     def advance(self, watermark_ns: int) -> list[Finding]:
         for key in sorted(self._open, key=_minute):
@@ -77,30 +81,23 @@ class ClientCallCounter(Detector):
         return out
 
     def _send(self, key: str) -> None:
+        bucket = self._open.pop(key)
+        if bucket is not None:
+            self._emit(key, bucket)
+
+    def _send_early(self, key: str, bucket: dict[str, int]) -> None:
+        """Too many open buckets: this one goes now (the cap evicts it)."""
+        self._emit(key, bucket)
+        self._counts["sent_early"] += 1
+
+    def _emit(self, key: str, bucket: dict[str, int]) -> None:
         host, _, minute = key.partition("\x1f")
-        for pair, n in sorted(self._open.pop(key).items()):
+        for pair, n in sorted(bucket.items()):
             service, _, dest = pair.partition("\x1f")
             self._out.append(HostCalls(host, int(minute), service, dest, n))
-        self._dirty.add(key)
-
-    # -- state ------------------------------------------------------------------------------
-    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        keys = self._dirty if changed_only else self._open.keys()
-        out = {f"b/{k}": self._open.get(k) for k in keys}
-        if changed_only:
-            self._dirty = set()
-        return out
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        for key, value in state.items():
-            if key.startswith("b/"):
-                if value is None:
-                    self._open.pop(key[2:], None)
-                else:
-                    self._open[key[2:]] = dict(value)
 
     def stats(self) -> DetectorStats:
-        return DetectorStats(tracked=len(self._open), evicted=dict(self._counts))
+        return DetectorStats(tracked=len(self._open), evicted=dict(self._counts.value))
 
 
 def _minute(key: str) -> int:

@@ -55,14 +55,18 @@ pressure when its GC time fraction is at least ``gc_min_fraction`` (10%), twice 
 six MADs over it; runtimes that report only collection counts (CPython) use the collection rate
 (four times the baseline). Opens after 3 such buckets, resolves after 5 normal ones.
 
-**Bounded state.** At most ``max_instances`` per partition (the longest idle is evicted, counted
-``evicted_instances``); an instance silent for ``instance_ttl_s`` expires; floor history holds
-``history_s`` (6 h); series, pending timestamps and caches are per instance and small.
+**Bounded state.** At most ``max_instances`` per partition (the least recently updated one
+without a firing finding is evicted, counted ``evicted_instances``); an instance silent for
+``instance_ttl_s`` expires; floor history holds ``history_s`` (6 h); series, pending timestamps
+and caches are per instance and small. Instances (``i``), their floor history in hour blocks
+(``f``, format 2: the first release saved bare lists) and findings (``ll``, ``lg``) are
+``pipeline.state.Keyed`` maps.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,6 +86,7 @@ from pipeline.runtime_metrics import (
     rules_for,
     unit_scale,
 )
+from pipeline.state import State
 
 LEAK, GC = "memory_leak", "gc_pressure"
 SLOPE_GAUGE = "anomaly_pipeline_memory_leak_slope_bytes_per_second"
@@ -197,18 +202,28 @@ class MemoryDetector(Detector):
         # The watermark trails the newest event time by the allowed lateness: the partition's
         # clock, against which an instance whose own clock trails is judged later.
         self.lateness_ns = int(lateness_s * NS)
+        self.state = State()
         self.lc_leak = Lifecycle(LEAK, self.name, self.version, open_after, resolve_after,
-                                 max_instances)
-        self.lc_gc = Lifecycle(GC, self.name, self.version, 3, 5, max_instances)
-        self._inst: dict[str, _Inst] = {}
-        self._waiting: set[str] = set()  # instances with pending timestamps
-        self._dirty: set[str] = set()
-        self._dirty_blocks: set[tuple[str, int]] = set()
-        self._persisted_blocks: dict[str, set[int]] = {}
-        self._expired_until = 0
-        self._counts = {"evicted_instances": 0, "expired_instances": 0, "late_points": 0,
-                        "restarts": 0}
-        self._meta_dirty = False
+                                 max_instances, prefix="ll")
+        self.lc_gc = Lifecycle(GC, self.name, self.version, 3, 5, max_instances, prefix="lg")
+        self.state.add(self.lc_leak.store)
+        self.state.add(self.lc_gc.store)
+        self._inst = self.state.keyed("i", encode=_Inst.to_doc,
+                                      decode=lambda doc, key: _Inst.from_doc(doc),
+                                      cap=max_instances)
+        # "<hour block>/<instance key>" -> that hour's floor rows (the same row lists as the
+        # instance's ``floors``): written when a bucket closes into it
+        self._floors = self.state.keyed(
+            "f", encode=lambda rows: {"rows": rows},
+            decode=lambda doc, key: [list(r) for r in doc["rows"]],
+            version=2, migrate=lambda doc, v: {"rows": doc},
+        )
+        self._waiting: set[str] = set()  # instances with pending timestamps or an open bucket
+        self._meta = self.state.cell("meta", {
+            "counts": {"evicted_instances": 0, "expired_instances": 0, "late_points": 0,
+                       "restarts": 0},
+            "exp": 0,  # when instances were last expired
+        })
 
     @classmethod
     def from_settings(cls, settings: Any) -> MemoryDetector:
@@ -239,7 +254,8 @@ class MemoryDetector(Detector):
             if inst is None:
                 if not self._make_room():
                     continue
-                inst = self._inst[key] = _Inst(p.resource.service, p.resource.instance)
+                inst = _Inst(p.resource.service, p.resource.instance)
+                self._inst.put(key, inst)
                 # a process that started recently is still warming up; one found running
                 # (the detector started after it) is not
                 young = p.start_ns > 0 and p.time_ns - p.start_ns < self.startup_ns
@@ -248,7 +264,7 @@ class MemoryDetector(Detector):
             if t <= inst.last_t or t < inst.closed_ns:
                 self._count("late_points")
                 continue
-            self._dirty.add(key)
+            self._inst.changed(key)
             self._waiting.add(key)
             if t > inst.seen_ns:
                 inst.seen_ns = t
@@ -368,18 +384,17 @@ class MemoryDetector(Detector):
             for t in ready:
                 self._fold(key, inst, t, inst.pending.pop(t), findings)
             if ready:
-                self._dirty.add(key)
+                self._inst.changed(key)
             # A bucket closes once the instance's clock has passed its end (the end of the
             # input, too, closes the last one).
             if inst.cur is not None and (inst.cur[0] + 1) * self.bucket_ns <= own:
                 self._close(key, inst, findings)
-                self._dirty.add(key)
+                self._inst.changed(key)
             if not inst.pending and inst.cur is None:
                 done.append(key)
         self._waiting.difference_update(done)
-        if watermark_ns - self._expired_until >= self.bucket_ns:
-            self._expired_until = watermark_ns
-            self._meta_dirty = True
+        if watermark_ns - self._meta["exp"] >= self.bucket_ns:
+            self._meta["exp"] = watermark_ns
             findings.extend(self._expire(watermark_ns))
         return findings
 
@@ -479,12 +494,23 @@ class MemoryDetector(Detector):
 
     def _clear_floors(self, key: str, inst: _Inst) -> None:
         for blk in {self._block(f[0]) for f in inst.floors}:
-            self._dirty_blocks.add((key, blk))
+            self._floors.pop(f"{blk}/{key}")
         inst.floors = []
         inst.cache = {}
 
     def _block(self, b: int) -> int:
         return b // 60
+
+    def _block_changed(self, key: str, inst: _Inst, blk: int) -> None:
+        """Save the hour block ``blk`` of the instance's floor history (or delete it, gone)."""
+        floors = inst.floors
+        lo = bisect_left(floors, blk * 60, key=lambda f: f[0])
+        hi = bisect_left(floors, (blk + 1) * 60, lo=lo, key=lambda f: f[0])
+        name = f"{blk}/{key}"
+        if hi > lo:
+            self._floors.put(name, floors[lo:hi])
+        else:
+            self._floors.pop(name)
 
     # -- judging -------------------------------------------------------------------------------
     def _close(self, key: str, inst: _Inst, findings: list[Finding], judge: bool = True) -> None:
@@ -499,12 +525,12 @@ class MemoryDetector(Detector):
         )
         if floor is not None:
             inst.floors.append([b, floor, load, cur[7], cur[8]])
-            self._dirty_blocks.add((key, self._block(b)))
+            self._block_changed(key, inst, self._block(b))
             if len(inst.floors) > self.history:
                 old = inst.floors[: -self.history]
                 del inst.floors[: -self.history]
                 for blk in {self._block(f[0]) for f in old}:
-                    self._dirty_blocks.add((key, blk))
+                    self._block_changed(key, inst, blk)
         if not judge:
             return
         entity = {"service": inst.service, "instance": inst.instance}
@@ -792,22 +818,20 @@ class MemoryDetector(Detector):
 
     # -- bounds ----------------------------------------------------------------------------
     def _make_room(self) -> bool:
-        if len(self._inst) < self.max_instances:
-            return True
         firing = {(st["entity"]["service"], st["entity"]["instance"])
                   for st in self.lc_leak.active() + self.lc_gc.active()}
-        idle = [(x.seen_ns, k) for k, x in self._inst.items()
-                if (x.service, x.instance) not in firing]
-        if not idle:
-            return False
-        self._drop(min(idle)[1])
+        return self._inst.make_room(
+            protect=lambda _key, x: (x.service, x.instance) in firing, evict=self._evicted)
+
+    def _evicted(self, key: str, inst: _Inst) -> None:
+        self._clear_floors(key, inst)
+        self._waiting.discard(key)
         self._count("evicted_instances")
-        return True
 
     def _drop(self, key: str) -> None:
         inst = self._inst.pop(key)
-        self._clear_floors(key, inst)
-        self._dirty.add(key)
+        if inst is not None:
+            self._clear_floors(key, inst)
         self._waiting.discard(key)
 
     def _expire(self, now_ns: int) -> list[Finding]:
@@ -818,88 +842,21 @@ class MemoryDetector(Detector):
         return self.lc_leak.expire(now_ns, idle) + self.lc_gc.expire(now_ns, idle)
 
     def _count(self, reason: str) -> None:
-        self._counts[reason] += 1
-        self._meta_dirty = True
+        self._meta["counts"][reason] += 1
+        self._meta.changed()
 
     # -- state -----------------------------------------------------------------------------
-    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        meta = {"counts": dict(self._counts), "exp": self._expired_until}
-        out: dict[str, Any] = {}
-        if not changed_only:
-            for key, inst in self._inst.items():
-                out[f"i/{key}"] = inst.to_doc()
-                for blk, rows in self._blocks(inst).items():
-                    out[f"f/{blk}/{key}"] = rows
-            for prefix, lc in (("ll", self.lc_leak), ("lg", self.lc_gc)):
-                for fp, st in lc.snapshot().items():
-                    out[f"{prefix}/{fp}"] = st
-            out["meta"] = meta
-            return out
-        for key in sorted(self._dirty):
+    def restored(self) -> None:
+        for inst in self._inst.values():
+            inst.floors = []
+        for name, rows in self._floors.items():
+            _, _, key = name.partition("/")
             inst = self._inst.get(key)
-            out[f"i/{key}"] = None if inst is None else inst.to_doc()
-        by_key: dict[str, dict[int, list[Any]]] = {}
-        for key, blk in sorted(self._dirty_blocks):
-            inst = self._inst.get(key)
-            if inst is not None and key not in by_key:
-                by_key[key] = self._blocks(inst)
-            rows = by_key.get(key, {}).get(blk)
-            persisted = self._persisted_blocks.setdefault(key, set())
-            if rows:
-                out[f"f/{blk}/{key}"] = rows
-                persisted.add(blk)
-            elif blk in persisted:
-                out[f"f/{blk}/{key}"] = None
-                persisted.discard(blk)
-        for prefix, lc in (("ll", self.lc_leak), ("lg", self.lc_gc)):
-            for fp, st in lc.snapshot(changed_only=True).items():
-                out[f"{prefix}/{fp}"] = st
-        if self._meta_dirty:
-            out["meta"] = meta
-            self._meta_dirty = False
-        self._dirty, self._dirty_blocks = set(), set()
-        return out
-
-    def _blocks(self, inst: _Inst) -> dict[int, list[Any]]:
-        blocks: dict[int, list[Any]] = {}
-        for f in inst.floors:
-            blocks.setdefault(self._block(f[0]), []).append(f)
-        return blocks
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        ll: dict[str, Any] = {}
-        lg: dict[str, Any] = {}
-        floors: dict[str, dict[int, list[Any]]] = {}
-        for key, doc in state.items():
-            kind, _, rest = key.partition("/")
-            if kind == "meta":
-                if doc is not None:
-                    self._counts.update(doc["counts"])
-                    self._expired_until = doc["exp"]
-            elif kind == "i":
-                if doc is None:
-                    self._inst.pop(rest, None)
-                else:
-                    self._inst[rest] = _Inst.from_doc(doc)
-            elif kind == "f":
-                blk_s, _, ikey = rest.partition("/")
-                floors.setdefault(ikey, {})[int(blk_s)] = doc
-            elif kind == "ll":
-                ll[rest] = doc
-            elif kind == "lg":
-                lg[rest] = doc
-        for ikey, blocks in floors.items():
-            inst = self._inst.get(ikey)
-            persisted = self._persisted_blocks.setdefault(ikey, set())
-            persisted.update(b for b, r in blocks.items() if r)
-            persisted.difference_update(b for b, r in blocks.items() if not r)
             if inst is not None:
-                have = self._blocks(inst)
-                have.update(blocks)
-                inst.floors = [list(f) for blk in sorted(have) if have[blk] for f in have[blk]]
+                inst.floors.extend(rows)
+        for inst in self._inst.values():
+            inst.floors.sort(key=lambda f: f[0])
         self._waiting = {k for k, x in self._inst.items() if x.pending or x.cur is not None}
-        self.lc_leak.restore(ll)
-        self.lc_gc.restore(lg)
 
     def stats(self) -> DetectorStats:
         active: dict[tuple[str, str], int] = {}
@@ -916,7 +873,7 @@ class MemoryDetector(Detector):
                         gauges[(TTO_GAUGE, labels)] = float(ev["time_to_oom_s"])
                 elif ev.get("gc_time_fraction") is not None:
                     gauges[(GC_GAUGE, labels)] = float(ev["gc_time_fraction"])
-        evicted = dict(self._counts)
+        evicted = dict(self._meta["counts"])
         evicted.pop("restarts", None)
         evicted["findings_evicted"] = self.lc_leak.evicted + self.lc_gc.evicted
         return DetectorStats(tracked=len(self._inst), evicted=evicted, active=active,

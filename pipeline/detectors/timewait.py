@@ -44,8 +44,9 @@ more closes than calls means several connections per call; far fewer means conne
 a few calls each (a pool too small for the load, or a short idle timeout). A per-destination
 breakdown in the connection metrics, where sent, names the destinations directly.
 
-**Bounded state.** At most ``max_hosts`` hosts per partition (the longest quiet is evicted,
-counted), a host silent for ``host_ttl_s`` expires (its finding resolves); per host, the last
+**Bounded state.** At most ``max_hosts`` hosts per partition (the least recently updated one
+that has no firing finding is evicted, counted), a host silent for ``host_ttl_s`` expires (its
+finding resolves); hosts and findings are ``pipeline.state.Keyed`` maps; per host, the last
 ``recent_s`` of samples, ``baseline_minutes`` minute summaries and ``calls_minutes`` minutes of
 client calls (``max_pairs`` pairs each).
 """
@@ -63,6 +64,7 @@ from pipeline import connections as conn
 from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
 from pipeline.records import HostCalls, MetricPoint
+from pipeline.state import State
 
 KIND = "time_wait_buildup"
 TTE_GAUGE = "anomaly_pipeline_time_wait_time_to_exhaustion_seconds"
@@ -160,14 +162,18 @@ class TimeWaitDetector(Detector):
         self.recent_ns = int(recent_s * NS)
         self.calls_minutes, self.max_pairs = calls_minutes, max_pairs
         self.max_hosts, self.ttl_ns = max_hosts, int(host_ttl_s * NS)
-        self.lc = Lifecycle(KIND, self.name, self.version, 1, 1, max_hosts)
-        self._hosts: dict[str, _Host] = {}
+        self.state = State()
+        self.lc = Lifecycle(KIND, self.name, self.version, 1, 1, max_hosts, prefix="lc")
+        self.state.add(self.lc.store)
+        self._hosts = self.state.keyed(
+            "h", encode=_Host.to_doc, decode=lambda doc, name: _Host.from_doc(doc),
+            cap=max_hosts)
         self._waiting: set[str] = set()
-        self._dirty: set[str] = set()
-        self._expired_until = 0
-        self._counts = {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
-                        "other_sources": 0, "calls_dropped": 0}
-        self._meta_dirty = False
+        self._meta = self.state.cell("meta", {
+            "counts": {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
+                       "other_sources": 0, "calls_dropped": 0},
+            "exp": 0,  # when hosts were last expired
+        })
 
     @classmethod
     def from_settings(cls, settings: Any) -> TimeWaitDetector:
@@ -196,8 +202,7 @@ class TimeWaitDetector(Detector):
                 continue
             t = p.time_ns
             if t <= h.last_t:
-                self._counts["late_points"] += 1
-                self._meta_dirty = True
+                self._count("late_points")
                 continue
             if role in (conn.TIME_WAIT, conn.ESTABLISHED):
                 # One emitter per host: several (hostmetrics and the Python instrumentation in
@@ -205,11 +210,11 @@ class TimeWaitDetector(Detector):
                 src = f"{p.name.split('_')[0]}|{p.resource.key}"
                 if h.src != src:
                     if h.src and t - h.src_seen < SOURCE_STALE_NS:
-                        self._counts["other_sources"] += 1
+                        self._count("other_sources")
                         continue
                     h.src = src
                 h.src_seen = max(h.src_seen, t)
-            self._dirty.add(name)
+            self._hosts.changed(name)
             self._waiting.add(name)
             if t > h.seen_ns:
                 h.seen_ns = t
@@ -239,7 +244,7 @@ class TimeWaitDetector(Detector):
             if pair in bucket or len(bucket) < self.max_pairs:
                 bucket[pair] = bucket.get(pair, 0) + c.calls
             self._prune_calls(h)
-            self._dirty.add(c.host)
+            self._hosts.changed(c.host)
 
     def _prune_calls(self, h: _Host) -> None:
         """Keep the minutes the host's next samples may need (calls can arrive ahead of the
@@ -251,26 +256,27 @@ class TimeWaitDetector(Detector):
         if extra > 0:
             for k in sorted(h.calls, key=int)[:extra]:
                 del h.calls[k]
-            self._counts["calls_dropped"] += extra
-            self._meta_dirty = True
+            self._count("calls_dropped", extra)
 
     def _host(self, name: str, t: int) -> _Host | None:
         h = self._hosts.get(name)
         if h is None:
-            if len(self._hosts) >= self.max_hosts:
-                quiet = [(x.seen_ns, k) for k, x in self._hosts.items()
-                         if not self.lc.is_firing({"host": k})]
-                if not quiet:
-                    return None
-                victim = min(quiet)[1]
-                del self._hosts[victim]
-                self._waiting.discard(victim)
-                self._dirty.add(victim)
-                self._counts["evicted_hosts"] += 1
-                self._meta_dirty = True
-            h = self._hosts[name] = _Host(name)
+            if not self._hosts.make_room(
+                protect=lambda k, _h: self.lc.is_firing({"host": k}), evict=self._evicted
+            ):
+                return None
+            h = _Host(name)
             h.seen_ns = t
+            self._hosts.put(name, h)
         return h
+
+    def _evicted(self, name: str, h: _Host) -> None:
+        self._waiting.discard(name)
+        self._count("evicted_hosts")
+
+    def _count(self, reason: str, n: int = 1) -> None:
+        self._meta["counts"][reason] += n
+        self._meta.changed()
 
     # -- judging -----------------------------------------------------------------------------
     def advance(self, watermark_ns: int) -> list[Finding]:
@@ -285,15 +291,13 @@ class TimeWaitDetector(Detector):
             if not h.pending:
                 self._waiting.discard(name)
         out.extend(self._late_attribution())
-        if watermark_ns - self._expired_until >= MINUTE_NS:
-            self._expired_until = watermark_ns
-            self._meta_dirty = True
+        if watermark_ns - self._meta["exp"] >= MINUTE_NS:
+            self._meta["exp"] = watermark_ns
             horizon = watermark_ns - self.ttl_ns  # the watermark: one host ahead expires none
             for name in sorted(k for k, h in self._hosts.items() if h.seen_ns < horizon):
-                del self._hosts[name]
+                self._hosts.pop(name)
                 self._waiting.discard(name)
-                self._dirty.add(name)
-                self._counts["expired_hosts"] += 1
+                self._count("expired_hosts")
                 done = self.lc.resolve({"host": name}, watermark_ns, "the host stopped reporting")
                 if done is not None:
                     out.append(done)
@@ -301,7 +305,7 @@ class TimeWaitDetector(Detector):
 
     def _fold(self, h: _Host, t: int, tick: Mapping[str, Any]) -> list[Finding]:
         h.last_t = t
-        self._dirty.add(h.host)
+        self._hosts.changed(h.host)
         if conn.PORT_LOW in tick and conn.PORT_HIGH in tick:
             h.ports = int(tick[conn.PORT_HIGH] - tick[conn.PORT_LOW] + 1)
         if conn.OPENS in tick:
@@ -506,7 +510,7 @@ class TimeWaitDetector(Detector):
             if not pairs:
                 continue
             ep["who"] = [pairs, cause]
-            self._dirty.add(h.host)
+            self._hosts.changed(h.host)
             _, summary, evidence, _ = st["last"]
             evidence = {**evidence, "top_services": list(
                 dict.fromkeys(p["service"] for p in pairs))[:3],
@@ -574,37 +578,8 @@ class TimeWaitDetector(Detector):
         return pairs, cause
 
     # -- state ---------------------------------------------------------------------------------
-    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        keys = sorted(self._dirty) if changed_only else list(self._hosts)
-        for name in keys:
-            h = self._hosts.get(name)
-            out[f"h/{name}"] = None if h is None else h.to_doc()
-        for fp, st in self.lc.snapshot(changed_only).items():
-            out[f"lc/{fp}"] = st
-        if self._meta_dirty or not changed_only:
-            out["meta"] = {"counts": dict(self._counts), "exp": self._expired_until}
-        if changed_only:
-            self._dirty, self._meta_dirty = set(), False
-        return out
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        lc_state = {}
-        for key, value in state.items():
-            kind, _, rest = key.partition("/")
-            if kind == "h":
-                if value is None:
-                    self._hosts.pop(rest, None)
-                    continue
-                h = self._hosts[rest] = _Host.from_doc(value)
-                if h.pending:
-                    self._waiting.add(rest)
-            elif kind == "lc":
-                lc_state[rest] = value
-            elif key == "meta" and value is not None:
-                self._counts.update(value["counts"])
-                self._expired_until = value["exp"]
-        self.lc.restore(lc_state)
+    def restored(self) -> None:
+        self._waiting = {name for name, h in self._hosts.items() if h.pending}
 
     def stats(self) -> DetectorStats:
         active: dict[tuple[str, str], int] = {}
@@ -617,7 +592,7 @@ class TimeWaitDetector(Detector):
             gauges[(COUNT_GAUGE, labels)] = float(ev["time_wait"])
             if ev.get("time_to_exhaustion_s") is not None:
                 gauges[(TTE_GAUGE, labels)] = float(ev["time_to_exhaustion_s"])
-        evicted = dict(self._counts)
+        evicted = dict(self._meta["counts"])
         evicted["findings_evicted"] = self.lc.evicted
         return DetectorStats(tracked=len(self._hosts), evicted=evicted, active=active,
                              gauges=gauges, firing=self.lc.firing())

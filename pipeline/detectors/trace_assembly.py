@@ -22,9 +22,11 @@ Nothing is lost silently; every case is counted (``stats().evicted``, exported a
 - ``orphans`` and ``skew_adjusted`` count spans with a missing parent (hung under the root) and
   subtrees shifted into their parent's bounds (clock skew) — analysed, counted for visibility.
 
-Open traces are saved with the partition's state, so a restarted worker completes them. The set
-of recently completed trace ids (for ``late_spans``) is not: after a restart, a straggler of a
-trace completed before it opens a new trace without its root, counted in ``no_root``.
+Open traces are saved with the partition's state (``pipeline.state.Keyed``, prefix ``t``, in
+the order spans last arrived: the cap completes the least recently active trace first), so a
+restarted worker completes them. The set of recently completed trace ids (for ``late_spans``)
+is not: after a restart, a straggler of a trace completed before it opens a new trace without
+its root, counted in ``no_root``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import orjson
 
 from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.records import OpTime, Resource, Span, TraceSample
+from pipeline.state import State
 from pipeline.traces import analyze
 
 #: Span attributes that name the resource an operation uses (carried as evidence).
@@ -113,16 +116,16 @@ class TraceAssembler(Detector):
         self.quiet_ns = int(quiet_s * 1e9)
         self.max_age_ns = int(max_age_s * 1e9)
         self.max_open, self.max_spans = max_open, max_spans
-        self._open: dict[str, _Open] = {}
+        self.state = State()
+        self._open = self.state.keyed("t", encode=_trace_doc, decode=_trace_from_doc,
+                                      cap=max_open)
         self._closed: dict[str, int] = {}  # recently completed trace id -> when (late spans)
         self._out: list[TraceSample] = []
-        self._dirty: set[str] = set()
-        self._persisted: set[str] = set()
-        self._counts = dict.fromkeys(COUNTERS, 0)
-        self._counts_dirty = False
-        self._scanned_ns = 0
-        self._seq = 0  # traces opened so far (persisted: orders the open traces)
-        self._watermark_ns = 0  # the last watermark given to ``advance`` (persisted)
+        # counts; the last completion scan; traces opened so far; the last watermark given to
+        # ``advance`` (a replay must complete the same)
+        self._meta = self.state.cell("meta", {
+            "counts": dict.fromkeys(COUNTERS, 0), "scanned_ns": 0, "seq": 0, "watermark_ns": 0,
+        })
 
     @classmethod
     def from_settings(cls, settings: Any) -> TraceAssembler:
@@ -133,7 +136,8 @@ class TraceAssembler(Detector):
 
     # -- the work --------------------------------------------------------------------------
     def update(self, records: Sequence[Span]) -> None:
-        open_, closed = self._open, self._closed
+        open_, closed, meta = self._open, self._closed, self._meta.value
+        watermark = meta["watermark_ns"]
         for s in records:
             tid = s.trace_id
             o = open_.get(tid)
@@ -141,34 +145,37 @@ class TraceAssembler(Detector):
                 if tid in closed:
                     self._count("late_spans")
                     continue
-                if len(open_) >= self.max_open:
-                    oldest = next(iter(open_))
-                    self._count("evicted_open")
-                    self._complete(oldest, open_.pop(oldest))
-                self._seq += 1
-                o = open_[tid] = _Open(self._seq, s.start_ns)
+                open_.make_room(evict=self._evict)
+                meta["seq"] += 1
+                o = _Open(meta["seq"], s.start_ns)
+                open_.put(tid, o)
             if len(o.spans) >= self.max_spans:
                 self._count("span_cap")
                 continue
             o.spans.append(s)
             if s.start_ns < o.first_ns:
                 o.first_ns = s.start_ns
-            t = s.end_ns if s.end_ns > self._watermark_ns else self._watermark_ns
+            t = s.end_ns if s.end_ns > watermark else watermark
             if t > o.last_ns:
                 o.last_ns = t
             if not s.parent_id:
                 o.has_root = True
-            self._dirty.add(tid)
+            open_.changed(tid)
+        self._meta.changed()
+
+    def _evict(self, tid: str, o: _Open) -> None:
+        """The buffer is full: the least recently active trace completes early."""
+        self._count("evicted_open")
+        self._complete(tid, o)
 
     def advance(self, watermark_ns: int) -> list[Any]:
-        if watermark_ns > self._watermark_ns:
-            self._watermark_ns = watermark_ns
-            self._counts_dirty = True
+        meta = self._meta
+        if watermark_ns > meta["watermark_ns"]:
+            meta["watermark_ns"] = watermark_ns
         # Scan at most once per 100 ms of event time: completion is judged in whole seconds.
-        if watermark_ns - self._scanned_ns < SCAN_NS:
+        if watermark_ns - meta["scanned_ns"] < SCAN_NS:
             return []
-        self._scanned_ns = watermark_ns
-        self._counts_dirty = True  # persist the scan time: a replay must complete the same
+        meta["scanned_ns"] = watermark_ns  # persisted: a replay must complete the same
         quiet_before = watermark_ns - self.quiet_ns
         age_before = watermark_ns - self.max_age_ns
         done = [
@@ -176,7 +183,9 @@ class TraceAssembler(Detector):
             if (o.has_root and o.last_ns <= quiet_before) or o.first_ns <= age_before
         ]
         for tid in done:
-            self._complete(tid, self._open.pop(tid))
+            o = self._open.pop(tid)
+            assert o is not None
+            self._complete(tid, o)
         if self._closed:
             expired = [t for t, at in self._closed.items() if at <= age_before]
             for t in expired:
@@ -194,7 +203,6 @@ class TraceAssembler(Detector):
         return out
 
     def _complete(self, tid: str, o: _Open) -> None:
-        self._dirty.add(tid)
         self._closed[tid] = o.last_ns
         if len(self._closed) > 4 * self.max_open:
             self._closed.pop(next(iter(self._closed)))
@@ -235,54 +243,11 @@ class TraceAssembler(Detector):
             self._out.append(TraceSample(tid, service, end, duration, top_key, ops))
 
     def _count(self, reason: str, n: int = 1) -> None:
-        self._counts[reason] += n
-        self._counts_dirty = True
-
-    # -- state -----------------------------------------------------------------------------
-    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
-        meta = {"counts": dict(self._counts), "scanned_ns": self._scanned_ns, "seq": self._seq,
-                "watermark_ns": self._watermark_ns}
-        if not changed_only:
-            out: dict[str, Any] = {f"t/{tid}": _trace_doc(o) for tid, o in self._open.items()}
-            out["meta"] = meta
-            return out
-        out = {}
-        for tid in self._dirty:
-            o = self._open.get(tid)
-            if o is None:
-                if tid in self._persisted:
-                    out[f"t/{tid}"] = None
-                    self._persisted.discard(tid)
-                continue
-            out[f"t/{tid}"] = _trace_doc(o)
-            self._persisted.add(tid)
-        if self._counts_dirty:
-            out["meta"] = meta
-            self._counts_dirty = False
-        self._dirty = set()
-        return out
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        for key, doc in state.items():
-            if key == "meta":
-                if doc is not None:
-                    self._counts.update(doc["counts"])
-                    self._scanned_ns = doc["scanned_ns"]
-                    self._seq = doc["seq"]
-                    self._watermark_ns = doc["watermark_ns"]
-                continue
-            tid = key[2:]
-            if doc is None:
-                self._open.pop(tid, None)
-                self._persisted.discard(tid)
-                continue
-            self._open[tid] = _trace_from_doc(tid, doc)
-            self._persisted.add(tid)
-        # Arrival order, as before the restart: completion and eviction follow it.
-        self._open = dict(sorted(self._open.items(), key=lambda kv: kv[1].seq))
+        self._meta["counts"][reason] += n
+        self._meta.changed()
 
     def stats(self) -> DetectorStats:
-        return DetectorStats(tracked=len(self._open), evicted=dict(self._counts))
+        return DetectorStats(tracked=len(self._open), evicted=dict(self._meta["counts"]))
 
 
 def _trace_doc(o: _Open) -> dict[str, Any]:
@@ -306,7 +271,7 @@ def _trace_doc(o: _Open) -> dict[str, Any]:
     return {"q": o.seq, "f": o.first_ns, "l": o.last_ns, "r": wires, "s": rows}
 
 
-def _trace_from_doc(tid: str, doc: Mapping[str, Any]) -> _Open:
+def _trace_from_doc(doc: Mapping[str, Any], tid: str) -> _Open:
     resources = [Resource.from_wire(r) for r in doc["r"]]
     o = _Open(doc["q"], doc["f"])
     o.last_ns = doc["l"]

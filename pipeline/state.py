@@ -1,0 +1,322 @@
+"""Per-key detector state: the one structure every detector keeps its entities in. Pure.
+
+A detector's state is a few maps of entities (operations, instances, hosts, open traces,
+findings) and a few single values (counters, the last closed window). ``Keyed`` is such a map,
+after quix-streams' transactional ``State``: it knows what changed since the last snapshot (only
+that is written to the changelog), keeps its entries in least-recently-changed order so that a
+cap evicts the stalest one in O(1) (counting what overflows), and reads and writes *versioned*
+documents: every saved entry carries its format version, and one written by an older release
+is migrated on restore (``migrate``); one that cannot be read is dropped and counted
+(``dropped``), never a crash. ``State`` holds a detector's maps and values and gives it
+``snapshot``/``restore`` for the engine.
+
+    >>> st = State()
+    >>> ops = st.keyed("o", encode=lambda v: {"n": v}, decode=lambda d, key: d["n"], cap=2)
+    >>> ops.put("a", 1); ops.put("b", 2)
+    >>> sorted(st.snapshot(changed_only=True))
+    ['o/a', 'o/b']
+    >>> ops.changed("a")  # a is the most recently changed now: b goes to make room
+    >>> ops.make_room(), list(ops), ops.evicted
+    (True, ['a'], 1)
+    >>> saved = st.snapshot(changed_only=True)
+    >>> sorted(saved.items())
+    [('o/a', {'n': 1, '_v': 1, '_t': 3}), ('o/b', None)]
+    >>> again = State(); back = again.keyed("o", lambda v: {"n": v}, lambda d, key: d["n"])
+    >>> again.restore({"o/a": saved["o/a"], "o/c": {"_v": 9}}); dict(back.items()), again.dropped
+    ({'a': 1}, 1)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("pipeline.state")
+
+V = TypeVar("V")
+VERSION_KEY, TICK_KEY = "_v", "_t"
+
+
+class StateError(ValueError):
+    """A saved entry this release cannot read (a newer format, or no migration from it)."""
+
+
+class Keyed(Generic[V]):
+    """Entities by key, least recently changed first; see the module docstring.
+
+    ``encode(value) -> dict`` and ``decode(dict, key) -> value`` convert an entry to and from
+    its saved document (the version and change order are added and removed here);
+    ``migrate(doc, version) -> doc`` brings a document of an older ``version`` (an older
+    release wrote it; 1 when it carries none) to the current one. ``cap`` bounds the entries
+    (``make_room``). Entries are mutated in place by the detector, which then calls
+    ``changed``.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        encode: Callable[[V], dict[str, Any]],
+        decode: Callable[[dict[str, Any], str], V],
+        *,
+        version: int = 1,
+        migrate: Callable[[Any, int], dict[str, Any]] | None = None,
+        cap: int | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self._encode, self._decode, self._migrate = encode, decode, migrate
+        self.version, self.cap = version, cap
+        self._items: OrderedDict[str, V] = OrderedDict()
+        self._ticks: dict[str, int] = {}  # key -> when it last changed (its place in the order)
+        self._tick = 0
+        self._dirty: set[str] = set()
+        self._saved: set[str] = set()  # keys written at least once (a delete needs a tombstone)
+        self.evicted = 0  # entries dropped to make room
+        self.refused = 0  # new entries not taken: every entry was protected
+        self.dropped = 0  # saved entries that could not be read
+
+    # -- reading ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        """Keys, least recently changed first."""
+        return iter(self._items)
+
+    def __getitem__(self, key: str) -> V:
+        return self._items[key]
+
+    def get(self, key: str, default: V | None = None) -> V | None:
+        return self._items.get(key, default)
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        return iter(self._items.items())
+
+    def values(self) -> Iterator[V]:
+        return iter(self._items.values())
+
+    def oldest(self) -> tuple[str, V] | None:
+        """The least recently changed entry."""
+        for item in self._items.items():
+            return item
+        return None
+
+    # -- writing ---------------------------------------------------------------------------
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self.changed(key)
+
+    def changed(self, key: str) -> None:
+        """``key``'s value changed (in place): it is saved at the next snapshot and becomes the
+        most recently changed entry."""
+        self._items.move_to_end(key)
+        self._tick += 1
+        self._ticks[key] = self._tick
+        self._dirty.add(key)
+
+    def pop(self, key: str, default: V | None = None) -> V | None:
+        value = self._items.pop(key, None)
+        if value is None:
+            return default
+        self._ticks.pop(key, None)
+        self._dirty.add(key)
+        return value
+
+    def clear(self) -> None:
+        for key in list(self._items):
+            self.pop(key)
+
+    def make_room(self, protect: Callable[[str, V], bool] | None = None,
+                  evict: Callable[[str, V], None] | None = None) -> bool:
+        """Make room for one more entry under the cap: drop the least recently changed one
+        that ``protect`` does not keep (``evict`` is told first; counted in ``evicted``).
+        False when every entry is protected (counted in ``refused``)."""
+        if self.cap is None or len(self._items) < self.cap:
+            return True
+        for key in list(self._items):  # stops at the first unprotected entry
+            value = self._items[key]
+            if protect is not None and protect(key, value):
+                continue
+            if evict is not None:
+                evict(key, value)
+            self.pop(key)
+            self.evicted += 1
+            return True
+        self.refused += 1
+        return False
+
+    # -- persistence -----------------------------------------------------------------------
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        keys = self._dirty if changed_only else self._items.keys()
+        out: dict[str, Any] = {}
+        for key in sorted(keys):
+            value = self._items.get(key)
+            if value is None:
+                if key in self._saved:
+                    out[self._name(key)] = None
+                    self._saved.discard(key)
+                continue
+            doc = self._encode(value)
+            doc[VERSION_KEY] = self.version
+            doc[TICK_KEY] = self._ticks.get(key, 0)
+            out[self._name(key)] = doc
+            self._saved.add(key)
+        if changed_only:
+            self._dirty = set()
+        return out
+
+    def restore(self, docs: Mapping[str, Any]) -> None:
+        """Load saved entries (keys without the prefix; ``None`` deletes), in their saved
+        change order. What cannot be read is dropped and counted."""
+        loaded: list[tuple[int, str, V]] = []
+        for key, doc in docs.items():
+            if doc is None:
+                self._items.pop(key, None)
+                self._ticks.pop(key, None)
+                self._saved.discard(key)
+                continue
+            try:
+                tick, value = self._read(doc, key)
+            except Exception as exc:
+                self.dropped += 1
+                log.error("state entry %s cannot be read (%s: %s); dropped", self._name(key),
+                          type(exc).__name__, exc)
+                continue
+            loaded.append((tick, key, value))
+            self._saved.add(key)
+        for tick, key, value in sorted(loaded, key=lambda x: x[0]):
+            self._items[key] = value
+            self._items.move_to_end(key)
+            self._ticks[key] = tick
+            self._tick = max(self._tick, tick)
+        self._items = OrderedDict(sorted(self._items.items(),
+                                         key=lambda kv: self._ticks.get(kv[0], 0)))
+
+    def _read(self, doc: Any, key: str) -> tuple[int, V]:
+        if isinstance(doc, dict):
+            doc = dict(doc)
+            version = doc.pop(VERSION_KEY, 1)
+            tick = int(doc.pop(TICK_KEY, 0))
+        else:  # the first release saved some entries as bare lists
+            version, tick = 1, 0
+        if version != self.version:
+            if version > self.version or self._migrate is None:
+                raise StateError(
+                    f"format version {version}, this release reads {self.version}"
+                    + (" (a newer release wrote it)" if version > self.version else "")
+                )
+            doc = self._migrate(doc, version)
+        return tick, self._decode(doc, key)
+
+
+class Cell:
+    """One saved value (a detector's counters, the last window it closed): a dict, written
+    when ``changed``."""
+
+    def __init__(self, name: str, value: dict[str, Any] | None = None, *, version: int = 1,
+                 migrate: Callable[[dict[str, Any], int], dict[str, Any]] | None = None) -> None:
+        self.name, self.version, self._migrate = name, version, migrate
+        self.value: dict[str, Any] = dict(value or {})
+        self._dirty = True  # written at the first snapshot, so incremental ones compose
+        self.dropped = 0
+
+    def changed(self) -> None:
+        self._dirty = True
+
+    def __getitem__(self, key: str) -> Any:
+        return self.value[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.value[key] = value
+        self._dirty = True
+
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        if changed_only and not self._dirty:
+            return {}
+        self._dirty = False
+        return {self.name: {**self.value, VERSION_KEY: self.version}}
+
+    def restore(self, doc: Any) -> None:
+        if doc is None:
+            return
+        try:
+            doc = dict(doc)
+            version = doc.pop(VERSION_KEY, 1)
+            doc.pop(TICK_KEY, None)
+            if version != self.version:
+                if version > self.version or self._migrate is None:
+                    raise StateError(f"format version {version}, this release reads "
+                                     f"{self.version}")
+                doc = self._migrate(doc, version)
+        except Exception as exc:
+            self.dropped += 1
+            log.error("state entry %s cannot be read (%s: %s); dropped", self.name,
+                      type(exc).__name__, exc)
+            return
+        self.value.update(doc)
+        self._dirty = False
+
+
+class State:
+    """A detector's maps and values, saved and restored together (keys ``<prefix>/<key>``
+    for maps, the cell's name for values)."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, Keyed[Any]] = {}
+        self.cells: dict[str, Cell] = {}
+
+    def keyed(self, prefix: str, encode: Callable[[Any], dict[str, Any]],
+              decode: Callable[[dict[str, Any], str], Any], **kwargs: Any) -> Keyed[Any]:
+        if "/" in prefix or prefix in self.maps or prefix in self.cells:
+            raise ValueError(f"state prefix {prefix!r} is taken or has a '/'")
+        k: Keyed[Any] = Keyed(prefix, encode, decode, **kwargs)
+        self.maps[prefix] = k
+        return k
+
+    def add(self, keyed: Keyed[Any]) -> Keyed[Any]:
+        """Save and restore an existing map with this state (a ``Lifecycle``'s)."""
+        if keyed.prefix in self.maps or not keyed.prefix:
+            raise ValueError(f"state prefix {keyed.prefix!r} is taken or empty")
+        self.maps[keyed.prefix] = keyed
+        return keyed
+
+    def cell(self, name: str, value: dict[str, Any] | None = None, **kwargs: Any) -> Cell:
+        if "/" in name or name in self.maps or name in self.cells:
+            raise ValueError(f"state name {name!r} is taken or has a '/'")
+        c = self.cells[name] = Cell(name, value, **kwargs)
+        return c
+
+    @property
+    def dropped(self) -> int:
+        return (sum(k.dropped for k in self.maps.values())
+                + sum(c.dropped for c in self.cells.values()))
+
+    def snapshot(self, changed_only: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in self.maps.values():
+            out.update(k.snapshot(changed_only))
+        for c in self.cells.values():
+            out.update(c.snapshot(changed_only))
+        return out
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        by_prefix: dict[str, dict[str, Any]] = {p: {} for p in self.maps}
+        for key, doc in state.items():
+            prefix, sep, rest = key.partition("/")
+            if sep and prefix in by_prefix:
+                by_prefix[prefix][rest] = doc
+            elif key in self.cells:
+                self.cells[key].restore(doc)
+            else:
+                log.warning("state entry %s belongs to nothing this release keeps; ignored",
+                            key)
+        for prefix, docs in by_prefix.items():
+            if docs:
+                self.maps[prefix].restore(docs)
