@@ -127,6 +127,10 @@ class Pipeline:
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self._view_built_at = time.time()  # wall clock: the HTTP thread compares it with now
+        # Routed partitions this worker owns: an event of one it no longer owns (buffered
+        # before a rebalance) is not processed, so a revoked partition's state is never
+        # written here again while its new owner works on it.
+        self._owned: set[TP] = set()
         self.metrics.watch_state(lambda: self._state_view, lambda: self._lag_view,
                                  lambda: self._view_built_at)
         detector_classes = load_detectors(s.pipeline_detectors)
@@ -211,7 +215,12 @@ class Pipeline:
 
         @app.on_partitions_revoked.connect
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            self._owned.difference_update(revoked)
             self._drop_partitions(revoked)
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+            self._owned.update(assigned)
 
         @app.timer(interval=5.0)
         async def refresh_state_view() -> None:
@@ -235,6 +244,8 @@ class Pipeline:
             started = time.perf_counter()
             msg = event.message
             p = msg.partition
+            if msg.tp not in self._owned:
+                continue
             st.position[p] = msg.offset + 1
             engine = st.engines.get(p)
             if engine is None:

@@ -55,7 +55,9 @@ def format_deadletter(headers: list[tuple[str, bytes]], value: bytes | None) -> 
 
 
 def worker_status(metrics_url: str) -> str:
-    """One line of a worker's health from its /metrics, for people watching ``make run``."""
+    """One line of a worker's health from its /metrics, for people watching ``make run``: what
+    it analysed, how far behind it is (records not yet read, and each stream's event-time
+    lag), and whether the input has gone quiet or is behind the saved state."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
@@ -64,28 +66,56 @@ def worker_status(metrics_url: str) -> str:
     except OSError as exc:
         return f"worker metrics not reachable at {metrics_url}: {exc}"
     totals: dict[str, float] = {}
+    by_stream: dict[str, dict[str, float]] = {}
     for fam in text_string_to_metric_families(text):
         for sample in fam.samples:
             key = sample.name
+            if "stream" in sample.labels and fam.type == "gauge":
+                by_stream.setdefault(key, {})[sample.labels["stream"]] = sample.value
             if sample.name.endswith("_total") or fam.type == "gauge":
                 if "signal" in sample.labels:
                     key += ":" + sample.labels["signal"]
-                if "stream" in sample.labels and "lag" in sample.name:
-                    key += ":" + sample.labels["stream"]
                 totals[key] = totals.get(key, 0.0) + sample.value
     p = "anomaly_pipeline_"
 
     def get(name: str) -> int:
         return int(totals.get(p + name, 0))
 
-    lag = totals.get(p + "event_time_lag_seconds:spans")
-    return (
+    parts = [
         f"status: {get('items_detected_total:spans')} spans, "
         f"{get('items_detected_total:metrics')} metric points analysed; "
         f"{get('deadletter_records_total')} dead letters; {get('findings_total')} findings "
-        f"published, {get('active_findings')} active"
-        + (f"; event-time lag {lag:.1f}s" if lag is not None else "")
-    )
+        f"published, {get('active_findings')} active",
+        f"{get('consumer_lag_records')} records behind",
+    ]
+    lags = by_stream.get(p + "event_time_lag_seconds", {})
+    if lags:
+        parts.append("event-time lag " + ", ".join(
+            f"{stream} {_duration(lag)}" for stream, lag in sorted(lags.items())))
+    idle = by_stream.get(p + "input_idle_seconds", {})
+    ended = by_stream.get(p + "end_of_input_partitions", {})
+    if idle and min(idle.values()) > 0:
+        quiet = f"input quiet for {_duration(min(idle.values()))}"
+        if any(ended.values()):
+            quiet += " (traffic has ended: the last windows are closed)"
+        parts.append(quiet)
+    behind = max(by_stream.get(p + "input_behind_state_seconds", {}).values(), default=0.0)
+    if behind > 0:
+        parts.append(f"INPUT {_duration(behind)} BEHIND THE SAVED STATE: records are late "
+                     "(start clean: make kafka-reset)")
+    return "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(4.2), _duration(95), _duration(7300)
+    ('4.2s', '1m35s', '2h01m')
+    """
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 async def tail(settings: Settings, args: argparse.Namespace) -> None:

@@ -15,10 +15,26 @@ SCENARIO=${SCENARIO:-demo}
 SPEED=${SPEED:-10}
 export METRICS_PORT=${METRICS_PORT:-9464}
 
+# The demo runs event time faster than the wall clock: a second run's records would be older
+# than what the first left in the topics and the detector state, and all late. The local broker
+# starts clean by itself; with another broker, say how to.
+previous=""
+[[ -e "$RUN_DIR/started" || -d .cache/state ]] && previous=1
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+  if [[ -n "$previous" ]]; then
+    echo "make run: a previous run left its topics and detector state; starting clean (make kafka-reset)"
+    bash deploy/kafka/kafka.sh reset
+    rm -rf .cache/state "$RUN_DIR"
+    mkdir -p "$RUN_DIR"
+  fi
   bash deploy/kafka/kafka.sh up
   export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:${KAFKA_PORT:-9092}
+elif [[ -n "$previous" ]]; then
+  echo "make run: a previous run on $KAFKA_BOOTSTRAP_SERVERS left its topics and detector state;"
+  echo "          this run's records will be older than that state (late). Start clean with a new"
+  echo "          PIPELINE_APP_ID and new OTLP_SPANS_TOPIC / OTLP_METRICS_TOPIC, or delete them."
 fi
+touch "$RUN_DIR/started"
 
 pids=()
 cleanup() {
