@@ -149,6 +149,9 @@ class PartitionEngine:
         self.sources: dict[str, list[int]] = {}
         # "topic:partition" -> [watermark it stated, seconds it has been idle]
         self.marks: dict[str, list[float]] = {}
+        # "topic:partition" -> idle seconds it must reach before it stops holding the
+        # watermark again (a grace after another source came back from a pause)
+        self._grace: dict[str, float] = {}
         self.max_event_ns = 0
         self.watermark_ns = 0
         self.ended = False  # the watermark moved past the input's end (end of input)
@@ -236,10 +239,25 @@ class PartitionEngine:
         m = self.marks.get(key)
         if m is None:
             self.marks[key] = [watermark_ns, idle_s]
-        else:
-            if watermark_ns > m[0]:
-                m[0] = watermark_ns
-            m[1] = idle_s
+            return
+        resumed = self._idle(key, m) and idle_s < self.idle_s
+        if watermark_ns > m[0]:
+            m[0] = watermark_ns
+        m[1] = idle_s
+        if idle_s < self.idle_s:
+            self._grace.pop(key, None)
+            self.ended = False
+        if resumed:
+            # Traffic came back on one source after a pause: the others that paused with it
+            # may be about to come back too, a little behind it. They hold the watermark for
+            # another SOURCE_IDLE_S of idleness, so their first records are not late.
+            for other, om in self.marks.items():
+                if other != key and om[1] >= self.idle_s:
+                    self._grace[other] = om[1] + self.idle_s
+
+    def _idle(self, key: str, m: list[float]) -> bool:
+        """A source idle long enough (and past any grace) stops holding the watermark."""
+        return m[1] >= self.idle_s and m[1] >= self._grace.get(key, 0.0)
 
     def _candidate(self) -> int:
         marks = self.marks
@@ -247,7 +265,7 @@ class PartitionEngine:
             return self.max_event_ns - self.allowed_lateness_ns
         if len(marks) < sum(self.expected.values()):
             return 0  # a source not heard from yet may be behind: wait for it
-        active = [m[0] for m in marks.values() if m[1] < self.idle_s]
+        active = [m[0] for k, m in marks.items() if not self._idle(k, m)]
         if active:
             return int(min(active))
         newest = int(max(m[0] for m in marks.values()))
@@ -285,9 +303,12 @@ class PartitionEngine:
             errors[name] = errors.get(name, 0) + 1
             key = f"{name}.{what}"
             fails = self._fails[key] = self._fails.get(key, 0) + 1
+            self.on_error(name, what, exc)
             if fails >= QUARANTINE_AFTER:
                 self.quarantined[name] = f"{what}: {type(exc).__name__}: {exc}"
-            self.on_error(name, what, exc)
+                log.error("partition %d: detector %s quarantined after %d failures in a row in "
+                          "%s (%s: %s); the other detectors go on", self.partition, name, fails,
+                          what, type(exc).__name__, exc)
             return None
         if self._fails:
             self._fails.pop(f"{name}.{what}", None)

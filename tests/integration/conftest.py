@@ -126,10 +126,10 @@ def workers(tmp_path: Path, bootstrap: str) -> Iterator[Callable[..., Worker]]:
         w.stop()
 
 
-async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None, int]]
-                  ) -> None:
+async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None, int]],
+                  max_request_size: int = 8 * 1024 * 1024) -> None:
     """records: (topic, key, value, timestamp_ms)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=max_request_size)
     await producer.start()
     try:
         for topic, key, value, ts in records:
