@@ -18,4 +18,6 @@ fi
 cleanup() { if [[ -n "$started" ]]; then bash deploy/kafka/kafka.sh down || true; fi; }
 trap cleanup EXIT
 echo "tests use Kafka at $KAFKA_BOOTSTRAP_SERVERS"
-"$PY" -m pytest pipeline tests "$@"
+# Three test processes (pytest-xdist), a file each at a time: the integration tests own their
+# topics and consumer groups and mostly wait, so they overlap well on two cores.
+"$PY" -m pytest -n "${TEST_PROCESSES:-3}" --dist loadfile pipeline tests "$@"

@@ -256,10 +256,6 @@ class MemoryDetector(Detector):
                     continue
                 inst = _Inst(p.resource.service, p.resource.instance)
                 self._inst.put(key, inst)
-                # a process that started recently is still warming up; one found running
-                # (the detector started after it) is not
-                young = p.start_ns > 0 and p.time_ns - p.start_ns < self.startup_ns
-                inst.reset_ns = p.start_ns if young else p.time_ns - self.startup_ns
             t = p.time_ns
             if t <= inst.last_t or t < inst.closed_ns:
                 self._count("late_points")
@@ -288,6 +284,8 @@ class MemoryDetector(Detector):
             if "id" not in tick:  # one resource per sample: its identity once
                 ra = p.resource.attrs
                 tick["id"] = [ra.get("service.version"), ra.get("process.pid")]
+            if p.start_ns > 0 and not inst.last_t and p.start_ns < tick.get("st", t):
+                tick["st"] = p.start_ns  # when the process started (for its first sample)
             if role in LEVEL_ROLES:
                 if p.value is not None:
                     tick[role] = tick.get(role, 0.0) + float(p.value) * scale * rule.scale
@@ -400,6 +398,12 @@ class MemoryDetector(Detector):
 
     def _fold(self, key: str, inst: _Inst, t: int, tick: dict[str, Any],
               findings: list[Finding]) -> None:
+        if not inst.last_t:
+            # The instance's first sample, in event time (not the first point to arrive: a
+            # backlog read unevenly brings a later one first). A process that started recently
+            # is still warming up; one found running (the detector started after it) is not.
+            st = tick.get("st", 0)
+            inst.reset_ns = st if st and t - st < self.startup_ns else t - self.startup_ns
         reason = self._identity_changed(inst, tick["id"]) if "id" in tick else None
         if reason is not None:
             self._reset(key, inst, t, reason, findings)

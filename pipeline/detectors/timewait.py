@@ -204,16 +204,6 @@ class TimeWaitDetector(Detector):
             if t <= h.last_t:
                 self._count("late_points")
                 continue
-            if role in (conn.TIME_WAIT, conn.ESTABLISHED):
-                # One emitter per host: several (hostmetrics and the Python instrumentation in
-                # every process) would each report the same host-wide count.
-                src = f"{p.name.split('_')[0]}|{p.resource.key}"
-                if h.src != src:
-                    if h.src and t - h.src_seen < SOURCE_STALE_NS:
-                        self._count("other_sources")
-                        continue
-                    h.src = src
-                h.src_seen = max(h.src_seen, t)
             self._hosts.changed(name)
             self._waiting.add(name)
             if t > h.seen_ns:
@@ -224,10 +214,15 @@ class TimeWaitDetector(Detector):
                 tick = h.pending[near[0]] if near else h.pending.setdefault(t, {})
             value = float(p.value)
             if role in (conn.TIME_WAIT, conn.ESTABLISHED):
-                tick[role] = tick.get(role, 0.0) + value  # families, processes, destinations
+                # Kept per emitter: one is chosen when the sample is folded, in event time
+                # (hostmetrics and the Python instrumentation in every process would each
+                # report the same host-wide count; which arrives first depends on the read).
+                src = f"{p.name.split('_')[0]}|{p.resource.key}"
+                by = tick.setdefault("by", {}).setdefault(src, {})
+                by[role] = by.get(role, 0.0) + value  # families, processes, destinations
                 dest = conn.destination(p.attrs) if role == conn.TIME_WAIT else ""
                 if dest:
-                    d = tick.setdefault("d", {})
+                    d = by.setdefault("d", {})
                     d[dest] = d.get(dest, 0.0) + value
             else:
                 tick[role] = value
@@ -303,9 +298,25 @@ class TimeWaitDetector(Detector):
                     out.append(done)
         return out
 
+    def _emitter(self, h: _Host, t: int, by: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The counts of the host's one emitter in this sample: the one already chosen, else
+        (none yet, or it has been silent for SOURCE_STALE_NS) the first by name. The others
+        are counted, not summed."""
+        if h.src not in by and (not h.src or t - h.src_seen >= SOURCE_STALE_NS):
+            h.src = min(by)
+        chosen = by.get(h.src)
+        if chosen is not None:
+            h.src_seen = t
+        others = len(by) - (chosen is not None)
+        if others:
+            self._count("other_sources", others)
+        return chosen or {}
+
     def _fold(self, h: _Host, t: int, tick: Mapping[str, Any]) -> list[Finding]:
         h.last_t = t
         self._hosts.changed(h.host)
+        if "by" in tick:
+            tick = {**tick, **self._emitter(h, t, tick["by"])}
         if conn.PORT_LOW in tick and conn.PORT_HIGH in tick:
             h.ports = int(tick[conn.PORT_HIGH] - tick[conn.PORT_LOW] + 1)
         if conn.OPENS in tick:

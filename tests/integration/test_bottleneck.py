@@ -87,7 +87,8 @@ async def test_slow_query_found_explained_and_resolved_but_global_slowdown_is_no
     assert fired["runbook_url"].endswith("/docs/runbooks/bottleneck_span.md")
     # The global slowdown is named as what it is, per service, if at all: never a bottleneck.
     late = [f for f in findings if f["started_at"] >= at(17)]
-    assert all(f["kind"] == "latency_regression" for f in late), late
+    assert all(f["kind"] == "latency_regression" for f in late), [
+        (f["kind"], f["status"], f["entity"], f["started_at"], f["summary"]) for f in late]
     assert worker.metric(
         "anomaly_pipeline_findings_total", kind=BOTTLENECK_SPAN, severity="warning",
         status="firing",

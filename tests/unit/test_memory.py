@@ -257,3 +257,19 @@ def test_limits_parse_and_fail_clearly() -> None:
         Settings.from_env({"MEMORY_LIMITS": "cart"})
     with pytest.raises(ConfigError, match="not a size"):
         Settings.from_env({"MEMORY_LIMITS": "cart=lots"})
+
+
+def test_the_order_points_arrive_in_before_the_watermark_changes_nothing() -> None:
+    """An uneven backlog read brings an instance's later samples before its first ones (they
+    come from different input partitions): what it was found doing is its first sample in
+    event time, not the first to arrive."""
+    stream = H.batches("java", 70, H.leak(BASE, 60, H.GIB, ONSET_S), started_s_before=3600)
+    in_order = H.run(detector(), stream)
+    shuffled, d = [], detector()
+    for i in range(0, len(stream), 6):  # each minute's six samples, newest first
+        group = stream[i:i + 6]
+        for batch in reversed(group):
+            d.update(batch)
+        shuffled += d.advance(max(p.time_ns for p in group[-1]) - 5 * H.S)
+    assert [f.to_dict() for f in shuffled] == [f.to_dict() for f in in_order]
+    assert leaks(in_order)

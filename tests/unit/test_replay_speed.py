@@ -87,17 +87,23 @@ def topic_first(sc: Any, parts: dict, first: str) -> tuple[set, dict]:
 
 
 def paced(sc: Any, parts: dict, speed: float = 80.0, jitter_s: float = 0.3) -> tuple[set, dict]:
-    """A live feed at ``speed``: each record is read when its event time comes (plus up to
-    ``jitter_s`` of processing time, per record, keeping each partition's order); every
-    second of processing time, a heartbeat with each partition's idleness (read to its end:
-    the time since its last record)."""
+    """A live feed at ``speed``: each record is read when its event time comes, each partition
+    a little late by a delay drawn afresh every half second of processing time (up to
+    ``jitter_s``: partitions are fetched separately, so one comes back from a pause before
+    another); every second of processing time, a heartbeat with each partition's idleness
+    (read to its end: the time since its last record)."""
     rnd = random.Random(7)
     t0 = min(rows[0][2] for rows in parts.values())
+    delays: dict[tuple[Any, int], float] = {}
     arrivals = []
     for (t, p), rows in parts.items():
         last = 0.0
         for offset, value, ts in rows:
-            at = max(last, (ts - t0) / 1000 / speed + rnd.uniform(0, jitter_s))
+            due = (ts - t0) / 1000 / speed
+            slot = ((t, p), int(due * 2))
+            if slot not in delays:
+                delays[slot] = rnd.uniform(0, jitter_s)
+            at = max(last, due + delays[slot])
             arrivals.append((at, t, p, offset, value, ts))
             last = at
     arrivals.sort(key=lambda a: a[0])

@@ -411,3 +411,26 @@ def test_side_input_is_ignored_by_detectors_that_do_not_use_it() -> None:
     d.update_side(["not a HostCalls"])
     assert d.stats().tracked == 0
 
+
+
+def test_which_of_two_emitters_arrives_first_changes_nothing() -> None:
+    """hostmetrics and node_exporter both report the host (from different input partitions):
+    the one read is chosen in event time, when a sample is folded, not by arrival."""
+    from tests.support import tcp as T
+
+    hm = T.host_batches(20, closes=T.step(1.5, 30.0, 600), host="node-3")
+    ne = T.host_batches(20, closes=T.step(1.5, 30.0, 600), style="node_exporter",
+                        host="node-3", seed=2)
+
+    def run(first_ne: bool) -> tuple[list, dict]:
+        d = TimeWaitDetector()
+        out = []
+        for a, b in zip(hm, ne, strict=True):
+            for batch in ((b, a) if first_ne else (a, b)):
+                d.update(batch)
+            out += d.advance(a[0].time_ns - 5 * 10**9)
+        return [f.to_dict() for f in out], d.stats().evicted
+
+    (x, ex), (y, ey) = run(False), run(True)
+    assert x == y and x
+    assert ex["other_sources"] == ey["other_sources"] > 0
