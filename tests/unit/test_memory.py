@@ -263,11 +263,11 @@ def test_the_order_points_arrive_in_before_the_watermark_changes_nothing() -> No
     """An uneven backlog read brings an instance's later samples before its first ones (they
     come from different input partitions): what it was found doing is its first sample in
     event time, not the first to arrive."""
-    stream = H.batches("java", 70, H.leak(BASE, 60, H.GIB, ONSET_S), started_s_before=3600)
+    stream = H.batches("java", 40, H.leak(BASE, 60, H.GIB, 0), started_s_before=3600)
     in_order = H.run(detector(), stream)
     shuffled, d = [], detector()
-    for i in range(0, len(stream), 6):  # each minute's six samples, newest first
-        group = stream[i:i + 6]
+    for i in range(0, len(stream), 18):  # three minutes' samples at a time, newest first
+        group = stream[i:i + 18]
         for batch in reversed(group):
             d.update(batch)
         shuffled += d.advance(max(p.time_ns for p in group[-1]) - 5 * H.S)
