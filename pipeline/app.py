@@ -309,9 +309,8 @@ class Pipeline:
         outbox = engine.drain_outbox(self._partitioner)
         source_topic = st.topic.get_topic_name()
         beats = [
-            (signal, mark) for signal in {c.emits for c in st.detector_classes if c.emits}
-            if signal == "traces"
-            and (mark := engine.heartbeat(signal, source_topic, time.monotonic(), HEARTBEAT_S))
+            (signal, mark) for signal in sorted({c.emits for c in st.detector_classes if c.emits})
+            if (mark := engine.heartbeat(signal, source_topic, time.monotonic(), HEARTBEAT_S))
         ]
         if not outbox and not beats:
             return
@@ -332,8 +331,10 @@ class Pipeline:
                 st.sending[partition].append(fut)
             self.metrics.derived.labels(d.signal).inc(len(d.items))
         for signal, mark in beats:  # the next stage's partitions that got nothing from here
-            value = records.encode_heartbeat([mark],
-                                             {source_topic: self.settings.pipeline_partitions})
+            # The span stage's client calls are a side input of the metrics stream.
+            value = records.encode_heartbeat(
+                [mark], {source_topic: self.settings.pipeline_partitions},
+                side=signal == "metrics")
             for dest in range(self.settings.pipeline_partitions):
                 await self._producer.send(self.streams[signal].topic.get_topic_name(),
                                           value=value, partition=dest)
@@ -373,12 +374,16 @@ class Pipeline:
 
     def _open_engine(self, st: _Stream, partition: int) -> PartitionEngine:
         s = self.settings
+        spans_routed = self.streams["spans"].topic.get_topic_name()
         if st.signal == "traces":  # fed by the span-routed partitions
-            expected = {self.streams["spans"].topic.get_topic_name(): s.pipeline_partitions}
+            expected = {spans_routed: s.pipeline_partitions}
         else:  # the input topic's partitions (heartbeats say how many; saved with the state)
             topic = s.otlp_spans_topic if st.signal == "spans" else s.otlp_metrics_topic
             n = self.ingest.input_partitions.get(topic, 0)
             expected = {topic: n} if n else {}
+        # Side inputs: what the span stage derives for this stream (client calls for metrics).
+        side = {spans_routed: s.pipeline_partitions} if any(
+            c.emits == st.signal for c in self.streams["spans"].detector_classes) else {}
         engine = PartitionEngine(
             partition, [cls.from_settings(s) for cls in st.detector_classes],
             int(s.allowed_lateness_s * 1e9), expected=expected, idle_s=s.source_idle_s,
@@ -387,6 +392,7 @@ class Pipeline:
             # trace stage follows the span stage's watermark, which already did.
             end_advance_ns=0 if st.signal == "traces" else int(s.end_of_input_advance_s * 1e9),
             on_error=self._detector_error, rebuild=lambda d: type(d).from_settings(s),
+            side_expected=side,
         )
         prefix = f"{partition}/".encode()
         loaded = engine.restore(

@@ -95,8 +95,8 @@ class Derived:
             source = (source_topic, partition, self.seq, chunk)
             if self.signal == "traces":
                 return records.encode_samples(items, source, self.watermark(final))
-            if self.signal == "metrics":  # client calls per host: a side input, no watermark
-                return records.encode_calls(items, source)
+            if self.signal == "metrics":  # client calls per host: a side input
+                return records.encode_calls(items, source, self.watermark(final))
             raise RuntimeError(f"no routed stream carries derived {self.signal!r} records")
 
         return encode
@@ -131,6 +131,7 @@ class PartitionEngine:
         end_advance_ns: int = 0,
         on_error: ErrorHook | None = None,
         rebuild: Callable[[Detector], Detector] | None = None,
+        side_expected: Mapping[str, int] | None = None,
     ) -> None:
         self.partition = partition
         self.detectors = list(detectors)
@@ -152,6 +153,12 @@ class PartitionEngine:
         # "topic:partition" -> idle seconds it must reach before it stops holding the
         # watermark again (a grace after another source came back from a pause)
         self._grace: dict[str, float] = {}
+        # Side inputs (records another stage derives to enrich this one): their senders'
+        # marks, apart. They move no watermark; detectors that use them wait for them
+        # (``Detector.side_watermark_ns``), unless every sender is idle.
+        self.side_expected: dict[str, int] = dict(side_expected or {})
+        self.side_marks: dict[str, list[float]] = {}
+        self.side_watermark_ns: int | None = None
         self.max_event_ns = 0
         self.watermark_ns = 0
         self.ended = False  # the watermark moved past the input's end (end of input)
@@ -169,7 +176,8 @@ class PartitionEngine:
         # receiving partition skip what a replay after a crash derives again).
         self._outbox: list[tuple[str, list[Any]]] = []
         self.emitted = 0
-        self._heartbeat: dict[str, tuple[int, float]] = {}  # signal -> (watermark, sent at)
+        # signal -> (watermark, sent at, idle seconds) of the last heartbeat sent
+        self._heartbeat: dict[str, tuple[int, float, float]] = {}
         self._stated: dict[str, int] = {}  # signal -> output watermark derived messages stated
 
     # -- the work ---------------------------------------------------------------------------
@@ -191,7 +199,10 @@ class PartitionEngine:
                     self.expected[topic] = n
         if msg.marks is not None:  # a heartbeat
             for m in msg.marks:
-                self._mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)
+                if msg.side:
+                    self._side_mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)
+                else:
+                    self._mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)
             return self._advance()
         key = None
         src = msg.source
@@ -208,6 +219,9 @@ class PartitionEngine:
         if msg.side:  # not counted in ``items``: those are the stream's own records
             for d in self.detectors:
                 self._call(d, "update_side", d.update_side, items)
+            if key is not None and msg.watermark_ns is not None:
+                self._side_mark(key, msg.watermark_ns, 0.0)
+                return self._advance()
             return []
         c.items += len(items)
         watermark = self.watermark_ns
@@ -255,6 +269,28 @@ class PartitionEngine:
                 if other != key and om[1] >= self.idle_s:
                     self._grace[other] = om[1] + self.idle_s
 
+    def _side_mark(self, key: str, watermark_ns: float, idle_s: float) -> None:
+        m = self.side_marks.get(key)
+        if m is None:
+            self.side_marks[key] = [watermark_ns, idle_s]
+        else:
+            m[0], m[1] = max(m[0], watermark_ns), idle_s
+
+    def _side_candidate(self) -> int | None:
+        """How far the side inputs are complete. Their senders hold it at their watermarks,
+        idle or not (a pause in their input is not its end: when it comes back, this stream
+        must not have run ahead of it); None — no constraint — when nothing is expected of
+        them, or when every sender's input has ended (quiet for ``idle_s + end_of_input_s``)
+        or never had any data: a stage with no input must not hold this one back."""
+        if not self.side_expected:
+            return None
+        if len(self.side_marks) < sum(self.side_expected.values()):
+            return 0
+        ended = self.idle_s + self.end_of_input_s
+        held = [m[0] for m in self.side_marks.values()
+                if m[1] < ended and not (m[1] >= self.idle_s and m[0] <= 0)]
+        return int(min(held)) if held else None
+
     def _idle(self, key: str, m: list[float]) -> bool:
         """A source idle long enough (and past any grace) stops holding the watermark."""
         return m[1] >= self.idle_s and m[1] >= self._grace.get(key, 0.0)
@@ -278,10 +314,20 @@ class PartitionEngine:
 
     def _advance(self) -> list[Finding]:
         candidate = self._candidate()
-        if candidate <= self.watermark_ns:
+        side = self._side_candidate()
+        side_moved = side != self.side_watermark_ns and (
+            side is None or self.side_watermark_ns is None or side > self.side_watermark_ns)
+        if candidate <= self.watermark_ns and not side_moved:
             return []
-        self.watermark_ns = candidate
+        self.watermark_ns = max(candidate, self.watermark_ns)
+        if side_moved:
+            self.side_watermark_ns = side
+        if self.watermark_ns <= 0:  # no watermark yet: nothing to act on
+            return []
         findings: list[Finding] = []
+        for d in self.detectors:
+            d.side_watermark_ns = self.side_watermark_ns
+        candidate = self.watermark_ns
         for d in self.detectors:
             found = self._call(d, "advance", d.advance, candidate)
             if found:
@@ -332,15 +378,18 @@ class PartitionEngine:
 
     def heartbeat(self, signal: str, topic: str, now_s: float, every_s: float) -> Mark | None:
         """The mark to send every partition of the next stage, when this partition's output
-        watermark for ``signal`` moved and the last one is ``every_s`` old (``now_s`` is the
-        caller's processing clock): a receiver that gets no derived records from here still
-        learns how far this partition has got."""
+        watermark for ``signal`` moved (or its input went idle, or came back) and the last one
+        is ``every_s`` old (``now_s`` is the caller's processing clock): a receiver that gets
+        no derived records from here still learns how far this partition has got."""
         wm = self.output_watermark_ns(signal)
+        idle = self.idle_since_s()
         last = self._heartbeat.get(signal)
-        if last is not None and (last[0] >= wm or now_s - last[1] < every_s):
+        if last is not None and (
+            (last[0] >= wm and (last[2] > 0) == (idle > 0)) or now_s - last[1] < every_s
+        ):
             return None
-        self._heartbeat[signal] = (wm, now_s)
-        return Mark(topic, self.partition, wm, 0.0)
+        self._heartbeat[signal] = (wm, now_s, idle)
+        return Mark(topic, self.partition, wm, idle)
 
     def drain_outbox(self, partitioner: Callable[[str, Any], int]) -> list[Derived]:
         """Derived records grouped into messages, each with its sequence number and watermark.
@@ -431,6 +480,7 @@ class PartitionEngine:
             "offset": self.offset, "max_event_ns": self.max_event_ns,
             "watermark_ns": self.watermark_ns, "sources": self.sources, "marks": self.marks,
             "expected": self.expected, "emitted": self.emitted, "ended": self.ended,
+            "side_marks": self.side_marks, "side_expected": self.side_expected,
             "counters": {"messages": c.messages, "items": c.items, "late_items": c.late_items,
                          "duplicate_messages": c.duplicate_messages,
                          "state_too_large": c.state_too_large,
@@ -455,6 +505,9 @@ class PartitionEngine:
             self.marks = {k: [v[0], v[1]] for k, v in m["marks"].items()}
             for topic, n in m["expected"].items():
                 self.expected[topic] = max(self.expected.get(topic, 0), int(n))
+            self.side_marks = {k: [v[0], v[1]] for k, v in m.get("side_marks", {}).items()}
+            for topic, n in m.get("side_expected", {}).items():
+                self.side_expected[topic] = max(self.side_expected.get(topic, 0), int(n))
             self.ended = bool(m.get("ended", False))
             counters = m["counters"]
         self.counters = EngineCounters(

@@ -51,6 +51,7 @@ class LocalPipeline:
         self.input_partitions = dict(input_partitions)
         self.routed_max_bytes = routed_max_bytes
         classes = list(detector_classes or load_detectors(s.pipeline_detectors))
+        span_emits = {c.emits for c in classes if c.signal == "spans" and c.emits}
         self.signal_of = {s.otlp_spans_topic: "spans", s.otlp_metrics_topic: "metrics"}
         prefix = f"{s.pipeline_app_id}-" if routed_prefix is None else routed_prefix
         self.routed = {sig: f"{prefix}{sig}-routed" for sig in ("spans", "metrics", "traces")}
@@ -66,6 +67,8 @@ class LocalPipeline:
                     end_advance_ns=0 if signal == "traces"
                     else int(s.end_of_input_advance_s * 1e9),
                     rebuild=lambda d: type(d).from_settings(s),
+                    side_expected={self.routed["spans"]: self.partitions}
+                    if signal in span_emits and signal != "traces" else None,
                 )
                 for p in range(self.partitions)
             }
@@ -172,12 +175,13 @@ class LocalPipeline:
             for chunk in records.split_encode(d.items, d.encoder(source_topic, p),
                                               MAX_DERIVED_BYTES):
                 findings += self._deliver(d.signal, d.partition, chunk)
-        if any(d.emits == "traces" for d in engine.detectors):
-            mark = engine.heartbeat("traces", source_topic, 0.0, 0.0)
+        for sig in sorted({d.emits for d in engine.detectors if d.emits}):
+            mark = engine.heartbeat(sig, source_topic, 0.0, 0.0)
             if mark is not None:
-                beat = records.encode_heartbeat([mark], {source_topic: self.partitions})
+                beat = records.encode_heartbeat([mark], {source_topic: self.partitions},
+                                                side=sig == "metrics")
                 for dest in range(self.partitions):
-                    findings += self._deliver("traces", dest, beat)
+                    findings += self._deliver(sig, dest, beat)
         return findings
 
     def _partitioner(self, signal: str, item: Any) -> int:

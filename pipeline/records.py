@@ -162,9 +162,12 @@ def calls_partition(item: HostCalls, partitions: int) -> int:
     return zlib.crc32(host_key(item.host).encode()) % partitions
 
 
-def encode_calls(items: list[HostCalls], source: Source | None = None) -> bytes:
+def encode_calls(items: list[HostCalls], source: Source | None = None,
+                 watermark_ns: int | None = None) -> bytes:
+    """Client calls, a side input: ``watermark_ns`` says how far the sender's calls are
+    complete (every minute ending at or before it has been sent)."""
     rows = [[c.host, c.minute_ns, c.service, c.destination, c.calls] for c in items]
-    return orjson.dumps({"src": source, "c": rows})
+    return orjson.dumps({"src": source, "wm": watermark_ns, "c": rows})
 
 
 @dataclass(slots=True)
@@ -198,15 +201,22 @@ class Routed:
     partitions: dict[str, int] | None = None
 
 
-def encode_heartbeat(marks: list[Mark], partitions: dict[str, int]) -> bytes:
-    return orjson.dumps({
+def encode_heartbeat(marks: list[Mark], partitions: dict[str, int], side: bool = False
+                     ) -> bytes:
+    """A heartbeat; ``side``: the marks of a side input's senders (they move no watermark)."""
+    doc: dict[str, Any] = {
         "hb": [[m.topic, m.partition, m.watermark_ns, round(m.idle_s, 3)] for m in marks],
         "n": partitions,
-    })
+    }
+    if side:
+        doc["side"] = True
+    return orjson.dumps(doc)
 
 
 def _heartbeat(doc: dict[str, Any]) -> Routed:
-    return Routed(None, [], marks=[Mark(*m) for m in doc["hb"]], partitions=dict(doc["n"]))
+    side = bool(doc.get("side"))
+    return Routed(None, [], marks=[Mark(*m) for m in doc["hb"]],
+                  partitions=None if side else dict(doc["n"]), side=side)
 
 
 def split_encode(
@@ -329,7 +339,8 @@ def decode_points_wire(data: bytes) -> Routed:
     if "hb" in doc:
         return _heartbeat(doc)
     if "c" in doc:
-        return Routed(_source(doc), [HostCalls(*row) for row in doc["c"]], side=True)
+        return Routed(_source(doc), [HostCalls(*row) for row in doc["c"]], doc.get("wm"),
+                      side=True)
     resources = [Resource.from_wire(r) for r in doc["r"]]
     out = []
     for row in doc["p"]:

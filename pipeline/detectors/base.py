@@ -54,6 +54,9 @@ class Detector(ABC):
     #: Where the detector keeps its state, if it uses the shared type (``snapshot``,
     #: ``restore`` and ``dropped_on_restore`` then come from it).
     state: State | None = None
+    #: How far the side inputs of this stream are complete (set by the engine before each
+    #: ``advance``; None: no constraint). A detector that joins a side input waits for it.
+    side_watermark_ns: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Any) -> Detector:

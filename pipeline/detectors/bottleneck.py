@@ -38,8 +38,10 @@ Findings open after ``open_after`` anomalous windows (default 2) and resolve aft
 seen one without a firing finding is evicted to make room, counted ``evicted_operations``); an
 operation unseen for ``operation_ttl_s`` of event time expires (``expired_operations``); at most
 ``reservoir`` samples per operation and window are kept (deterministic replacement, counted
-``samples_folded``). Baselines (``o``), open windows (``w``, format 2: the first release saved
-them as bare lists) and findings (``lb``, ``lr``) are ``pipeline.state.Keyed`` maps.
+``samples_folded``: the traces of the smallest trace-id hashes are kept, whatever order they
+come in). Baselines (``o``), open windows (``w``, format 3: the first release saved them as
+bare lists, the second kept no hashes) and findings (``lb``, ``lr``) are
+``pipeline.state.Keyed`` maps.
 """
 
 from __future__ import annotations
@@ -115,15 +117,32 @@ class _Op:
 
 
 class _Acc:
-    """One operation's samples in one window: [cp, trace duration, self] per trace, capped."""
+    """One operation's samples in one window: [cp, trace duration, self, hash of the trace id]
+    per trace, at most ``reservoir`` of them: those of the smallest hashes (a bottom-k sample,
+    the same whatever order the traces arrive in)."""
 
-    __slots__ = ("rows", "n", "top", "exemplars")
+    __slots__ = ("rows", "n", "top", "exemplars", "_max")
 
     def __init__(self) -> None:
         self.rows: list[list[int]] = []
         self.n = 0  # traces seen (rows holds at most ``reservoir`` of them)
         self.top = 0  # traces in which this operation had the most critical-path time
         self.exemplars: list[list[Any]] = []  # [[cp_ns, trace_id], ...], the 5 slowest
+        self._max = -1  # index of the row with the largest hash, once full (-1: not known)
+
+    def keep(self, row: list[int], cap: int) -> bool:
+        """Add ``row`` to the sample; False when it is full and the row's hash is too large
+        (or it replaced another: the sample holds the ``cap`` smallest hashes)."""
+        rows = self.rows
+        if len(rows) < cap:
+            rows.append(row)
+            return True
+        if self._max < 0:
+            self._max = max(range(len(rows)), key=lambda i: rows[i][3])
+        if row[3] < rows[self._max][3]:
+            rows[self._max] = row
+            self._max = -1
+        return False
 
     def to_doc(self) -> dict[str, Any]:
         return {"rows": self.rows, "n": self.n, "top": self.top, "ex": self.exemplars}
@@ -137,9 +156,13 @@ class _Acc:
 
     @staticmethod
     def migrate(doc: Any, version: int) -> dict[str, Any]:
-        """Format 1 (the first release): ``[rows, n, top, exemplars]``."""
-        rows, n, top, ex = doc
-        return {"rows": rows, "n": n, "top": top, "ex": ex}
+        """Format 1 (the first release): ``[rows, n, top, exemplars]``; formats 1 and 2 keep
+        no hash per row (given the largest: they are the first to be replaced)."""
+        if version == 1:
+            rows, n, top, ex = doc
+            doc = {"rows": rows, "n": n, "top": top, "ex": ex}
+        doc["rows"] = [[*r[:3], 2**32] for r in doc["rows"]]
+        return doc
 
 
 class BottleneckDetector(Detector):
@@ -198,7 +221,7 @@ class BottleneckDetector(Detector):
         # "<window index>/<op key>" -> samples, and the same by window (not saved: rebuilt)
         self._accs = self.state.keyed("w", encode=_Acc.to_doc,
                                       decode=lambda doc, key: _Acc.from_doc(doc),
-                                      version=2, migrate=_Acc.migrate)
+                                      version=3, migrate=_Acc.migrate)
         self._windows: dict[int, dict[str, _Acc]] = {}
         self._meta = self.state.cell("meta", {
             "counts": {"evicted_operations": 0, "expired_operations": 0, "samples_folded": 0,
@@ -246,13 +269,8 @@ class BottleneckDetector(Detector):
         acc.n += 1
         if sample.top == key:
             acc.top += 1
-        row = [cp, sample.duration_ns, self_ns]
-        if len(acc.rows) < self.reservoir:
-            acc.rows.append(row)
-        else:  # deterministic reservoir: the trace id decides, so a replay keeps the same
-            j = zlib.crc32(sample.trace_id.encode()) % acc.n
-            if j < self.reservoir:
-                acc.rows[j] = row
+        row = [cp, sample.duration_ns, self_ns, zlib.crc32(sample.trace_id.encode())]
+        if not acc.keep(row, self.reservoir):
             self._count("samples_folded")
         ex = acc.exemplars
         if len(ex) < 5 or cp > ex[-1][0]:

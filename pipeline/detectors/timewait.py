@@ -276,11 +276,16 @@ class TimeWaitDetector(Detector):
     # -- judging -----------------------------------------------------------------------------
     def advance(self, watermark_ns: int) -> list[Finding]:
         out: list[Finding] = []
+        # A sample at t is judged against the client calls of the minutes that ended before
+        # it: it waits until the span stage has sent them all (its side watermark past t),
+        # so what is judged does not depend on which stage ran ahead.
+        side = self.side_watermark_ns
+        limit = watermark_ns if side is None else min(watermark_ns, side)
         for name in sorted(self._waiting):
             h = self._hosts.get(name)
             if h is None:
                 continue
-            ready = sorted(t for t in h.pending if t <= watermark_ns)
+            ready = sorted(t for t in h.pending if t <= limit)
             for t in ready:
                 out.extend(self._fold(h, t, h.pending.pop(t)))
             if not h.pending:

@@ -404,3 +404,23 @@ def test_side_input_is_applied_once_and_moves_no_watermark() -> None:
     e.process(msg(calls, ("spans-routed", 3, 1), side=True), offset=2)  # re-sent after a crash
     assert e.counters.duplicate_messages == 1 and e.counters.items == 5  # the spans only
     assert tw._hosts["node-1"].calls == {str(T0 + 3600 * S): {"api\x1fredis": 60}}
+
+
+def test_detectors_are_never_advanced_before_there_is_a_watermark() -> None:
+    """A side input moving before the stream's own watermark exists must not call advance
+    with 0 (a detector that steps windows from its first watermark would step from 1970)."""
+    seen: list[int] = []
+
+    class Recording(SpanCounter):
+        name = "recording"
+
+        def advance(self, watermark_ns: int) -> list:
+            seen.append(watermark_ns)
+            return super().advance(watermark_ns)
+
+    e = PartitionEngine(0, [Recording()], 5 * S, expected={"in": 1},
+                        side_expected={"spans-routed": 1})
+    e.process(Routed(None, [], marks=[Mark("spans-routed", 0, T0, 0.0)], side=True), offset=0)
+    assert seen == []
+    e.process(msg(spans("a", 3, T0), ("in", 0, 0), wm=T0 - 5 * S), offset=1)
+    assert seen == [T0 - 5 * S]
