@@ -9,7 +9,8 @@ cut to 17 min of event time, which still holds one fault of each kind), the harn
    labels to ``.cache/bench/<scenario>/labels.jsonl``;
 2. replays it into fresh topics and runs a worker subprocess (fresh application id) until every
    produced span and metric point has been applied to its detectors
-   (``anomaly_pipeline_items_detected_total``), then stops it (SIGTERM: its producer flushes);
+   (``anomaly_pipeline_items_detected_total``) and the input has ended (``harness.REPLAY_END``:
+   the last windows close), then stops it (SIGTERM: its producer flushes);
 3. reads the whole findings topic to ``.cache/bench/<scenario>/findings.jsonl`` and scores it
    with ``benchmarks.scoring`` for the finding kinds the worker's detectors declare (``kinds`` on
    each class in ``pipeline.detectors.BUILTIN``, plus ``--detectors``);
@@ -100,7 +101,8 @@ async def run_scenario(
         produced = await harness.replay(scenario, bootstrap)
         log(f"replay: {produced.total_records:,} records, {produced.items['spans']:,} spans, "
             f"{produced.items['metrics']:,} metric points in {produced.seconds:.1f} s")
-        env = names.worker_env()
+        # A finite replay: the input ends, and its last windows close (harness.REPLAY_END).
+        env = {**names.worker_env(), **harness.REPLAY_END}
         # What an operator configures: limits of runtimes that report none (CPython).
         limits = configured_limits(scenario)
         if limits:
@@ -111,6 +113,9 @@ async def run_scenario(
                 worker, names, produced.items,
                 timeout_s=args.timeout or (300 if args.quick else 3600), poll_s=0.5,
             )
+            if not tl.timed_out and not await harness.wait_until_ended(worker, 120):
+                log(f"{name}: the worker did not reach the end of the input in 120 s; "
+                    "scoring what it found")
         finally:
             worker.stop()
         if tl.timed_out:

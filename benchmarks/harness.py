@@ -514,6 +514,35 @@ async def wait_until_detected(
             return tl
 
 
+#: Settings for a worker on a finite replay: its partitions count as idle 2 s after they were
+#: read to the end and the input as ended 3 s later, when the watermark moves 2 minutes past
+#: the last event (closing every window and bucket). 2 minutes is within what 5 s of quiet is
+#: at 40x (a replay paced at 40x pauses 5 s and more only in gaps longer than that).
+REPLAY_END = {"SOURCE_IDLE_S": "2", "END_OF_INPUT_S": "3", "END_OF_INPUT_ADVANCE_S": "120"}
+
+
+async def wait_until_ended(worker: Worker, timeout_s: float, poll_s: float = 0.5,
+                           settle_s: float = 3.0) -> bool:
+    """Poll until every owned partition of both input-fed streams has moved past the end of
+    the input (``REPLAY_END``), then give the trace stage ``settle_s`` to follow; False if
+    ``timeout_s`` passes first."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if not worker.alive():
+            raise BenchError(f"worker exited with code {worker.proc.returncode}; log tail:\n"  # type: ignore[union-attr]
+                             + worker.log_tail())
+        samples = worker.scrape()
+        if samples is not None and all(
+            0 < samples.get_value("anomaly_pipeline_owned_partitions", stream=s)
+            == samples.get_value("anomaly_pipeline_end_of_input_partitions", stream=s)
+            for s in SIGNALS
+        ):
+            await asyncio.sleep(settle_s)
+            return True
+        await asyncio.sleep(poll_s)
+    return False
+
+
 def progress_line(samples: Samples, names: RunNames, expected: Mapping[str, int],
                   since_start_s: float) -> str:
     parts = []

@@ -310,7 +310,8 @@ class Pipeline:
         source_topic = st.topic.get_topic_name()
         beats = [
             (signal, mark) for signal in sorted({c.emits for c in st.detector_classes if c.emits})
-            if (mark := engine.heartbeat(signal, source_topic, time.monotonic(), HEARTBEAT_S))
+            if (mark := engine.heartbeat(signal, source_topic, time.monotonic(), HEARTBEAT_S,
+                                         side=signal == "metrics"))
         ]
         if not outbox and not beats:
             return

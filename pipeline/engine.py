@@ -327,6 +327,7 @@ class PartitionEngine:
         findings: list[Finding] = []
         for d in self.detectors:
             d.side_watermark_ns = self.side_watermark_ns
+            d.input_ended = self.ended
         candidate = self.watermark_ns
         for d in self.detectors:
             found = self._call(d, "advance", d.advance, candidate)
@@ -376,13 +377,17 @@ class PartitionEngine:
             default=self.watermark_ns,
         )
 
-    def heartbeat(self, signal: str, topic: str, now_s: float, every_s: float) -> Mark | None:
+    def heartbeat(self, signal: str, topic: str, now_s: float, every_s: float,
+                  side: bool = False) -> Mark | None:
         """The mark to send every partition of the next stage, when this partition's output
-        watermark for ``signal`` moved (or its input went idle, or came back) and the last one
-        is ``every_s`` old (``now_s`` is the caller's processing clock): a receiver that gets
-        no derived records from here still learns how far this partition has got."""
+        watermark for ``signal`` moved (or, for a ``side`` input, its input went idle or came
+        back) and the last one is ``every_s`` old (``now_s`` is the caller's processing
+        clock): a receiver that gets no derived records from here still learns how far this
+        partition has got. Only a side input's receiver is told of idleness (to stop waiting
+        for a stage whose input ended); the next stage proper follows this one's watermark,
+        which already moves past a quiet input."""
         wm = self.output_watermark_ns(signal)
-        idle = self.idle_since_s()
+        idle = self.idle_since_s() if side else 0.0
         last = self._heartbeat.get(signal)
         if last is not None and (
             (last[0] >= wm and (last[2] > 0) == (idle > 0)) or now_s - last[1] < every_s

@@ -176,7 +176,7 @@ class LocalPipeline:
                                               MAX_DERIVED_BYTES):
                 findings += self._deliver(d.signal, d.partition, chunk)
         for sig in sorted({d.emits for d in engine.detectors if d.emits}):
-            mark = engine.heartbeat(sig, source_topic, 0.0, 0.0)
+            mark = engine.heartbeat(sig, source_topic, 0.0, 0.0, side=sig == "metrics")
             if mark is not None:
                 beat = records.encode_heartbeat([mark], {source_topic: self.partitions},
                                                 side=sig == "metrics")

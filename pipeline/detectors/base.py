@@ -57,6 +57,9 @@ class Detector(ABC):
     #: How far the side inputs of this stream are complete (set by the engine before each
     #: ``advance``; None: no constraint). A detector that joins a side input waits for it.
     side_watermark_ns: int | None = None
+    #: True while the watermark is past the end of a quiet input (set by the engine before
+    #: each ``advance``): nothing more is coming, so whatever waits for more data can go.
+    input_ended: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> Detector:

@@ -376,7 +376,9 @@ class MemoryDetector(Detector):
             # an instance whose clock runs behind the partition's (skew, a slower exporter)
             # is judged that much later, up to MAX_CLOCK_LAG_NS. The partition's clock is the
             # watermark, never the newest time seen: one far-ahead point must not delay all.
-            lag = min(max(watermark_ns + self.lateness_ns - inst.seen_ns, 0), MAX_CLOCK_LAG_NS)
+            # At the end of the input nothing more is coming: every sample is complete.
+            lag = 0 if self.input_ended else min(
+                max(watermark_ns + self.lateness_ns - inst.seen_ns, 0), MAX_CLOCK_LAG_NS)
             own = watermark_ns - lag
             ready = sorted(t for t in inst.pending if t <= own)
             for t in ready:
