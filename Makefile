@@ -14,7 +14,7 @@ help:
 	@echo "                 KAFKA_BOOTSTRAP_SERVERS points at one)"
 	@echo "make kafka-up    start the local single-node Kafka (KRaft) on 127.0.0.1:9092"
 	@echo "make kafka-down  stop it"
-	@echo "make bench       throughput and accuracy benchmarks (full size)"
+	@echo "make bench       throughput, accuracy and replay-speed benchmarks (full size)"
 	@echo "make lint        ruff"
 
 $(STAMP): pyproject.toml

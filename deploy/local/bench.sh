@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make bench` / `make bench-quick`: throughput then accuracy, on the local broker unless
-# KAFKA_BOOTSTRAP_SERVERS points elsewhere. Extra arguments (e.g. --quick) go to both.
+# `make bench` / `make bench-quick`: throughput, accuracy and replay speed, on the local broker
+# unless KAFKA_BOOTSTRAP_SERVERS points elsewhere. Extra arguments (e.g. --quick) go to each.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
@@ -10,3 +10,4 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
 fi
 "$PY" -m benchmarks.throughput "$@"
 "$PY" -m benchmarks.accuracy "$@"
+"$PY" -m benchmarks.replay_speed "$@"
