@@ -155,7 +155,7 @@ class PartitionEngine:
         self._grace: dict[str, float] = {}
         # Side inputs (records another stage derives to enrich this one): their senders'
         # marks, apart. They move no watermark; detectors that use them wait for them
-        # (``Detector.side_watermark_ns``), unless every sender is idle.
+        # (``Detector.side_watermark_ns``), unless the senders' input has ended.
         self.side_expected: dict[str, int] = dict(side_expected or {})
         self.side_marks: dict[str, list[float]] = {}
         self.side_watermark_ns: int | None = None
@@ -186,8 +186,9 @@ class PartitionEngine:
 
         ``side`` messages (records another stage derived to enrich this one, such as the
         client calls per host the span stage sends the metrics stream) go to
-        ``Detector.update_side`` and are deduplicated like the rest, but move no watermark: a
-        quiet sender must not hold back the stream it enriches.
+        ``Detector.update_side`` and are deduplicated like the rest. They move no watermark of
+        this stream; their senders' marks give ``side_watermark_ns``, which only the
+        detectors that join them wait for.
         """
         if offset <= self.offset:
             self.counters.duplicate_messages += 1
