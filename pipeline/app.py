@@ -69,6 +69,9 @@ class _Stream:
     # Derived messages sent and not yet acknowledged by the broker, per partition: a flush
     # waits for them (they leave the state it writes).
     sending: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
+    # (partition, next stage's signal, its partition) -> when a data message last stated this
+    # partition's watermark there (heartbeats skip it for a while)
+    told: dict[tuple[int, str, int], float] = field(default_factory=dict)
 
 
 POSITION_TIMEOUT_S = 1.0  # the lag view's wait for a consumer position
@@ -322,6 +325,7 @@ class Pipeline:
                 **self.settings.aiokafka_kwargs(),
             )
             await self._producer.start()
+        now = time.monotonic()
         for d in outbox:
             encode = d.encoder(source_topic, partition)
             for value in records.split_encode(d.items, encode, MAX_DERIVED_BYTES):
@@ -330,6 +334,8 @@ class Pipeline:
                     partition=d.partition,
                 )
                 st.sending[partition].append(fut)
+            if d.last:  # it stated this partition's watermark as of now
+                st.told[(partition, d.signal, d.partition)] = now
             self.metrics.derived.labels(d.signal).inc(len(d.items))
         for signal, mark in beats:  # the next stage's partitions that got nothing from here
             # The span stage's client calls are a side input of the metrics stream.
@@ -337,6 +343,8 @@ class Pipeline:
                 [mark], {source_topic: self.settings.pipeline_partitions},
                 side=signal == "metrics")
             for dest in range(self.settings.pipeline_partitions):
+                if now - st.told.get((partition, signal, dest), -HEARTBEAT_S) < HEARTBEAT_S:
+                    continue  # told by a data message within the last heartbeat interval
                 await self._producer.send(self.streams[signal].topic.get_topic_name(),
                                           value=value, partition=dest)
 

@@ -302,7 +302,9 @@ class PartitionEngine:
             return self.max_event_ns - self.allowed_lateness_ns
         if len(marks) < sum(self.expected.values()):
             return 0  # a source not heard from yet may be behind: wait for it
-        active = [m[0] for k, m in marks.items() if not self._idle(k, m)]
+        idle_s, grace = self.idle_s, self._grace  # (inlined ``_idle``: once per message)
+        active = [m[0] for k, m in marks.items()
+                  if m[1] < idle_s or (grace and m[1] < grace.get(k, 0.0))]
         if active:
             return int(min(active))
         newest = int(max(m[0] for m in marks.values()))
@@ -387,12 +389,12 @@ class PartitionEngine:
         partition has got. Only a side input's receiver is told of idleness (to stop waiting
         for a stage whose input ended); the next stage proper follows this one's watermark,
         which already moves past a quiet input."""
+        last = self._heartbeat.get(signal)
+        if last is not None and now_s - last[1] < every_s:
+            return None
         wm = self.output_watermark_ns(signal)
         idle = self.idle_since_s() if side else 0.0
-        last = self._heartbeat.get(signal)
-        if last is not None and (
-            (last[0] >= wm and (last[2] > 0) == (idle > 0)) or now_s - last[1] < every_s
-        ):
+        if last is not None and last[0] >= wm and (last[2] > 0) == (idle > 0):
             return None
         self._heartbeat[signal] = (wm, now_s, idle)
         return Mark(topic, self.partition, wm, idle)

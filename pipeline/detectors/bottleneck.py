@@ -46,6 +46,7 @@ bare lists, the second kept no hashes) and findings (``lb``, ``lr``) are
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -121,27 +122,31 @@ class _Acc:
     per trace, at most ``reservoir`` of them: those of the smallest hashes (a bottom-k sample,
     the same whatever order the traces arrive in)."""
 
-    __slots__ = ("rows", "n", "top", "exemplars", "_max")
+    __slots__ = ("rows", "n", "top", "exemplars", "_heap")
 
     def __init__(self) -> None:
         self.rows: list[list[int]] = []
         self.n = 0  # traces seen (rows holds at most ``reservoir`` of them)
         self.top = 0  # traces in which this operation had the most critical-path time
         self.exemplars: list[list[Any]] = []  # [[cp_ns, trace_id], ...], the 5 slowest
-        self._max = -1  # index of the row with the largest hash, once full (-1: not known)
+        # once full: (-hash, index) of the rows, the largest hash first (not saved: rebuilt)
+        self._heap: list[tuple[int, int]] | None = None
 
     def keep(self, row: list[int], cap: int) -> bool:
-        """Add ``row`` to the sample; False when it is full and the row's hash is too large
-        (or it replaced another: the sample holds the ``cap`` smallest hashes)."""
+        """Add ``row`` to the sample; False when it is full (the row replaced the one of the
+        largest hash if its own is smaller: the sample holds the ``cap`` smallest hashes)."""
         rows = self.rows
         if len(rows) < cap:
             rows.append(row)
             return True
-        if self._max < 0:
-            self._max = max(range(len(rows)), key=lambda i: rows[i][3])
-        if row[3] < rows[self._max][3]:
-            rows[self._max] = row
-            self._max = -1
+        heap = self._heap
+        if heap is None:
+            heap = self._heap = [(-r[3], i) for i, r in enumerate(rows)]
+            heapq.heapify(heap)
+        neg, i = heap[0]
+        if row[3] < -neg:
+            rows[i] = row
+            heapq.heapreplace(heap, (-row[3], i))
         return False
 
     def to_doc(self) -> dict[str, Any]:
@@ -263,7 +268,7 @@ class BottleneckDetector(Detector):
                     acc = window[key] = _Acc()
                     self._accs.put(f"{w}/{key}", acc)
                 self._add(acc, sample, op.cp_ns, op.self_ns, key)
-                self._accs.changed(f"{w}/{key}")
+                self._accs.dirty(f"{w}/{key}")
 
     def _add(self, acc: _Acc, sample: TraceSample, cp: int, self_ns: int, key: str) -> None:
         acc.n += 1

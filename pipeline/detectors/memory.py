@@ -238,6 +238,13 @@ class MemoryDetector(Detector):
 
     # -- folding points ----------------------------------------------------------------------
     def update(self, records: Sequence[MetricPoint]) -> None:
+        touched: dict[str, None] = {}  # changed once per batch, in order of their last point
+        self._update(records, touched)
+        for key in touched:
+            if key in self._inst:
+                self._inst.changed(key)
+
+    def _update(self, records: Sequence[MetricPoint], touched: dict[str, None]) -> None:
         rules_map = self.rules
         for p in records:
             rules = rules_for(p.name, rules_map)
@@ -260,7 +267,8 @@ class MemoryDetector(Detector):
             if t <= inst.last_t or t < inst.closed_ns:
                 self._count("late_points")
                 continue
-            self._inst.changed(key)
+            touched.pop(key, None)
+            touched[key] = None
             self._waiting.add(key)
             if t > inst.seen_ns:
                 inst.seen_ns = t

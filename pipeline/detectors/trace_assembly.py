@@ -138,6 +138,7 @@ class TraceAssembler(Detector):
     def update(self, records: Sequence[Span]) -> None:
         open_, closed, meta = self._open, self._closed, self._meta.value
         watermark = meta["watermark_ns"]
+        touched: dict[str, None] = {}  # in order of last span: the change order after this
         for s in records:
             tid = s.trace_id
             o = open_.get(tid)
@@ -160,7 +161,11 @@ class TraceAssembler(Detector):
                 o.last_ns = t
             if not s.parent_id:
                 o.has_root = True
-            open_.changed(tid)
+            touched.pop(tid, None)
+            touched[tid] = None
+        for tid in touched:
+            if tid in open_:  # (not completed early by the cap since)
+                open_.changed(tid)
         self._meta.changed()
 
     def _evict(self, tid: str, o: _Open) -> None:
