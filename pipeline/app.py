@@ -338,12 +338,15 @@ class Pipeline:
                 st.told[(partition, d.signal, d.partition)] = now
             self.metrics.derived.labels(d.signal).inc(len(d.items))
         for signal, mark in beats:  # the next stage's partitions that got nothing from here
-            # The span stage's client calls are a side input of the metrics stream.
+            # The span stage's client calls are a side input of the metrics stream. Its
+            # heartbeats also say whether the span input is idle, which data messages do not
+            # carry: they go to every partition.
+            side = signal == "metrics"
             value = records.encode_heartbeat(
-                [mark], {source_topic: self.settings.pipeline_partitions},
-                side=signal == "metrics")
+                [mark], {source_topic: self.settings.pipeline_partitions}, side=side)
             for dest in range(self.settings.pipeline_partitions):
-                if now - st.told.get((partition, signal, dest), -HEARTBEAT_S) < HEARTBEAT_S:
+                if not side and now - st.told.get((partition, signal, dest),
+                                                  -HEARTBEAT_S) < HEARTBEAT_S:
                     continue  # told by a data message within the last heartbeat interval
                 await self._producer.send(self.streams[signal].topic.get_topic_name(),
                                           value=value, partition=dest)

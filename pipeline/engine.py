@@ -199,6 +199,8 @@ class PartitionEngine:
                 if n > self.expected.get(topic, 0):
                     self.expected[topic] = n
         if msg.marks is not None:  # a heartbeat
+            if not msg.side and msg.marks and all(m.idle_s > 0 for m in msg.marks):
+                self.behind_ns = 0  # the input it was about has stopped (a rerun ended)
             for m in msg.marks:
                 if msg.side:
                     self._side_mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)

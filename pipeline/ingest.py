@@ -55,6 +55,7 @@ HEARTBEAT_S = 1.0  # how often every routed partition hears every owned input pa
 # A source record whose routed or dead-letter messages fail this many times with an error
 # that is neither a lost connection nor a timeout is dead-lettered as ``unroutable``.
 MAX_ROUTE_ATTEMPTS = 3
+MAX_TRACKED_FAILURES = 10_000  # source records whose failures are remembered (oldest dropped)
 
 
 SIZE_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
@@ -238,6 +239,10 @@ class Ingest:
     async def _run_once(self) -> None:
         s = self.settings
         kwargs = s.aiokafka_kwargs()
+        # Reading restarts from the last commit: the clocks restart with it (records read
+        # since, and counted in the clocks, are read again).
+        self.clocks.clear()
+        self._quiet_since.clear()
         await topics.ensure_topics(s)  # again after a lost connection: cheap, idempotent
         consumer = AIOKafkaConsumer(
             *self.by_topic,
@@ -345,20 +350,29 @@ class Ingest:
         for p, result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 failed.setdefault(p.ident, (p.record, result))
+        delivered: set[str] = set()  # records with at least one message the broker took
+        for p, result in zip(pending, results, strict=True):
+            if not isinstance(result, BaseException):
+                delivered.add(p.ident)
+                if p.ident not in failed:
+                    self._attempts.pop(p.ident, None)  # delivered: earlier failures forgiven
         pending.clear()
         if failed:
             retry: tuple[ConsumerRecord, BaseException] | None = None
             for ident, (rec, error) in failed.items():
-                self._attempts[ident] = self._attempts.get(ident, 0) + 1
-                if transient(error) or (
-                    not permanent(error) and self._attempts[ident] < MAX_ROUTE_ATTEMPTS
-                ):
+                action, count = route_decision(error, self._attempts.get(ident, 0))
+                if count:
+                    self._attempts[ident] = count
+                    while len(self._attempts) > MAX_TRACKED_FAILURES:
+                        del self._attempts[next(iter(self._attempts))]
+                if action == "retry":
                     retry = retry or (rec, error)
             if retry is not None:
                 raise RouteError(retry[1], f"{retry[0].topic}[{retry[0].partition}]@"
                                            f"{retry[0].offset}")
             for ident, (rec, error) in failed.items():
-                await self._dead_letter(rec, error, "unroutable", pending, partial=True)
+                await self._dead_letter(rec, error, "unroutable", pending,
+                                        partial=ident in delivered)
                 self._attempts.pop(ident, None)
             results = await asyncio.gather(*(p.future for p in pending),
                                            return_exceptions=True)
@@ -404,8 +418,9 @@ class Ingest:
         assert self.producer is not None
         for signal, marks in self.marks(assigned, high, next_offset, now).items():
             topic = marks[0].topic
-            value = records.encode_heartbeat(
-                marks, {topic: self.input_partitions.get(topic, 0) or len(marks)})
+            # The partition count, once known (this worker may read only some of them).
+            n = self.input_partitions.get(topic, 0)
+            value = records.encode_heartbeat(marks, {topic: n} if n else {})
             name = self.routed_topics[signal]
             for p in range(self.settings.pipeline_partitions):
                 await self.producer.send(name, value, partition=p)
@@ -527,6 +542,23 @@ class Ingest:
             reason, "dead-lettered %srecord %s[%d]@%d: %s: %s", what, rec.topic, rec.partition,
             rec.offset, reason, error,
         )
+
+
+def route_decision(error: BaseException, failures: int) -> tuple[str, int]:
+    """What to do with a source record whose routed message failed with ``error``, after
+    ``failures`` earlier failures that were neither transient nor permanent: ``("retry", n)``
+    or ``("dead_letter", n)``, ``n`` the failures counted so far.
+
+    A lost connection, a leader change or a timeout is retried without counting (an outage
+    must not turn good records into dead letters); an error about the message itself is
+    dead-lettered at once; anything else is retried until it has failed
+    ``MAX_ROUTE_ATTEMPTS`` times."""
+    if transient(error):
+        return "retry", failures
+    if permanent(error):
+        return "dead_letter", failures
+    failures += 1
+    return ("dead_letter" if failures >= MAX_ROUTE_ATTEMPTS else "retry"), failures
 
 
 def permanent(error: BaseException) -> bool:

@@ -266,7 +266,12 @@ class Cell:
             log.error("state entry %s cannot be read (%s: %s); dropped", self.name,
                       type(exc).__name__, exc)
             return
-        self.value.update(doc)
+        for key, value in doc.items():
+            default = self.value.get(key)
+            if isinstance(default, dict) and isinstance(value, dict):
+                # Counters added since the state was written keep their defaults.
+                value = {**default, **value}
+            self.value[key] = value
         self._dirty = False
 
 

@@ -72,6 +72,9 @@ COUNT_GAUGE = "anomaly_pipeline_time_wait_sockets"
 NS = 1_000_000_000
 MINUTE_NS = 60 * NS
 TICK_TOLERANCE_NS = NS  # points of one host less than this apart are one sample
+# Samples one host may hold while they wait for the span stage's client calls (an hour at
+# the usual 10 s interval); past this the oldest are judged without waiting (counted).
+MAX_PENDING_SAMPLES = 360
 SOURCE_STALE_NS = 300 * NS  # a host's TIME_WAIT source silent this long gives way to another
 CALLS_MAX_AGE_NS = 4 * MINUTE_NS  # client calls older than this say nothing about load now
 MIN_CALLS_PER_S = 0.5  # below this the call rate is no load measure
@@ -171,7 +174,7 @@ class TimeWaitDetector(Detector):
         self._waiting: set[str] = set()
         self._meta = self.state.cell("meta", {
             "counts": {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
-                       "other_sources": 0, "calls_dropped": 0},
+                       "other_sources": 0, "calls_dropped": 0, "side_wait_exceeded": 0},
             "exp": 0,  # when hosts were last expired
         })
 
@@ -294,6 +297,10 @@ class TimeWaitDetector(Detector):
             if h is None:
                 continue
             ready = sorted(t for t in h.pending if t <= limit)
+            over = len(h.pending) - len(ready) - MAX_PENDING_SAMPLES
+            if over > 0:  # the span stage is far behind: stop waiting for the oldest
+                ready = sorted(h.pending)[:len(ready) + over]
+                self._count("side_wait_exceeded", over)
             for t in ready:
                 out.extend(self._fold(h, t, h.pending.pop(t)))
             if not h.pending:

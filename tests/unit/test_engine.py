@@ -340,6 +340,13 @@ def test_input_behind_the_saved_watermark_is_noticed() -> None:
     assert e.behind_ns > 3500 * S and e.counters.late_items == 3
     e.process(msg(spans("a", 3, T0 + 3700 * S), ("in", 0, 2)), offset=2)
     assert e.behind_ns == 0
+    e.process(msg(spans("a", 3, T0), ("in", 0, 3)), offset=3)
+    assert e.behind_ns > 0
+    # The rerun ends: its input goes quiet, and the engine no longer says it is behind.
+    e.process(beat(("in", 0, T0, 0.0)), offset=4)
+    assert e.behind_ns > 0
+    e.process(beat(("in", 0, T0, 12.0)), offset=5)
+    assert e.behind_ns == 0
 
 
 class Raising(SpanCounter):

@@ -94,6 +94,14 @@ def test_cells_are_written_first_then_when_changed() -> None:
     assert back.value == {"n": 3, "m": 7}
 
 
+def test_counters_added_since_a_cell_was_saved_keep_their_defaults() -> None:
+    st = State()
+    meta = st.cell("meta", {"counts": {"late": 0, "added_later": 0}, "exp": 0})
+    st.restore({"meta": {"counts": {"late": 4}, "exp": 9, "_v": 1}})
+    assert meta.value == {"counts": {"late": 4, "added_later": 0}, "exp": 9}
+    meta["counts"]["added_later"] += 1  # what a detector does with a new counter
+
+
 def test_names_must_be_distinct() -> None:
     st = State()
     st.keyed("a", dict, lambda d, k: d)

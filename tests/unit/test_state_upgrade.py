@@ -81,3 +81,6 @@ def test_state_of_an_earlier_release_restores_and_goes_on(
     assert sorted(map(key, after)) == sorted(want)
     assert {f.id for f in after if f.status == "resolved"} >= firing
     assert "memory_leak" in {f.kind for f in after}  # the floors' history came back
+    errors = {sig: {p: e.counters.errors for p, e in by_p.items() if e.counters.errors}
+              for sig, by_p in lp.engines.items()}
+    assert errors == {"spans": {}, "metrics": {}, "traces": {}}  # no detector raised on it

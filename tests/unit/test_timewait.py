@@ -434,3 +434,19 @@ def test_which_of_two_emitters_arrives_first_changes_nothing() -> None:
     (x, ex), (y, ey) = run(False), run(True)
     assert x == y and x
     assert ex["other_sources"] == ey["other_sources"] > 0
+
+
+def test_samples_waiting_for_a_stalled_span_stage_are_bounded_and_counted() -> None:
+    """The span stage never gets past the start: the host's samples wait for its client
+    calls, but no more than MAX_PENDING_SAMPLES of them; the oldest are judged without."""
+    from pipeline.detectors.timewait import MAX_PENDING_SAMPLES
+
+    det = TimeWaitDetector()
+    det.side_watermark_ns = T0
+    batches = tcp.host_batches(90, closes=step(1.5, 30.0, 600, 1200))
+    found, det = run(batches, det)
+    held = sum(len(h.pending) for _, h in det._hosts.items())
+    assert held == MAX_PENDING_SAMPLES
+    # The first sample (at T0, not after the side watermark) was judged in the usual way.
+    assert det.stats().evicted["side_wait_exceeded"] == len(batches) - 1 - MAX_PENDING_SAMPLES
+    assert firing(found)  # the judged ones still find the buildup
