@@ -18,6 +18,7 @@ detector fires and resolves.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -151,9 +152,19 @@ async def test_hostile_input_is_contained_and_nothing_stops(
     assert h["dlq.value.sha256"] == hashlib.sha256(huge).hexdigest()
     assert dl.value == huge[:64 * 1024]
 
-    # A rerun of older telemetry into this state: said at once.
-    await produce(bootstrap, [spans_record(spans_t, 200 + i, "steady", T0 - 3600 * S + i * S)
-                              for i in range(10)])
-    await wait_for(lambda: m("anomaly_pipeline_input_behind_state_seconds", stream="spans") > 0,
-                   timeout=30, what="the input behind the saved state")
+    # A rerun of older telemetry into this state: said at once, for as long as it lasts.
+    async def rerun() -> None:
+        for i in range(40):
+            await produce(bootstrap, [spans_record(spans_t, 200 + i, "steady",
+                                                   T0 - 3600 * S + i * S)])
+            await asyncio.sleep(0.5)
+
+    def behind() -> float:
+        return m("anomaly_pipeline_input_behind_state_seconds", stream="spans")
+    rerunning = asyncio.create_task(rerun())
+    await wait_for(lambda: behind() > 0, timeout=15, what="the input behind the saved state")
     assert "behind the saved state's watermark" in w.log()
+    assert not rerunning.done()
+    await rerunning
+    # The rerun is over (its input idle): the gauge goes back to 0.
+    await wait_for(lambda: behind() == 0, timeout=30, what="the end of the rerun")
