@@ -347,15 +347,14 @@ class Ingest:
         when it is dead-lettered: no record can stop ingest."""
         results = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
         failed: dict[str, tuple[ConsumerRecord, BaseException]] = {}
+        delivered: set[str] = set()  # records with at least one message the broker took
         for p, result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
                 failed.setdefault(p.ident, (p.record, result))
-        delivered: set[str] = set()  # records with at least one message the broker took
-        for p, result in zip(pending, results, strict=True):
-            if not isinstance(result, BaseException):
+            else:
                 delivered.add(p.ident)
-                if p.ident not in failed:
-                    self._attempts.pop(p.ident, None)  # delivered: earlier failures forgiven
+        for ident in delivered - failed.keys():
+            self._attempts.pop(ident, None)  # delivered whole: earlier failures forgiven
         pending.clear()
         if failed:
             retry: tuple[ConsumerRecord, BaseException] | None = None

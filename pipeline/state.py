@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("pipeline.state")
@@ -71,6 +72,7 @@ class Keyed(Generic[V]):
         self._ticks: dict[str, int] = {}  # key -> when it last changed (its place in the order)
         self._tick = 0
         self._dirty: set[str] = set()
+        self._batch: dict[str, None] | None = None  # keys changed inside ``batch()``, in order
         self._saved: set[str] = set()  # keys written at least once (a delete needs a tombstone)
         self.evicted = 0  # entries dropped to make room
         self.refused = 0  # new entries not taken: every entry was protected
@@ -108,11 +110,33 @@ class Keyed(Generic[V]):
     # -- writing ---------------------------------------------------------------------------
     def put(self, key: str, value: V) -> None:
         self._items[key] = value
-        self.changed(key)
+        self._touch(key)
 
     def changed(self, key: str) -> None:
         """``key``'s value changed (in place): it is saved at the next snapshot and becomes the
-        most recently changed entry."""
+        most recently changed entry (inside ``batch()``, when the batch ends)."""
+        batch = self._batch
+        if batch is not None:
+            batch.pop(key, None)
+            batch[key] = None
+            return
+        self._touch(key)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Defer ``changed`` to the end of the block: each key changed in it is moved once, in
+        the order of its last change (keys removed meanwhile are skipped). For update loops
+        that touch the same key for many points of one batch."""
+        self._batch = {}
+        try:
+            yield
+        finally:
+            keys, self._batch = self._batch, None
+            for key in keys:
+                if key in self._items:
+                    self._touch(key)
+
+    def _touch(self, key: str) -> None:
         self._items.move_to_end(key)
         self._tick += 1
         self._ticks[key] = self._tick

@@ -238,13 +238,10 @@ class MemoryDetector(Detector):
 
     # -- folding points ----------------------------------------------------------------------
     def update(self, records: Sequence[MetricPoint]) -> None:
-        touched: dict[str, None] = {}  # changed once per batch, in order of their last point
-        self._update(records, touched)
-        for key in touched:
-            if key in self._inst:
-                self._inst.changed(key)
+        with self._inst.batch():  # an instance's change recorded once per batch
+            self._update(records)
 
-    def _update(self, records: Sequence[MetricPoint], touched: dict[str, None]) -> None:
+    def _update(self, records: Sequence[MetricPoint]) -> None:
         rules_map = self.rules
         for p in records:
             rules = rules_for(p.name, rules_map)
@@ -267,8 +264,7 @@ class MemoryDetector(Detector):
             if t <= inst.last_t or t < inst.closed_ns:
                 self._count("late_points")
                 continue
-            touched.pop(key, None)
-            touched[key] = None
+            self._inst.changed(key)
             self._waiting.add(key)
             if t > inst.seen_ns:
                 inst.seen_ns = t

@@ -191,13 +191,10 @@ class TimeWaitDetector(Detector):
 
     # -- folding ------------------------------------------------------------------------------
     def update(self, records: Sequence[MetricPoint]) -> None:
-        touched: dict[str, None] = {}  # changed once per batch, in order of their last point
-        self._update(records, touched)
-        for name in touched:
-            if name in self._hosts:
-                self._hosts.changed(name)
+        with self._hosts.batch():  # a host's change recorded once per batch
+            self._update(records)
 
-    def _update(self, records: Sequence[MetricPoint], touched: dict[str, None]) -> None:
+    def _update(self, records: Sequence[MetricPoint]) -> None:
         for p in records:
             if p.name not in conn.HOST_METRICS or p.value is None:
                 continue
@@ -214,8 +211,7 @@ class TimeWaitDetector(Detector):
             if t <= h.last_t:
                 self._count("late_points")
                 continue
-            touched.pop(name, None)
-            touched[name] = None
+            self._hosts.changed(name)
             self._waiting.add(name)
             if t > h.seen_ns:
                 h.seen_ns = t

@@ -138,33 +138,30 @@ class TraceAssembler(Detector):
     def update(self, records: Sequence[Span]) -> None:
         open_, closed, meta = self._open, self._closed, self._meta.value
         watermark = meta["watermark_ns"]
-        touched: dict[str, None] = {}  # in order of last span: the change order after this
-        for s in records:
-            tid = s.trace_id
-            o = open_.get(tid)
-            if o is None:
-                if tid in closed:
-                    self._count("late_spans")
+        # A trace is recorded as changed once per batch, in the order of its last span.
+        with open_.batch():
+            for s in records:
+                tid = s.trace_id
+                o = open_.get(tid)
+                if o is None:
+                    if tid in closed:
+                        self._count("late_spans")
+                        continue
+                    open_.make_room(evict=self._evict)
+                    meta["seq"] += 1
+                    o = _Open(meta["seq"], s.start_ns)
+                    open_.put(tid, o)
+                if len(o.spans) >= self.max_spans:
+                    self._count("span_cap")
                     continue
-                open_.make_room(evict=self._evict)
-                meta["seq"] += 1
-                o = _Open(meta["seq"], s.start_ns)
-                open_.put(tid, o)
-            if len(o.spans) >= self.max_spans:
-                self._count("span_cap")
-                continue
-            o.spans.append(s)
-            if s.start_ns < o.first_ns:
-                o.first_ns = s.start_ns
-            t = s.end_ns if s.end_ns > watermark else watermark
-            if t > o.last_ns:
-                o.last_ns = t
-            if not s.parent_id:
-                o.has_root = True
-            touched.pop(tid, None)
-            touched[tid] = None
-        for tid in touched:
-            if tid in open_:  # (not completed early by the cap since)
+                o.spans.append(s)
+                if s.start_ns < o.first_ns:
+                    o.first_ns = s.start_ns
+                t = s.end_ns if s.end_ns > watermark else watermark
+                if t > o.last_ns:
+                    o.last_ns = t
+                if not s.parent_id:
+                    o.has_root = True
                 open_.changed(tid)
         self._meta.changed()
 

@@ -109,3 +109,19 @@ def test_names_must_be_distinct() -> None:
         st.cell("a")
     with pytest.raises(ValueError):
         st.keyed("b/c", dict, lambda d, k: d)
+
+
+def test_a_batch_moves_each_changed_key_once_in_the_order_of_its_last_change() -> None:
+    k = box()
+    for key in "abc":
+        k.put(key, {"n": 0})
+    k.snapshot(changed_only=True)
+    with k.batch():
+        k.changed("a")
+        k.changed("b")
+        k.changed("a")
+        assert list(k) == ["a", "b", "c"]  # not moved yet
+        k.pop("b")
+    assert list(k) == ["c", "a"]
+    snap = k.snapshot(changed_only=True)
+    assert snap.keys() == {"x/a", "x/b"} and snap["x/b"] is None  # a saved, b deleted
