@@ -423,6 +423,9 @@ class Pipeline:
         for st in self.streams.values():
             for tp in revoked:
                 if tp.topic == st.topic.get_topic_name():
+                    engine = st.engines.get(tp.partition)
+                    if engine is not None:  # what its detectors counted since the last view
+                        self._export_counts(engine)
                     # Unflushed work is not acknowledged: the new owner redoes it from the table.
                     st.engines.pop(tp.partition, None)
                     st.pending.pop(tp.partition, None)
@@ -430,6 +433,15 @@ class Pipeline:
                     st.ticked.discard(tp.partition)
                     st.sending.pop(tp.partition, None)
                     st.position.pop(tp.partition, None)
+
+    def _export_counts(self, engine: PartitionEngine) -> None:
+        for d in engine.detectors:
+            if d.name in engine.quarantined:
+                continue
+            try:
+                self.metrics.add_counts(d, d.stats().counters)
+            except Exception:  # a broken detector must not break the metrics
+                continue
 
     def _detector_error(self, detector: str, what: str, exc: BaseException) -> None:
         self.metrics.detector_errors.labels(detector).inc()
@@ -477,6 +489,7 @@ class Pipeline:
                         sv.active[key] = sv.active.get(key, 0) + n
                     sv.gauges.update(stats.gauges)
                     sv.firing.extend(stats.firing)
+                    self.metrics.add_counts(d, stats.counters)
             sv.idle_s = min(idles) if idles else 0.0
             view[name] = sv
         return view

@@ -33,7 +33,16 @@ Users add or override rules with ``MEMORY_METRICS`` (``load_rules``)::
 ``scale`` multiplies the value (Go's heap goal is mapped to the post-GC heap with 1/2, for the
 default GOGC=100: a service running with GOGC=200 maps it with ``"scale": 0.333``).
 Units: ``By``/``KiBy``/``MiBy``/``GiBy`` and ``s``/``ms``/``us``/``ns`` are converted to bytes and
-seconds; a point without a unit (Prometheus) is taken as bytes or seconds, as its name says.
+seconds; a point without a unit (Prometheus) is taken as bytes or seconds, as its name says;
+``1`` and any UCUM annotation in curly braces (``{collection}``, ``{object}``, ``{thread}``...)
+are dimensionless counts, taken as they are. Points in any other unit are ignored.
+
+**Levels are not counters.** Only a point that is a counter may feed a counter role
+(``gc``, ``gc_time``, ``gc_count``, ``alloc``: ``COUNTER_ROLES``): a Sum marked monotonic, a
+histogram or summary (its count and sum), or a Prometheus ``*_total``. A non-monotonic Sum or a
+Gauge mapped to a counter role is ignored (``is_counter``; the memory detector counts it as
+``level_not_counter``). Some instrumentations export a level as a monotonic Sum all the same
+(CPython's ``process.runtime.cpython.gc_count``): such names map to no role at all.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ from pipeline.settings import ConfigError
 ROLES = ("heap_after_gc", "heap_used", "rss", "limit", "gc", "gc_time", "gc_count", "alloc")
 #: Roles read as a level at a point in time (summed over a metric's points at one timestamp).
 LEVEL_ROLES = ("heap_after_gc", "heap_used", "rss", "limit")
+#: Roles read as counters: their increases between samples (a restart resets them).
+COUNTER_ROLES = ("gc", "gc_time", "gc_count", "alloc")
 #: Floor signals in order of preference: post-GC heap, then the heap's lower envelope, then RSS.
 FLOOR_ROLES = ("heap_after_gc", "heap_used", "rss")
 
@@ -115,8 +126,12 @@ BUILTIN_RULES: dict[str, tuple[Rule, ...]] = {
     "go_memstats_alloc_bytes": (),  # a level, not the counter: ignored on purpose
     # CPython
     "process.runtime.cpython.memory": (_rule("rss", 0, type="rss"),),
-    "cpython.gc.collections": (_rule("gc_count", 0),),
-    "process.runtime.cpython.gc_count": (_rule("gc_count", 1),),
+    "cpython.gc.collections": (_rule("gc_count", 0),),  # {collection}, monotonic cumulative
+    # gc.get_count(): allocations since each generation's last collection, a LEVEL that goes
+    # up and down at every collection, though the system-metrics instrumentation exports it as
+    # a monotonic cumulative Sum (in "By"). Read as a counter, each fall would look like a
+    # process restart: ignored on purpose (cpython.gc.collections is the counter).
+    "process.runtime.cpython.gc_count": (),
     "python_gc_collections_total": (_rule("gc_count", 2),),
     "python_gc_collections": (_rule("gc_count", 2),),
     # Node.js
@@ -131,13 +146,23 @@ BUILTIN_RULES: dict[str, tuple[Rule, ...]] = {
     "dotnet.gc.collections": (_rule("gc_count", 3),),
     "dotnet.process.memory.working_set": (_rule("rss", 1),),
     "dotnet.gc.heap.total_allocated": (_rule("alloc", 2),),
-    # Process and container (any runtime)
+    # Process and container (any runtime). A container's working set (usage minus inactive
+    # page cache: what the OOM killer and kubelet eviction go by) comes first, then its RSS,
+    # then its usage, last: usage includes the page cache, so a database's cache filling up
+    # (which the kernel reclaims) is not a leak when anything better is sent.
     "process.memory.usage": (_rule("rss", 2),),
     "process_resident_memory_bytes": (_rule("rss", 3),),
-    "container.memory.working_set": (_rule("rss", 4),),
-    "container_memory_working_set_bytes": (_rule("rss", 5),),
-    "k8s.container.memory_limit": (_rule("limit", 5),),
-    "container_spec_memory_limit_bytes": (_rule("limit", 6),),
+    "container.memory.working_set": (_rule("rss", 4),),  # kubeletstats receiver
+    "container_memory_working_set_bytes": (_rule("rss", 5),),  # cAdvisor
+    "container.memory.rss": (_rule("rss", 6),),  # kubeletstats, docker_stats
+    "container_memory_rss": (_rule("rss", 7),),  # cAdvisor
+    # docker_stats: usage minus the page cache (total_cache on cgroup v1, inactive_file on v2)
+    "container.memory.usage.total": (_rule("rss", 8),),
+    "container.memory.usage": (_rule("rss", 9),),  # kubeletstats: includes the page cache
+    "container_memory_usage_bytes": (_rule("rss", 10),),  # cAdvisor: includes the page cache
+    "k8s.container.memory_limit": (_rule("limit", 5),),  # k8s_cluster receiver
+    "container.memory.usage.limit": (_rule("limit", 6),),  # docker_stats
+    "container_spec_memory_limit_bytes": (_rule("limit", 7),),  # cAdvisor (0: none set)
 }
 
 
@@ -206,8 +231,38 @@ def load_rules(spec: str) -> dict[str, tuple[Rule, ...]]:
 
 
 def unit_scale(unit: str) -> float | None:
-    """Factor to bytes or seconds; ``None`` for a unit this module does not know (ignored)."""
-    return UNIT_SCALE.get(unit)
+    """Factor to bytes or seconds (1 for counts); ``None`` for a unit this module does not
+    know (ignored). A UCUM annotation in curly braces is a dimensionless count.
+
+    >>> unit_scale("MiBy"), unit_scale("ms"), unit_scale("{collection}"), unit_scale("1")
+    (1048576.0, 0.001, 1.0, 1.0)
+    >>> unit_scale("{GC}"), unit_scale("%") is None
+    (1.0, True)
+    """
+    scale = UNIT_SCALE.get(unit)
+    if scale is None and len(unit) > 2 and unit[0] == "{" and unit[-1] == "}":
+        return 1.0
+    return scale
+
+
+def is_counter(name: str, kind: str, monotonic: bool) -> bool:
+    """Whether a point may feed a counter role: a Sum marked monotonic, a histogram or summary,
+    or a Prometheus ``*_total`` (untyped Prometheus metrics arrive as Gauges).
+
+    >>> is_counter("cpython.gc.collections", "sum", True)
+    True
+    >>> is_counter("dotnet.gc.collections", "sum", False), is_counter("x", "gauge", False)
+    (False, False)
+    >>> is_counter("jvm.gc.duration", "histogram", False)
+    True
+    >>> is_counter("python_gc_collections_total", "gauge", False)
+    True
+    """
+    if kind == "sum":
+        return monotonic or name.endswith("_total")
+    if kind in ("histogram", "exponential_histogram", "summary"):
+        return True
+    return name.endswith("_total")
 
 
 def parse_limits(spec: str) -> dict[str, float]:
@@ -227,6 +282,22 @@ def parse_limits(spec: str) -> dict[str, float]:
             )
         out[service.strip()] = parse_size(size.strip(), f"MEMORY_LIMITS entry {part!r}")
     return out
+
+
+def parse_min_growth(text: str) -> float:
+    """``MEMORY_MIN_GROWTH_BYTES_PER_HOUR``: bytes per hour, with the suffixes Ki, Mi, Gi (and
+    KiB...); 0 turns the absolute minimum off.
+
+    >>> parse_min_growth("32Mi"), parse_min_growth("1048576"), parse_min_growth("0")
+    (33554432.0, 1048576.0, 0.0)
+    """
+    t = text.strip()
+    try:
+        if float(t) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return parse_size(t, "MEMORY_MIN_GROWTH_BYTES_PER_HOUR (bytes per hour, e.g. 32Mi; 0: off)")
 
 
 def parse_size(text: str, what: str) -> float:

@@ -93,12 +93,21 @@ class Settings:
     # Bottleneck detection (per routed trace-sample partition).
     bottleneck_window_s: float = 30.0
     bottleneck_warmup_windows: int = 20  # baseline windows before an operation is judged
+    bottleneck_warmup_calls: int = 100  # ... and calls in them (sparse operations: more windows)
+    # An operation with fewer than 8 calls in a window is judged on several windows together,
+    # up to this long (a few calls a minute are still judged); longer, its samples are dropped.
+    bottleneck_max_window_s: float = 600.0
+    bottleneck_baseline_ttl_s: float = 7 * 86400.0  # an operation's baseline survives silence
     bottleneck_max_operations: int = 5_000  # (service, operation) baselines per partition
+    regression_min_added_ms: float = 10.0  # a service-wide regression adds at least this
     # Memory leaks and GC pressure (per routed metric partition).
     memory_limits: str = ""  # "service=512Mi,*=1Gi": limits for runtimes that send none
     memory_metrics: str = ""  # extra metric -> role rules: inline JSON or a JSON file path
     memory_oom_fraction: float = 0.9  # time to OOM counts to this fraction of the limit
     memory_min_growth_pct_per_hour: float = 0.25  # slower floor growth is not reported
+    # With no limit known, floor growth slower than this (bytes/hour; Ki/Mi/Gi suffixes) is not
+    # reported either: a small process growing a few hundred KiB an hour is not a leak (0: off).
+    memory_min_growth_bytes_per_hour: str = "32Mi"
     memory_max_instances: int = 2_000  # instances per partition (~60 KB each with 6 h of history)
     gc_pressure_min_fraction: float = 0.10  # GC time share below this is never pressure
     # TIME_WAIT buildup (per routed metric partition, by host).
@@ -249,9 +258,23 @@ class Settings:
                 "and 60 (the baseline holds 60 windows)"
             )
         _positive("BOTTLENECK_MAX_OPERATIONS", self.bottleneck_max_operations)
-        from pipeline.runtime_metrics import load_rules, parse_limits  # (imports settings)
+        _positive("BOTTLENECK_WARMUP_CALLS", self.bottleneck_warmup_calls, upper=100_000)
+        if not self.bottleneck_window_s <= self.bottleneck_max_window_s <= 86400:
+            raise ConfigError(
+                f"BOTTLENECK_MAX_WINDOW_S={self.bottleneck_max_window_s} must be at least "
+                f"BOTTLENECK_WINDOW_S={self.bottleneck_window_s} and at most 86400 (a day)"
+            )
+        _positive("BOTTLENECK_BASELINE_TTL_S", self.bottleneck_baseline_ttl_s,
+                  upper=366 * 86400)
+        _positive("REGRESSION_MIN_ADDED_MS", self.regression_min_added_ms, upper=3_600_000)
+        from pipeline.runtime_metrics import (  # (imports settings)
+            load_rules,
+            parse_limits,
+            parse_min_growth,
+        )
 
         parse_limits(self.memory_limits)
+        parse_min_growth(self.memory_min_growth_bytes_per_hour)
         load_rules(self.memory_metrics)
         if not 0 < self.memory_oom_fraction <= 1:
             raise ConfigError(

@@ -10,7 +10,8 @@ A detector is a state machine over one partition's records in event time:
   table backed by a changelog topic, so a restarted worker resumes where it left off. A
   detector that keeps its state in a ``pipeline.state.State`` (``self.state``: per-key maps
   with change tracking, LRU caps and versioned documents) gets both for free;
-- ``stats()`` reports how much it tracks and what it evicted (exported as metrics).
+- ``stats()`` reports how much it tracks and what it evicted, and what it counted (exported as
+  metrics).
 
 Every per-key structure must have a cap and an expiry, and count what it drops.
 """
@@ -41,6 +42,10 @@ class DetectorStats:
     gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
     # Firing findings: (kind, severity, fingerprint, entity), from ``Lifecycle.firing()``.
     firing: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    # Events counted by this detector object since it was created (in memory, not in saved
+    # state), by (metric name, ((label, value), ...)): the worker adds their increases to
+    # Prometheus counters (``PipelineMetrics.add_counts``). Keep label values bounded.
+    counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
 
 
 class Detector(ABC):

@@ -25,7 +25,10 @@ full; the shorter ones every minute, the longer ones every few), a window is a l
   it rises at ``alpha`` (0.005; 0.001 from 80 minutes up: more windows, stricter test), before
   and after the knee of the best flat-then-linear (hinge) fit, where the growth began;
 - the Theil–Sen slope since the knee has its 90% interval above zero and is at least
-  ``min_growth_pct_per_hour`` (0.25 %/h) of the limit (of the floor, with no limit known);
+  ``min_growth_pct_per_hour`` (0.25 %/h) of the limit; with no limit known, at least that share
+  of the floor **and** ``min_growth_bytes_per_hour`` (32 MiB/h,
+  ``MEMORY_MIN_GROWTH_BYTES_PER_HOUR``; 0 turns it off): a small process growing a few hundred
+  KiB an hour is not a leak. The finding's ``min_growth`` evidence says which rule applied;
 - the growth has lasted ``min_growth_s`` (12 minutes: before that a warm-up and a leak look
   alike) over at least eight samples;
 - it is not levelling off: its second half and last third grow at least 0.6 and 0.5 times as
@@ -38,11 +41,21 @@ opens, a longer window that sees a step or a slowing rise vetoes shorter ones. A
 after ``open_after`` (2) consecutive passing minutes and resolves after ``resolve_after`` (60)
 minutes without one.
 
-**Restarts reset.** A new process (a cumulative counter that went back or a new start time, a
-changed ``process.pid`` or ``service.version``) starts the floor history afresh, skips
-``startup_s`` of warm-up, and resolves a firing leak at once (``resolved_because`` in its
-evidence). A redeployed pod has a new instance id: the old instance stops reporting, and its
-state and findings expire after ``instance_ttl_s``.
+**Restarts reset.** A new process starts the floor history afresh, skips ``startup_s`` of
+warm-up, and resolves a firing leak at once (``resolved_because`` in its evidence;
+``last_restart`` in later findings' evidence, with its reason). A restart is told only by real
+identity or by a real counter: a changed ``process.pid`` or ``service.version``, a cumulative
+counter with a new start time, or a cumulative counter that went back with no start time to
+tell. A cumulative counter that went back with the *same* start time is the same process (a
+level exported as a counter, a glitch): its new value is the next base, counted
+``counter_went_back``. Only counters feed the counter roles (``runtime_metrics.is_counter``: a
+monotonic Sum, a histogram or summary, a Prometheus ``*_total``); a Gauge or non-monotonic Sum
+mapped to one is ignored, counted ``level_not_counter``; CPython's
+``process.runtime.cpython.gc_count`` (``gc.get_count()`` levels sent as a monotonic Sum) maps
+to no role. Restarts are counted per service for the Prometheus counter
+``anomaly_pipeline_memory_instance_restarts_total{service_name}`` (``DetectorStats.counters``).
+A redeployed pod has a new instance id: the old instance stops reporting, and its state and
+findings expire after ``instance_ttl_s``.
 
 **Time to OOM** is the time for the Theil–Sen line to reach ``oom_fraction`` (0.9) of the
 limit, with an interval from the slope's 90% bounds. The limit comes from the runtime's limit
@@ -81,8 +94,10 @@ from pipeline.runtime_metrics import (
     FLOOR_ROLES,
     LEVEL_ROLES,
     Rule,
+    is_counter,
     load_rules,
     parse_limits,
+    parse_min_growth,
     rules_for,
     unit_scale,
 )
@@ -92,6 +107,9 @@ LEAK, GC = "memory_leak", "gc_pressure"
 SLOPE_GAUGE = "anomaly_pipeline_memory_leak_slope_bytes_per_second"
 TTO_GAUGE = "anomaly_pipeline_memory_leak_time_to_oom_seconds"
 GC_GAUGE = "anomaly_pipeline_gc_time_fraction"
+#: Restarts seen, by service: a Prometheus counter (``DetectorStats.counters``).
+RESTARTS_COUNTER = "anomaly_pipeline_memory_instance_restarts"
+MAX_COUNTED_SERVICES = 1_000  # services with their own restart series; the rest are "_other"
 NS = 1_000_000_000
 WINDOWS_MIN = (10, 20, 40, 80, 160, 320)
 MIB = 1024.0 * 1024.0
@@ -173,6 +191,7 @@ class MemoryDetector(Detector):
         alpha: float = 0.005,
         alpha_long: float = 0.001,
         min_growth_pct_per_hour: float = 0.25,
+        min_growth_bytes_per_hour: float = 32 * MIB,
         oom_fraction: float = 0.9,
         startup_s: float = 300.0,
         min_growth_s: float = 720.0,
@@ -192,6 +211,7 @@ class MemoryDetector(Detector):
         self.bucket_ns = int(bucket_s * NS)
         self.alpha, self.alpha_long = alpha, alpha_long
         self.min_growth = min_growth_pct_per_hour / 100.0
+        self.min_growth_bytes_h = min_growth_bytes_per_hour  # with no limit known (0: off)
         self.oom_fraction = oom_fraction
         self.startup_ns = int(startup_s * NS)
         self.min_growth_s = min_growth_s
@@ -221,9 +241,12 @@ class MemoryDetector(Detector):
         self._waiting: set[str] = set()  # instances with pending timestamps or an open bucket
         self._meta = self.state.cell("meta", {
             "counts": {"evicted_instances": 0, "expired_instances": 0, "late_points": 0,
-                       "restarts": 0},
+                       "restarts": 0, "level_not_counter": 0, "counter_went_back": 0},
             "exp": 0,  # when instances were last expired
         })
+        # Restarts seen by this object, by service (not saved: the worker adds the increases
+        # to a Prometheus counter, which a partition moving between workers cannot take down)
+        self._restarts: dict[str, int] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> MemoryDetector:
@@ -232,6 +255,7 @@ class MemoryDetector(Detector):
             limits=parse_limits(settings.memory_limits),
             oom_fraction=settings.memory_oom_fraction,
             min_growth_pct_per_hour=settings.memory_min_growth_pct_per_hour,
+            min_growth_bytes_per_hour=parse_min_growth(settings.memory_min_growth_bytes_per_hour),
             gc_min_fraction=settings.gc_pressure_min_fraction,
             max_instances=settings.memory_max_instances,
         )
@@ -252,6 +276,11 @@ class MemoryDetector(Detector):
                 continue
             scale = unit_scale(p.unit)
             if scale is None:
+                continue
+            if rule.role not in LEVEL_ROLES and not is_counter(p.name, p.type, p.monotonic):
+                # a level (a Gauge, a non-monotonic Sum) mapped to a counter role: its falls
+                # would read as restarts
+                self._count("level_not_counter")
                 continue
             key = p.resource.key
             inst = self._inst.get(key)
@@ -324,9 +353,12 @@ class MemoryDetector(Detector):
         return change
 
     def _increase(self, inst: _Inst, sid: str, raw: Sequence[Any], cur: list[Any],
-                  t: int) -> bool:
-        """Fold one counter or histogram point's increase into the bucket; False when the
-        counter went back (the process restarted)."""
+                  t: int) -> str | None:
+        """Fold one counter or histogram point's increase into the bucket. Returns why the
+        process restarted, when the point says so: a cumulative counter with a new start time,
+        or one that went back with no start time to tell. One that went back with the same
+        start time did not restart (a level sent as a counter, a collector's glitch): its new
+        value is the base for the next increase (counted ``counter_went_back``)."""
         role, scale, temporality, start_ns, value, count, total, bounds, buckets = raw
         if value is not None:
             count, total, buckets = None, float(value), None
@@ -338,12 +370,17 @@ class MemoryDetector(Detector):
             prev = inst.series.get(sid)
             inst.series[sid] = [start_ns, t, count, total, buckets]
             if prev is None:
-                return True
-            if (start_ns and prev[0] and abs(start_ns - prev[0]) > NS) or (
-                (total is not None and prev[3] is not None and total < prev[3])
-                or (count is not None and prev[2] is not None and count < prev[2])
+                return None
+            name = sid.partition("|")[0]
+            if start_ns and prev[0] and abs(start_ns - prev[0]) > NS:
+                return f"process restarted ({name}: a cumulative counter with a new start time)"
+            if (total is not None and prev[3] is not None and total < prev[3]) or (
+                count is not None and prev[2] is not None and count < prev[2]
             ):
-                return False
+                if start_ns and prev[0]:  # the same start time: the same process
+                    self._count("counter_went_back")
+                    return None
+                return f"process restarted ({name}: a cumulative counter went back)"
             d_count = None if count is None or prev[2] is None else count - prev[2]
             d_total = None if total is None or prev[3] is None else total - prev[3]
             d_buckets = (
@@ -365,7 +402,7 @@ class MemoryDetector(Detector):
         elif d_total is not None:
             i = {"gc_time": 2, "gc_count": 3, "alloc": 4}[role]
             cur[i] = (cur[i] or 0.0) + d_total * (scale if role != "gc_count" else 1.0)
-        return True
+        return None
 
     # -- event time ----------------------------------------------------------------------------
     def advance(self, watermark_ns: int) -> list[Finding]:
@@ -435,14 +472,13 @@ class MemoryDetector(Detector):
                 cur[8] = value
         if "limit" in tick and tick["limit"] > 0:
             inst.limit = tick["limit"]
-        restarted = False
+        restarted = None
         for sid in sorted(tick.get("c", ())):
-            if not self._increase(inst, sid, tick["c"][sid], cur, t):
-                restarted = True
+            why = self._increase(inst, sid, tick["c"][sid], cur, t)
+            restarted = restarted or why
         inst.last_t = t
         if restarted:  # counters restart with the process: its history starts afresh
-            self._reset(key, inst, t, "process restarted (a cumulative counter reset)",
-                        findings)
+            self._reset(key, inst, t, restarted, findings)
 
     def _drop_seen(self, inst: _Inst, t: int, value: float) -> bool:
         """Note a collection: the floor signal fell by at least 3% and by four times its typical
@@ -489,6 +525,10 @@ class MemoryDetector(Detector):
     def _reset(self, key: str, inst: _Inst, t: int, reason: str,
                findings: list[Finding]) -> None:
         self._count("restarts")
+        svc = inst.service
+        if svc not in self._restarts and len(self._restarts) >= MAX_COUNTED_SERVICES:
+            svc = "_other"
+        self._restarts[svc] = self._restarts.get(svc, 0) + 1
         inst.reset_info = {"at": rfc3339(t), "reason": reason}
         entity = {"service": inst.service, "instance": inst.instance}
         f = self.lc_leak.resolve(entity, t, f"instance restarted: {reason}")
@@ -652,8 +692,12 @@ class MemoryDetector(Detector):
             return {"verdict": "level_shift", "end_ns": end_ns}
         slope, intercept, lo, hi = (float(v) for v in stats.theilslopes(ys, xs, alpha=0.90))
         limit = self._limit(inst)
-        scale = limit if limit else float(np.median(y))
-        if not lo > 0 or slope < self.min_growth * scale:
+        # at least min_growth of the limit per hour; with no limit known, of the floor and, as
+        # a small process's floor says little, at least min_growth_bytes_h bytes per hour
+        threshold = self.min_growth * (limit if limit else float(np.median(y)))
+        if not limit:
+            threshold = max(threshold, self.min_growth_bytes_h)
+        if not lo > 0 or slope < threshold:
             return None
         doc: dict[str, Any] = {
             "window_s": round(w_buckets * self.bucket_ns / NS),
@@ -668,6 +712,7 @@ class MemoryDetector(Detector):
             "growing_for_s": round(float(-xs[0]) * 3600 + self.bucket_ns / NS / 2),
             "end_ns": end_ns,
             "verdict": "leak",
+            "min_growth_h": threshold,
         }
         # A leak grows steadily; a warming cache grows fast, then slower. Judge the shape only
         # once the growth has lasted ``min_growth_s``: before that the two look alike.
@@ -694,6 +739,19 @@ class MemoryDetector(Detector):
                 if m1 > 0 and m2 >= 1.5 * m1:
                     doc["verdict"] = "load_driven"
         return doc
+
+    def _growth_rule(self, limit: float | None, threshold: float | None) -> dict[str, Any]:
+        """Which minimum growth the slope had to pass (evidence): with a limit known, a share
+        of it per hour; with none, a share of the floor and an absolute rate."""
+        out: dict[str, Any] = {"pct_per_hour": round(self.min_growth * 100, 4)}
+        if limit:
+            out["rule"] = "limit: pct_of_limit"
+        else:
+            out["rule"] = "no_limit: pct_of_floor_and_bytes_per_hour"
+            out["min_bytes_per_hour"] = round(self.min_growth_bytes_h)
+        if threshold is not None:
+            out["threshold_bytes_per_hour"] = round(threshold)
+        return out
 
     def _limit(self, inst: _Inst) -> float | None:
         if inst.limit:
@@ -727,6 +785,7 @@ class MemoryDetector(Detector):
             "limit_bytes": round(limit) if limit else None,
             "limit_source": "metric" if inst.limit else ("configuration" if limit else None),
             "oom_at_fraction_of_limit": self.oom_fraction if limit else None,
+            "min_growth": self._growth_rule(limit, c.get("min_growth_h")),
             "time_to_oom_s": round(tto) if tto is not None else None,
             "time_to_oom_interval_s": [
                 round(tto_lo) if tto_lo is not None else None,
@@ -852,7 +911,8 @@ class MemoryDetector(Detector):
         return self.lc_leak.expire(now_ns, idle) + self.lc_gc.expire(now_ns, idle)
 
     def _count(self, reason: str) -> None:
-        self._meta["counts"][reason] += 1
+        counts = self._meta["counts"]
+        counts[reason] = counts.get(reason, 0) + 1  # (state saved before a reason existed)
         self._meta.changed()
 
     # -- state -----------------------------------------------------------------------------
@@ -886,8 +946,11 @@ class MemoryDetector(Detector):
         evicted = dict(self._meta["counts"])
         evicted.pop("restarts", None)
         evicted["findings_evicted"] = self.lc_leak.evicted + self.lc_gc.evicted
+        counters = {(RESTARTS_COUNTER, (("service_name", svc),)): float(n)
+                    for svc, n in self._restarts.items()}
         return DetectorStats(tracked=len(self._inst), evicted=evicted, active=active,
-                             gauges=gauges, firing=self.lc_leak.firing() + self.lc_gc.firing())
+                             gauges=gauges, firing=self.lc_leak.firing() + self.lc_gc.firing(),
+                             counters=counters)
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ as client_python recommends for state owned elsewhere. Label values come from sm
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,18 @@ GAUGE_HELP = {
     f"{NS}_time_wait_time_to_exhaustion_seconds":
         "Estimated time until a host's TIME_WAIT sockets fill its ephemeral port range (one "
         "series per firing time_wait_buildup finding with an estimate).",
+}
+
+
+#: Counters detectors report (``DetectorStats.counters``): name -> (help, label names). Created
+#: at start, so that /metrics lists them before their first event.
+COUNTER_HELP = {
+    f"{NS}_memory_instance_restarts": (
+        "Process restarts the memory detector saw, by service: a new process.pid or "
+        "service.version, or a cumulative counter with a new start time (or one that went back "
+        "with no start time). Each restart starts the instance's memory floor history afresh.",
+        ("service_name",),
+    ),
 }
 
 
@@ -161,6 +174,40 @@ class PipelineMetrics:
             f"{NS}_state_writes", "Table entries written (or deleted) by state flushes.",
             ["stream"], registry=registry,
         )
+
+        self._counters = {
+            name: Counter(name, help_text, list(labels), registry=registry)
+            for name, (help_text, labels) in COUNTER_HELP.items()
+        }
+        # detector object -> what it had counted when last seen (counts start at 0 with it)
+        self._counted: weakref.WeakKeyDictionary[Any, dict[Any, float]] = (
+            weakref.WeakKeyDictionary())
+
+    def add_counts(
+        self, source: Any,
+        counters: Mapping[tuple[str, tuple[tuple[str, str], ...]], float],
+    ) -> None:
+        """Add to the Prometheus counters what ``source`` (one detector object) counted since
+        the last call: its counts are cumulative since it was created, so a partition revoked
+        from this worker takes nothing back from these counters."""
+        seen = self._counted.get(source)
+        if seen is None:
+            seen = self._counted[source] = {}
+        for key, n in counters.items():
+            name, labels = key
+            inc = n - seen.get(key, 0.0)
+            seen[key] = n
+            if inc <= 0:
+                continue
+            try:
+                c = self._counters.get(name)
+                if c is None:
+                    c = self._counters[name] = Counter(
+                        name, "Detector counter.", [k for k, _ in labels],
+                        registry=self.registry)
+                c.labels(*(v for _, v in labels)).inc(inc)
+            except ValueError:  # a name taken, or labels unlike the counter's: not exported
+                continue
 
     def watch_state(
         self,

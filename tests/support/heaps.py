@@ -107,8 +107,8 @@ def batches(
 
         def up(name: str, value: float, attrs: dict[str, Any] | None = None,
                unit: str = "By", pts: list[MetricPoint] = pts, tns: int = tns,
-               start_ns: int = start_ns, res: Resource = res) -> None:
-            pts.append(MetricPoint(name, "sum", unit, TEMPORALITY_CUMULATIVE, False, tns,
+               start_ns: int = start_ns, res: Resource = res, monotonic: bool = False) -> None:
+            pts.append(MetricPoint(name, "sum", unit, TEMPORALITY_CUMULATIVE, monotonic, tns,
                                    start_ns, float(value), attrs or {}, res))
 
         # collections this tick: minor ones follow load; time in GC follows gc_fraction
@@ -152,7 +152,7 @@ def batches(
             up("go.memory.used", live * (1 + rng.random()), {"go.memory.type": "other"})
             up("go.memory.used", 2 * MIB, {"go.memory.type": "stack"})
             up("go.memory.limit", limit)
-            up("go.memory.allocated", cum_alloc)
+            up("go.memory.allocated", cum_alloc, monotonic=True)  # a Counter
         elif runtime == "python":
             rss = (live + 30 * MIB) * math.exp(rss_noise * rng.normal())
             up("process.runtime.cpython.memory", rss, {"type": "rss"})
@@ -177,7 +177,7 @@ def batches(
             for gen, share in (("gen0", 0.05), ("gen1", 0.05), ("gen2", 0.9)):
                 up("dotnet.gc.last_collection.heap.size", (live + garbage) * share,
                    {"dotnet.gc.heap.generation": gen})
-            up("dotnet.gc.pause.time", sum(gc_sum), unit="s")
+            up("dotnet.gc.pause.time", sum(gc_sum), unit="s", monotonic=True)  # a Counter
         else:
             raise ValueError(runtime)
         out.append(pts)

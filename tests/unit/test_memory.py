@@ -7,7 +7,14 @@ import pytest
 
 from pipeline.detectors.memory import GC, LEAK, SLOPE_GAUGE, TTO_GAUGE, MemoryDetector
 from pipeline.records import TEMPORALITY_CUMULATIVE, MetricPoint, Resource
-from pipeline.runtime_metrics import BUILTIN_RULES, load_rules, parse_limits, rules_for
+from pipeline.runtime_metrics import (
+    BUILTIN_RULES,
+    is_counter,
+    load_rules,
+    parse_limits,
+    rules_for,
+    unit_scale,
+)
 from pipeline.settings import ConfigError, Settings
 from tests.support import heaps as H
 
@@ -225,10 +232,67 @@ def point(name: str, value: float, attrs: dict | None = None, unit: str = "") ->
      "heap_after_gc"),
     ("v8js.memory.heap.limit", {"v8js.heap.space.name": "old_space"}, "limit"),
     ("python_gc_collections_total", {"generation": "0"}, "gc_count"),
+    ("cpython.gc.collections", {"generation": "0", "cpython.gc.generation": 0}, "gc_count"),
+    ("dotnet.gc.collections", {"dotnet.gc.heap.generation": "gen0"}, "gc_count"),
+    ("v8js.gc.duration", {"v8js.gc.type": "major"}, "gc"),
+    ("go.memory.allocated", {}, "alloc"),
+    ("container.memory.working_set", {}, "rss"),
+    ("container_memory_usage_bytes", {"container": "db"}, "rss"),
+    ("container.memory.usage.limit", {}, "limit"),
 ])
 def test_builtin_names_map_to_roles(name: str, attrs: dict, role: str) -> None:
     rules = rules_for(name, BUILTIN_RULES)
     assert rules and next(r for r in rules if r.matches(attrs)).role == role
+
+
+def test_the_cpython_gc_count_level_has_no_role() -> None:
+    """gc.get_count() levels, exported as a monotonic Sum: never a counter."""
+    assert rules_for("process.runtime.cpython.gc_count", BUILTIN_RULES) == ()
+
+
+@pytest.mark.parametrize(("unit", "scale"), [
+    ("{collection}", 1.0), ("{object}", 1.0), ("{request}", 1.0), ("{thread}", 1.0),
+    ("{class}", 1.0), ("1", 1.0), ("By", 1.0), ("ms", 1e-3), ("{}", None), ("%", None),
+])
+def test_annotation_units_are_counts(unit: str, scale: float | None) -> None:
+    assert unit_scale(unit) == scale
+
+
+def test_a_level_mapped_to_a_counter_role_is_ignored_and_counted() -> None:
+    """A Gauge or non-monotonic Sum for gc_count / alloc / gc_time is a level: ignored."""
+    d = MemoryDetector()
+    res = Resource("s", "i", "h", "", {})
+    d.update([
+        MetricPoint("dotnet.gc.collections", "sum", "{collection}", TEMPORALITY_CUMULATIVE,
+                    False, H.T0, H.T0 - H.S, 5.0, {}, res),
+        MetricPoint("go.memory.allocated", "gauge", "By", 0, False, H.T0, 0, 5.0, {}, res),
+    ])
+    assert d.stats().evicted["level_not_counter"] == 2
+    assert d.stats().tracked == 0
+    assert is_counter("go_memstats_alloc_bytes_total", "gauge", False)
+
+
+def test_evidence_says_which_growth_rule_applied() -> None:
+    with_limit = leaks(H.run(detector(), H.batches("go", 70, H.leak(BASE, 60, H.GIB, ONSET_S))))
+    rule = with_limit[0].evidence["min_growth"]
+    assert rule["rule"] == "limit: pct_of_limit" and "min_bytes_per_hour" not in rule
+    assert rule["threshold_bytes_per_hour"] == round(0.0025 * H.GIB)
+    no_limit = leaks(H.run(MemoryDetector(min_growth_bytes_per_hour=64 * H.MIB),
+                           H.batches("python", 70, H.leak(BASE, 60, H.GIB, ONSET_S))))
+    rule = no_limit[0].evidence["min_growth"]
+    assert rule["rule"] == "no_limit: pct_of_floor_and_bytes_per_hour"
+    assert rule["min_bytes_per_hour"] == 64 * H.MIB
+    assert rule["threshold_bytes_per_hour"] >= 64 * H.MIB
+
+
+def test_min_growth_bytes_per_hour_setting() -> None:
+    s = Settings.from_env({"MEMORY_MIN_GROWTH_BYTES_PER_HOUR": "8Mi"})
+    assert MemoryDetector.from_settings(s).min_growth_bytes_h == 8 * H.MIB
+    assert MemoryDetector.from_settings(Settings()).min_growth_bytes_h == 32 * H.MIB
+    off = Settings.from_env({"MEMORY_MIN_GROWTH_BYTES_PER_HOUR": "0"})
+    assert MemoryDetector.from_settings(off).min_growth_bytes_h == 0
+    with pytest.raises(ConfigError, match="MEMORY_MIN_GROWTH_BYTES_PER_HOUR"):
+        Settings.from_env({"MEMORY_MIN_GROWTH_BYTES_PER_HOUR": "lots"})
 
 
 def test_non_heap_pools_are_not_heap() -> None:
@@ -273,3 +337,20 @@ def test_the_order_points_arrive_in_before_the_watermark_changes_nothing() -> No
         shuffled += d.advance(max(p.time_ns for p in group[-1]) - 5 * H.S)
     assert [f.to_dict() for f in shuffled] == [f.to_dict() for f in in_order]
     assert leaks(in_order)
+
+
+def test_a_counter_going_back_with_no_start_time_is_still_a_restart() -> None:
+    """A Prometheus ``*_total`` scraped with no start time: a fall is all there is to tell."""
+    d = MemoryDetector()
+    res = Resource("s", "i", "h", "", {})
+    for k, v in enumerate((100.0, 200.0, 300.0, 20.0)):
+        t = H.T0 + k * 60 * H.S
+        d.update([
+            MetricPoint("python_gc_collections_total", "gauge", "", 0, False, t, 0, v, {}, res),
+            MetricPoint("process_resident_memory_bytes", "gauge", "", 0, False, t, 0, 1e8, {},
+                        res),
+        ])
+        d.advance(t)
+    d.advance(H.T0 + 10 * 60 * H.S)
+    assert sum(d.stats().counters.values()) == 1
+    assert d.stats().evicted["counter_went_back"] == 0

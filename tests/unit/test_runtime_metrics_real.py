@@ -1,0 +1,303 @@
+"""The memory detector on OTLP payloads shaped as the real SDKs and agents write them.
+
+Shapes read from real exports, not from spec examples:
+
+- OpenTelemetry Python SDK 1.45.1 with opentelemetry-instrumentation-system-metrics 0.66b1
+  (60 s export interval): ``process.runtime.cpython.gc_count`` is a *monotonic cumulative* Sum
+  in "By" whose values are ``gc.get_count()`` levels (they go up and down); the real counter is
+  ``cpython.gc.collections`` in ``{collection}``; RSS in ``process.runtime.cpython.memory``
+  (type=rss|vms) and ``process.memory.usage``; every cumulative Sum keeps the process's start
+  time; the resource has a random ``service.instance.id`` and ``process.pid``, no start time.
+- Containers through the Collector's prometheus receiver (cAdvisor): Gauges with no unit.
+
+Each payload is encoded to protobuf and decoded by ``pipeline.otlp`` as the worker does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from prometheus_client import CollectorRegistry, generate_latest
+
+from pipeline import otlp
+from pipeline.detectors.memory import GC, LEAK, RESTARTS_COUNTER, MemoryDetector
+from pipeline.runtime_metrics import BUILTIN_RULES, rules_for, unit_scale
+from pipeline.settings import Settings
+from pipeline.sinks.metrics import PipelineMetrics
+
+S = 10**9
+MIB = 1024 * 1024
+T0 = 1_767_600_000 * S
+CUMULATIVE = 2
+INSTANCE_ID = "6f1c2b9e-0d4e-4f5a-9b7c-3e8d1a2f4c60"
+
+
+def _attrs(target: Any, attrs: dict[str, Any]) -> None:
+    for k, v in attrs.items():
+        kv = target.add()
+        kv.key = k
+        if isinstance(v, int):
+            kv.value.int_value = v
+        elif isinstance(v, float):
+            kv.value.double_value = v
+        else:
+            kv.value.string_value = v
+
+
+def _python_resource(service: str, pid: int, instance_id: str) -> dict[str, Any]:
+    return {
+        "telemetry.sdk.language": "python", "telemetry.sdk.name": "opentelemetry",
+        "telemetry.sdk.version": "1.45.1", "service.name": service,
+        "service.instance.id": instance_id, "host.name": "ip-10-0-3-17",
+        "process.pid": pid, "process.parent_pid": 1,
+        "process.executable.name": "python3.12",
+        "process.executable.path": "/usr/local/bin/python3.12",
+        "process.command": "/app/server.py", "process.runtime.name": "cpython",
+        "process.runtime.version": "3.12.7",
+        "process.runtime.description": "3.12.7 (main, Oct  1 2024, 02:05:46) [GCC 12.2.0]",
+    }
+
+
+def _sum(sm: Any, name: str, unit: str, monotonic: bool, start_ns: int, t_ns: int,
+         points: list[tuple[dict[str, Any], int]]) -> None:
+    m = sm.metrics.add()
+    m.name, m.unit = name, unit
+    m.sum.aggregation_temporality, m.sum.is_monotonic = CUMULATIVE, monotonic
+    for attrs, value in points:
+        dp = m.sum.data_points.add()
+        dp.start_time_unix_nano, dp.time_unix_nano, dp.as_int = start_ns, t_ns, int(value)
+        _attrs(dp.attributes, attrs)
+
+
+def python_export(t_ns: int, start_ns: int, *, rss: float, gc_levels: tuple[int, int, int],
+                  collections: tuple[int, int, int], service: str = "checkout-py",
+                  pid: int = 4242, instance_id: str = INSTANCE_ID) -> bytes:
+    """One export of the Python SDK with the system-metrics instrumentation."""
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    _attrs(rm.resource.attributes, _python_resource(service, pid, instance_id))
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "opentelemetry.instrumentation.system_metrics"
+    sm.scope.version = "0.66b1"
+    _sum(sm, "process.runtime.cpython.memory", "By", False, start_ns, t_ns,
+         [({"type": "rss"}, rss), ({"type": "vms"}, 2.6 * rss + 300 * MIB)])
+    # gc.get_count() levels, exported as a monotonic counter in "By" (sic)
+    _sum(sm, "process.runtime.cpython.gc_count", "By", True, start_ns, t_ns,
+         [({"count": str(g)}, gc_levels[g]) for g in range(3)])
+    _sum(sm, "cpython.gc.collections", "{collection}", True, start_ns, t_ns,
+         [({"generation": str(g), "cpython.gc.generation": g}, collections[g])
+          for g in range(3)])
+    _sum(sm, "process.memory.usage", "By", False, start_ns, t_ns, [({}, rss)])
+    _sum(sm, "process.runtime.cpython.thread_count", "{thread}", False, start_ns, t_ns,
+         [({}, 7)])
+    return req.SerializeToString()
+
+
+def cadvisor_export(t_ns: int, gauges: dict[str, float], service: str = "postgres") -> bytes:
+    """cAdvisor's container metrics through the Collector's prometheus receiver (Gauges, no
+    unit), for one container."""
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    _attrs(rm.resource.attributes, {"service.name": service,
+                                    "service.instance.id": "10.0.3.17:8080",
+                                    "server.address": "10.0.3.17", "server.port": "8080"})
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "github.com/open-telemetry/opentelemetry-collector-contrib/receiver/" \
+                    "prometheusreceiver"
+    labels = {"container": "postgres", "namespace": "db", "pod": "postgres-0",
+              "image": "postgres:16"}
+    for name, value in gauges.items():
+        m = sm.metrics.add()
+        m.name = name
+        dp = m.gauge.data_points.add()
+        dp.time_unix_nano, dp.as_double = t_ns, float(value)
+        _attrs(dp.attributes, labels)
+    return req.SerializeToString()
+
+
+def feed(d: MemoryDetector, payloads: list[bytes]) -> list[Any]:
+    findings = []
+    for raw in payloads:
+        points = otlp.decode_metrics(raw).items
+        d.update(points)
+        findings += d.advance(max(p.time_ns for p in points) - 5 * S)
+    return findings
+
+
+def restarts(d: MemoryDetector) -> float:
+    return sum(n for (name, _), n in d.stats().counters.items() if name == RESTARTS_COUNTER)
+
+
+def gc_levels(rng: np.random.Generator) -> tuple[int, int, int]:
+    """What gc.get_count() says at a random moment: allocations since the last collection of
+    each generation (threshold 700, 10, 10)."""
+    return int(rng.integers(0, 700)), int(rng.integers(0, 10)), int(rng.integers(0, 10))
+
+
+# -- (a) the CPython gc_count level is not a counter ------------------------------------------
+def test_a_python_leak_is_found_while_gc_count_levels_go_up_and_down() -> None:
+    """RSS grows 8 MB/min from ~45 MB for an hour; gc.get_count() levels go up and down every
+    export. The leak is found, and the process never restarts."""
+    rng = np.random.default_rng(7)
+    start = T0 - 30 * S
+    payloads, coll = [], np.zeros(3)
+    for k in range(66):
+        coll += (40, 3, 0.3)
+        rss = 45e6 + 8e6 * k + rng.normal(0, 0.3e6)
+        payloads.append(python_export(T0 + k * 60 * S, start, rss=rss, gc_levels=gc_levels(rng),
+                                      collections=tuple(int(c) for c in coll)))
+    d = MemoryDetector()  # no limit known
+    findings = [f for f in feed(d, payloads) if f.kind == LEAK]
+    assert [f.status for f in findings] == ["firing"]
+    ev = findings[0].evidence
+    assert ev["signal"] == {"metric": "process.runtime.cpython.memory", "role": "rss"}
+    assert 7e6 < ev["slope_bytes_per_s"] * 60 < 9e6
+    assert "last_restart" not in ev
+    assert restarts(d) == 0
+    assert d.stats().evicted.get("counter_went_back", 0) == 0
+
+
+# -- (b) {collection} -----------------------------------------------------------------------
+def test_cpython_gc_collections_in_collection_units_is_the_gc_count() -> None:
+    """``cpython.gc.collections`` ({collection}) is read: a tenfold collection rate is GC
+    pressure (CPython reports counts only)."""
+    assert unit_scale("{collection}") == 1.0
+    assert rules_for("process.runtime.cpython.gc_count", BUILTIN_RULES) == ()
+    rng = np.random.default_rng(3)
+    start = T0 - 3600 * S
+    payloads, coll = [], np.zeros(3)
+    for k in range(40):
+        coll += (1000, 90, 8) if 25 <= k < 32 else (100, 9, 1)
+        payloads.append(python_export(T0 + k * 60 * S, start, rss=80e6 + rng.normal(0, 1e5),
+                                      gc_levels=gc_levels(rng),
+                                      collections=tuple(int(c) for c in coll)))
+    d = MemoryDetector()
+    gc = [f for f in feed(d, payloads) if f.kind == GC]
+    assert gc and gc[0].status == "firing"
+    assert gc[0].evidence["collections_per_s"] > 10
+    assert gc[0].evidence["baseline_collections_per_s"] < 2
+    assert restarts(d) == 0
+
+
+# -- (c) a counter that goes back -----------------------------------------------------------
+def _counter_run(start_of: Any, value_of: Any, minutes: int = 12) -> MemoryDetector:
+    d = MemoryDetector()
+    rng = np.random.default_rng(5)
+    feed(d, [python_export(T0 + k * 60 * S, start_of(k), rss=80e6, gc_levels=gc_levels(rng),
+                           collections=(value_of(k), 0, 0)) for k in range(minutes)])
+    return d
+
+
+def test_a_counter_going_back_with_the_same_start_time_is_not_a_restart() -> None:
+    start = T0 - 3600 * S
+    d = _counter_run(lambda k: start, lambda k: 1000 + 100 * k - (600 if k >= 6 else 0))
+    assert restarts(d) == 0
+    assert d.stats().evicted["counter_went_back"] == 1
+
+
+def test_a_counter_with_a_new_start_time_is_a_restart() -> None:
+    new = T0 + 5 * 60 * S + S
+
+    def start(k: int) -> int:
+        return T0 - 3600 * S if k < 6 else new
+
+    d = _counter_run(start, lambda k: 1000 + 100 * k if k < 6 else 100 * (k - 5))
+    assert restarts(d) == 1
+    assert d.stats().evicted.get("counter_went_back", 0) == 0
+    inst = next(iter(d._inst.values()))
+    assert "start time" in inst.reset_info["reason"]
+
+
+def test_a_new_pid_is_a_restart_and_is_exported_as_a_counter() -> None:
+    """(f) The restart counter is on /metrics, labelled by service, and only goes up."""
+    d = MemoryDetector()
+    rng = np.random.default_rng(2)
+    feed(d, [python_export(T0 + k * 60 * S, T0 - 3600 * S if k < 4 else T0 + 3 * 60 * S,
+                           rss=80e6, gc_levels=gc_levels(rng), collections=(100 * k, 0, 0),
+                           pid=4242 if k < 4 else 4243) for k in range(8)])
+    assert restarts(d) == 1
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    metrics.add_counts(d, d.stats().counters)
+    metrics.add_counts(d, d.stats().counters)  # the next refresh: nothing new
+    text = generate_latest(registry).decode()
+    assert "# TYPE anomaly_pipeline_memory_instance_restarts_total counter" in text
+    assert 'anomaly_pipeline_memory_instance_restarts_total{service_name="checkout-py"} 1.0' \
+        in text
+
+
+# -- (d) containers: working set before usage -----------------------------------------------
+def test_container_page_cache_growth_is_not_a_leak() -> None:
+    """A database's page cache grows container_memory_usage_bytes; its working set is flat."""
+    rng = np.random.default_rng(4)
+    payloads = [cadvisor_export(T0 + k * 60 * S, {
+        "container_memory_usage_bytes": 400 * MIB + 3 * MIB * k,
+        "container_memory_working_set_bytes": 200 * MIB + rng.normal(0, MIB),
+        "container_memory_rss": 150 * MIB + rng.normal(0, MIB),
+        "container_memory_cache": 250 * MIB + 3 * MIB * k,
+    }) for k in range(120)]
+    d = MemoryDetector()
+    assert [f for f in feed(d, payloads) if f.kind == LEAK] == []
+    ranks = {n: rules_for(n, BUILTIN_RULES)[0].rank for n in (
+        "container_memory_working_set_bytes", "container_memory_rss",
+        "container_memory_usage_bytes")}
+    assert ranks["container_memory_working_set_bytes"] < ranks["container_memory_rss"] \
+        < ranks["container_memory_usage_bytes"]
+    k8s = {n: rules_for(n, BUILTIN_RULES)[0].rank for n in (
+        "container.memory.working_set", "container.memory.rss", "container.memory.usage")}
+    assert k8s["container.memory.working_set"] < k8s["container.memory.rss"] \
+        < k8s["container.memory.usage"]
+
+
+def test_container_usage_is_the_floor_only_when_nothing_better_is_sent() -> None:
+    payloads = [cadvisor_export(T0 + k * 60 * S, {
+        "container_memory_usage_bytes": 400 * MIB + 2 * MIB * k}) for k in range(60)]
+    d = MemoryDetector()
+    leaks = [f for f in feed(d, payloads) if f.kind == LEAK]
+    assert leaks and leaks[0].evidence["signal"] == {
+        "metric": "container_memory_usage_bytes", "role": "rss"}
+
+
+# -- (e) an absolute minimum growth without a limit ------------------------------------------
+def hostmetrics_process_export(t_ns: int, start_ns: int, rss: float) -> bytes:
+    """The Collector's hostmetrics receiver (process scraper) on one small process: no
+    service.name, a resource per process, ``process.memory.usage`` a non-monotonic Sum."""
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    _attrs(rm.resource.attributes, {"host.name": "node-7", "process.pid": 812,
+                                    "process.parent_pid": 1, "process.owner": "root",
+                                    "process.executable.name": "node_agent",
+                                    "process.executable.path": "/usr/bin/node_agent",
+                                    "process.command": "/usr/bin/node_agent"})
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "github.com/open-telemetry/opentelemetry-collector-contrib/receiver/" \
+                    "hostmetricsreceiver/internal/scraper/processscraper"
+    _sum(sm, "process.memory.usage", "By", False, start_ns, t_ns, [({}, rss)])
+    _sum(sm, "process.memory.virtual", "By", False, start_ns, t_ns, [({}, 40 * rss)])
+    return req.SerializeToString()
+
+
+def _small_process(kib_per_hour: float) -> list[Any]:
+    """A 7 MiB process with no limit known, its RSS growing ``kib_per_hour``."""
+    rng = np.random.default_rng(11)
+    start = T0 - 3600 * S
+    payloads = [hostmetrics_process_export(
+        T0 + k * 60 * S, start, 7 * MIB + kib_per_hour * 1024 * k / 60 + rng.normal(0, 2048))
+        for k in range(150)]
+    return [f for f in feed(MemoryDetector.from_settings(Settings()), payloads) if f.kind == LEAK]
+
+
+def test_a_tiny_process_growing_a_few_hundred_kib_an_hour_is_not_a_leak() -> None:
+    assert _small_process(300) == []
+
+
+def test_a_tiny_process_growing_64_mib_an_hour_is_a_leak() -> None:
+    found = _small_process(64 * 1024)
+    assert found and found[0].status == "firing"
+    rule = found[0].evidence["min_growth"]
+    assert rule["rule"] == "no_limit: pct_of_floor_and_bytes_per_hour"
+    assert rule["min_bytes_per_hour"] == 32 * MIB
