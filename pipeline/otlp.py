@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -59,8 +60,14 @@ SPAN_ATTRIBUTES = frozenset(
         "peer.service", "server.address", "server.port", "net.peer.name", "net.peer.port",
         "network.peer.address", "rpc.system", "rpc.service", "rpc.method",
         "messaging.system", "messaging.destination.name", "error.type",
+        *("http.url", "url.full"),  # read for the destination only, then dropped (URL_KEYS)
     }
 )
+#: URL attributes (older and current HTTP conventions): a client span that names its
+#: destination only by URL (urllib, requests and older instrumentations) gets the
+#: ``server.address`` and ``server.port`` the current conventions derive from it, and the URL
+#: itself is dropped (its path and query may carry ids and secrets, and it is long).
+URL_KEYS = ("url.full", "http.url")
 # Resource attributes kept beside the identity fields (restart and runtime detection).
 RESOURCE_ATTRIBUTES = frozenset(
     {
@@ -403,6 +410,35 @@ def _span(
     return Span(trace_id, span_id, parent, name, kind, start, end, status, attrs, resource)
 
 
+def _server_from_url(attrs: dict[str, Any]) -> None:
+    """Replace a span's URL by the ``server.address`` / ``server.port`` it names (unless the
+    span sets them itself); the URL is never kept.
+
+    >>> a = {"http.url": "http://user:pw@127.0.0.1:8080/order?id=7"}
+    >>> _server_from_url(a); a
+    {'server.address': '127.0.0.1', 'server.port': 8080}
+    >>> a = {"url.full": "https://[::1]/x", "server.address": "api"}
+    >>> _server_from_url(a); a
+    {'server.address': 'api'}
+    """
+    url = None
+    for key in URL_KEYS:
+        value = attrs.pop(key, None)
+        if url is None and isinstance(value, str):
+            url = value
+    if url is None or "server.address" in attrs:
+        return
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return
+    if host:
+        attrs["server.address"] = host
+        if port is not None and "server.port" not in attrs:
+            attrs["server.port"] = port
+
+
 def _spans_from_proto(req: ExportTraceServiceRequest, limits: Limits) -> Decoded:
     out = Decoded()
     keep = limits.span_attributes
@@ -413,6 +449,8 @@ def _spans_from_proto(req: ExportTraceServiceRequest, limits: Limits) -> Decoded
                 attrs = {
                     kv.key: _any_value_proto(kv.value) for kv in s.attributes if kv.key in keep
                 }
+                if "http.url" in attrs or "url.full" in attrs:
+                    _server_from_url(attrs)
                 parent = s.parent_span_id.hex()
                 if parent == "0000000000000000":
                     parent = ""
@@ -465,6 +503,8 @@ def _spans_from_json(doc: dict[str, Any], limits: Limits) -> Decoded:
             for ss in _get(rs, "scopeSpans", "scope_spans", []) or []:
                 for s in ss.get("spans") or []:
                     attrs = _attrs_json(s.get("attributes"), keep)
+                    if "http.url" in attrs or "url.full" in attrs:
+                        _server_from_url(attrs)
                     status = s.get("status") or {}
                     item = _span(
                         _hex_id(_get(s, "traceId", "trace_id", "")),

@@ -7,14 +7,29 @@ operation of a service. For each (service, operation) and each tumbling event-ti
 critical path* per trace, the share of the trace's latency that is, and whether the operation
 was the trace's largest contributor.
 
+**Operations and edges.** An operation is (service, span name, detail): the detail refines a
+generic name — the route, the database, and for an outgoing call its destination
+(``trace_assembly.operation_of``), so a caller's ``HTTP GET`` to six services is six operations,
+each with its own baseline: the service dependency map, one baseline per edge. A call's finding
+names the service it calls in ``entity.peer_service``: the callee whose server span is the call's
+child in the traces (exact behind a proxy), else ``peer.service``, else the destination address.
+Its evidence says where the time is: ``between`` the two (the call's own time, outside the
+callee's server span, grew: network, proxy, connection pool, queueing), or ``unknown`` when the
+callee sends no spans. Time inside the callee shows as the callee's own operations.
+
 **Baselines.** Per operation, the medians and 95th percentiles of its last ``baseline_windows``
-normal windows (default 60: 30 minutes of traffic); the baseline is their median, and the spread
-their median absolute deviation (MAD): robust to the odd slow window and to outliers inside a
-window. A window needs ``min_samples`` traces to count. Detection starts once an operation has
-``warmup_windows`` windows of baseline (default 20: ten minutes of traffic with it). Windows
-judged anomalous do not enter the baseline, so a lasting fault is not learnt as normal — up to
-``freeze_max_windows`` in a row (default 240, two hours), after which the new level is accepted.
-There is no daily seasonality: the 30-minute baseline follows a daily load curve's slow drift.
+normal windows (default 60) and the calls each held; the baseline is their median, and the
+spread their median absolute deviation (MAD): robust to the odd slow window and to outliers
+inside a window. A window is judged on at least ``min_samples`` (8) traces: an operation with
+fewer in a window carries them over to its next windows and is judged on them together, up to
+``max_window_s`` (10 minutes: an operation with one call a minute is still judged; its samples
+older than that are dropped, counted ``sparse_dropped``). Detection starts once the baseline
+holds ``warmup_windows`` windows (default 20) and ``warmup_calls`` calls (default 100).
+Windows judged anomalous do not enter the baseline, so a lasting fault is not learnt as normal —
+up to ``freeze_max_windows`` in a row (default 240), after which the new level is accepted. A
+baseline is kept through ``operation_ttl_s`` of silence (default 7 days; setting
+``BOTTLENECK_BASELINE_TTL_S``) and saved with the partition's state. There is no daily
+seasonality: the baseline follows a daily load curve's slow drift.
 
 **Verdicts per window.** An operation is a *bottleneck* when all of these hold:
 
@@ -25,11 +40,17 @@ There is no daily seasonality: the 30-minute baseline follows a daily load curve
 - it dominates those traces: it is the largest critical-path contributor in at least
   ``dominance_min`` (default 25%) of them, or its median share of their latency is that high.
 
-**A service-wide slowdown is one finding, not N.** Exclusive time isolates a slow span: a slow
-database query does not make its callers' exclusive time slower. When instead at least half of a
-service's evaluated operations, and at least two, are slower together (by 20% and 3 MADs), it is
-a ``latency_regression`` of the service (CPU throttling, a bad deploy, a noisy neighbour), and
-its operations raise no ``bottleneck_span`` in that window.
+**A service-wide slowdown is one finding, not N; a knock-on is not a second one.** Exclusive
+time isolates a slow span: a slow database query does not make its callers' exclusive time
+slower. An operation is *slower* when it is ``regression_rel`` (20%), 3 MADs and 0.5 ms over its
+baseline. A bottleneck *stands* when it is slower against its own baseline than the service's
+other slower operations are against theirs (at least twice their median ratio): the operations
+slowed with it (CPU starved by the dropped index's full scans, say) are listed under it as
+``knock_on``, and no service-wide finding replaces it. Otherwise, when at least half of the
+service's judged operations, and at least two, are slower together and add at least
+``regression_min_added_ms`` (10 ms) per trace, it is a ``latency_regression`` of the service
+(CPU throttling, a bad deploy, a noisy neighbour), with each operation's baseline, observed and
+added milliseconds as evidence, and its operations raise no ``bottleneck_span`` in that window.
 
 Findings open after ``open_after`` anomalous windows (default 2) and resolve after
 ``resolve_after`` normal ones (default 3), through ``pipeline.findings.Lifecycle``.
@@ -52,6 +73,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Detector, DetectorStats
+from pipeline.detectors.trace_assembly import CALL, CALLEE, destination_of
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
 from pipeline.records import TraceSample
 from pipeline.state import State
@@ -89,31 +111,41 @@ class _Judged(NamedTuple):
 
     key: str
     slower: bool  # anomalous by the soft (service-wide) or the strict (bottleneck) rule
-    strict: bool  # a bottleneck, unless the whole service is slower
-    ready: bool  # its baseline has time of its own (counts toward a service-wide slowdown)
+    strict: bool  # a bottleneck, unless a stronger service-wide slowdown explains it
 
 
 class _Op:
-    """One operation's baseline (persisted) — rings of normal windows' p50 and p95 (ns)."""
+    """One operation's baseline (persisted) — rings of normal windows' p50 and p95 (ns) and
+    the calls each window held — and the samples of its last windows while they are too few
+    to judge (``carry``: an ``_Acc`` document and the index of its first window)."""
 
-    __slots__ = ("p50", "p95", "attrs", "seen_ns", "run")
+    __slots__ = ("p50", "p95", "n", "attrs", "seen_ns", "run", "carry")
 
     def __init__(self) -> None:
         self.p50: list[float] = []
         self.p95: list[float] = []
+        self.n: list[int] = []
         self.attrs: dict[str, Any] = {}
         self.seen_ns = 0
         self.run = 0  # consecutive anomalous windows (baseline frozen)
+        self.carry: dict[str, Any] | None = None
+
+    @property
+    def calls(self) -> int:
+        return sum(self.n)
 
     def to_doc(self) -> dict[str, Any]:
-        return {"p50": self.p50, "p95": self.p95, "attrs": self.attrs, "seen": self.seen_ns,
-                "run": self.run}
+        return {"p50": self.p50, "p95": self.p95, "n": self.n, "attrs": self.attrs,
+                "seen": self.seen_ns, "run": self.run, "carry": self.carry}
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> _Op:
         op = cls()
         op.p50, op.p95, op.attrs = list(doc["p50"]), list(doc["p95"]), dict(doc["attrs"])
         op.seen_ns, op.run = doc["seen"], doc["run"]
+        # Releases before calls were counted kept windows of at least 8 traces each.
+        op.n = list(doc.get("n") or [8] * len(op.p50))
+        op.carry = doc.get("carry")
         return op
 
 
@@ -122,9 +154,10 @@ class _Acc:
     per trace, at most ``reservoir`` of them: those of the smallest hashes (a bottom-k sample,
     the same whatever order the traces arrive in)."""
 
-    __slots__ = ("rows", "n", "top", "exemplars", "_heap")
+    __slots__ = ("rows", "n", "top", "exemplars", "_heap", "first_w")
 
     def __init__(self) -> None:
+        self.first_w = 0  # the first window of its samples (set when judged; not saved)
         self.rows: list[list[int]] = []
         self.n = 0  # traces seen (rows holds at most ``reservoir`` of them)
         self.top = 0  # traces in which this operation had the most critical-path time
@@ -148,6 +181,17 @@ class _Acc:
             rows[i] = row
             heapq.heapreplace(heap, (-row[3], i))
         return False
+
+    def merge(self, other: _Acc, cap: int) -> None:
+        """Add the samples of ``other`` (earlier windows of the same operation): the result
+        is the bottom-k sample of both, whatever order they are merged in."""
+        rows = sorted(self.rows + other.rows, key=lambda r: (r[3], r))
+        self.rows = rows[:cap]
+        self._heap = None
+        self.n += other.n
+        self.top += other.top
+        ex = sorted(self.exemplars + other.exemplars, key=lambda e: (-e[0], e[1]))
+        self.exemplars = ex[:5]
 
     def to_doc(self) -> dict[str, Any]:
         return {"rows": self.rows, "n": self.n, "top": self.top, "ex": self.exemplars}
@@ -181,7 +225,9 @@ class BottleneckDetector(Detector):
         window_s: float = 30.0,
         baseline_windows: int = 60,
         warmup_windows: int = 20,
+        warmup_calls: int = 100,
         min_samples: int = 8,
+        max_window_s: float = 600.0,
         rel_threshold: float = 0.5,
         mad_k: float = 4.0,
         min_excess_ms: float = 2.0,
@@ -191,16 +237,24 @@ class BottleneckDetector(Detector):
         resolve_after: int = 3,
         freeze_max_windows: int = 240,
         max_operations: int = 5_000,
-        operation_ttl_s: float = 6 * 3600.0,
+        operation_ttl_s: float = 7 * 86400.0,
         reservoir: int = 64,
+        regression_rel: float = 0.2,
+        regression_min_added_ms: float = 10.0,
     ) -> None:
         if window_s <= 0 or not 1 <= warmup_windows <= baseline_windows or min_samples < 1:
             raise ValueError(
                 "need window_s > 0, 1 <= warmup_windows <= baseline_windows, min_samples >= 1"
             )
+        if max_window_s < window_s:
+            raise ValueError("need max_window_s >= window_s")
         self.window_ns = int(window_s * 1e9)
         self.baseline_windows, self.warmup_windows = baseline_windows, warmup_windows
+        self.warmup_calls = warmup_calls
         self.min_samples = min_samples
+        self.max_carry = max(1, int(max_window_s // window_s))
+        self.regression_rel = regression_rel
+        self.regression_min_added_ns = regression_min_added_ms * MS
         self.rel_threshold, self.mad_k = rel_threshold, mad_k
         self.min_excess_ns = min_excess_ms * MS
         self.affected_min, self.dominance_min = affected_min, dominance_min
@@ -230,7 +284,7 @@ class BottleneckDetector(Detector):
         self._windows: dict[int, dict[str, _Acc]] = {}
         self._meta = self.state.cell("meta", {
             "counts": {"evicted_operations": 0, "expired_operations": 0, "samples_folded": 0,
-                       "late_samples": 0},
+                       "late_samples": 0, "sparse_dropped": 0},
             "closed_until": -1,  # every window index <= this is closed
         })
 
@@ -239,7 +293,11 @@ class BottleneckDetector(Detector):
         return cls(
             window_s=settings.bottleneck_window_s,
             warmup_windows=settings.bottleneck_warmup_windows,
+            warmup_calls=settings.bottleneck_warmup_calls,
+            max_window_s=settings.bottleneck_max_window_s,
             max_operations=settings.bottleneck_max_operations,
+            operation_ttl_s=settings.bottleneck_baseline_ttl_s,
+            regression_min_added_ms=settings.regression_min_added_ms,
         )
 
     # -- the work --------------------------------------------------------------------------
@@ -263,6 +321,9 @@ class BottleneckDetector(Detector):
                     base.attrs = dict(op.attrs)
                     base.seen_ns = (w + 1) * self.window_ns
                     self._ops.put(key, base)
+                elif CALLEE in op.attrs and base.attrs.get(CALLEE) != op.attrs[CALLEE]:
+                    base.attrs = dict(op.attrs)  # the callee, as the traces now show it
+                    self._ops.changed(key)
                 acc = window.get(key)
                 if acc is None:
                     acc = window[key] = _Acc()
@@ -305,23 +366,28 @@ class BottleneckDetector(Detector):
                 self._ops.changed(key)
         evaluated: dict[str, list[_Judged]] = {}
         stats_by_key: dict[str, dict[str, Any]] = {}
+        accs: dict[str, _Acc] = {}
         for key in sorted(window):
-            acc = window[key]
             base = self._ops.get(key)
-            if base is None or acc.n < self.min_samples:
+            if base is None:
                 continue
+            acc = self._with_carry(w, key, base, window[key])
+            if acc is None:
+                continue
+            accs[key] = acc
             st = self._window_stats(acc)
+            st["windows"] = w - acc.first_w + 1
             stats_by_key[key] = st
-            if len(base.p50) < self.warmup_windows:
-                self._learn(key, base, st)
+            if len(base.p50) < self.warmup_windows or base.calls < self.warmup_calls:
+                self._learn(key, base, st, acc.n)
                 continue
             b50 = median(base.p50)
             mad = median([abs(x - b50) for x in base.p50])
             b95 = median(base.p95)
             excess = st["p50"] - b50
             affected = sum(1 for r in acc.rows if r[0] > b95) / len(acc.rows)
-            ready = b50 >= 0.5 * MS  # has time of its own to be slower in
-            soft = ready and st["p50"] >= 1.2 * b50 and excess >= max(3 * 1.4826 * mad, 0.5 * MS)
+            soft = (st["p50"] >= (1 + self.regression_rel) * b50
+                    and excess >= max(3 * 1.4826 * mad, 0.5 * MS))
             strict = (
                 excess >= max(self.rel_threshold * b50, self.mad_k * 1.4826 * mad,
                               self.min_excess_ns)
@@ -331,16 +397,34 @@ class BottleneckDetector(Detector):
             )
             st["baseline"] = {"b50": b50, "b95": b95, "mad": mad, "excess": excess,
                               "affected": affected}
-            evaluated.setdefault(_split(key)[0], []).append(
-                _Judged(key, strict or soft, strict, ready)
-            )
+            evaluated.setdefault(_split(key)[0], []).append(_Judged(key, strict or soft, strict))
         findings: list[Finding] = []
         for service, rows in evaluated.items():
-            ready = [r for r in rows if r.ready]
-            slower = [r for r in ready if r.slower]
-            regression = len(slower) >= 2 and len(slower) * 2 >= len(ready)
+            slower = [r for r in rows if r.slower]
+            strict = [r for r in rows if r.strict]
+            excess = {r.key: max(0.0, stats_by_key[r.key]["baseline"]["excess"]) for r in slower}
+            added = sum(excess.values())
+            # A bottleneck stands when it is slower against its own baseline than the other
+            # slower operations are against theirs (twice their median ratio): what slowed
+            # with it is a knock-on, reported under it. A service-wide regression needs two
+            # or more operations, at least half of those judged, slower together by similar
+            # ratios, and milliseconds added, not only ratios.
+            ratio = {r.key: stats_by_key[r.key]["p50"] / max(stats_by_key[r.key]["baseline"]
+                                                              ["b50"], 1.0) for r in slower}
+            stands = {
+                r.key for r in strict
+                if ratio[r.key] >= 2 * median([ratio[x.key] for x in slower if x.key != r.key]
+                                              or [0.0])
+            }
+            bottleneck_wins = bool(stands)
+            regression = (
+                not bottleneck_wins
+                and len(slower) >= 2 and len(slower) * 2 >= len(rows)
+                and added >= self.regression_min_added_ns
+            )
             verdict = (
-                self._regression_verdict(service, slower, len(ready), stats_by_key, end_ns)
+                self._regression_verdict(service, slower, len(rows), stats_by_key, excess,
+                                         end_ns)
                 if regression else None
             )
             f = self.lc_regression.observe({"service": service}, end_ns, verdict)
@@ -348,22 +432,47 @@ class BottleneckDetector(Detector):
                 findings.append(f)
             for r in rows:
                 base = self._ops[r.key]
-                v = (
-                    self._bottleneck_verdict(r.key, base, window[r.key], stats_by_key[r.key],
-                                             end_ns)
-                    if r.strict and not regression else None
-                )
-                f = self.lc_bottleneck.observe(_entity(r.key), end_ns, v)
+                v = None
+                if r.key in stands:
+                    knock_on = [k for k in excess if k not in stands]
+                    v = self._bottleneck_verdict(r.key, base, accs[r.key], stats_by_key[r.key],
+                                                 end_ns, knock_on, stats_by_key)
+                f = self.lc_bottleneck.observe(self._entity(r.key, base), end_ns, v)
                 if f is not None:
                     findings.append(f)
                 if not r.slower:
-                    self._learn(r.key, base, stats_by_key[r.key])
+                    self._learn(r.key, base, stats_by_key[r.key], accs[r.key].n)
                 else:
                     base.run += 1
                     self._ops.changed(r.key)
                     if base.run > self.freeze_max:
-                        self._learn(r.key, base, stats_by_key[r.key])
+                        self._learn(r.key, base, stats_by_key[r.key], accs[r.key].n)
         return findings
+
+    def _with_carry(self, w: int, key: str, base: _Op, acc: _Acc) -> _Acc | None:
+        """The samples to judge ``key`` on at the close of window ``w``: this window's, with
+        those carried from its earlier windows while they were too few (sparse traffic: an
+        operation with a few calls a minute is judged on several windows together, at most
+        ``max_window_s`` of them). None while there are still fewer than ``min_samples``."""
+        carry = base.carry
+        first = w
+        if carry is not None:
+            base.carry = None
+            self._ops.changed(key)
+            if w - carry["w0"] < self.max_carry:
+                acc.merge(_Acc.from_doc(carry["acc"]), self.reservoir)
+                first = carry["w0"]
+            else:
+                self._count("sparse_dropped")
+        if acc.n >= self.min_samples:
+            acc.first_w = first
+            return acc
+        if w - first + 1 < self.max_carry:
+            base.carry = {"w0": first, "acc": acc.to_doc()}
+            self._ops.changed(key)
+        else:
+            self._count("sparse_dropped")
+        return None
 
     def _window_stats(self, acc: _Acc) -> dict[str, Any]:
         cps = sorted(r[0] for r in acc.rows)
@@ -376,32 +485,46 @@ class BottleneckDetector(Detector):
             "self_p50": median([r[2] for r in acc.rows]),
         }
 
-    def _learn(self, key: str, base: _Op, st: Mapping[str, Any]) -> None:
+    def _learn(self, key: str, base: _Op, st: Mapping[str, Any], calls: int) -> None:
         base.run = 0
         base.p50.append(st["p50"])
         base.p95.append(st["p95"])
+        base.n.append(calls)
         del base.p50[: -self.baseline_windows]
         del base.p95[: -self.baseline_windows]
+        del base.n[: -self.baseline_windows]
         self._ops.changed(key)
+
+    def _entity(self, key: str, base: _Op) -> dict[str, str]:
+        """The finding's entity: the operation, and for an outgoing call the service it calls
+        (``peer_service``: the callee whose server spans answer it in the traces, else the
+        ``peer.service`` attribute, else the destination address)."""
+        entity = _entity(key)
+        peer = _peer(base.attrs, entity.get("operation_detail", ""))
+        if peer:
+            entity["peer_service"] = peer
+        return entity
 
     # -- explanations ------------------------------------------------------------------------
     def _bottleneck_verdict(
-        self, key: str, base: _Op, acc: _Acc, st: Mapping[str, Any], end_ns: int
+        self, key: str, base: _Op, acc: _Acc, st: Mapping[str, Any], end_ns: int,
+        knock_on: Sequence[str] = (), stats: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Verdict:
-        service, _, _ = _split(key)
+        service, _, detail = _split(key)
         op = _display(key)
         b = st["baseline"]
         excess_ms = b["excess"] / MS
         severity = "critical" if excess_ms >= 1000 else "warning"
-        evidence = {
+        evidence: dict[str, Any] = {
             "baseline": {
                 "p50_ms": _ms(b["b50"]), "p95_ms": _ms(b["b95"]), "mad_ms": _ms(b["mad"]),
-                "windows": len(base.p50),
+                "windows": len(base.p50), "calls": base.calls,
             },
             "observed": {
                 "p50_ms": _ms(st["p50"]), "p95_ms": _ms(st["p95"]),
                 "exclusive_p50_ms": _ms(st["self_p50"]), "traces": acc.n,
-                "window_s": self.window_ns / 1e9, "window_end": rfc3339(end_ns),
+                "window_s": st["windows"] * self.window_ns / 1e9,
+                "window_end": rfc3339(end_ns),
             },
             "trace_duration_p50_ms": _ms(st["trace_p50"]),
             "share_of_trace_latency": round(st["share"], 3),
@@ -411,40 +534,72 @@ class BottleneckDetector(Detector):
             "exemplar_trace_ids": [e[1] for e in acc.exemplars],
             "resource": base.attrs,
         }
+        peer = _peer(base.attrs, detail)
+        where = ""
+        if peer:
+            callee = base.attrs.get(CALLEE)
+            evidence["downstream"] = {
+                "service": peer,
+                "destination": detail,
+                "callee_instrumented": bool(callee),
+                "time": "between" if callee else "unknown",
+            }
+            where = (
+                f" calling {peer}: the time is between {service} and {peer} (network, a proxy "
+                f"or load balancer, connection pool or queueing), not in {peer}'s own server "
+                "spans" if callee else
+                f" calling {peer} ({peer} sends no spans in these traces: the time is inside it "
+                "or on the way to it)"
+            )
+        if knock_on and stats is not None:
+            evidence["knock_on"] = [
+                {"operation": _display(k), "baseline_p50_ms": _ms(stats[k]["baseline"]["b50"]),
+                 "observed_p50_ms": _ms(stats[k]["p50"]),
+                 "added_ms": _ms(stats[k]["baseline"]["excess"])}
+                for k in sorted(knock_on, key=lambda k: -stats[k]["baseline"]["excess"])[:5]
+            ]
         summary = (
-            f"{op} in {service}: {_ms(st['p50']):g} ms of {_ms(st['trace_p50']):g} ms traces "
-            f"on the critical path (baseline {_ms(b['b50']):g} ms, slow in "
+            f"{op} in {service}{where}: {_ms(st['p50']):g} ms of {_ms(st['trace_p50']):g} ms "
+            f"traces on the critical path (baseline {_ms(b['b50']):g} ms, slow in "
             f"{b['affected']:.0%} of its traces) ← BOTTLENECK"
         )
-        return Verdict(severity, summary, evidence, _next_steps(service, op, base.attrs))
+        if knock_on:
+            summary += f"; {len(knock_on)} other operation(s) of {service} slower with it"
+        return Verdict(severity, summary, evidence, _next_steps(service, op, base.attrs, peer))
 
     def _regression_verdict(
         self,
         service: str,
         slower: list[_Judged],
-        n_ready: int,
+        n_judged: int,
         stats: Mapping[str, Mapping[str, Any]],
+        excess: Mapping[str, float],
         end_ns: int,
     ) -> Verdict:
-        ratios = sorted(
-            ((stats[r.key]["p50"] / stats[r.key]["baseline"]["b50"], _display(r.key))
+        rows = sorted(
+            ((excess[r.key], stats[r.key]["p50"] / stats[r.key]["baseline"]["b50"], r.key)
              for r in slower),
             reverse=True,
         )
-        median_ratio = median([r for r, _ in ratios])
+        median_ratio = median([r for _, r, _ in rows])
+        added_ms = sum(excess.values()) / MS
         evidence = {
             "operations_slower": len(slower),
-            "operations_evaluated": n_ready,
+            "operations_evaluated": n_judged,
             "median_ratio_to_baseline": round(median_ratio, 3),
+            "added_ms_per_trace": round(added_ms, 3),
             "slowest_operations": [
-                {"operation": name, "ratio_to_baseline": round(r, 3)} for r, name in ratios[:5]
+                {"operation": _display(k), "ratio_to_baseline": round(r, 3),
+                 "baseline_p50_ms": _ms(stats[k]["baseline"]["b50"]),
+                 "observed_p50_ms": _ms(stats[k]["p50"]), "added_ms": _ms(e)}
+                for e, r, k in rows[:5]
             ],
             "window_end": rfc3339(end_ns),
         }
         summary = (
-            f"{service}: {len(slower)} of {n_ready} operations slower together "
-            f"(median x{median_ratio:.2f} their own exclusive time): a service-wide latency "
-            "regression, not one bottleneck span"
+            f"{service}: {len(slower)} of {n_judged} operations slower together, "
+            f"{added_ms:.1f} ms added (median x{median_ratio:.2f} their own exclusive time): "
+            "a service-wide latency regression, not one bottleneck span"
         )
         steps = [
             f"Check what changed for {service} at the start: a deploy or configuration change, "
@@ -490,6 +645,32 @@ class BottleneckDetector(Detector):
         for name, acc in self._accs.items():
             w, _, key = name.partition("/")
             self._windows.setdefault(int(w), {})[key] = acc
+        self._rekey_calls()
+
+    def _rekey_calls(self) -> None:
+        """State of releases that named an outgoing call by its span name alone: move each
+        call's baseline and open windows to the operation the call is now (name and
+        destination). A call is told by its saved attributes: a destination, no database and
+        no ``http.route`` (which server spans carry)."""
+        for key, op in list(self._ops.items()):
+            service, name, detail = _split(key)
+            a = op.attrs
+            if (detail or CALL in a or "http.route" in a or any(k in a for k in DB_KEYS)
+                    or not any(k in a for k in PEER_KEYS)):
+                continue
+            dest = destination_of(a)
+            new = f"{service}|{name}|{dest}"
+            if not dest or dest in name or new in self._ops:
+                continue
+            op.attrs = {**a, CALL: True}
+            self._ops.pop(key)
+            self._ops.put(new, op)
+            for w, window in self._windows.items():
+                acc = window.pop(key, None)
+                if acc is not None:
+                    window[new] = acc
+                    self._accs.pop(f"{w}/{key}")
+                    self._accs.put(f"{w}/{new}", acc)
 
     def stats(self) -> DetectorStats:
         active: dict[tuple[str, str], int] = {}
@@ -544,12 +725,29 @@ def _ms(ns: float) -> float:
     return round(ns / MS, 3)
 
 
-def _next_steps(service: str, op: str, attrs: Mapping[str, Any]) -> list[str]:
+def _peer(attrs: Mapping[str, Any], detail: str) -> str:
+    """The service an outgoing call goes to ("" for anything else)."""
+    if not attrs.get(CALL) or any(k in attrs for k in DB_KEYS):
+        return ""
+    return str(attrs.get(CALLEE) or attrs.get("peer.service") or detail)
+
+
+def _next_steps(service: str, op: str, attrs: Mapping[str, Any], peer: str = "") -> list[str]:
     steps = [
         f"Open the exemplar traces and confirm {op} is the long span on the critical path."
     ]
     db = next((str(attrs[k]) for k in DB_KEYS if k in attrs), None)
-    peer = next((str(attrs[k]) for k in PEER_KEYS if k in attrs), None)
+    peer = peer or next((str(attrs[k]) for k in PEER_KEYS if k in attrs), "") or ""
+    if peer and attrs.get(CALLEE):
+        return steps + [
+            f"The time is spent between {service} and {peer}, outside {peer}'s server spans: "
+            f"check the network path, any proxy, sidecar or load balancer in front of {peer}, "
+            f"and {service}'s connection pool to it (waiting for a connection).",
+            f"Compare {peer}'s server-side latency with {service}'s client-side latency for "
+            "the same calls in the exemplar traces; if other callers of it are slow too, the "
+            f"problem is at {peer}'s end.",
+            f"Do not restart {peer} or change its routing while diagnosing.",
+        ]
     if db is not None:
         name = attrs.get("db.name") or attrs.get("db.namespace") or db
         steps += [
@@ -559,7 +757,7 @@ def _next_steps(service: str, op: str, attrs: Mapping[str, Any]) -> list[str]:
             "ANALYZE of writes); look for lock waits, a missing index or a changed plan.",
             "Do not kill sessions or change indexes on the primary while diagnosing.",
         ]
-    elif peer is not None:
+    elif peer:
         steps += [
             f"The time is spent waiting on {peer}: check its own findings and its server spans "
             "in the exemplar traces.",

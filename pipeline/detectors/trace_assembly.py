@@ -33,20 +33,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from pipeline.detectors.base import Detector, DetectorStats
-from pipeline.records import OpTime, Resource, Span, TraceSample
+from pipeline.records import (
+    SPAN_KIND_CLIENT,
+    SPAN_KIND_PRODUCER,
+    SPAN_KIND_SERVER,
+    OpTime,
+    Resource,
+    Span,
+    TraceSample,
+)
 from pipeline.state import State
 from pipeline.traces import analyze
 
 #: Span attributes that name the resource an operation uses (carried as evidence).
 RESOURCE_NAMING = (
     "db.system", "db.system.name", "db.name", "db.namespace", "db.operation",
-    "peer.service", "server.address", "net.peer.name", "http.route", "rpc.service",
+    "peer.service", "server.address", "server.port", "net.peer.name", "net.peer.port",
+    "http.route", "rpc.service",
     "messaging.system", "messaging.destination.name",
 )
+#: Set on a client operation's attributes: the service whose server span answered the call in
+#: the trace (the callee, by trace context: exact even behind a proxy or a load balancer).
+CALLEE = "callee.service"
+#: Set on the attributes of an outgoing call that is not a database's (a CLIENT or PRODUCER
+#: span): the operation's finding names the service it calls.
+CALL = "call"
 SCAN_NS = 100_000_000  # open traces are checked for completion every 100 ms of event time
 COUNTERS = ("late_spans", "no_root", "evicted_open", "span_cap", "orphans", "skew_adjusted")
 
@@ -54,7 +70,10 @@ COUNTERS = ("late_spans", "no_root", "evicted_open", "span_cap", "orphans", "ske
 def operation_of(span: Span) -> tuple[str, str]:
     """The operation a span measures: its name, and the detail that refines a generic name —
     ``http.route`` when the name lacks it (older HTTP instrumentations name server spans just
-    ``GET``) or the database when the name is a bare verb (``GET`` on redis, ``SELECT``).
+    ``GET``), the database when the name is a bare verb (``GET`` on redis, ``SELECT``), and for
+    any other outgoing call (``CLIENT`` or ``PRODUCER`` span) its destination
+    (``destination_of``), so one generic ``HTTP GET`` to six services is six operations, one
+    per edge (caller -> callee).
 
     >>> from pipeline.records import Resource
     >>> r = Resource("api", "", "", "", {})
@@ -64,23 +83,75 @@ def operation_of(span: Span) -> tuple[str, str]:
     ('GET', 'redis')
     >>> operation_of(Span("t", "s", "", "SELECT users", 3, 0, 1, 0, {"db.system": "x"}, r))
     ('SELECT users', '')
+    >>> operation_of(Span("t", "s", "", "GET", 3, 0, 1, 0,
+    ...                   {"http.url": "http://cart:8080/c?id=1"}, r))
+    ('GET', 'cart:8080')
     """
     name, attrs = span.name, span.attrs
     route = attrs.get("http.route")
     if route and isinstance(route, str) and route not in name:
         return name, route
-    if " " not in name:
-        db = attrs.get("db.namespace") or attrs.get("db.name") or attrs.get("db.system") or (
-            attrs.get("db.system.name")
-        )
-        if db and isinstance(db, str) and db not in name:
+    db = attrs.get("db.namespace") or attrs.get("db.name") or attrs.get("db.system") or (
+        attrs.get("db.system.name")
+    )
+    if db:  # a database call: its name says the statement; the database refines a bare verb
+        if " " not in name and isinstance(db, str) and db not in name:
             return name, db
+        return name, ""
+    if span.kind == SPAN_KIND_CLIENT or span.kind == SPAN_KIND_PRODUCER:
+        dest = destination_of(attrs)
+        return (name, dest) if dest and dest not in name else (name, "")
     return name, ""
+
+
+def destination_of(attrs: Mapping[str, Any]) -> str:
+    """Where an outgoing call goes, from the attributes the instrumentations set: a database's
+    namespace, else ``peer.service``, the server address and port (current and older semantic
+    conventions), the host of the URL, the messaging destination, the RPC service, the database
+    system; "" if none.
+
+    >>> destination_of({"server.address": "db", "server.port": 5432, "db.namespace": "shop"})
+    'shop'
+    >>> destination_of({"peer.service": "cart", "server.address": "10.0.0.7"})
+    'cart'
+    >>> destination_of({"url.full": "https://pay.example:8443/v1/charge"})
+    'pay.example:8443'
+    >>> destination_of({"net.peer.name": "stock", "net.peer.port": 9000})
+    'stock:9000'
+    """
+    db = attrs.get("db.namespace") or attrs.get("db.name")
+    if db:
+        return str(db)
+    peer = attrs.get("peer.service")
+    if peer:
+        return str(peer)
+    for host_key, port_key in (("server.address", "server.port"),
+                               ("net.peer.name", "net.peer.port")):
+        host = attrs.get(host_key)
+        if host:
+            port = attrs.get(port_key)
+            return f"{host}:{port}" if port else str(host)
+    url = attrs.get("url.full") or attrs.get("http.url")
+    if url and isinstance(url, str):
+        netloc = urlsplit(url).netloc.rpartition("@")[2]
+        if netloc:
+            return netloc
+    for key in ("messaging.destination.name", "messaging.destination", "rpc.service",
+                "db.system", "db.system.name"):
+        value = attrs.get(key)
+        if value:
+            return str(value)
+    return ""
 
 
 def naming_attrs(span: Span) -> dict[str, Any]:
     a = span.attrs
-    return {k: a[k] for k in RESOURCE_NAMING if k in a}
+    out = {k: a[k] for k in RESOURCE_NAMING if k in a}
+    if (span.kind == SPAN_KIND_CLIENT or span.kind == SPAN_KIND_PRODUCER) and not (
+        "db.system" in a or "db.system.name" in a
+    ):
+        out[CALL] = True  # a call to another service: its detail is where it goes
+    return out
 
 
 class _Open:
@@ -219,18 +290,22 @@ class TraceAssembler(Detector):
             self._count("orphans", a.orphans)
         if a.skew_adjusted:
             self._count("skew_adjusted", a.skew_adjusted)
+        callee = _callees(a.spans)
         per_op: dict[tuple[str, str, str], list[Any]] = {}
         for i, span in enumerate(a.spans):
             key = (span.resource.service, *operation_of(span))
             acc = per_op.get(key)
             if acc is None:
-                per_op[key] = [a.cp_ns[i], a.self_ns[i], 1, naming_attrs(span)]
+                acc = per_op[key] = [a.cp_ns[i], a.self_ns[i], 1, naming_attrs(span)]
             else:
                 acc[0] += a.cp_ns[i]
                 acc[1] += a.self_ns[i]
                 acc[2] += 1
                 if not acc[3]:
                     acc[3] = naming_attrs(span)
+            served_by = callee.get(span.span_id)
+            if served_by is not None and CALLEE not in acc[3]:
+                acc[3] = {**acc[3], CALLEE: served_by}
         top = max(per_op.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
         top_key = "|".join(top)
         root = a.root
@@ -250,6 +325,21 @@ class TraceAssembler(Detector):
 
     def stats(self) -> DetectorStats:
         return DetectorStats(tracked=len(self._open), evicted=dict(self._meta["counts"]))
+
+
+def _callees(spans: Sequence[Span]) -> dict[str, str]:
+    """Client span id -> the service of the server span that is its child in the trace (the
+    call's callee), for calls answered by another instrumented service."""
+    kind = {s.span_id: s for s in spans if s.kind == SPAN_KIND_CLIENT}
+    out: dict[str, str] = {}
+    if not kind:
+        return out
+    for s in spans:
+        if s.kind == SPAN_KIND_SERVER and s.parent_id in kind:
+            caller = kind[s.parent_id]
+            if caller.resource.service != s.resource.service:
+                out[caller.span_id] = s.resource.service
+    return out
 
 
 def _trace_doc(o: _Open) -> dict[str, Any]:

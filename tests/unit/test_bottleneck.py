@@ -172,9 +172,18 @@ def test_regression_ratio_gauge_while_firing() -> None:
 
 
 def test_everything_slower_gives_no_bottleneck() -> None:
+    # web's operations 1.5x slower together: 10 + 1 + 5 ms -> ~8 ms added per trace.
     fault = lambda s, o, m: 1.5 if 15 <= m < 20 else 1.0  # noqa: E731
-    out = run(BottleneckDetector(), traces.samples(minutes=30, fault=fault))
+    out = run(BottleneckDetector(regression_min_added_ms=5.0),
+              traces.samples(minutes=30, fault=fault))
     assert out and {f.kind for f in out} == {"latency_regression"}
+    firing = next(f for f in out if f.status == "firing")
+    ops = firing.evidence["slowest_operations"]
+    assert firing.evidence["added_ms_per_trace"] == pytest.approx(
+        sum(o["added_ms"] for o in firing.evidence["slowest_operations"]), abs=0.01)
+    assert all(o["observed_p50_ms"] > o["baseline_p50_ms"] > 0 for o in ops)
+    # The same slowdown is under the default absolute size (10 ms added per trace): nothing.
+    assert run(BottleneckDetector(), traces.samples(minutes=30, fault=fault)) == []
 
 
 def test_no_verdict_during_warm_up() -> None:
