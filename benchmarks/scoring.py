@@ -171,6 +171,15 @@ class Label:
     note: str = ""
     magnitude: dict[str, Any] = field(default_factory=dict)
     truth: dict[str, Any] = field(default_factory=dict)
+    #: Alternative entities, any of which names the fault (the real corpus's slow downstream:
+    #: the caller's call into the service, or the service itself); empty: ``entity`` only.
+    entity_any: tuple[dict[str, str], ...] = ()
+
+    def _names(self, alert: Alert) -> bool:
+        if self.entity_any:
+            return any(all(alert.entity.get(k) == v for k, v in e.items())
+                       for e in self.entity_any)
+        return all(alert.entity.get(k) == v for k, v in self.entity.items())
 
     @classmethod
     def from_line(cls, line: Mapping[str, Any]) -> Label:
@@ -184,18 +193,18 @@ class Label:
             note=str(line.get("note", "")),
             magnitude=dict(line.get("magnitude") or {}),
             truth=dict(line.get("truth") or {}),
+            entity_any=tuple({str(k): str(v) for k, v in e.items()}
+                             for e in line.get("entity_any") or ()),
         )
 
     def matches(self, alert: Alert, grace_ns: int) -> bool:
         return (
-            self.start_ns <= alert.fired_at_ns <= self.end_ns + grace_ns
-            and all(alert.entity.get(k) == v for k, v in self.entity.items())
+            self.start_ns <= alert.fired_at_ns <= self.end_ns + grace_ns and self._names(alert)
         )
 
     def active(self, alert: Alert) -> bool:
         """Whether ``alert`` fired on this label's entity inside its window (no grace)."""
-        return self.start_ns <= alert.fired_at_ns <= self.end_ns and all(
-            alert.entity.get(k) == v for k, v in self.entity.items())
+        return self.start_ns <= alert.fired_at_ns <= self.end_ns and self._names(alert)
 
     def true_time_to_oom_s(self, at_ns: int) -> float | None:
         """True time to OOM at ``at_ns`` (module docstring); None if unknown (no truth, or the
