@@ -90,8 +90,8 @@ def labels(run: Path, entities: dict[str, int]) -> scoring.LabelSet:
 
 
 def run_local(recs: list[SimRecord], spans_topic: str, metrics_topic: str,
-              partitions: int) -> list[dict[str, Any]]:
-    settings = Settings.from_env({}, otlp_spans_topic=spans_topic,
+              partitions: int, overrides: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    settings = Settings.from_env(dict(overrides or {}), otlp_spans_topic=spans_topic,
                                  otlp_metrics_topic=metrics_topic)
     lp = LocalPipeline(settings, {spans_topic: 1, metrics_topic: 1}, partitions=partitions)
     findings = []
@@ -103,7 +103,8 @@ def run_local(recs: list[SimRecord], spans_topic: str, metrics_topic: str,
 
 
 async def run_worker(recs: list[SimRecord], names: RunNames, out: Path,
-                     timeout_s: float) -> list[dict[str, Any]]:
+                     timeout_s: float, overrides: dict[str, str] | None = None
+                     ) -> list[dict[str, Any]]:
     bootstrap = harness.bootstrap_servers()
     try:
         await harness.create_input_topics(bootstrap, names, 1)
@@ -113,7 +114,7 @@ async def run_worker(recs: list[SimRecord], names: RunNames, out: Path,
                  "metrics": sum(r.items for r in recs if r.topic == names.metrics)}
         log(f"replay: {len(recs):,} records, {items['spans']:,} spans, {items['metrics']:,} "
             f"metric points in {stats.seconds:.1f} s")
-        env = {**names.worker_env(), **harness.REPLAY_END}
+        env = {**names.worker_env(), **harness.REPLAY_END, **(overrides or {})}
         worker = harness.Worker(env, bootstrap, out / "worker.log").start()
         try:
             tl = await harness.wait_until_detected(worker, names, items, timeout_s=timeout_s,
@@ -191,10 +192,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         f"{len(truth.labels)} labels")
     out = CACHE / args.run.name
     out.mkdir(parents=True, exist_ok=True)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.local:
-        findings = run_local(recs, names.spans, names.metrics, args.partitions)
+        findings = run_local(recs, names.spans, names.metrics, args.partitions, overrides)
     else:
-        findings = await run_worker(recs, names, out, args.timeout)
+        findings = await run_worker(recs, names, out, args.timeout, overrides)
     with open(out / "findings.jsonl", "wb") as fh:
         for f in findings:
             fh.write(orjson.dumps(f) + b"\n")
@@ -204,7 +206,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result = {k: s.to_dict(detail=False) for k, s in scores.items()}
     result.update(corpus=str(args.run.relative_to(ROOT)) if args.run.is_relative_to(ROOT)
                   else str(args.run), mode="local" if args.local else "worker",
-                  entities=entities, downstream_named=named,
+                  entities=entities, downstream_named=named, settings=overrides,
                   findings_by_kind=dict(Counter(a.kind for a in
                                                 scoring.alerts_from_findings(findings))),
                   wall_s=round(time.perf_counter() - t0, 1))
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="run the stages in-process (no Kafka) instead of a worker")
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                    help="a worker setting for this run (e.g. REGRESSION_MIN_ADDED_MS=5)")
     args = ap.parse_args(argv)
     result = harness.run_main("real_corpus", main_async(args))
     print(orjson.dumps(result).decode())

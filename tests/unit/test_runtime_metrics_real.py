@@ -28,24 +28,13 @@ from pipeline.detectors.memory import GC, LEAK, RESTARTS_COUNTER, MemoryDetector
 from pipeline.runtime_metrics import BUILTIN_RULES, rules_for, unit_scale
 from pipeline.settings import Settings
 from pipeline.sinks.metrics import PipelineMetrics
+from tests.support.otlp_build import _attrs
 
 S = 10**9
 MIB = 1024 * 1024
 T0 = 1_767_600_000 * S
 CUMULATIVE = 2
 INSTANCE_ID = "6f1c2b9e-0d4e-4f5a-9b7c-3e8d1a2f4c60"
-
-
-def _attrs(target: Any, attrs: dict[str, Any]) -> None:
-    for k, v in attrs.items():
-        kv = target.add()
-        kv.key = k
-        if isinstance(v, int):
-            kv.value.int_value = v
-        elif isinstance(v, float):
-            kv.value.double_value = v
-        else:
-            kv.value.string_value = v
 
 
 def _python_resource(service: str, pid: int, instance_id: str) -> dict[str, Any]:
