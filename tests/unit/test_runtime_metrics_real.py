@@ -152,8 +152,9 @@ def test_a_python_leak_is_found_while_gc_count_levels_go_up_and_down() -> None:
 
 # -- (b) {collection} -----------------------------------------------------------------------
 def test_cpython_gc_collections_in_collection_units_is_the_gc_count() -> None:
-    """``cpython.gc.collections`` ({collection}) is read: a tenfold collection rate is GC
-    pressure (CPython reports counts only)."""
+    """``cpython.gc.collections`` ({collection}) is read: with ``gc_from_counts``, a tenfold
+    collection rate is GC pressure (CPython reports counts only); by default a count alone, which
+    follows the allocation rate (the load), is never called GC pressure."""
     assert unit_scale("{collection}") == 1.0
     assert rules_for("process.runtime.cpython.gc_count", BUILTIN_RULES) == ()
     rng = np.random.default_rng(3)
@@ -164,7 +165,8 @@ def test_cpython_gc_collections_in_collection_units_is_the_gc_count() -> None:
         payloads.append(python_export(T0 + k * 60 * S, start, rss=80e6 + rng.normal(0, 1e5),
                                       gc_levels=gc_levels(rng),
                                       collections=tuple(int(c) for c in coll)))
-    d = MemoryDetector()
+    assert [f for f in feed(MemoryDetector(), payloads) if f.kind == GC] == []
+    d = MemoryDetector(gc_from_counts=True)
     gc = [f for f in feed(d, payloads) if f.kind == GC]
     assert gc and gc[0].status == "firing"
     assert gc[0].evidence["collections_per_s"] > 10
