@@ -34,7 +34,9 @@ full; the shorter ones every minute, the longer ones every few), a window is a l
 - it is not levelling off: its second half and last third grow at least 0.6 and 0.5 times as
   fast as the whole (a cache warming up grows fast, then slower);
 - it is not load: the load signal (bytes allocated, else collections per second) now is under
-  1.5x what it was before the growth (a heap that grows with traffic recedes with it).
+  1.5x what it was before the growth, or the floor does not follow it (Kendall's tau of floor
+  against load since the knee under 0.5: a heap that grows with traffic recedes with it, while
+  a leak climbs whatever the load does).
 
 The passing window that saw the most of the growth speaks for the instance. Before a finding
 opens, a longer window that sees a step or a slowing rise vetoes shorter ones. A finding opens
@@ -742,7 +744,17 @@ class MemoryDetector(Detector):
                 m1, m2 = float(np.median(l1)), float(np.median(l2))
                 doc["load_ratio"] = round(m2 / m1, 3) if m1 > 0 else None
                 if m1 > 0 and m2 >= 1.5 * m1:
-                    doc["verdict"] = "load_driven"
+                    # ... and the floor follows the load: a heap grown by traffic rises and
+                    # falls with it. A floor that climbs while the load wanders (CPython's
+                    # collection count moves with the SDK's own exports) is not load-driven.
+                    loads = [r[2] for r in rows[onset:] if r[2] is not None]
+                    floors = [r[1] for r in rows[onset:] if r[2] is not None]
+                    follows = None
+                    if len(loads) >= 6:
+                        follows = float(stats.kendalltau(loads, floors).statistic)
+                        doc["load_floor_tau"] = round(follows, 3)
+                    if follows is None or follows >= 0.5:
+                        doc["verdict"] = "load_driven"
         return doc
 
     def _growth_rule(self, limit: float | None, threshold: float | None) -> dict[str, Any]:
