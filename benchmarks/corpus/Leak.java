@@ -9,6 +9,10 @@ import java.util.ArrayList;
 import java.util.List;
 
 public class Leak {
+    // Allocations land here so the JIT cannot drop them as dead (escape analysis would).
+    static final byte[][] RING = new byte[256][];
+    static int next;
+
     public static void main(String[] args) throws Exception {
         String mode = args[0];
         long t0 = System.nanoTime();
@@ -21,8 +25,7 @@ public class Leak {
             double t = (System.nanoTime() - t0) / 1e9;
             boolean on = t >= start && t < end;
             for (int i = 0; i < 2000; i++) {
-                byte[] garbage = new byte[1024];
-                garbage[0] = 1;
+                RING[next++ & 255] = new byte[1024];
             }
             if (mode.equals("leak") && on) {
                 kept.add(new byte[(int) (mbPerMin * 1024 * 1024 / 60)]);
@@ -34,8 +37,7 @@ public class Leak {
                     }
                     long until = System.nanoTime() + 400_000_000L;
                     while (System.nanoTime() < until) {
-                        byte[] b = new byte[64 * 1024];
-                        b[0] = 1;
+                        RING[next++ & 255] = new byte[64 * 1024];
                     }
                     Thread.sleep(600);
                     continue;
