@@ -100,6 +100,7 @@ class Settings:
     bottleneck_baseline_ttl_s: float = 7 * 86400.0  # an operation's baseline survives silence
     bottleneck_max_operations: int = 5_000  # (service, operation) baselines per partition
     regression_min_added_ms: float = 10.0  # a service-wide regression adds at least this
+    bottleneck_min_excess_ms: float = 10.0  # a bottleneck adds at least this per trace
     # Memory leaks and GC pressure (per routed metric partition).
     memory_limits: str = ""  # "service=512Mi,*=1Gi": limits for runtimes that send none
     memory_metrics: str = ""  # extra metric -> role rules: inline JSON or a JSON file path
@@ -107,7 +108,7 @@ class Settings:
     memory_min_growth_pct_per_hour: float = 0.25  # slower floor growth is not reported
     # With no limit known, floor growth slower than this (bytes/hour; Ki/Mi/Gi suffixes) is not
     # reported either: a small process growing a few hundred KiB an hour is not a leak (0: off).
-    memory_min_growth_bytes_per_hour: str = "32Mi"
+    memory_min_growth_bytes_per_hour: str = "64Mi"
     memory_max_instances: int = 2_000  # instances per partition (~60 KB each with 6 h of history)
     gc_pressure_min_fraction: float = 0.10  # GC time share below this is never pressure
     # TIME_WAIT buildup (per routed metric partition, by host).
@@ -267,6 +268,7 @@ class Settings:
         _positive("BOTTLENECK_BASELINE_TTL_S", self.bottleneck_baseline_ttl_s,
                   upper=366 * 86400)
         _positive("REGRESSION_MIN_ADDED_MS", self.regression_min_added_ms, upper=3_600_000)
+        _positive("BOTTLENECK_MIN_EXCESS_MS", self.bottleneck_min_excess_ms, upper=3_600_000)
         from pipeline.runtime_metrics import (  # (imports settings)
             load_rules,
             parse_limits,

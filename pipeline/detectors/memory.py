@@ -26,7 +26,7 @@ full; the shorter ones every minute, the longer ones every few), a window is a l
   and after the knee of the best flat-then-linear (hinge) fit, where the growth began;
 - the Theil–Sen slope since the knee has its 90% interval above zero and is at least
   ``min_growth_pct_per_hour`` (0.25 %/h) of the limit; with no limit known, at least that share
-  of the floor **and** ``min_growth_bytes_per_hour`` (32 MiB/h,
+  of the floor **and** ``min_growth_bytes_per_hour`` (64 MiB/h,
   ``MEMORY_MIN_GROWTH_BYTES_PER_HOUR``; 0 turns it off): a small process growing a few hundred
   KiB an hour is not a leak. The finding's ``min_growth`` evidence says which rule applied;
 - the growth has lasted ``min_growth_s`` (12 minutes: before that a warm-up and a leak look
@@ -196,7 +196,7 @@ class MemoryDetector(Detector):
         alpha: float = 0.005,
         alpha_long: float = 0.001,
         min_growth_pct_per_hour: float = 0.25,
-        min_growth_bytes_per_hour: float = 32 * MIB,
+        min_growth_bytes_per_hour: float = 64 * MIB,
         gc_from_counts: bool = False,
         oom_fraction: float = 0.9,
         startup_s: float = 300.0,

@@ -288,7 +288,7 @@ def test_evidence_says_which_growth_rule_applied() -> None:
 def test_min_growth_bytes_per_hour_setting() -> None:
     s = Settings.from_env({"MEMORY_MIN_GROWTH_BYTES_PER_HOUR": "8Mi"})
     assert MemoryDetector.from_settings(s).min_growth_bytes_h == 8 * H.MIB
-    assert MemoryDetector.from_settings(Settings()).min_growth_bytes_h == 32 * H.MIB
+    assert MemoryDetector.from_settings(Settings()).min_growth_bytes_h == 64 * H.MIB
     off = Settings.from_env({"MEMORY_MIN_GROWTH_BYTES_PER_HOUR": "0"})
     assert MemoryDetector.from_settings(off).min_growth_bytes_h == 0
     with pytest.raises(ConfigError, match="MEMORY_MIN_GROWTH_BYTES_PER_HOUR"):

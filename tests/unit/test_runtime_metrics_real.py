@@ -286,9 +286,9 @@ def test_a_tiny_process_growing_a_few_hundred_kib_an_hour_is_not_a_leak() -> Non
     assert _small_process(300) == []
 
 
-def test_a_tiny_process_growing_64_mib_an_hour_is_a_leak() -> None:
-    found = _small_process(64 * 1024)
+def test_a_tiny_process_growing_128_mib_an_hour_is_a_leak() -> None:
+    found = _small_process(128 * 1024)
     assert found and found[0].status == "firing"
     rule = found[0].evidence["min_growth"]
     assert rule["rule"] == "no_limit: pct_of_floor_and_bytes_per_hour"
-    assert rule["min_bytes_per_hour"] == 32 * MIB
+    assert rule["min_bytes_per_hour"] == 64 * MIB
