@@ -251,6 +251,18 @@ def test_clients_with_similar_call_rates_are_all_named() -> None:
     assert "cart" in f.next_steps[1] and "catalog" in f.next_steps[1]
 
 
+def test_churn_no_traced_client_can_explain_is_put_on_an_untraced_process() -> None:
+    """The real corpus's case: an untraced client churning ~230 connections a second while
+    the host's only traced client makes 7 calls a second (it would need 30 per call)."""
+    batches = tcp.host_batches(20, closes=step(1.5, 230.0, 600))
+    calls = tcp.calls(20, const(7.0), service="frontend", destination="127.0.0.1")
+    f = firing(run(batches, calls=calls)[0])[0]
+    assert "likely a process without traces" in f.summary
+    assert "frontend" not in f.summary
+    assert f.evidence["likely_cause"].startswith("no traced client explains")
+    assert f.evidence["candidates"][0]["extra_closes_per_call"] > 8
+
+
 def test_attribution_says_pool_too_small_when_connections_last_a_few_calls() -> None:
     batches = tcp.host_batches(20, closes=step(1.5, 31.5, 600))
     calls = tcp.calls(20, const(150.0), service="api", destination="postgres")
