@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks import harness, scoring
 from benchmarks.corpus.recorder import Recording
@@ -47,6 +48,7 @@ from pipeline.simulate.writer import write_records
 ROOT = harness.ROOT
 RUN = ROOT / ".cache" / "corpus" / "run"
 CACHE = ROOT / ".cache" / "real-corpus"
+MAX_RECORD_BYTES = 8 * 1024 * 1024  # the worker's MAX_RECORD_BYTES default
 KINDS = ("bottleneck_span", "latency_regression", "memory_leak", "gc_pressure",
          "time_wait_buildup")
 
@@ -107,8 +109,9 @@ async def run_worker(recs: list[SimRecord], names: RunNames, out: Path,
                      ) -> list[dict[str, Any]]:
     bootstrap = harness.bootstrap_servers()
     try:
-        await harness.create_input_topics(bootstrap, names, 1)
-        stats = await write_records(iter(recs), harness.client_kwargs(bootstrap),
+        await _create_topics(bootstrap, names)
+        stats = await write_records(iter(recs), {**harness.client_kwargs(bootstrap),
+                                                 "max_request_size": MAX_RECORD_BYTES},
                                     mode="replay", spans_topic=names.spans, progress=log)
         items = {"spans": sum(r.items for r in recs if r.topic == names.spans),
                  "metrics": sum(r.items for r in recs if r.topic == names.metrics)}
@@ -131,6 +134,21 @@ async def run_worker(recs: list[SimRecord], names: RunNames, out: Path,
                 if r.value]
     finally:
         await harness.cleanup_logged(bootstrap, names.tag)
+
+
+async def _create_topics(bootstrap: str, names: RunNames) -> None:
+    """The input topics, taking records up to ``MAX_RECORD_BYTES``: the Python SDK's urllib
+    instrumentation puts the full URL on its client duration histogram, so one metrics
+    export of a busy process can pass the broker's default 1 MB."""
+    admin = AIOKafkaAdminClient(**harness.client_kwargs(bootstrap))
+    await admin.start()
+    try:
+        config = {"retention.ms": "-1", "retention.bytes": "-1",
+                  "max.message.bytes": str(MAX_RECORD_BYTES)}
+        await admin.create_topics([NewTopic(t, 1, 1, topic_configs=config)
+                                   for t in (names.spans, names.metrics)])
+    finally:
+        await admin.close()
 
 
 def downstream_named(findings: list[dict[str, Any]], truth: scoring.LabelSet,
