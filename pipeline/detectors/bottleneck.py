@@ -369,15 +369,13 @@ class BottleneckDetector(Detector):
                 self._ops.changed(key)
         evaluated: dict[str, list[_Judged]] = {}
         stats_by_key: dict[str, dict[str, Any]] = {}
-        accs: dict[str, _Acc] = {}
         for key in sorted(window):
             base = self._ops.get(key)
             if base is None:
                 continue
-            acc = self._with_carry(w, key, base, window[key])
-            if acc is None:
+            acc = window[key]
+            if not self._with_carry(w, key, base, acc):
                 continue
-            accs[key] = acc
             st = self._window_stats(acc)
             st["windows"] = w - acc.first_w + 1
             stats_by_key[key] = st
@@ -419,9 +417,8 @@ class BottleneckDetector(Detector):
                 if ratio[r.key] >= 2 * median([ratio[x.key] for x in slower if x.key != r.key]
                                               or [0.0])
             }
-            bottleneck_wins = bool(stands)
             regression = (
-                not bottleneck_wins
+                not stands
                 and len(slower) >= 2 and len(slower) * 2 >= len(rows)
                 and added >= self.regression_min_added_ns
             )
@@ -438,25 +435,25 @@ class BottleneckDetector(Detector):
                 v = None
                 if r.key in stands:
                     knock_on = [k for k in excess if k not in stands]
-                    v = self._bottleneck_verdict(r.key, base, accs[r.key], stats_by_key[r.key],
+                    v = self._bottleneck_verdict(r.key, base, window[r.key], stats_by_key[r.key],
                                                  end_ns, knock_on, stats_by_key)
                 f = self.lc_bottleneck.observe(self._entity(r.key, base), end_ns, v)
                 if f is not None:
                     findings.append(f)
                 if not r.slower:
-                    self._learn(r.key, base, stats_by_key[r.key], accs[r.key].n)
+                    self._learn(r.key, base, stats_by_key[r.key], window[r.key].n)
                 else:
                     base.run += 1
                     self._ops.changed(r.key)
                     if base.run > self.freeze_max:
-                        self._learn(r.key, base, stats_by_key[r.key], accs[r.key].n)
+                        self._learn(r.key, base, stats_by_key[r.key], window[r.key].n)
         return findings
 
-    def _with_carry(self, w: int, key: str, base: _Op, acc: _Acc) -> _Acc | None:
-        """The samples to judge ``key`` on at the close of window ``w``: this window's, with
-        those carried from its earlier windows while they were too few (sparse traffic: an
-        operation with a few calls a minute is judged on several windows together, at most
-        ``max_window_s`` of them). None while there are still fewer than ``min_samples``."""
+    def _with_carry(self, w: int, key: str, base: _Op, acc: _Acc) -> bool:
+        """Add to ``acc`` (window ``w``'s samples of ``key``) those carried from the
+        operation's earlier windows while they were too few (sparse traffic: an operation with
+        a few calls a minute is judged on several windows together, at most ``max_window_s``
+        of them); whether it now holds ``min_samples`` to judge, else it is carried on."""
         carry = base.carry
         first = w
         if carry is not None:
@@ -469,13 +466,13 @@ class BottleneckDetector(Detector):
                 self._count("sparse_dropped")
         if acc.n >= self.min_samples:
             acc.first_w = first
-            return acc
+            return True
         if w - first + 1 < self.max_carry:
             base.carry = {"w0": first, "acc": acc.to_doc()}
             self._ops.changed(key)
         else:
             self._count("sparse_dropped")
-        return None
+        return False
 
     def _window_stats(self, acc: _Acc) -> dict[str, Any]:
         cps = sorted(r[0] for r in acc.rows)

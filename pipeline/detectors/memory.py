@@ -747,10 +747,10 @@ class MemoryDetector(Detector):
                     # ... and the floor follows the load: a heap grown by traffic rises and
                     # falls with it. A floor that climbs while the load wanders (CPython's
                     # collection count moves with the SDK's own exports) is not load-driven.
-                    loads = [r[2] for r in rows[onset:] if r[2] is not None]
-                    floors = [r[1] for r in rows[onset:] if r[2] is not None]
+                    pairs = [(r[2], r[1]) for r in rows[onset:] if r[2] is not None]
                     follows = None
-                    if len(loads) >= 6:
+                    if len(pairs) >= 6:
+                        loads, floors = zip(*pairs, strict=True)
                         follows = float(stats.kendalltau(loads, floors).statistic)
                         doc["load_floor_tau"] = round(follows, 3)
                     if follows is None or follows >= 0.5:
