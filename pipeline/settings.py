@@ -99,7 +99,7 @@ class Settings:
     bottleneck_max_window_s: float = 600.0
     bottleneck_baseline_ttl_s: float = 7 * 86400.0  # an operation's baseline survives silence
     bottleneck_max_operations: int = 5_000  # (service, operation) baselines per partition
-    regression_min_added_ms: float = 10.0  # a service-wide regression adds at least this
+    regression_min_added_ms: float = 2.0  # a service-wide regression adds at least this
     bottleneck_min_excess_ms: float = 10.0  # a bottleneck adds at least this per trace
     # Memory leaks and GC pressure (per routed metric partition).
     memory_limits: str = ""  # "service=512Mi,*=1Gi": limits for runtimes that send none

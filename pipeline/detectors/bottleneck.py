@@ -48,9 +48,11 @@ slower. An operation is *slower* when it is ``regression_rel`` (20%), 3 MADs and
 baseline. A bottleneck *stands* when it is slower against its own baseline than the service's
 other slower operations are against theirs (at least twice their median ratio): the operations
 slowed with it (CPU starved by the dropped index's full scans, say) are listed under it as
-``knock_on``, and no service-wide finding replaces it. Otherwise, when at least half of the
-service's judged operations, and at least two, are slower together and add at least
-``regression_min_added_ms`` (10 ms) per trace, it is a ``latency_regression`` of the service
+``knock_on``, and no service-wide finding replaces it. Otherwise, when two or more of the
+service's judged operations are slower together, carry at least half of its baseline time
+per trace (every operation counts, by its baseline median: sub-millisecond calls weigh next to
+nothing) and add at least ``regression_min_added_ms`` (2 ms) per trace, it is a
+``latency_regression`` of the service
 (CPU throttling, a bad deploy, a noisy neighbour), with each operation's baseline, observed and
 added milliseconds as evidence, and its operations raise no ``bottleneck_span`` in that window.
 
@@ -102,6 +104,12 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, n - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _ratio(st: Mapping[str, Any]) -> float:
+    """An operation's window median over its baseline median (a baseline of 0 ns, all calls
+    under the clock's resolution, counts as 1 ns)."""
+    return float(st["p50"] / max(st["baseline"]["b50"], 1.0))
 
 
 def median(values: Sequence[float]) -> float:
@@ -242,7 +250,7 @@ class BottleneckDetector(Detector):
         operation_ttl_s: float = 7 * 86400.0,
         reservoir: int = 64,
         regression_rel: float = 0.2,
-        regression_min_added_ms: float = 10.0,
+        regression_min_added_ms: float = 2.0,
     ) -> None:
         if window_s <= 0 or not 1 <= warmup_windows <= baseline_windows or min_samples < 1:
             raise ValueError(
@@ -408,23 +416,28 @@ class BottleneckDetector(Detector):
             # A bottleneck stands when it is slower against its own baseline than the other
             # slower operations are against theirs (twice their median ratio): what slowed
             # with it is a knock-on, reported under it. A service-wide regression needs two
-            # or more operations, at least half of those judged, slower together by similar
-            # ratios, and milliseconds added, not only ratios.
-            ratio = {r.key: stats_by_key[r.key]["p50"] / max(stats_by_key[r.key]["baseline"]
-                                                              ["b50"], 1.0) for r in slower}
+            # or more operations slower together by similar ratios, most of the service's
+            # time among them, and milliseconds added, not only ratios.
+            ratio = {r.key: _ratio(stats_by_key[r.key]) for r in slower}
             stands = {
                 r.key for r in strict
                 if ratio[r.key] >= 2 * median([ratio[x.key] for x in slower if x.key != r.key]
                                               or [0.0])
             }
+            # Every judged operation counts by its baseline time per trace: a service is
+            # slower as a whole when the operations that slowed carry at least half of it
+            # (sub-millisecond calls that cannot pass the 0.5 ms floor weigh next to nothing).
+            total = sum(stats_by_key[r.key]["baseline"]["b50"] for r in rows)
+            share = (sum(stats_by_key[r.key]["baseline"]["b50"] for r in slower) / total
+                     if total > 0 else 1.0)
             regression = (
                 not stands
-                and len(slower) >= 2 and len(slower) * 2 >= len(rows)
+                and len(slower) >= 2 and share >= 0.5
                 and added >= self.regression_min_added_ns
             )
             verdict = (
-                self._regression_verdict(service, slower, len(rows), stats_by_key, excess,
-                                         end_ns)
+                self._regression_verdict(service, slower, len(rows), share, stats_by_key,
+                                         excess, end_ns)
                 if regression else None
             )
             f = self.lc_regression.observe({"service": service}, end_ns, verdict)
@@ -572,13 +585,13 @@ class BottleneckDetector(Detector):
         service: str,
         slower: list[_Judged],
         n_judged: int,
+        share: float,
         stats: Mapping[str, Mapping[str, Any]],
         excess: Mapping[str, float],
         end_ns: int,
     ) -> Verdict:
         rows = sorted(
-            ((excess[r.key], stats[r.key]["p50"] / stats[r.key]["baseline"]["b50"], r.key)
-             for r in slower),
+            ((excess[r.key], _ratio(stats[r.key]), r.key) for r in slower),
             reverse=True,
         )
         median_ratio = median([r for _, r, _ in rows])
@@ -586,6 +599,7 @@ class BottleneckDetector(Detector):
         evidence = {
             "operations_slower": len(slower),
             "operations_evaluated": n_judged,
+            "slower_share_of_baseline_ms": round(share, 3),
             "median_ratio_to_baseline": round(median_ratio, 3),
             "added_ms_per_trace": round(added_ms, 3),
             "slowest_operations": [

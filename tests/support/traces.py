@@ -84,8 +84,10 @@ def samples(
     seed: int = 5,
     fault: Fault | None = None,
     added_ms: Callable[[str, str, float], float] | None = None,
+    services: dict[str, list[tuple[str, float]]] | None = None,
 ) -> list[list[TraceSample]]:
-    """Trace samples for both services, in batches of 10 s of event time."""
+    """Trace samples for both services (or ``services``, shaped like ``OPS``), in batches of
+    10 s of event time."""
     rng = random.Random(seed)
     batches: list[list[TraceSample]] = []
     n = int(minutes * 60 * per_s)
@@ -96,7 +98,7 @@ def samples(
         ops: dict[str, list[OpTime]] = {}
         total = 0
         best = (0, "")
-        for service, service_ops in OPS.items():
+        for service, service_ops in (services or OPS).items():
             for op, ms in service_ops:
                 v = ms * rng.lognormvariate(0, 0.25)
                 if fault is not None:

@@ -182,8 +182,39 @@ def test_everything_slower_gives_no_bottleneck() -> None:
     assert firing.evidence["added_ms_per_trace"] == pytest.approx(
         sum(o["added_ms"] for o in firing.evidence["slowest_operations"]), abs=0.01)
     assert all(o["observed_p50_ms"] > o["baseline_p50_ms"] > 0 for o in ops)
-    # The same slowdown is under the default absolute size (10 ms added per trace): nothing.
-    assert run(BottleneckDetector(), traces.samples(minutes=30, fault=fault)) == []
+    # The same slowdown under an absolute size of 10 ms added per trace: nothing.
+    assert run(BottleneckDetector(regression_min_added_ms=10.0),
+               traces.samples(minutes=30, fault=fault)) == []
+
+
+def test_small_operations_slowing_together_are_not_the_whole_service() -> None:
+    # web's 1 ms and 5 ms operations twice as slow (2 of its 3 operations, +6 ms per trace):
+    # they carry 6 of its 16 ms, under half, so the service as a whole is not slower.
+    fault = lambda s, o, m: (  # noqa: E731
+        2.0 if s == "web" and o != "GET /checkout" and 15 <= m < 20 else 1.0)
+    out = run(BottleneckDetector(), traces.samples(minutes=30, fault=fault))
+    assert [f for f in out if f.kind == "latency_regression"] == []
+    # The 10 ms and 1 ms ones (11 of 16 ms): a regression, whose evidence says that share.
+    fault = lambda s, o, m: (  # noqa: E731
+        2.0 if s == "web" and o != "encode" and 15 <= m < 20 else 1.0)
+    out = run(BottleneckDetector(), traces.samples(minutes=30, fault=fault))
+    firing = [f for f in out if f.kind == "latency_regression" and f.status == "firing"]
+    assert [f.entity for f in firing] == [{"service": "web"}]
+    assert firing[0].evidence["slower_share_of_baseline_ms"] == pytest.approx(11 / 16, abs=0.06)
+
+
+def test_regression_with_an_operation_of_zero_baseline() -> None:
+    # A cache read under the clock's resolution (0 ns) that takes 1 ms while the service's
+    # other operations are twice as slow: a regression (its ratio counts 0 ns as 1 ns).
+    svc = {"api": [("GET /users/{id}", 6.0), ("render", 4.0), ("cache get", 0.0)]}
+    fault = lambda s, o, m: 2.0 if 15 <= m < 20 else 1.0  # noqa: E731
+    added = lambda s, o, m: 1.0 if o == "cache get" and 15 <= m < 20 else 0.0  # noqa: E731
+    d = BottleneckDetector()
+    out = run(d, traces.samples(minutes=30, fault=fault, added_ms=added, services=svc))
+    firing = [f for f in out if f.status == "firing"]
+    assert [(f.kind, f.entity) for f in firing] == [("latency_regression", {"service": "api"})]
+    assert firing[0].evidence["operations_slower"] == 3
+    assert d.stats().counters.get("errors", 0) == 0
 
 
 def test_no_verdict_during_warm_up() -> None:
