@@ -166,6 +166,24 @@ BUILTIN_RULES: dict[str, tuple[Rule, ...]] = {
 }
 
 
+#: Collection counters' attributes that say a collection was a full one (the whole heap, not
+#: only the young generation): metric name -> (attribute, values). A full collection that
+#: leaves the heap in use where it was shows that what is in use is live.
+FULL_COLLECTIONS: dict[str, tuple[str, frozenset[str]]] = {
+    "v8js.gc.duration": ("v8js.gc.type", frozenset({"major"})),  # mark-compact
+    "nodejs_gc_duration_seconds": ("kind", frozenset({"major"})),  # prom-client
+    "dotnet.gc.collections": ("dotnet.gc.heap.generation", frozenset({"gen2"})),
+}
+
+
+def is_full_collection(name: str, attrs: Mapping[str, Any]) -> bool:
+    """Whether a collection counter's series counts full collections (``FULL_COLLECTIONS``)."""
+    found = FULL_COLLECTIONS.get(name)
+    if found is None and name.endswith("_total"):
+        found = FULL_COLLECTIONS.get(name[: -len("_total")])
+    return found is not None and str(attrs.get(found[0], "")).lower() in found[1]
+
+
 def rules_for(name: str, rules: Mapping[str, tuple[Rule, ...]]) -> tuple[Rule, ...] | None:
     """Rules for a metric name; Prometheus counters match with or without ``_total``."""
     found = rules.get(name)

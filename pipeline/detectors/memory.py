@@ -16,7 +16,10 @@ heap goal over 1 + GOGC/100), else the heap in use, else RSS; each bucket keeps 
 move; when they come at regular intervals (a JVM's old generation between major collections)
 the floor signal has a sawtooth of its own: its troughs are the samples, and a trend is judged
 only over windows spanning six cycles. A climbing in-use heap whose collections have not been
-seen yet is taken to cycle at least as slowly as the time since the start.
+seen yet is taken to cycle at least as slowly as the time since the start, unless the runtime's
+collection counter shows two full collections since (``runtime_metrics.FULL_COLLECTIONS``:
+V8's mark-compacts, .NET's gen2) that left it in place: then what is in use is live, and its
+minute minima are the floor (a Node.js leak climbs smoothly through mark-compacts).
 
 **The trend.** Over windows of 10, 20, 40, 80, 160 and 320 minutes (judged once three-quarters
 full; the shorter ones every minute, the longer ones every few), a window is a leak when
@@ -100,6 +103,7 @@ from pipeline.runtime_metrics import (
     LEVEL_ROLES,
     Rule,
     is_counter,
+    is_full_collection,
     load_rules,
     parse_limits,
     parse_min_growth,
@@ -126,13 +130,19 @@ RUNTIME_PREFIXES = (
 )
 
 
+def _counts_full_collections(sid: str) -> bool:
+    """Whether a counter series (``name|key=value|...``) counts full collections."""
+    name, *pairs = sid.split("|")
+    return is_full_collection(name, dict(p.partition("=")[::2] for p in pairs))
+
+
 class _Inst:
     """One instance's state. Everything but ``floors`` is one small document."""
 
     __slots__ = (
         "service", "instance", "attrs", "runtime", "pick", "series", "pending", "last_t",
         "reset_ns", "limit", "floor_role", "cur", "floors", "gcb", "cache", "seen_ns",
-        "reset_info", "drops", "prev", "closed_ns",
+        "reset_info", "drops", "prev", "closed_ns", "full_gcs",
     )
 
     def __init__(self, service: str, instance: str) -> None:
@@ -159,6 +169,7 @@ class _Inst:
         # the floor signal's last value, mean absolute change, share of moves up (EWMAs)
         self.prev: list[float] | None = None
         self.closed_ns = 0  # end of the last closed bucket: older points are late
+        self.full_gcs = 0.0  # full collections counted since the last drop seen (or start)
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -168,6 +179,7 @@ class _Inst:
             "lt": self.last_t, "r": self.reset_ns, "l": self.limit, "fr": self.floor_role,
             "c": self.cur, "g": self.gcb, "ca": self.cache, "sn": self.seen_ns,
             "ri": self.reset_info, "d": self.drops, "pv": self.prev, "cl": self.closed_ns,
+            "fg": self.full_gcs,
         }
 
     @classmethod
@@ -179,6 +191,7 @@ class _Inst:
         x.cur, x.gcb, x.cache, x.seen_ns = d["c"], dict(d["g"]), dict(d["ca"]), d["sn"]
         x.reset_info, x.drops, x.prev = d["ri"], list(d["d"]), d["pv"]
         x.closed_ns = d.get("cl", 0)
+        x.full_gcs = d.get("fg", 0.0)
         return x
 
 
@@ -395,6 +408,10 @@ class MemoryDetector(Detector):
                 if buckets is not None and prev[4] is not None and len(buckets) == len(prev[4])
                 else None
             )
+        if role in ("gc", "gc_count"):
+            n = d_count if role == "gc" else d_total
+            if n and n > 0 and _counts_full_collections(sid):
+                inst.full_gcs += n
         if role == "gc":
             if d_total is not None:
                 cur[2] = (cur[2] or 0.0) + d_total * scale
@@ -503,6 +520,7 @@ class MemoryDetector(Detector):
                      0.95 * prev[2] + 0.05 * (value > prev[0])]
         if value < prev[0] * 0.97 and prev[0] - value >= 4 * prev[1]:
             inst.drops.append(t)
+            inst.full_gcs = 0.0
             del inst.drops[:-9]
             return True
         return False
@@ -526,6 +544,10 @@ class MemoryDetector(Detector):
         if not climbing or inst.floor_role != "heap_used":
             # a post-GC measure (or RSS) that climbs without dropping is the floor rising
             return 0.0
+        if inst.full_gcs >= 2:
+            # full collections came and left the heap in use where it was: it is live, so
+            # its minima are the floor (V8's heap climbing through mark-compacts)
+            return 0.0
         since = d[-1] if d else inst.reset_ns
         return (now_ns - since) / self.bucket_ns
 
@@ -547,6 +569,7 @@ class MemoryDetector(Detector):
         inst.reset_ns = t
         inst.cache = {}
         inst.drops, inst.prev = [], None
+        inst.full_gcs = 0.0
         inst.series = {}
 
     def _clear_floors(self, key: str, inst: _Inst) -> None:

@@ -292,3 +292,72 @@ def test_a_tiny_process_growing_128_mib_an_hour_is_a_leak() -> None:
     rule = found[0].evidence["min_growth"]
     assert rule["rule"] == "no_limit: pct_of_floor_and_bytes_per_hour"
     assert rule["min_bytes_per_hour"] == 64 * MIB
+
+
+# -- Node.js: the heap in use climbing through mark-compacts is live -------------------------
+# @opentelemetry/instrumentation-runtime-node 0.x (sdk-node 0.223, Node 20), as recorded:
+# v8js.memory.heap.used is a Gauge per v8js.heap.space.name in "By"; v8js.gc.duration a
+# cumulative Histogram in "s" per v8js.gc.type (minor, major, incremental, weakcb); no heap
+# limit is exported; the resource has process.pid and host.id but no service.instance.id.
+NODE_SPACES = ("read_only_space", "new_space", "old_space", "code_space", "large_object_space")
+
+
+def node_export(t_ns: int, start_ns: int, *, old_space: float, gcs: dict[str, int],
+                service: str = "cart-node", pid: int = 24086) -> bytes:
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    _attrs(rm.resource.attributes, {
+        "service.name": service, "host.id": "3d1219c7c4c5404aaa1f6d2a48adfda4",
+        "process.pid": pid, "process.executable.name": "node",
+        "process.runtime.version": "20.20.2", "process.runtime.name": "nodejs",
+        "telemetry.sdk.language": "nodejs", "telemetry.sdk.name": "opentelemetry"})
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "@opentelemetry/instrumentation-runtime-node"
+    m = sm.metrics.add()
+    m.name, m.unit = "v8js.memory.heap.used", "By"
+    sizes = {"read_only_space": 0, "new_space": 1.5 * MIB, "old_space": old_space,
+             "code_space": 2 * MIB, "large_object_space": 0.6 * MIB}
+    for space in NODE_SPACES:
+        dp = m.gauge.data_points.add()
+        dp.time_unix_nano, dp.as_int = t_ns, int(sizes[space])
+        _attrs(dp.attributes, {"v8js.heap.space.name": space})
+    m = sm.metrics.add()
+    m.name, m.unit = "v8js.gc.duration", "s"
+    m.histogram.aggregation_temporality = CUMULATIVE
+    for kind, n in gcs.items():
+        dp = m.histogram.data_points.add()
+        dp.start_time_unix_nano, dp.time_unix_nano = start_ns, t_ns
+        dp.count, dp.sum = n, n * 0.004
+        dp.explicit_bounds.extend([0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0])
+        dp.bucket_counts.extend([n, 0, 0, 0, 0, 0, 0, 0])
+        _attrs(dp.attributes, {"v8js.gc.type": kind})
+    return req.SerializeToString()
+
+
+def node_run(minutes: int, leak_mib_per_min: float, majors_per_min: float) -> list[bytes]:
+    """Exports every 12 s: a heap that climbs smoothly (the leak outgrows the young
+    generation's churn), with minor collections every second and ``majors_per_min``."""
+    start = T0 - 30 * S
+    out = []
+    for i in range(minutes * 5):
+        t = T0 + i * 12 * S
+        m = i / 5
+        gcs = {"minor": int(60 * m), "major": int(majors_per_min * m),
+               "incremental": int(majors_per_min * m)}
+        out.append(node_export(t, start, old_space=20 * MIB + leak_mib_per_min * m * MIB,
+                               gcs=gcs))
+    return out
+
+
+def test_a_node_heap_climbing_through_major_collections_is_a_leak() -> None:
+    d = MemoryDetector()
+    found = [f for f in feed(d, node_run(40, 4.0, majors_per_min=2)) if f.kind == LEAK]
+    assert [(f.status, f.entity["service"]) for f in found] == [("firing", "cart-node")]
+    assert found[0].evidence["runtime"] == "nodejs"
+
+
+def test_a_node_heap_climbing_with_no_major_collection_yet_is_not_judged() -> None:
+    # No mark-compact has run: the climb may be garbage the next one frees (a sawtooth's
+    # first tooth). Nothing proves the heap in use is live, so no verdict.
+    d = MemoryDetector()
+    assert [f for f in feed(d, node_run(40, 4.0, majors_per_min=0)) if f.kind == LEAK] == []
