@@ -327,7 +327,7 @@ class Run:
 
 
 #: Fault schedules, as fractions of the run's length. ``a``: the first recording (Python
-#: pricing); ``b``: Node.js pricing and a Node leak, other sizes and times.
+#: pricing); ``b``: Node.js pricing and a Node leak, other sizes and times; ``c``: below.
 SCHEDULES: dict[str, dict[str, Any]] = {
     "a": {
         "pricing": "python",
@@ -352,6 +352,22 @@ SCHEDULES: dict[str, dict[str, Any]] = {
             ("slow_query", 0.52, 0.60),
             ("churn", 600, 0.64, 0.72),
             ("slow_downstream", "catalog", 0.06, 0.78, 0.88),
+        ],
+    },
+    # ``c``: a long run for slow leaks. A JVM on G1 reports its old generation's post-GC size
+    # only after an old-generation collection, which a 256 MB heap first needs some 50 minutes
+    # into a 3 MB/min leak; the other faults again, at other times.
+    "c": {
+        "pricing": "node",
+        "leaks": [("leaky-java", "java", 3, 0.05), ("leaky-node", "node", 3, 0.15),
+                  ("leaky-py", "python", 3, 0.25)],
+        "gc_pressure": (0.55, 0.65),
+        "faults": [
+            ("slow_query", 0.20, 0.26),
+            ("slow_downstream", "pricing", 0.10, 0.35, 0.40),
+            ("cpu_starvation", 0.45, 0.49),
+            ("churn", 500, 0.70, 0.75),
+            ("slow_downstream", "catalog", 0.05, 0.80, 0.86),
         ],
     },
 }
