@@ -32,6 +32,7 @@ FRAMING_BYTES = 16 * 1024
 
 log = logging.getLogger("pipeline.topics")
 ROUTED_RETENTION_S = 24 * 3600  # routed messages carry their routing time, not event time
+ROUTED_CONFIGS = {"retention.ms": str(ROUTED_RETENTION_S * 1000), "retention.bytes": "-1"}
 
 
 def routed_topic(settings: Settings, signal: str) -> str:
@@ -56,11 +57,12 @@ def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
     ]
     if internal:
         # Routed messages carry the time they were routed (not event time), so time-based
-        # retention is safe even when old telemetry is replayed.
+        # retention is safe even when old telemetry is replayed. No size cap: a broker's
+        # log.retention.bytes (the local stack's 256 MiB) deleted the oldest segments of a
+        # routed partition while a backlog was still being read, a silent loss.
         out += [
             NewTopic(routed_topic(s, signal), s.pipeline_partitions,
-                     s.pipeline_replication_factor,
-                     topic_configs={"retention.ms": str(ROUTED_RETENTION_S * 1000)})
+                     s.pipeline_replication_factor, topic_configs=ROUTED_CONFIGS)
             for signal in ROUTED_SIGNALS
         ]
         # The state tables' changelogs, compacted, one partition per routed partition. Left to

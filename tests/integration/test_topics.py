@@ -38,5 +38,12 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
             )
             configs = {c[0]: c[1] for c in resp.resources[0][4]}
             assert configs["cleanup.policy"] == "compact", topic
+        for topic in routed:  # time-based only: a broker's size cap must not delete unread
+            (resp,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+            configs = {c[0]: c[1] for c in resp.resources[0][4]}
+            assert (configs["retention.bytes"], configs["retention.ms"]) == (
+                "-1", str(24 * 3600 * 1000)), topic
     finally:
         await admin.close()
