@@ -42,6 +42,7 @@ from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine
 from pipeline.findings import Finding
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog
+from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
 from pipeline.sinks.metrics import PipelineMetrics, StreamState
 
@@ -72,6 +73,7 @@ class _Stream:
     # (partition, next stage's signal, its partition) -> when a data message last stated this
     # partition's watermark there (heartbeats skip it for a while)
     told: dict[tuple[int, str, int], float] = field(default_factory=dict)
+    guard: OffsetGuard = field(default_factory=OffsetGuard)  # no routed message skipped
 
 
 POSITION_TIMEOUT_S = 1.0  # the lag view's wait for a consumer position
@@ -127,6 +129,7 @@ class Pipeline:
         self._lag_log = RateLimitedLog(log, every_s=60.0)
         self._detector_log = RateLimitedLog(log, every_s=30.0)
         self._behind_log = RateLimitedLog(log, every_s=60.0)
+        self._gap_log = RateLimitedLog(log, every_s=10.0)
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self._view_built_at = time.time()  # wall clock: the HTTP thread compares it with now
@@ -166,11 +169,12 @@ class Pipeline:
             ("metrics", records.decode_points_wire),
             ("traces", records.decode_samples_wire),
         ):
-            # Routed messages are stamped with the time they were routed (not event time), so
-            # time-based retention is safe here even when old telemetry is replayed.
+            # Created by topics.ensure_topics (time-based retention only: routed messages
+            # carry the time they were routed); the same settings if Faust ever creates one.
             routed = app.topic(
                 topics.routed_topic(s, signal), partitions=parts, internal=True,
-                deleting=True, retention=topics.ROUTED_RETENTION_S, **RAW,
+                deleting=True, retention=topics.ROUTED_RETENTION_S,
+                config={"retention.bytes": "-1"}, **RAW,
             )
             table = app.Table(
                 f"{signal}-state", partitions=parts, default=None, key_type=bytes,
@@ -239,6 +243,10 @@ class Pipeline:
         async def tick_idle_partitions() -> None:
             await self._tick_idle_partitions()
 
+        @app.timer(interval=1.0)
+        async def reseek_skipped() -> None:
+            await self._reseek()
+
 
     # -- stage 2: detect ----------------------------------------------------------------------
     async def _detect(self, stream: StreamT, st: _Stream) -> None:
@@ -249,10 +257,12 @@ class Pipeline:
             p = msg.partition
             if msg.tp not in self._owned:
                 continue
-            st.position[p] = msg.offset + 1
             engine = st.engines.get(p)
             if engine is None:
                 engine = self._open_engine(st, p)
+            if not await self._in_order(st, msg):
+                continue
+            st.position[p] = msg.offset + 1
             if msg.value == TICK:
                 st.ticked.discard(p)
             else:
@@ -304,6 +314,52 @@ class Pipeline:
                 pending.clear()
                 st.last_flush[p] = now
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
+
+    async def _in_order(self, st: _Stream, msg: Any) -> bool:
+        """Whether to process this routed message now. One past the next expected offset
+        means the consumer skipped messages (``pipeline.offsets``): seek back to the first
+        one missing and skip what comes until it does."""
+        g = st.guard
+        gaps, lost = g.gaps, g.lost
+        now = time.monotonic()
+        action, to = g.check(msg.partition, msg.offset, now)
+        if g.gaps != gaps:
+            self.metrics.routed_gaps.labels(st.signal).inc(g.gaps - gaps)
+            self._gap_log.warning(
+                st.signal, "%s partition %d: the consumer skipped routed messages %d..%d; "
+                "seeking back to %d (nothing is acknowledged past it until they are applied)",
+                st.signal, msg.partition, to, msg.offset - 1, to)
+            try:
+                first = (await self.app.consumer.earliest_offsets(msg.tp)).get(msg.tp)
+            except Exception:  # unknown: seek and wait (gone after give_up_s)
+                first = None
+            if first is not None:
+                action, to = g.gone(msg.partition, first, msg.offset, now)
+        if g.lost != lost:
+            self.metrics.routed_lost.labels(st.signal).inc(g.lost - lost)
+            log.error("%s partition %d: %d routed messages before offset %d were deleted "
+                      "before this worker read them (or never came back after %.0f s of "
+                      "seeking): LOST. Check retention.ms/retention.bytes of %s: routed topics "
+                      "need time-based retention only, longer than any backlog.",
+                      st.signal, msg.partition, g.lost - lost, to, g.give_up_s, msg.topic)
+        if action == "seek":
+            await self._seek(msg.tp, to)
+        return action == "process"
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        # seek_wait runs in the consumer's own thread and resets Faust's read position (a
+        # plain seek from this thread did not take effect in the corpus replay)
+        try:
+            await self.app.consumer.seek_wait({tp: offset})
+        except Exception:  # revoked meanwhile, or a timeout: the timer seeks again
+            self._gap_log.warning("seek", "cannot seek %s to %d", tp, offset, exc_info=True)
+
+    async def _reseek(self) -> None:
+        """Seek again the partitions still waiting for a skipped message."""
+        now = time.monotonic()
+        for st in self.streams.values():
+            for partition, offset in st.guard.due(now):
+                await self._seek(TP(st.topic.get_topic_name(), partition), offset)
 
     async def _send_derived(self, st: _Stream, partition: int, engine: PartitionEngine) -> None:
         """Send what the engine derived for the next stage. A plain aiokafka producer (as in
@@ -415,6 +471,8 @@ class Pipeline:
                 "restored %s partition %d: %d state entries, resuming after offset %d",
                 st.signal, partition, loaded, engine.offset,
             )
+            if engine.offset >= 0:
+                st.guard.expect(partition, engine.offset + 1)
         st.engines[partition] = engine
         st.last_flush[partition] = time.monotonic()
         return engine
@@ -433,6 +491,7 @@ class Pipeline:
                     st.ticked.discard(tp.partition)
                     st.sending.pop(tp.partition, None)
                     st.position.pop(tp.partition, None)
+                    st.guard.forget(tp.partition)
 
     def _export_counts(self, engine: PartitionEngine) -> None:
         for d in engine.detectors:

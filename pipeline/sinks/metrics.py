@@ -124,6 +124,17 @@ class PipelineMetrics:
             "Routed messages skipped because saved state already held them (after a crash).",
             ["signal"], registry=registry,
         )
+        self.routed_gaps = Counter(
+            f"{NS}_routed_gaps",
+            "Times the consumer skipped routed messages; each was sought back to and applied.",
+            ["signal"], registry=registry,
+        )
+        self.routed_lost = Counter(
+            f"{NS}_routed_lost_messages",
+            "Routed messages skipped and gone: deleted before they were read, or not delivered "
+            "again within 60 s of seeking.",
+            ["signal"], registry=registry,
+        )
         self.decode_errors = Counter(
             f"{NS}_decode_errors", "Records or items that failed to decode, by reason.",
             ["topic", "reason"], registry=registry,
