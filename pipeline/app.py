@@ -265,6 +265,8 @@ class Pipeline:
             st.position[p] = msg.offset + 1
             if msg.value == TICK:
                 st.ticked.discard(p)
+                # applied too: the state flushed next resumes after it, as the commit will
+                engine.offset = max(engine.offset, msg.offset)
             else:
                 c = engine.counters
                 items, duplicates = c.items, c.duplicate_messages
