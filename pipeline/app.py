@@ -66,14 +66,14 @@ class _Stream:
     pending: dict[int, list[EventT]] = field(default_factory=lambda: defaultdict(list))
     last_flush: dict[int, float] = field(default_factory=dict)
     ticked: set[int] = field(default_factory=set)  # partitions with a flush tick in flight
-    position: dict[int, int] = field(default_factory=dict)  # next routed offset per partition
     # Derived messages sent and not yet acknowledged by the broker, per partition: a flush
     # waits for them (they leave the state it writes).
     sending: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
     # (partition, next stage's signal, its partition) -> when a data message last stated this
     # partition's watermark there (heartbeats skip it for a while)
     told: dict[tuple[int, str, int], float] = field(default_factory=dict)
-    guard: OffsetGuard = field(default_factory=OffsetGuard)  # no routed message skipped
+    # No routed message skipped; its ``next`` is each partition's next offset to process.
+    guard: OffsetGuard = field(default_factory=OffsetGuard)
 
 
 POSITION_TIMEOUT_S = 1.0  # the lag view's wait for a consumer position
@@ -173,8 +173,7 @@ class Pipeline:
             # carry the time they were routed); the same settings if Faust ever creates one.
             routed = app.topic(
                 topics.routed_topic(s, signal), partitions=parts, internal=True,
-                deleting=True, retention=topics.ROUTED_RETENTION_S,
-                config={"retention.bytes": "-1"}, **RAW,
+                deleting=True, config=dict(topics.ROUTED_CONFIGS), **RAW,
             )
             table = app.Table(
                 f"{signal}-state", partitions=parts, default=None, key_type=bytes,
@@ -262,7 +261,6 @@ class Pipeline:
                 engine = self._open_engine(st, p)
             if not await self._in_order(st, msg):
                 continue
-            st.position[p] = msg.offset + 1
             if msg.value == TICK:
                 st.ticked.discard(p)
                 # applied too: the state flushed next resumes after it, as the commit will
@@ -492,7 +490,6 @@ class Pipeline:
                     st.last_flush.pop(tp.partition, None)
                     st.ticked.discard(tp.partition)
                     st.sending.pop(tp.partition, None)
-                    st.position.pop(tp.partition, None)
                     st.guard.forget(tp.partition)
 
     def _export_counts(self, engine: PartitionEngine) -> None:
@@ -570,7 +567,7 @@ class Pipeline:
         committed_offsets = getattr(consumer, "_committed_offset", None) or {}
         routed = await routed_lag(
             assigned,
-            {st.topic.get_topic_name(): dict(st.position) for st in self.streams.values()},
+            {st.topic.get_topic_name(): dict(st.guard.next) for st in self.streams.values()},
             consumer.highwater,
             lambda tp: committed_offsets.get(tp),
             consumer.position,

@@ -2,9 +2,11 @@
 
 Routed topics are plain logs (not compacted, no transactions), so their offsets are
 contiguous and a partition's messages must reach its engine one after another. A message past
-the next expected one means the consumer skipped some: faust-streaming can, around a
-rebalance (faust-streaming/faust#216), and a skipped message is a silent loss, since the
-offsets after it are acknowledged and committed. ``OffsetGuard`` tells the wiring, per
+the next expected one means the consumer skipped some: the broker deleted them before they
+were read (a size or time retention shorter than the backlog: the consumer resets to the
+partition's first offset), or faust-streaming skipped them around a rebalance
+(faust-streaming/faust#216). Either is a silent loss, since the offsets after it are
+acknowledged and committed. ``OffsetGuard`` tells the wiring, per
 message, to process it, or to skip it and seek back to the first one missing. Messages that
 arrive while it waits for that one are skipped (the seek delivers them again). ``due`` says
 which partitions to seek again, every ``reseek_s`` until the missing one comes (a batch the
@@ -63,13 +65,7 @@ class OffsetGuard:
                 return "process", offset
             wait.first_skipped = min(wait.first_skipped, offset)
             if now - wait.since >= self.give_up_s:  # never came: resume from what did
-                self.lost += wait.first_skipped - wait.target
-                if offset == wait.first_skipped:
-                    del self.waiting[partition]
-                    self.next[partition] = offset + 1
-                    return "process", offset
-                self.waiting[partition] = _Wait(wait.first_skipped, now, now, wait.first_skipped)
-                return "seek", wait.first_skipped
+                return self._resume(partition, wait.first_skipped, offset, now)
             return "skip", offset
         expected = self.next.get(partition)
         if expected is not None and offset > expected:  # a skip
@@ -87,9 +83,14 @@ class OffsetGuard:
         wait = self.waiting.get(partition)
         if wait is None or first <= wait.target:
             return ("seek", wait.target) if wait is not None else ("process", offset)
+        return self._resume(partition, first, offset, now)
+
+    def _resume(self, partition: int, first: int, offset: int, now: float) -> tuple[Action, int]:
+        """The messages waited for before ``first`` are lost: count them and go on from
+        ``first`` (``offset`` is the message at hand)."""
+        wait = self.waiting.pop(partition)
         self.lost += first - wait.target
         if offset == first:
-            del self.waiting[partition]
             self.next[partition] = offset + 1
             return "process", offset
         self.waiting[partition] = _Wait(first, now, now, min(wait.first_skipped, offset))

@@ -130,12 +130,6 @@ RUNTIME_PREFIXES = (
 )
 
 
-def _counts_full_collections(sid: str) -> bool:
-    """Whether a counter series (``name|key=value|...``) counts full collections."""
-    name, *pairs = sid.split("|")
-    return is_full_collection(name, dict(p.partition("=")[::2] for p in pairs))
-
-
 class _Inst:
     """One instance's state. Everything but ``floors`` is one small document."""
 
@@ -346,7 +340,7 @@ class MemoryDetector(Detector):
                 sid = p.name + "|" + "|".join(f"{k}={v}" for k, v in sorted(p.attrs.items()))
                 tick.setdefault("c", {})[sid] = [
                     role, scale, p.temporality, p.start_ns, p.value, p.count, p.sum, p.bounds,
-                    p.bucket_counts,
+                    p.bucket_counts, is_full_collection(p.name, p.attrs),
                 ]
 
     def _describe(self, inst: _Inst, p: MetricPoint) -> None:
@@ -379,7 +373,8 @@ class MemoryDetector(Detector):
         or one that went back with no start time to tell. One that went back with the same
         start time did not restart (a level sent as a counter, a collector's glitch): its new
         value is the base for the next increase (counted ``counter_went_back``)."""
-        role, scale, temporality, start_ns, value, count, total, bounds, buckets = raw
+        role, scale, temporality, start_ns, value, count, total, bounds, buckets = raw[:9]
+        full = len(raw) > 9 and raw[9]  # a series of full collections (older state: absent)
         if value is not None:
             count, total, buckets = None, float(value), None
         elif not bounds:
@@ -410,7 +405,7 @@ class MemoryDetector(Detector):
             )
         if role in ("gc", "gc_count"):
             n = d_count if role == "gc" else d_total
-            if n and n > 0 and _counts_full_collections(sid):
+            if n and n > 0 and full:
                 inst.full_gcs += n
         if role == "gc":
             if d_total is not None:

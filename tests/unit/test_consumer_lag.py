@@ -185,7 +185,7 @@ async def test_lag_view_adds_ingest_and_every_assigned_routed_partition() -> Non
     )
     streams = {
         signal: SimpleNamespace(topic=SimpleNamespace(get_topic_name=lambda t=topic: t),
-                                position=position)
+                                guard=SimpleNamespace(next=position))
         for signal, topic, position in (
             ("spans", SPANS, {0: 90, 2: 3}),  # 2 revoked: its entry is no longer assigned
             ("metrics", METRICS, {}),
