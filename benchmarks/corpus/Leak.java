@@ -4,7 +4,12 @@
 // MODE leak: from START_S on, keeps MB_PER_MIN of new objects a minute (until END_S);
 // MODE gcpressure: from START_S to END_S, holds a live set near the heap limit while it
 // allocates, so the collector runs back to back; otherwise (and outside the window) it allocates
-// and drops garbage at a steady pace.
+// and drops garbage at a steady pace;
+// MODE ttl (a control, not a leak): from START_S on, keeps MB_PER_MIN a minute for TTL_S seconds
+// (the fifth argument, default 180) and then drops it, as a session store or a cache with a
+// time to live does. Such objects outlive a few young collections, so they are promoted and
+// die in the old generation: it climbs between marking cycles with no leak at all.
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -20,6 +25,8 @@ public class Leak {
         double mbPerMin = args.length > 3 ? Double.parseDouble(args[3]) : 0;
         List<byte[]> kept = new ArrayList<>();
         List<byte[]> pressure = new ArrayList<>();
+        double ttl = args.length > 4 ? Double.parseDouble(args[4]) : 180;
+        ArrayDeque<Object[]> sessions = new ArrayDeque<>();  // {born at (Double), bytes}
         long maxHeap = Runtime.getRuntime().maxMemory();
         while (true) {
             double t = (System.nanoTime() - t0) / 1e9;
@@ -29,6 +36,12 @@ public class Leak {
             }
             if (mode.equals("leak") && on) {
                 kept.add(new byte[(int) (mbPerMin * 1024 * 1024 / 60)]);
+            }
+            if (mode.equals("ttl") && on) {
+                sessions.addLast(new Object[] {t, new byte[(int) (mbPerMin * 1024 * 1024 / 60)]});
+                while ((Double) sessions.peekFirst()[0] < t - ttl) {
+                    sessions.removeFirst();
+                }
             }
             if (mode.equals("gcpressure")) {
                 if (on) {

@@ -245,20 +245,22 @@ class Run:
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True).start()
         p = self.ports
-        programs.make_orders_db(str(self.out / "orders.db"))
-        cproxy = DelayProxy(p["catalog-proxy"], p["catalog"])
-        pproxy = DelayProxy(p["pricing-proxy"], p["pricing"])
-        cproxy.start(loop)
-        pproxy.start(loop)
-        self.py("catalog", "catalog", p["catalog"])
-        if sc["pricing"] == "node":
-            self.node("pricing", "pricing", p["pricing"])
-        else:
-            self.py("pricing", "pricing", p["pricing"])
-        self.py("orders", "orders", p["orders"], self.out / "orders.db", p["catalog-proxy"])
-        self.py("frontend", "frontend", p["frontend"], p["orders"], p["catalog-proxy"],
-                p["pricing-proxy"])
-        self.py("echo", "echo", p["echo"])
+        apps = sc.get("apps", True)  # the traced services, their load and faults
+        if apps:
+            programs.make_orders_db(str(self.out / "orders.db"))
+            cproxy = DelayProxy(p["catalog-proxy"], p["catalog"])
+            pproxy = DelayProxy(p["pricing-proxy"], p["pricing"])
+            cproxy.start(loop)
+            pproxy.start(loop)
+            self.py("catalog", "catalog", p["catalog"])
+            if sc["pricing"] == "node":
+                self.node("pricing", "pricing", p["pricing"])
+            else:
+                self.py("pricing", "pricing", p["pricing"])
+            self.py("orders", "orders", p["orders"], self.out / "orders.db", p["catalog-proxy"])
+            self.py("frontend", "frontend", p["frontend"], p["orders"], p["catalog-proxy"],
+                    p["pricing-proxy"])
+            self.py("echo", "echo", p["echo"])
         m = self.minutes
         leaks: list[tuple[str, float, float, dict[str, Any]]] = []  # service, MB/min, start
         for name, runtime, mb, start in sc["leaks"]:
@@ -271,16 +273,26 @@ class Run:
             else:
                 self.node(name, "leak", mb, start * m * 60)
                 leaks.append((name, mb, start, {}))
-        self.py("steady-py", "steady")
-        self.py("cachewarm-py", "cachewarm", 40)
-        gc0, gc1 = sc["gc_pressure"]
-        self.java("gc-java", "gcpressure", gc0 * m * 60, gc1 * m * 60, xmx="192m")
+        controls = ["steady-java", "ttl-java"]
+        if apps:
+            self.py("steady-py", "steady")
+            self.py("cachewarm-py", "cachewarm", 40)
+            controls += ["steady-py", "cachewarm-py"]
+        gc0, gc1 = sc["gc_pressure"] or (10**9, 10**9)
+        if sc["gc_pressure"]:
+            self.java("gc-java", "gcpressure", gc0 * m * 60, gc1 * m * 60, xmx="192m")
         self.java("steady-java", "steady", 10**9, 10**9)
+        # objects kept 3 minutes: the old generation climbs until G1 marks it, with no leak
+        self.java("ttl-java", "ttl", 0, 10**9, 3, 180)
         if sc["pricing"] == "node":
             self.node("steady-node", "steady")
+            controls.append("steady-node")
+        if apps:
+            controls += ["catalog", "pricing", "orders", "frontend"]
         time.sleep(5)
-        threading.Thread(target=self.load, daemon=True).start()
-        proxies = {"catalog": cproxy, "pricing": pproxy}
+        if apps:
+            threading.Thread(target=self.load, daemon=True).start()
+            proxies = {"catalog": cproxy, "pricing": pproxy}
         faults = []
         for kind, *args in sc["faults"]:
             if kind == "slow_query":
@@ -308,8 +320,9 @@ class Run:
             for name, mb, start, extra in leaks:
                 self.label("memory_leak", {"service": name}, self.t0 + int(start * m * 60e9),
                            end, fault="leak", magnitude={"mb_per_min": mb, **extra})
-            self.label("gc_pressure", {"service": "gc-java"}, self.t0 + int(gc0 * m * 60e9),
-                       self.t0 + int(gc1 * m * 60e9), fault="gc_pressure")
+            if sc["gc_pressure"]:
+                self.label("gc_pressure", {"service": "gc-java"}, self.t0 + int(gc0 * m * 60e9),
+                           self.t0 + int(gc1 * m * 60e9), fault="gc_pressure")
             for name in list(self.procs):
                 self.kill(name)
             time.sleep(1)
@@ -319,8 +332,7 @@ class Run:
                    "schedule": self.schedule,
                    "recorded": {"spans_requests": self.recording.counts[0],
                                 "metrics_requests": self.recording.counts[1]},
-                   "controls": ["steady-py", "cachewarm-py", "steady-java", "steady-node",
-                                "catalog", "pricing", "orders", "frontend"]}
+                   "controls": controls}
             with open(self.out / "labels.jsonl", "wb") as fh:
                 for line in [run, *sorted(self.labels, key=lambda x: x["start_unix_nano"])]:
                     fh.write(orjson.dumps(line) + b"\n")
@@ -369,6 +381,15 @@ SCHEDULES: dict[str, dict[str, Any]] = {
             ("churn", 500, 0.70, 0.75),
             ("slow_downstream", "catalog", 0.05, 0.80, 0.86),
         ],
+    },
+    # ``j``: JVMs only (no traced services, no load): a G1 leak beside a control whose
+    # old generation climbs with objects that die there (``ttl-java``), to tell the two apart.
+    "j": {
+        "pricing": "python",
+        "apps": False,
+        "leaks": [("leaky-java", "java", 2, 0.10)],
+        "gc_pressure": None,
+        "faults": [],
     },
 }
 
