@@ -12,14 +12,22 @@ so points arriving out of order across input partitions change nothing.
 **The floor.** A leak is growth of what survives collection, not of the heap: the heap is a
 sawtooth. The floor signal is the post-GC heap where the runtime reports it (JVM, .NET, and Go's
 heap goal over 1 + GOGC/100), else the heap in use, else RSS; each bucket keeps its minimum, the
-*lower envelope*. Collections show as drops of the floor signal far larger than its typical
-move; when they come at regular intervals (a JVM's old generation between major collections)
-the floor signal has a sawtooth of its own: its troughs are the samples, and a trend is judged
-only over windows spanning six cycles. A climbing in-use heap whose collections have not been
-seen yet is taken to cycle at least as slowly as the time since the start, unless the runtime's
-collection counter shows two full collections since (``runtime_metrics.FULL_COLLECTIONS``:
-V8's mark-compacts, .NET's gen2) that left it in place: then what is in use is live, and its
-minute minima are the floor (a Node.js leak climbs smoothly through mark-compacts).
+*lower envelope*. A G1 JVM's floor is its old generation in use: G1 sets the old generation's
+post-GC size only at a full collection (``runtime_metrics.G1_OLD``), and what the old generation
+holds changes only at collections. Collections show as drops of the floor signal far larger than
+its typical move; when they come at regular intervals (a JVM's old generation between major
+collections) the floor signal has a sawtooth of its own: its troughs are the samples, and a
+trend is judged only over windows spanning six cycles. A climbing in-use heap whose collections
+have not been seen yet is taken to cycle at least as slowly as the time since the start, unless
+the runtime's collection counter shows two full collections since
+(``runtime_metrics.FULL_COLLECTIONS``: V8's mark-compacts, .NET's gen2, a JVM's full
+collections) that left it in place: then what is in use is live, and its minute minima are the
+floor (a Node.js leak climbs smoothly through mark-compacts). G1's old generation climbing
+without a drop is judged in the same way: until two full collections, or until it holds
+``G1_MARKED_FRACTION`` (55%) of the heap limit, past the 45% at which G1 marks it and its mixed
+collections take what died there: objects that outlive a few young collections and then die
+(sessions, caches with a time to live) climb like a leak until then. A G1 leak is therefore
+found late: 40 minutes into a 3 MB/min leak in a 256 MB heap.
 
 **The trend.** Over windows of 10, 20, 40, 80, 160 and 320 minutes (judged once three-quarters
 full; the shorter ones every minute, the longer ones every few), a window is a leak when
@@ -100,6 +108,9 @@ from pipeline.records import MetricPoint
 from pipeline.runtime_metrics import (
     BUILTIN_RULES,
     FLOOR_ROLES,
+    G1_OLD_AFTER,
+    G1_OLD_GEN,
+    IGNORE,
     LEVEL_ROLES,
     Rule,
     is_counter,
@@ -124,6 +135,8 @@ WINDOWS_MIN = (10, 20, 40, 80, 160, 320)
 MIB = 1024.0 * 1024.0
 TICK_TOLERANCE_NS = NS  # points of one instance less than this apart are one sample
 MAX_CLOCK_LAG_NS = 300 * NS  # how far behind the partition's newest an instance may report
+#: A G1 old generation this full (of the heap limit) with no drop seen is live (``_old_gen``).
+G1_MARKED_FRACTION = 0.55
 RUNTIME_PREFIXES = (
     ("jvm", "java"), ("go", "go"), ("cpython", "python"), ("process.runtime.cpython", "python"),
     ("python", "python"), ("v8js", "nodejs"), ("nodejs", "nodejs"), ("dotnet", "dotnet"),
@@ -136,7 +149,7 @@ class _Inst:
     __slots__ = (
         "service", "instance", "attrs", "runtime", "pick", "series", "pending", "last_t",
         "reset_ns", "limit", "floor_role", "cur", "floors", "gcb", "cache", "seen_ns",
-        "reset_info", "drops", "prev", "closed_ns", "full_gcs",
+        "reset_info", "drops", "prev", "closed_ns", "full_gcs", "old_gen", "g1_full",
     )
 
     def __init__(self, service: str, instance: str) -> None:
@@ -164,6 +177,11 @@ class _Inst:
         self.prev: list[float] | None = None
         self.closed_ns = 0  # end of the last closed bucket: older points are late
         self.full_gcs = 0.0  # full collections counted since the last drop seen (or start)
+        # G1_OLD_GEN when the floor is G1's old generation in use (runtime_metrics.G1_OLD)
+        self.old_gen = ""
+        # the JVM reports full collections, so G1's post-GC size is set (None: state of a
+        # release that read it whatever the JVM reported, decided at the next sample)
+        self.g1_full: bool | None = False
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -173,7 +191,7 @@ class _Inst:
             "lt": self.last_t, "r": self.reset_ns, "l": self.limit, "fr": self.floor_role,
             "c": self.cur, "g": self.gcb, "ca": self.cache, "sn": self.seen_ns,
             "ri": self.reset_info, "d": self.drops, "pv": self.prev, "cl": self.closed_ns,
-            "fg": self.full_gcs,
+            "fg": self.full_gcs, "og": self.old_gen, "g1f": self.g1_full,
         }
 
     @classmethod
@@ -186,6 +204,8 @@ class _Inst:
         x.reset_info, x.drops, x.prev = d["ri"], list(d["d"]), d["pv"]
         x.closed_ns = d.get("cl", 0)
         x.full_gcs = d.get("fg", 0.0)
+        x.old_gen = d.get("og", "")
+        x.g1_full = d.get("g1f")
         return x
 
 
@@ -286,7 +306,7 @@ class MemoryDetector(Detector):
             if not rules:
                 continue
             rule = next((r for r in rules if r.matches(p.attrs)), None)
-            if rule is None:
+            if rule is None or rule.role == IGNORE:
                 continue
             scale = unit_scale(p.unit)
             if scale is None:
@@ -314,13 +334,14 @@ class MemoryDetector(Detector):
             if not inst.runtime:
                 self._describe(inst, p)
             role = rule.role
+            series = rule.series or p.name
             pick = inst.pick.get(role)
-            if pick is None or rule.rank < pick[0] or (rule.rank == pick[0] and p.name < pick[1]):
-                if pick is not None and pick[1] != p.name:
+            if pick is None or rule.rank < pick[0] or (rule.rank == pick[0] and series < pick[1]):
+                if pick is not None and pick[1] != series:
                     for tick in inst.pending.values():
                         tick.pop(role, None)
-                inst.pick[role] = [rule.rank, p.name]
-            elif pick[1] != p.name:
+                inst.pick[role] = [rule.rank, series]
+            elif pick[1] != series:
                 continue
             tick = inst.pending.get(t)
             if tick is None:
@@ -335,7 +356,10 @@ class MemoryDetector(Detector):
                 tick["st"] = p.start_ns  # when the process started (for its first sample)
             if role in LEVEL_ROLES:
                 if p.value is not None:
-                    tick[role] = tick.get(role, 0.0) + float(p.value) * scale * rule.scale
+                    v = float(p.value) * scale * rule.scale
+                    tick[role] = tick.get(role, 0.0) + v
+                    if rule.part:
+                        tick[rule.part] = tick.get(rule.part, 0.0) + v
             else:  # counters: their increases are taken in event-time order, when folded
                 sid = p.name + "|" + "|".join(f"{k}={v}" for k, v in sorted(p.attrs.items()))
                 tick.setdefault("c", {})[sid] = [
@@ -481,7 +505,11 @@ class MemoryDetector(Detector):
             if inst.floor_role:  # a better floor signal appeared: its history starts now
                 self._clear_floors(key, inst)
             inst.floor_role = role
+        if "limit" in tick and tick["limit"] > 0:
+            inst.limit = tick["limit"]
         value = tick.get(inst.floor_role) if inst.floor_role else None
+        if value is not None and inst.floor_role == "heap_after_gc" and G1_OLD_GEN in tick:
+            value = self._g1_floor(key, inst, tick, value)
         if value is not None:
             if cur[1] is None or value < cur[1]:
                 cur[1] = value
@@ -489,8 +517,8 @@ class MemoryDetector(Detector):
                 cur[7] = value
             if self._drop_seen(inst, t, value) and (cur[8] is None or value < cur[8]):
                 cur[8] = value
-        if "limit" in tick and tick["limit"] > 0:
-            inst.limit = tick["limit"]
+            if inst.floor_role == "heap_after_gc":
+                self._old_gen(inst, tick, value)
         restarted = None
         for sid in sorted(tick.get("c", ())):
             why = self._increase(inst, sid, tick["c"][sid], cur, t)
@@ -498,6 +526,41 @@ class MemoryDetector(Detector):
         inst.last_t = t
         if restarted:  # counters restart with the process: its history starts afresh
             self._reset(key, inst, t, restarted, findings)
+
+    def _g1_floor(self, key: str, inst: _Inst, tick: Mapping[str, Any], value: float) -> float:
+        """G1's floor: its old generation in use, or its post-GC size once the JVM shows full
+        collections (a full-collection counter above zero: they set the post-GC size, and G1
+        sets it at nothing else). The switch happens once; the floor history starts again."""
+        full = any(
+            len(c) > 9 and c[9] and ((c[5] or 0) > 0 or (c[4] or 0) > 0)
+            for c in tick.get("c", {}).values()
+        )
+        if inst.g1_full is None or (full and not inst.g1_full):
+            # the floor's source changes (a saved history of the post-GC size goes on only
+            # if it is still the source): its history starts again
+            switch = inst.g1_full is not None or not full
+            inst.g1_full = full
+            if switch and (inst.floors or inst.prev is not None):
+                self._clear_floors(key, inst)
+                inst.drops, inst.prev, inst.full_gcs = [], None, 0.0
+        after = tick.get(G1_OLD_AFTER)
+        if inst.g1_full and after is not None:
+            return value - tick[G1_OLD_GEN] + after
+        return value
+
+    def _old_gen(self, inst: _Inst, tick: Mapping[str, Any], value: float) -> None:
+        """Whether the floor is a generational JVM's old generation in use, and whether G1 has
+        shown it live. G1 starts marking the old generation once it holds 45% of the heap (its
+        default InitiatingHeapOccupancyPercent; adaptive only after a few cycles), and its
+        mixed collections then take what died there: an old generation that has never dropped
+        and holds ``G1_MARKED_FRACTION`` of the heap limit is live, as if two full collections
+        had left it in place. Short of that it may be objects that outlived a few young
+        collections and died since (sessions, caches with a time to live): the real corpus's
+        ttl-java control climbs like a leak until G1 marks it."""
+        inst.old_gen = G1_OLD_GEN if G1_OLD_GEN in tick and not inst.g1_full else ""
+        if (inst.old_gen and inst.limit and not inst.drops
+                and tick[G1_OLD_GEN] >= G1_MARKED_FRACTION * inst.limit):
+            inst.full_gcs = max(inst.full_gcs, 2.0)
 
     def _drop_seen(self, inst: _Inst, t: int, value: float) -> bool:
         """Note a collection: the floor signal fell by at least 3% and by four times its typical
@@ -536,8 +599,9 @@ class MemoryDetector(Detector):
             if climbing or float(np.std(gaps)) < 0.5 * float(np.mean(gaps)):
                 return float(np.median(gaps)) / self.bucket_ns
             return 0.0
-        if not climbing or inst.floor_role != "heap_used":
-            # a post-GC measure (or RSS) that climbs without dropping is the floor rising
+        if not climbing or (inst.floor_role != "heap_used" and not inst.old_gen):
+            # a post-GC measure (or RSS) that climbs without dropping is the floor rising; an
+            # old generation in use climbs between its own collections
             return 0.0
         if inst.full_gcs >= 2:
             # full collections came and left the heap in use where it was: it is live, so
@@ -565,6 +629,7 @@ class MemoryDetector(Detector):
         inst.cache = {}
         inst.drops, inst.prev = [], None
         inst.full_gcs = 0.0
+        inst.g1_full = False
         inst.series = {}
 
     def _clear_floors(self, key: str, inst: _Inst) -> None:
@@ -808,9 +873,13 @@ class MemoryDetector(Detector):
         metric = next(
             (inst.pick[r][1] for r in FLOOR_ROLES if r == inst.floor_role and r in inst.pick), ""
         )
+        signal: dict[str, Any] = {"metric": metric, "role": inst.floor_role}
+        if inst.old_gen:
+            # G1's old generation in use stands for its post-GC size (runtime_metrics.G1_OLD)
+            signal["old_generation"] = "jvm.memory.used"
         evidence = {
             "runtime": inst.runtime or "unknown",
-            "signal": {"metric": metric, "role": inst.floor_role},
+            "signal": signal,
             "slope_bytes_per_s": round(slope, 3),
             "slope_interval_bytes_per_s": [round(lo, 3), round(hi, 3)],
             "slope_pct_limit_per_hour" if limit else "slope_pct_floor_per_hour":

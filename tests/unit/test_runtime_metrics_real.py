@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -361,3 +362,130 @@ def test_a_node_heap_climbing_with_no_major_collection_yet_is_not_judged() -> No
     # first tooth). Nothing proves the heap in use is live, so no verdict.
     d = MemoryDetector()
     assert [f for f in feed(d, node_run(40, 4.0, majors_per_min=0)) if f.kind == LEAK] == []
+
+
+# -- JVM (G1): the old generation in use is the floor -----------------------------------------
+# OpenTelemetry Java agent 2.33.1 on OpenJDK 17 (-Xmx256m -XX:+UseG1GC), as recorded:
+# jvm.memory.used, jvm.memory.used_after_last_gc and jvm.memory.limit are cumulative
+# non-monotonic Sums in "By" per jvm.memory.pool.name and jvm.memory.type (the limit only for the
+# old generation among heap pools); jvm.gc.duration a cumulative Histogram in "s" per jvm.gc.name
+# and jvm.gc.action. G1 reports mixed collections as "G1 Young Generation" / "end of minor GC",
+# and sets the old generation's used_after_last_gc only at a full collection: it stays at its
+# start-up value.
+def jvm_export(t_ns: int, start_ns: int, *, old: float, gcs: dict[tuple[str, str], int],
+               old_after: float = 16 * MIB, limit: float = 256 * MIB,
+               old_pool: str = "G1 Old Gen",
+               service: str = "cart-java", pid: int = 31337) -> bytes:
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    _attrs(rm.resource.attributes, {
+        "service.name": service, "service.instance.id": INSTANCE_ID, "host.name": "vm",
+        "process.pid": pid, "process.runtime.name": "OpenJDK Runtime Environment",
+        "process.runtime.version": "17.0.15+6-Debian-1deb12u1", "telemetry.sdk.language": "java",
+        "telemetry.sdk.name": "opentelemetry"})
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "io.opentelemetry.runtime-telemetry-java8"
+    young = ("G1 Eden Space", "G1 Survivor Space") if old_pool.startswith("G1") else (
+        "PS Eden Space", "PS Survivor Space")
+    pools = {
+        "jvm.memory.used": {young[0]: 40 * MIB, young[1]: 6 * MIB, old_pool: old,
+                            "Metaspace": 9 * MIB},
+        "jvm.memory.used_after_last_gc": {young[0]: 0, young[1]: 6 * MIB, old_pool: old_after},
+        "jvm.memory.limit": {old_pool: limit, "Metaspace": 0},
+    }
+    for name, values in pools.items():
+        m = sm.metrics.add()
+        m.name, m.unit = name, "By"
+        m.sum.aggregation_temporality, m.sum.is_monotonic = CUMULATIVE, False
+        for pool, value in values.items():
+            if name == "jvm.memory.limit" and pool == "Metaspace":
+                continue
+            dp = m.sum.data_points.add()
+            dp.start_time_unix_nano, dp.time_unix_nano, dp.as_int = start_ns, t_ns, int(value)
+            _attrs(dp.attributes, {"jvm.memory.pool.name": pool, "jvm.memory.type":
+                                   "non_heap" if pool == "Metaspace" else "heap"})
+    m = sm.metrics.add()
+    m.name, m.unit = "jvm.gc.duration", "s"
+    m.histogram.aggregation_temporality = CUMULATIVE
+    for (gc, action), n in gcs.items():
+        dp = m.histogram.data_points.add()
+        dp.start_time_unix_nano, dp.time_unix_nano = start_ns, t_ns
+        dp.count, dp.sum = n, n * 0.006
+        dp.explicit_bounds.extend([0.01, 0.1, 1.0, 10.0])
+        dp.bucket_counts.extend([n, 0, 0, 0, 0])
+        _attrs(dp.attributes, {"jvm.gc.name": gc, "jvm.gc.action": action})
+    return req.SerializeToString()
+
+
+def jvm_run(minutes: int, old_at: Any, majors_at: Any = lambda m: 0,
+            old_after_at: Any = lambda m: 16 * MIB, limit: float = 256 * MIB,
+            old_pool: str = "G1 Old Gen") -> list[bytes]:
+    """Exports every 15 s (the recorded interval) of a JVM under light load: young collections
+    every half minute; the old generation in use is ``old_at(minute)``."""
+    start = T0 - 60 * S
+    full = "G1 Old Generation" if old_pool.startswith("G1") else "PS MarkSweep"
+    minor = "G1 Young Generation" if old_pool.startswith("G1") else "PS Scavenge"
+    return [
+        jvm_export(T0 + i * 15 * S, start, old=old_at(i / 4), old_after=old_after_at(i / 4),
+                   limit=limit, old_pool=old_pool, gcs={
+                       (minor, "end of minor GC"): 1 + i // 2,
+                       (full, "end of major GC"): majors_at(i / 4)})
+        for i in range(minutes * 4)
+    ]
+
+
+def test_a_g1_leak_is_judged_once_g1_would_have_marked_it() -> None:
+    # 3 MiB/min into a 256 MiB heap: before 55 % of the heap nothing tells it from objects that
+    # die there; past it with no drop, G1's marking found them live.
+    found = [f for f in feed(MemoryDetector(), jvm_run(70, lambda m: 20 * MIB + 3 * MIB * m))
+             if f.kind == LEAK]
+    assert [(f.status, f.entity["service"]) for f in found] == [("firing", "cart-java")]
+    at_min = (found[0].detected_at_ns - T0) / 60e9
+    assert (0.55 * 256 - 20) / 3 <= at_min <= (0.55 * 256 - 20) / 3 + 5
+    ev = found[0].evidence
+    assert ev["signal"] == {"metric": "jvm.memory.used_after_last_gc", "role": "heap_after_gc",
+                            "old_generation": "jvm.memory.used"}
+    assert ev["limit_bytes"] == 256 * MIB
+    assert ev["slope_bytes_per_s"] == pytest.approx(3 * MIB / 60, rel=0.1)
+    assert ev["floor_now_bytes"] > 0.55 * 256 * MIB  # the old generation, not its stale 16 MiB
+
+
+def test_a_g1_old_generation_climbing_before_marking_is_not_judged() -> None:
+    found = feed(MemoryDetector(), jvm_run(45, lambda m: 20 * MIB + 2 * MIB * m))
+    assert [f for f in found if f.kind == LEAK] == []
+
+
+def test_objects_dying_in_the_g1_old_generation_are_not_a_leak() -> None:
+    # Sessions kept 3 minutes: promoted, dead in the old generation, which climbs 3 MiB/min to
+    # G1's 45 % and falls back at the mixed collections after each marking.
+    def old(m: float) -> float:
+        return 22 * MIB + 3 * MIB * (m % 33)
+    assert [f for f in feed(MemoryDetector(), jvm_run(150, old)) if f.kind == LEAK] == []
+
+
+def test_a_g1_jvm_with_full_collections_is_judged_on_their_post_gc_size() -> None:
+    # A 4 GiB heap (55 % is far away) and a full collection every 5 minutes (System.gc(),
+    # say): each sets the old generation's post-GC size, which is then the floor, at once.
+    def old(m: float) -> float:
+        return 20 * MIB + 2 * MIB * m + 15 * MIB * ((m % 5) / 5)
+    found = feed(MemoryDetector(), jvm_run(
+        45, old, majors_at=lambda m: int(m // 5), limit=4096 * MIB,
+        old_after_at=lambda m: 20 * MIB + 2 * MIB * (m // 5 * 5)))
+    leak = [f for f in found if f.kind == LEAK]
+    assert [f.status for f in leak] == ["firing"]
+    assert leak[0].evidence["signal"] == {"metric": "jvm.memory.used_after_last_gc",
+                                          "role": "heap_after_gc"}
+    assert (leak[0].detected_at_ns - T0) / 60e9 < 30
+
+
+def test_parallel_gc_old_generation_post_gc_size_is_read_as_it_is() -> None:
+    # Parallel GC sets the old generation's post-GC size at each full collection: a leak shows
+    # as its steps up, whatever the old generation in use does between them.
+    found = feed(MemoryDetector(), jvm_run(
+        45, lambda m: 60 * MIB + 2 * MIB * m + 30 * MIB * ((m % 5) / 5),
+        majors_at=lambda m: int(m // 5), old_after_at=lambda m: 60 * MIB + 2 * MIB * (m // 5 * 5),
+        old_pool="PS Old Gen"))
+    leak = [f for f in found if f.kind == LEAK]
+    assert [f.status for f in leak] == ["firing"]
+    assert leak[0].evidence["signal"] == {"metric": "jvm.memory.used_after_last_gc",
+                                          "role": "heap_after_gc"}
