@@ -17,6 +17,14 @@ Its evidence says where the time is: ``between`` the two (the call's own time, o
 callee's server span, grew: network, proxy, connection pool, queueing), or ``unknown`` when the
 callee sends no spans. Time inside the callee shows as the callee's own operations.
 
+**The callee named.** Trace assembly copies each caller's calls into an instrumented callee into
+the callee's sample (operation ``INBOUND``, detail the caller), so the callee's partition judges
+every caller's calls into it, each against its own baseline, by the bottleneck rule. When two or
+more callers' calls are bottlenecks in one window, a ``bottleneck_span`` opens on the callee
+itself (``{"service": callee, "operation": INBOUND}``) with each caller's evidence: the time is
+between them and the callee (a shared proxy or network path, its accept queue). These copies are
+never the callee's own operations: they take no part in its bottlenecks or regressions.
+
 **Baselines.** Per operation, the medians and 95th percentiles of its last ``baseline_windows``
 normal windows (default 60) and the calls each held; the baseline is their median, and the
 spread their median absolute deviation (MAD): robust to the odd slow window and to outliers
@@ -77,7 +85,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Detector, DetectorStats
-from pipeline.detectors.trace_assembly import CALL, CALLEE, destination_of
+from pipeline.detectors.trace_assembly import CALL, CALLEE, INBOUND, destination_of
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
 from pipeline.records import TraceSample
 from pipeline.state import State
@@ -376,6 +384,7 @@ class BottleneckDetector(Detector):
                 base.seen_ns = end_ns  # last window with traffic (changes once per window)
                 self._ops.changed(key)
         evaluated: dict[str, list[_Judged]] = {}
+        incoming: dict[str, list[_Judged]] = {}  # callee -> its callers' calls into it
         stats_by_key: dict[str, dict[str, Any]] = {}
         for key in sorted(window):
             base = self._ops.get(key)
@@ -406,7 +415,9 @@ class BottleneckDetector(Detector):
             )
             st["baseline"] = {"b50": b50, "b95": b95, "mad": mad, "excess": excess,
                               "affected": affected}
-            evaluated.setdefault(_split(key)[0], []).append(_Judged(key, strict or soft, strict))
+            service, name, _ = _split(key)
+            (incoming if name == INBOUND else evaluated).setdefault(service, []).append(
+                _Judged(key, strict or soft, strict))
         findings: list[Finding] = []
         for service, rows in evaluated.items():
             slower = [r for r in rows if r.slower]
@@ -453,14 +464,33 @@ class BottleneckDetector(Detector):
                 f = self.lc_bottleneck.observe(self._entity(r.key, base), end_ns, v)
                 if f is not None:
                     findings.append(f)
-                if not r.slower:
-                    self._learn(r.key, base, stats_by_key[r.key], window[r.key].n)
-                else:
-                    base.run += 1
-                    self._ops.changed(r.key)
-                    if base.run > self.freeze_max:
-                        self._learn(r.key, base, stats_by_key[r.key], window[r.key].n)
+                self._judged(r, base, stats_by_key[r.key], window[r.key].n)
+        # A callee into which several callers' calls are slow at once, outside its server
+        # spans: one finding under the callee's name (each call also stands on its own).
+        for callee, rows in incoming.items():
+            slow = [r for r in rows if r.strict]
+            verdict = (
+                self._callee_verdict(callee, slow, len(rows), window, stats_by_key, end_ns)
+                if len(slow) >= 2 else None
+            )
+            f = self.lc_bottleneck.observe({"service": callee, "operation": INBOUND}, end_ns,
+                                           verdict)
+            if f is not None:
+                findings.append(f)
+            for r in rows:
+                self._judged(r, self._ops[r.key], stats_by_key[r.key], window[r.key].n)
         return findings
+
+    def _judged(self, r: _Judged, base: _Op, st: Mapping[str, Any], calls: int) -> None:
+        """After a verdict: a normal window enters the baseline; a slower one freezes it, up to
+        ``freeze_max`` windows in a row (then the new level is accepted)."""
+        if not r.slower:
+            self._learn(r.key, base, st, calls)
+        else:
+            base.run += 1
+            self._ops.changed(r.key)
+            if base.run > self.freeze_max:
+                self._learn(r.key, base, st, calls)
 
     def _with_carry(self, w: int, key: str, base: _Op, acc: _Acc) -> bool:
         """Add to ``acc`` (window ``w``'s samples of ``key``) those carried from the
@@ -579,6 +609,55 @@ class BottleneckDetector(Detector):
         if knock_on:
             summary += f"; {len(knock_on)} other operation(s) of {service} slower with it"
         return Verdict(severity, summary, evidence, _next_steps(service, op, base.attrs, peer))
+
+    def _callee_verdict(
+        self, callee: str, slow: list[_Judged], n_callers: int, window: Mapping[str, _Acc],
+        stats: Mapping[str, Mapping[str, Any]], end_ns: int,
+    ) -> Verdict:
+        rows = sorted(slow, key=lambda r: (-stats[r.key]["baseline"]["excess"], r.key))
+        callers = []
+        for r in rows:
+            st, acc = stats[r.key], window[r.key]
+            b = st["baseline"]
+            callers.append({
+                "service": _split(r.key)[2],
+                "baseline_p50_ms": _ms(b["b50"]), "observed_p50_ms": _ms(st["p50"]),
+                "added_ms": _ms(b["excess"]), "traces": acc.n,
+                "share_of_traces_affected": round(b["affected"], 3),
+                "exemplar_trace_ids": [e[1] for e in acc.exemplars[:3]],
+            })
+        added = median([c["added_ms"] for c in callers])
+        exemplars = sorted(
+            (e for r in rows for e in window[r.key].exemplars), key=lambda e: (-e[0], e[1])
+        )
+        evidence = {
+            "callers": callers,
+            "callers_slow": len(callers),
+            "callers_judged": n_callers,
+            "added_latency_ms_per_trace": added,
+            "downstream": {"service": callee, "callee_instrumented": True, "time": "between"},
+            "exemplar_trace_ids": list(dict.fromkeys(e[1] for e in exemplars))[:5],
+            "window_end": rfc3339(end_ns),
+        }
+        listed = ", ".join(f"{c['service']} +{c['added_ms']:g} ms" for c in callers[:4])
+        summary = (
+            f"{callee}: calls into it from {len(callers)} services slow at once ({listed} per "
+            f"trace), outside {callee}'s server spans: the time is between its callers and "
+            f"{callee} (network, a proxy or load balancer, connection pools, {callee}'s accept "
+            "queue) ← BOTTLENECK"
+        )
+        steps = [
+            f"Open the exemplar traces: the gap is between each caller's client span and "
+            f"{callee}'s server span.",
+            f"Check what the callers share on the way to {callee}: a proxy, sidecar, load "
+            f"balancer or network path in front of it, and {callee}'s accept queue and worker "
+            "pool (requests waiting before they are read).",
+            f"{callee}'s own operations are not slower (else they show as its own findings): "
+            "the time is lost before its server spans start.",
+            f"Do not restart {callee} or change its routing while diagnosing.",
+        ]
+        severity = "critical" if added >= 1000 else "warning"
+        return Verdict(severity, summary, evidence, steps)
 
     def _regression_verdict(
         self,

@@ -63,6 +63,11 @@ CALLEE = "callee.service"
 #: Set on the attributes of an outgoing call that is not a database's (a CLIENT or PRODUCER
 #: span): the operation's finding names the service it calls.
 CALL = "call"
+#: The operation name of a callee's incoming calls from one caller (the detail is the caller):
+#: the time of the caller's calls into it outside its own server spans (network, proxies,
+#: queueing), carried in the callee's sample so that the callee's partition sees every
+#: caller's calls into it at once (``pipeline.detectors.bottleneck``).
+INBOUND = "(incoming calls)"
 SCAN_NS = 100_000_000  # open traces are checked for completion every 100 ms of event time
 COUNTERS = ("late_spans", "no_root", "evicted_open", "span_cap", "orphans", "skew_adjusted")
 
@@ -314,8 +319,19 @@ class TraceAssembler(Detector):
         end = o.last_ns
         duration = a.end_ns[root] - a.start_ns[root]
         by_service: dict[str, list[OpTime]] = {}
+        inbound: dict[tuple[str, str], list[int]] = {}
         for (service, op, detail), (cp, self_ns, n, attrs) in sorted(per_op.items()):
             by_service.setdefault(service, []).append(OpTime(op, detail, cp, self_ns, n, attrs))
+            callee_svc = attrs.get(CALLEE)
+            if callee_svc:
+                acc_in = inbound.setdefault((callee_svc, service), [0, 0, 0])
+                acc_in[0] += cp
+                acc_in[1] += self_ns
+                acc_in[2] += n
+        for (callee_svc, caller), (cp, self_ns, n) in sorted(inbound.items()):
+            ops = by_service.get(callee_svc)
+            if ops is not None:  # the callee's own spans are in the trace
+                ops.append(OpTime(INBOUND, caller, cp, self_ns, n, {"caller.service": caller}))
         for service, ops in by_service.items():
             self._out.append(TraceSample(tid, service, end, duration, top_key, ops))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from pipeline.detectors.trace_assembly import INBOUND
 from pipeline.records import OpTime, Resource, Span, TraceSample
 
 S = 10**9
@@ -86,8 +87,9 @@ def samples(
     added_ms: Callable[[str, str, float], float] | None = None,
     services: dict[str, list[tuple[str, float]]] | None = None,
 ) -> list[list[TraceSample]]:
-    """Trace samples for both services (or ``services``, shaped like ``OPS``), in batches of
-    10 s of event time."""
+    """Trace samples for both services (or ``services``, shaped like ``OPS``; an operation
+    named ``name|detail`` is refined by the detail, and ``INBOUND|caller`` is a caller's calls
+    into the service), in batches of 10 s of event time."""
     rng = random.Random(seed)
     batches: list[list[TraceSample]] = []
     n = int(minutes * 60 * per_s)
@@ -106,9 +108,12 @@ def samples(
                 if added_ms is not None:
                     v += added_ms(service, op, minute)
                 cp = int(v * MS)
-                total += cp
-                best = max(best, (cp, f"{service}|{op}|"))
-                ops.setdefault(service, []).append(OpTime(op, "", cp, cp, 1, {}))
+                name, _, detail = op.partition("|")  # "name|detail": a refined operation
+                if name != INBOUND:  # a copy of a caller's time, not more of the trace's
+                    total += cp
+                    best = max(best, (cp, f"{service}|{name}|{detail}"))
+                attrs = {"caller.service": detail} if name == INBOUND else {}
+                ops.setdefault(service, []).append(OpTime(name, detail, cp, cp, 1, attrs))
         if i % int(10 * per_s) == 0:
             batches.append([])
         for service, op_times in ops.items():

@@ -15,7 +15,7 @@ from pipeline.detectors.bottleneck import (
     BottleneckDetector,
     quantile,
 )
-from pipeline.detectors.trace_assembly import TraceAssembler
+from pipeline.detectors.trace_assembly import CALLEE, INBOUND, TraceAssembler
 from pipeline.findings import Finding, fingerprint
 from pipeline.records import Span, TraceSample, decode_samples_wire, encode_samples
 from tests.support import traces
@@ -58,9 +58,17 @@ def test_assembles_traces_split_across_batches() -> None:
     assert all(sorted(s.service for s in v) == ["api", "web"] for v in by_trace.values())
     sample = next(s for s in out if s.service == "api")
     ops = {o.operation: o for o in sample.ops}
-    assert set(ops) == {"GET /users/{id}", "SELECT users", "render"}
+    assert set(ops) == {"GET /users/{id}", "SELECT users", "render", INBOUND}
     assert ops["SELECT users"].attrs == {"db.system": "postgresql", "db.name": "users"}
     assert ops["SELECT users"].cp_ns == ops["SELECT users"].self_ns > 3 * MS
+    # web's calls into api, outside api's server span, travel with api's sample
+    web = next(s for s in out if s.service == "web" and s.trace_id == sample.trace_id)
+    call = next(o for o in web.ops if o.attrs.get(CALLEE) == "api")
+    inbound = ops[INBOUND]
+    assert (inbound.detail, inbound.attrs) == ("web", {"caller.service": "web"})
+    assert (inbound.cp_ns, inbound.self_ns, inbound.spans) == (call.cp_ns, call.self_ns,
+                                                               call.spans)
+    assert not any(o.operation == INBOUND for o in web.ops)  # nobody calls web
     assert asm.stats().evicted["no_root"] == 0
     assert asm.stats().tracked > 0  # the newest traces are still waiting for quiet
 
@@ -124,6 +132,56 @@ def test_slow_query_is_a_bottleneck_with_evidence_and_resolves() -> None:
     ids = {s.trace_id for b in batches for s in b}
     assert 1 <= len(ev["exemplar_trace_ids"]) <= 5 and set(ev["exemplar_trace_ids"]) <= ids
     assert "← BOTTLENECK" in fired.summary and "SELECT users" in fired.summary
+
+
+# Two callers into one callee: each caller's call, and the callee's copy of it (the calls'
+# time outside the callee's server span, from trace assembly).
+CALLERS = {
+    "frontend": [("GET /", 5.0), ("GET|catalog:80", 2.0)],
+    "orders": [("POST /order", 6.0), ("GET|catalog:80", 2.0)],
+    "catalog": [("GET /item", 8.0), (f"{INBOUND}|frontend", 2.0), (f"{INBOUND}|orders", 2.0)],
+}
+
+
+def between(callers: set[str], ms: float) -> Callable:
+    """``ms`` more between ``callers`` and catalog from minute 15 to 20 (a slow proxy)."""
+    def added(service: str, op: str, m: float) -> float:
+        hit = (op == "GET|catalog:80" and service in callers) or (
+            service == "catalog" and op.partition("|")[2] in callers)
+        return ms if hit and 15 <= m < 20 else 0.0
+    return added
+
+
+def test_several_callers_slow_into_one_callee_name_the_callee() -> None:
+    out = run(BottleneckDetector(), traces.samples(minutes=30, per_s=3, services=CALLERS,
+                                                   added_ms=between({"frontend", "orders"}, 150)))
+    callee = [f for f in out if f.entity.get("service") == "catalog"]
+    assert [(f.status, f.entity) for f in callee] == [
+        ("firing", {"service": "catalog", "operation": INBOUND}),
+        ("resolved", {"service": "catalog", "operation": INBOUND}),
+    ]
+    fired = callee[0]
+    assert 15 < minute(fired.detected_at_ns) <= 16.5
+    ev = fired.evidence
+    assert sorted(c["service"] for c in ev["callers"]) == ["frontend", "orders"]
+    assert all(c["added_ms"] == pytest.approx(150, rel=0.1) for c in ev["callers"])
+    assert ev["downstream"] == {"service": "catalog", "callee_instrumented": True,
+                                "time": "between"}
+    assert ev["added_latency_ms_per_trace"] == pytest.approx(150, rel=0.1)
+    assert 1 <= len(ev["exemplar_trace_ids"]) <= 5
+    assert "catalog: calls into it from 2 services slow at once" in fired.summary
+    # each caller's call stands on its own too; catalog's own operation is not slower, and
+    # its callers' time is never its latency_regression
+    firing = {(f.kind, f.entity["service"], f.entity["operation"])
+              for f in out if f.status == "firing"}
+    assert firing == {("bottleneck_span", "catalog", INBOUND),
+                      ("bottleneck_span", "frontend", "GET"), ("bottleneck_span", "orders", "GET")}
+
+
+def test_one_slow_caller_does_not_blame_the_callee() -> None:
+    out = run(BottleneckDetector(), traces.samples(minutes=30, per_s=3, services=CALLERS,
+                                                   added_ms=between({"frontend"}, 150)))
+    assert {(f.entity["service"], f.entity["operation"]) for f in out} == {("frontend", "GET")}
 
 
 def test_excess_gauge_while_firing() -> None:
