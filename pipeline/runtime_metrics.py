@@ -58,7 +58,7 @@ from pipeline.settings import ConfigError
 
 ROLES = ("heap_after_gc", "heap_used", "rss", "limit", "gc", "gc_time", "gc_count", "alloc")
 #: Roles read as a level at a point in time (summed over a metric's points at one timestamp).
-LEVEL_ROLES = ("heap_after_gc", "heap_used", "rss", "limit", "g1_old_after_gc")
+LEVEL_ROLES = ("heap_after_gc", "heap_used", "rss", "limit", "g1_old_after_gc", "heap_committed")
 #: Roles read as counters: their increases between samples (a restart resets them).
 COUNTER_ROLES = ("gc", "gc_time", "gc_count", "alloc")
 #: Floor signals in order of preference: post-GC heap, then the heap's lower envelope, then RSS.
@@ -146,6 +146,8 @@ BUILTIN_RULES: dict[str, tuple[Rule, ...]] = {
         _rule("heap_used", 0, **_HEAP),
     ),
     "jvm.memory.limit": (_rule("limit", 0, **_HEAP),),
+    # the heap's current capacity: G1 marks the old generation at 45% of it
+    "jvm.memory.committed": (_rule("heap_committed", 0, **_HEAP),),
     "jvm.gc.duration": (_rule("gc", 0),),
     "jvm_memory_used_bytes": (_rule("heap_used", 1, **_PROM_HEAP),),
     "jvm_memory_bytes_used": (_rule("heap_used", 2, **_PROM_HEAP),),

@@ -24,10 +24,11 @@ the runtime's collection counter shows two full collections since
 collections) that left it in place: then what is in use is live, and its minute minima are the
 floor (a Node.js leak climbs smoothly through mark-compacts). G1's old generation climbing
 without a drop is judged in the same way: until two full collections, or until it holds
-``G1_MARKED_FRACTION`` (55%) of the heap limit, past the 45% at which G1 marks it and its mixed
-collections take what died there: objects that outlive a few young collections and then die
-(sessions, caches with a time to live) climb like a leak until then. A G1 leak is therefore
-found late: 40 minutes into a 3 MB/min leak in a 256 MB heap.
+``G1_MARKED_FRACTION`` (50%) of the committed heap (else of its limit), past the 45% at which G1
+marks it and its mixed collections take what died there: objects that outlive a few young
+collections and then die (sessions, caches with a time to live) climb like a leak until then. A
+G1 leak is therefore found late: 12 to 30 minutes into the real corpus's 2-3 MB/min leaks in a
+256 MB heap.
 
 **The trend.** Over windows of 10, 20, 40, 80, 160 and 320 minutes (judged once three-quarters
 full; the shorter ones every minute, the longer ones every few), a window is a leak when
@@ -135,8 +136,9 @@ WINDOWS_MIN = (10, 20, 40, 80, 160, 320)
 MIB = 1024.0 * 1024.0
 TICK_TOLERANCE_NS = NS  # points of one instance less than this apart are one sample
 MAX_CLOCK_LAG_NS = 300 * NS  # how far behind the partition's newest an instance may report
-#: A G1 old generation this full (of the heap limit) with no drop seen is live (``_old_gen``).
-G1_MARKED_FRACTION = 0.55
+#: A G1 old generation this full (of the heap's capacity, ``jvm.memory.committed``, else of its
+#: limit) with no drop seen is live (``_old_gen``).
+G1_MARKED_FRACTION = 0.5
 RUNTIME_PREFIXES = (
     ("jvm", "java"), ("go", "go"), ("cpython", "python"), ("process.runtime.cpython", "python"),
     ("python", "python"), ("v8js", "nodejs"), ("nodejs", "nodejs"), ("dotnet", "dotnet"),
@@ -549,17 +551,19 @@ class MemoryDetector(Detector):
         return value
 
     def _old_gen(self, inst: _Inst, tick: Mapping[str, Any], value: float) -> None:
-        """Whether the floor is a generational JVM's old generation in use, and whether G1 has
-        shown it live. G1 starts marking the old generation once it holds 45% of the heap (its
-        default InitiatingHeapOccupancyPercent; adaptive only after a few cycles), and its
+        """Whether the floor is G1's old generation in use, and whether G1 has shown it live.
+        G1 starts marking the old generation once it holds 45% of the heap's current capacity
+        (its default InitiatingHeapOccupancyPercent; adaptive only after a few cycles), and its
         mixed collections then take what died there: an old generation that has never dropped
-        and holds ``G1_MARKED_FRACTION`` of the heap limit is live, as if two full collections
-        had left it in place. Short of that it may be objects that outlived a few young
-        collections and died since (sessions, caches with a time to live): the real corpus's
-        ttl-java control climbs like a leak until G1 marks it."""
+        and holds ``G1_MARKED_FRACTION`` of the committed heap (else of its limit) is live, as
+        if two full collections had left it in place. Short of that it may be objects that
+        outlived a few young collections and died since (sessions, caches with a time to live):
+        the real corpus's ttl-java control climbs like a leak to 36% of its committed heap, then
+        drops at G1's mixed collections."""
         inst.old_gen = G1_OLD_GEN if G1_OLD_GEN in tick and not inst.g1_full else ""
-        if (inst.old_gen and inst.limit and not inst.drops
-                and tick[G1_OLD_GEN] >= G1_MARKED_FRACTION * inst.limit):
+        capacity = tick.get("heap_committed") or inst.limit
+        if (inst.old_gen and capacity and not inst.drops
+                and tick[G1_OLD_GEN] >= G1_MARKED_FRACTION * capacity):
             inst.full_gcs = max(inst.full_gcs, 2.0)
 
     def _drop_seen(self, inst: _Inst, t: int, value: float) -> bool:

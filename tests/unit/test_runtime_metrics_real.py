@@ -374,7 +374,7 @@ def test_a_node_heap_climbing_with_no_major_collection_yet_is_not_judged() -> No
 # start-up value.
 def jvm_export(t_ns: int, start_ns: int, *, old: float, gcs: dict[tuple[str, str], int],
                old_after: float = 16 * MIB, limit: float = 256 * MIB,
-               old_pool: str = "G1 Old Gen",
+               committed: float | None = 157 * MIB, old_pool: str = "G1 Old Gen",
                service: str = "cart-java", pid: int = 31337) -> bytes:
     req = ExportMetricsServiceRequest()
     rm = req.resource_metrics.add()
@@ -392,6 +392,9 @@ def jvm_export(t_ns: int, start_ns: int, *, old: float, gcs: dict[tuple[str, str
                             "Metaspace": 9 * MIB},
         "jvm.memory.used_after_last_gc": {young[0]: 0, young[1]: 6 * MIB, old_pool: old_after},
         "jvm.memory.limit": {old_pool: limit, "Metaspace": 0},
+        # as recorded: eden 90, survivor 9, old 58 MiB committed (the heap's capacity)
+        "jvm.memory.committed": {young[0]: 90 * MIB, young[1]: 9 * MIB, old_pool: 58 * MIB,
+                                 "Metaspace": 10 * MIB} if committed else {},
     }
     for name, values in pools.items():
         m = sm.metrics.add()
@@ -419,7 +422,7 @@ def jvm_export(t_ns: int, start_ns: int, *, old: float, gcs: dict[tuple[str, str
 
 def jvm_run(minutes: int, old_at: Any, majors_at: Any = lambda m: 0,
             old_after_at: Any = lambda m: 16 * MIB, limit: float = 256 * MIB,
-            old_pool: str = "G1 Old Gen") -> list[bytes]:
+            committed: bool = True, old_pool: str = "G1 Old Gen") -> list[bytes]:
     """Exports every 15 s (the recorded interval) of a JVM under light load: young collections
     every half minute; the old generation in use is ``old_at(minute)``."""
     start = T0 - 60 * S
@@ -427,7 +430,8 @@ def jvm_run(minutes: int, old_at: Any, majors_at: Any = lambda m: 0,
     minor = "G1 Young Generation" if old_pool.startswith("G1") else "PS Scavenge"
     return [
         jvm_export(T0 + i * 15 * S, start, old=old_at(i / 4), old_after=old_after_at(i / 4),
-                   limit=limit, old_pool=old_pool, gcs={
+                   limit=limit, committed=157 * MIB if committed else None,
+                   old_pool=old_pool, gcs={
                        (minor, "end of minor GC"): 1 + i // 2,
                        (full, "end of major GC"): majors_at(i / 4)})
         for i in range(minutes * 4)
@@ -435,41 +439,50 @@ def jvm_run(minutes: int, old_at: Any, majors_at: Any = lambda m: 0,
 
 
 def test_a_g1_leak_is_judged_once_g1_would_have_marked_it() -> None:
-    # 3 MiB/min into a 256 MiB heap: before 55 % of the heap nothing tells it from objects that
-    # die there; past it with no drop, G1's marking found them live.
-    found = [f for f in feed(MemoryDetector(), jvm_run(70, lambda m: 20 * MIB + 3 * MIB * m))
+    # 3 MiB/min in a heap of 157 MiB committed (256 MiB limit): until the old generation holds
+    # half of the committed heap nothing tells it from objects that die there; past it with no
+    # drop, G1's marking (at 45 %) found them live.
+    found = [f for f in feed(MemoryDetector(), jvm_run(50, lambda m: 20 * MIB + 3 * MIB * m))
              if f.kind == LEAK]
     assert [(f.status, f.entity["service"]) for f in found] == [("firing", "cart-java")]
     at_min = (found[0].detected_at_ns - T0) / 60e9
-    assert (0.55 * 256 - 20) / 3 <= at_min <= (0.55 * 256 - 20) / 3 + 5
+    assert (0.5 * 157 - 20) / 3 <= at_min <= (0.5 * 157 - 20) / 3 + 5
     ev = found[0].evidence
     assert ev["signal"] == {"metric": "jvm.memory.used_after_last_gc", "role": "heap_after_gc",
                             "old_generation": "jvm.memory.used"}
     assert ev["limit_bytes"] == 256 * MIB
     assert ev["slope_bytes_per_s"] == pytest.approx(3 * MIB / 60, rel=0.1)
-    assert ev["floor_now_bytes"] > 0.55 * 256 * MIB  # the old generation, not its stale 16 MiB
+    assert ev["floor_now_bytes"] > 0.5 * 157 * MIB  # the old generation, not its stale 16 MiB
+
+
+def test_without_the_committed_heap_half_the_limit_stands_for_it() -> None:
+    found = [f for f in feed(MemoryDetector(), jvm_run(
+        70, lambda m: 20 * MIB + 3 * MIB * m, committed=False)) if f.kind == LEAK]
+    at_min = (found[0].detected_at_ns - T0) / 60e9
+    assert (0.5 * 256 - 20) / 3 <= at_min <= (0.5 * 256 - 20) / 3 + 5
 
 
 def test_a_g1_old_generation_climbing_before_marking_is_not_judged() -> None:
-    found = feed(MemoryDetector(), jvm_run(45, lambda m: 20 * MIB + 2 * MIB * m))
+    found = feed(MemoryDetector(), jvm_run(40, lambda m: 20 * MIB + 1.5 * MIB * m))
     assert [f for f in found if f.kind == LEAK] == []
 
 
 def test_objects_dying_in_the_g1_old_generation_are_not_a_leak() -> None:
-    # Sessions kept 3 minutes: promoted, dead in the old generation, which climbs 3 MiB/min to
-    # G1's 45 % and falls back at the mixed collections after each marking.
+    # As the corpus's ttl-java: sessions kept 3 minutes are promoted and die in the old
+    # generation, which climbs 3 MiB/min to a third of the committed heap and falls back at
+    # the mixed collections after each marking.
     def old(m: float) -> float:
-        return 22 * MIB + 3 * MIB * (m % 33)
+        return 22 * MIB + 3 * MIB * (m % 13)
     assert [f for f in feed(MemoryDetector(), jvm_run(150, old)) if f.kind == LEAK] == []
 
 
 def test_a_g1_jvm_with_full_collections_is_judged_on_their_post_gc_size() -> None:
-    # A 4 GiB heap (55 % is far away) and a full collection every 5 minutes (System.gc(),
-    # say): each sets the old generation's post-GC size, which is then the floor, at once.
+    # A 4 GiB heap (half of it is far away) and a full collection every 5 minutes
+    # (System.gc(), say): each sets the old generation's post-GC size, the floor from then on.
     def old(m: float) -> float:
         return 20 * MIB + 2 * MIB * m + 15 * MIB * ((m % 5) / 5)
     found = feed(MemoryDetector(), jvm_run(
-        45, old, majors_at=lambda m: int(m // 5), limit=4096 * MIB,
+        45, old, majors_at=lambda m: int(m // 5), limit=4096 * MIB, committed=False,
         old_after_at=lambda m: 20 * MIB + 2 * MIB * (m // 5 * 5)))
     leak = [f for f in found if f.kind == LEAK]
     assert [f.status for f in leak] == ["firing"]
