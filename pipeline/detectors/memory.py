@@ -27,7 +27,7 @@ without a drop is judged in the same way: until two full collections, or until i
 ``G1_MARKED_FRACTION`` (50%) of the committed heap (else of its limit), past the 45% at which G1
 marks it and its mixed collections take what died there: objects that outlive a few young
 collections and then die (sessions, caches with a time to live) climb like a leak until then. A
-G1 leak is therefore found late: 12 to 30 minutes into the real corpus's 2-3 MB/min leaks in a
+G1 leak is therefore found late: 18 to 34 minutes into the real corpus's 2-3 MB/min leaks in a
 256 MB heap.
 
 **The trend.** Over windows of 10, 20, 40, 80, 160 and 320 minutes (judged once three-quarters
