@@ -278,9 +278,9 @@ class Run:
             self.py("steady-py", "steady")
             self.py("cachewarm-py", "cachewarm", 40)
             controls += ["steady-py", "cachewarm-py"]
-        gc0, gc1 = sc["gc_pressure"] or (10**9, 10**9)
-        if sc["gc_pressure"]:
-            self.java("gc-java", "gcpressure", gc0 * m * 60, gc1 * m * 60, xmx="192m")
+        gc = sc["gc_pressure"]  # (start, end) as fractions of the run, or None
+        if gc:
+            self.java("gc-java", "gcpressure", gc[0] * m * 60, gc[1] * m * 60, xmx="192m")
         self.java("steady-java", "steady", 10**9, 10**9)
         # objects kept 3 minutes: the old generation climbs until G1 marks it, with no leak
         self.java("ttl-java", "ttl", 0, 10**9, 3, 180)
@@ -320,9 +320,9 @@ class Run:
             for name, mb, start, extra in leaks:
                 self.label("memory_leak", {"service": name}, self.t0 + int(start * m * 60e9),
                            end, fault="leak", magnitude={"mb_per_min": mb, **extra})
-            if sc["gc_pressure"]:
-                self.label("gc_pressure", {"service": "gc-java"}, self.t0 + int(gc0 * m * 60e9),
-                           self.t0 + int(gc1 * m * 60e9), fault="gc_pressure")
+            if gc:
+                self.label("gc_pressure", {"service": "gc-java"}, self.t0 + int(gc[0] * m * 60e9),
+                           self.t0 + int(gc[1] * m * 60e9), fault="gc_pressure")
             for name in list(self.procs):
                 self.kill(name)
             time.sleep(1)

@@ -364,10 +364,13 @@ class MemoryDetector(Detector):
                         tick[rule.part] = tick.get(rule.part, 0.0) + v
             else:  # counters: their increases are taken in event-time order, when folded
                 sid = p.name + "|" + "|".join(f"{k}={v}" for k, v in sorted(p.attrs.items()))
+                full = is_full_collection(p.name, p.attrs)
                 tick.setdefault("c", {})[sid] = [
                     role, scale, p.temporality, p.start_ns, p.value, p.count, p.sum, p.bounds,
-                    p.bucket_counts, is_full_collection(p.name, p.attrs),
+                    p.bucket_counts, full,
                 ]
+                if full and ((p.count or 0) > 0 or (p.value or 0) > 0):
+                    tick["full"] = True  # the process reports full collections
 
     def _describe(self, inst: _Inst, p: MetricPoint) -> None:
         ra = p.resource.attrs
@@ -533,10 +536,7 @@ class MemoryDetector(Detector):
         """G1's floor: its old generation in use, or its post-GC size once the JVM shows full
         collections (a full-collection counter above zero: they set the post-GC size, and G1
         sets it at nothing else). The switch happens once; the floor history starts again."""
-        full = any(
-            len(c) > 9 and c[9] and ((c[5] or 0) > 0 or (c[4] or 0) > 0)
-            for c in tick.get("c", {}).values()
-        )
+        full = "full" in tick
         if inst.g1_full is None or (full and not inst.g1_full):
             # the floor's source changes (a saved history of the post-GC size goes on only
             # if it is still the source): its history starts again
