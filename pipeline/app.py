@@ -5,8 +5,9 @@ Three stages run in every worker, each scaled by Kafka's consumer groups:
 1. *ingest* (``pipeline.ingest``, plain aiokafka, group ``<app id>-ingest``) reads
    ``otlp_spans`` / ``otlp_metrics`` (keyed by trace id or unkeyed, as the collector wrote them),
    decodes, dead-letters what is bad, and routes the records by entity to internal topics: spans
-   by trace id, metric points by resource (service + instance). One message per (source record,
-   destination partition) keeps the shuffle cheap. It runs as a task of this app.
+   by trace id, metric points by resource (service + instance). One message per (read batch,
+   destination partition), each source record a segment of it, keeps the shuffle cheap. It
+   runs as a task of this app.
 2. *detect* agents read the routed topics. Each owned partition has a ``PartitionEngine`` whose
    state is written to a changelog-backed table every ``STATE_FLUSH_INTERVAL_S`` (or
    ``STATE_FLUSH_RECORDS``); messages are acknowledged only after the flush that covers them, so

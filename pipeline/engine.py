@@ -207,8 +207,21 @@ class PartitionEngine:
                 else:
                     self._mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)
             return self._advance()
+        if msg.segments is not None:  # a batch: each source record as if it came alone
+            findings: list[Finding] = []
+            start = 0
+            for seg in msg.segments:
+                end = start + seg.count
+                findings += self._apply(seg.source, msg.items[start:end], seg.watermark_ns,
+                                        msg.side)
+                start = end
+            return findings
+        return self._apply(msg.source, msg.items, msg.watermark_ns, msg.side)
+
+    def _apply(self, src: records.Source | None, items: list[Any], stated: int | None,
+               side: bool) -> list[Finding]:
+        """One source record's items (or one chunk of them), once."""
         key = None
-        src = msg.source
         if src is not None:
             key = f"{src[0]}:{src[1]}"
             last = self.sources.get(key)
@@ -218,12 +231,11 @@ class PartitionEngine:
             self.sources[key] = [src[2], src[3]]
         c = self.counters
         c.messages += 1
-        items = msg.items
-        if msg.side:  # not counted in ``items``: those are the stream's own records
+        if side:  # not counted in ``items``: those are the stream's own records
             for d in self.detectors:
                 self._call(d, "update_side", d.update_side, items)
-            if key is not None and msg.watermark_ns is not None:
-                self._side_mark(key, msg.watermark_ns, 0.0)
+            if key is not None and stated is not None:
+                self._side_mark(key, stated, 0.0)
                 return self._advance()
             return []
         c.items += len(items)
@@ -246,7 +258,6 @@ class PartitionEngine:
         for d in self.detectors:
             self._call(d, "update", d.update, items)
         if key is not None:
-            stated = msg.watermark_ns
             if stated is None:  # a sender that states none: its newest minus the lateness
                 stated = message_newest - self.allowed_lateness_ns
             self._mark(key, stated, 0.0)

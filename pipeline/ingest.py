@@ -4,7 +4,8 @@ Why not a Faust agent: faust-streaming's consumer can jump its position in an in
 across a restart and commit past the records in between (faust-streaming/faust#216, #221, #312);
 the SIGKILL test lost 1-60 of 400 records in about one restart in five. Its per-event machinery
 was also two thirds of the worker's CPU. This stage consumes in batches with its own consumer
-group (``<app id>-ingest``), sends every routed and dead-letter message of a batch, waits until
+group (``<app id>-ingest``), sends every routed and dead-letter message of a batch (the routed
+ones packed per destination partition, ``records.encode_batch``), waits until
 the broker has acknowledged all of them, and only then commits the batch's offsets. A crash
 redoes at most the uncommitted batch; the detection stage applies each source record once
 (``PartitionEngine`` keeps the last source offset per source partition).
@@ -42,6 +43,10 @@ from pipeline.sinks.metrics import PipelineMetrics
 log = logging.getLogger("pipeline.ingest")
 
 MAX_BATCH = 200  # records per read: also the step at which partitions are kept aligned
+# A source record larger than this fraction of the routed message limit is routed alone, split
+# into chunks as needed (and dead-lettered if one item cannot fit), before the batch is sent;
+# smaller ones share one message per (read batch, routed partition).
+ALONE_FRACTION = 0.25
 FIRST_READ = 20  # records per read while some input partition has not been read yet
 STARVE_S = 5.0  # processing seconds the chosen partitions may return nothing before all are read
 COMMIT_S = 1.0  # at most this long between offset commits while records flow
@@ -64,11 +69,23 @@ SIZE_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLarge
 
 @dataclass(slots=True)
 class Pending:
-    """A message sent for a source record, not yet acknowledged by the broker."""
+    """A message sent for one or more source records, not yet acknowledged by the broker."""
 
     future: Awaitable[Any]
+    records: list[tuple[ConsumerRecord, str]]  # each with its "topic:partition:offset"
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """What one source record routes to one partition, waiting for the read batch's messages:
+    its items (a ``records.encode_batch`` part) or, for a record too large to batch, its
+    messages already encoded."""
+
     record: ConsumerRecord
-    ident: str  # "topic:partition:offset" of the source record
+    ident: str
+    part: records.BatchPart | None = None
+    before: int | None = None  # the source's watermark before the record
+    encoded: list[bytes] | None = None
 
 
 class RouteError(Exception):
@@ -191,6 +208,11 @@ class Ingest:
         # restarts of the consume loop: a record that cannot be routed is dead-lettered, not
         # retried for ever.
         self._attempts: dict[str, int] = {}
+        # Routed messages of the read batch, per (routed topic, partition), in order.
+        self._outbox: dict[tuple[str, int], list[Outgoing]] = {}
+        # After a batch message failed for a reason of its own: each record is sent alone until
+        # the next commit, so the failure is pinned on the record that causes it.
+        self._alone = False
 
     def lag(self) -> dict[str, int]:
         """Records behind the end of each input topic, over this worker's assigned partitions
@@ -243,6 +265,7 @@ class Ingest:
         # since, and counted in the clocks, are read again).
         self.clocks.clear()
         self._quiet_since.clear()
+        self._outbox.clear()
         await topics.ensure_topics(s)  # again after a lost connection: cheap, idempotent
         consumer = AIOKafkaConsumer(
             *self.by_topic,
@@ -321,12 +344,16 @@ class Ingest:
                     self._quiet_since.pop(tp, None)
                     for rec in recs:
                         await self._ingest(rec, pending)
+                        if self._alone:
+                            await self._send_outbox(pending)
                     offsets[tp] = next_offset[tp] = recs[-1].offset + 1
                     span_ms = recs[-1].timestamp - (last_ts.get(tp) or recs[0].timestamp)
                     if span_ms > 0:  # records per millisecond of record time
                         per_ms[tp] = len(recs) / span_ms
                     last_ts[tp] = recs[-1].timestamp
                     since_commit += len(recs)
+                # Before the next heartbeat, which states the clocks these records moved.
+                await self._send_outbox(pending)
                 # Small reads, batched commits: every MAX_BATCH records or COMMIT_S.
                 if since_commit >= MAX_BATCH or time.monotonic() - committed_at >= COMMIT_S:
                     await self._commit(consumer, pending, offsets)
@@ -348,11 +375,24 @@ class Ingest:
         results = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
         failed: dict[str, tuple[ConsumerRecord, BaseException]] = {}
         delivered: set[str] = set()  # records with at least one message the broker took
+        shared: BaseException | None = None  # a failed message of several records
         for p, result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                failed.setdefault(p.ident, (p.record, result))
-            else:
-                delivered.add(p.ident)
+            for rec, ident in p.records:
+                if isinstance(result, BaseException):
+                    failed.setdefault(ident, (rec, result))
+                else:
+                    delivered.add(ident)
+            if (isinstance(result, BaseException) and len(p.records) > 1
+                    and not transient(result)):
+                shared = result
+        if shared is not None:
+            # Which of the records is to blame is not known: send each alone from the last
+            # commit, where a failure counts against its own record.
+            pending.clear()
+            self._alone = True
+            first = next(iter(failed.values()))[0]
+            raise RouteError(shared, f"a batch from {first.topic}[{first.partition}]@"
+                                     f"{first.offset}")
         for ident in delivered - failed.keys():
             self._attempts.pop(ident, None)  # delivered whole: earlier failures forgiven
         pending.clear()
@@ -382,6 +422,7 @@ class Ingest:
         if offsets:
             await consumer.commit(dict(offsets))
             offsets.clear()
+        self._alone = False
 
     # -- heartbeats ---------------------------------------------------------------------------
     def marks(self, assigned: Iterable[TopicPartition], high: Mapping[TopicPartition, int | None],
@@ -483,38 +524,117 @@ class Ingest:
             wm_after = clock.watermark_ns
             parts = s.pipeline_partitions
             name = self.routed_topics[signal]
-            limit = self.limits.get(name, topics.DEFAULT_MESSAGE_BYTES - topics.FRAMING_BYTES)
             groups: dict[int, list[Any]] = defaultdict(list)
-            try:
-                for item in items:
-                    groups[partition_of(item, parts)].append(item)
-                payloads = [
-                    (p, data) for p, group in sorted(groups.items())
-                    for data in records.split_encode(
-                        group,
-                        lambda chunk_items, chunk, final: encode(
-                            chunk_items, (rec.topic, rec.partition, rec.offset, chunk),
-                            wm_after if final else wm_before,
-                            self.input_partitions.get(rec.topic) or None),
-                        limit,
-                    )
-                ]
-            except records.TooLarge as exc:
-                await self._dead_letter(rec, exc, "unroutable", pending)
-                return
-            except Exception as exc:  # e.g. a JSON value the wire form cannot carry
-                log.exception("cannot route %s[%d]@%d", rec.topic, rec.partition, rec.offset)
-                await self._dead_letter(rec, exc, "internal_error", pending)
-                return
-            assert self.producer is not None
-            for p, payload in payloads:
+            for item in items:
+                groups[partition_of(item, parts)].append(item)
+            if len(rec.value) <= ALONE_FRACTION * self._limit(name):
+                for p, group in sorted(groups.items()):
+                    self._outbox.setdefault((name, p), []).append(Outgoing(
+                        rec, ident, part=(group, (rec.topic, rec.partition, rec.offset, 0),
+                                          wm_after), before=wm_before))
+            else:  # routed alone, in chunks; nothing of it goes if one item cannot
                 try:
-                    fut = await self.producer.send(name, payload, partition=p)
-                except KafkaError as exc:  # refused before sending (over max_request_size)
-                    fut = asyncio.get_running_loop().create_future()
-                    fut.set_exception(exc)
-                pending.append(Pending(fut, rec, ident))
+                    encoded = [
+                        (p, records.split_encode(
+                            group,
+                            lambda chunk_items, chunk, final: encode(
+                                chunk_items, (rec.topic, rec.partition, rec.offset, chunk),
+                                wm_after if final else wm_before,
+                                self.input_partitions.get(rec.topic) or None),
+                            self._limit(name),
+                        ))
+                        for p, group in sorted(groups.items())
+                    ]
+                except records.TooLarge as exc:
+                    await self._dead_letter(rec, exc, "unroutable", pending)
+                    return
+                except Exception as exc:  # e.g. a JSON value the wire form cannot carry
+                    log.exception("cannot route %s[%d]@%d", rec.topic, rec.partition,
+                                  rec.offset)
+                    await self._dead_letter(rec, exc, "internal_error", pending)
+                    return
+                for p, payloads in encoded:
+                    self._outbox.setdefault((name, p), []).append(
+                        Outgoing(rec, ident, encoded=payloads))
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
+
+    def _limit(self, topic: str) -> int:
+        return self.limits.get(topic, topics.DEFAULT_MESSAGE_BYTES - topics.FRAMING_BYTES)
+
+    async def _send_outbox(self, pending: list[Pending]) -> None:
+        """Send the read batch's routed messages: per routed partition, the records' items in
+        order, as few messages as fit under the topic's limit (``records.encode_batch``)."""
+        outbox, self._outbox = self._outbox, {}
+        for (name, p), outgoing in sorted(outbox.items()):
+            run: list[Outgoing] = []
+            for out in outgoing:
+                if out.encoded is None:
+                    run.append(out)
+                    continue
+                await self._send_parts(name, p, run, pending)
+                run = []
+                for payload in out.encoded:
+                    await self._send(name, p, payload, [(out.record, out.ident)], pending)
+            await self._send_parts(name, p, run, pending)
+
+    async def _send_parts(self, name: str, p: int, run: list[Outgoing],
+                          pending: list[Pending]) -> None:
+        """``run`` as one batch message, or halves of it while over the limit; a record alone
+        over the limit is split into chunks, and dead-lettered if one item cannot fit."""
+        if not run:
+            return
+        # Each source topic's partition count (how many sources the receiver waits for).
+        counts = {o.record.topic: self.input_partitions.get(o.record.topic) for o in run}
+        counts = {t: n for t, n in counts.items() if n}
+        todo = [run]
+        while todo:
+            group = todo.pop(0)
+            try:
+                payload = records.encode_batch([o.part for o in group if o.part], counts or None)
+            except Exception as exc:  # e.g. a JSON value the wire form cannot carry
+                if len(group) > 1:
+                    half = len(group) // 2
+                    todo[:0] = [group[:half], group[half:]]
+                    continue
+                log.exception("cannot route %s", group[0].ident)
+                await self._dead_letter(group[0].record, exc, "internal_error", pending,
+                                        partial=True)
+                continue
+            if len(payload) <= self._limit(name):
+                await self._send(name, p, payload, [(o.record, o.ident) for o in group],
+                                 pending)
+            elif len(group) > 1:
+                half = len(group) // 2
+                todo[:0] = [group[:half], group[half:]]
+            else:
+                await self._send_chunks(name, p, group[0], pending)
+
+    async def _send_chunks(self, name: str, p: int, out: Outgoing,
+                           pending: list[Pending]) -> None:
+        assert out.part is not None
+        items, src, wm = out.part
+        encode = self.by_topic[src[0]][4]
+        n = self.input_partitions.get(src[0]) or None
+        try:  # chunks before the last state the watermark from before the record
+            payloads = records.split_encode(
+                items, lambda xs, chunk, final: encode(
+                    xs, (src[0], src[1], src[2], chunk), wm if final else out.before, n),
+                self._limit(name))
+        except records.TooLarge as exc:
+            await self._dead_letter(out.record, exc, "unroutable", pending, partial=True)
+            return
+        for payload in payloads:
+            await self._send(name, p, payload, [(out.record, out.ident)], pending)
+
+    async def _send(self, name: str, p: int, payload: bytes,
+                    recs: list[tuple[ConsumerRecord, str]], pending: list[Pending]) -> None:
+        assert self.producer is not None
+        try:
+            fut = await self.producer.send(name, payload, partition=p)
+        except KafkaError as exc:  # refused before sending (over max_request_size)
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(exc)
+        pending.append(Pending(fut, recs))
 
     async def _dead_letter(
         self, rec: ConsumerRecord, error: BaseException, reason: str,
@@ -533,7 +653,7 @@ class Ingest:
         fut = await self.producer.send(
             self.settings.deadletter_topic, dl.value, key=dl.key, headers=dl.headers,
         )
-        pending.append(Pending(fut, rec, f"dlq:{rec.topic}:{rec.partition}:{rec.offset}"))
+        pending.append(Pending(fut, [(rec, f"dlq:{rec.topic}:{rec.partition}:{rec.offset}")]))
         self.metrics.decode_errors.labels(rec.topic, reason).inc()
         self.metrics.deadletters.labels(rec.topic, reason).inc()
         what = f"{rejected} items of " if rejected else ""

@@ -73,6 +73,10 @@ class LocalPipeline:
                 for p in range(self.partitions)
             }
         self.clocks: dict[tuple[str, int], SourceClock] = {}
+        # Routed parts waiting for ``flush`` (as ingest keeps a read batch's), per (signal,
+        # partition), when ``batched``; else each record's messages go at once.
+        self.batched = False
+        self._outbox: dict[tuple[str, int], list[records.BatchPart]] = defaultdict(list)
         self._offsets: dict[tuple[str, int], int] = defaultdict(int)  # routed offsets
         self.dropped: dict[str, int] = defaultdict(int)
         self.dead_letters: list[tuple[str, int, int, str]] = []  # topic, partition, offset, why
@@ -112,6 +116,10 @@ class LocalPipeline:
         for item in items:
             groups[part(item, self.partitions)].append(item)
         findings: list[Finding] = []
+        if self.batched:
+            for p, group in sorted(groups.items()):
+                self._outbox[(signal, p)].append((group, (topic, partition, offset, 0), after))
+            return findings
         for p, group in sorted(groups.items()):
             try:
                 chunks = records.split_encode(
@@ -124,6 +132,16 @@ class LocalPipeline:
                 return findings
             for data in chunks:
                 findings += self._deliver(signal, p, data)
+        return findings
+
+    def flush(self) -> list[Finding]:
+        """Deliver the batched parts: one message per routed partition (``batched``)."""
+        outbox, self._outbox = self._outbox, defaultdict(list)
+        findings: list[Finding] = []
+        for (signal, p), parts in sorted(outbox.items()):
+            counts = {src[0]: self.input_partitions[src[0]] for _, src, _ in parts
+                      if self.input_partitions.get(src[0])}
+            findings += self._deliver(signal, p, records.encode_batch(parts, counts or None))
         return findings
 
     def clock(self, topic: str, partition: int) -> SourceClock:
@@ -140,7 +158,7 @@ class LocalPipeline:
         """Ingest's heartbeat to every routed partition: each input partition's mark, idle for
         ``idle_s[(topic, partition)]`` seconds (0 when not given)."""
         idle_s = idle_s or {}
-        findings: list[Finding] = []
+        findings = self.flush()  # what was read goes before the marks that state it
         for topic in topics or self.input_partitions:
             n = self.input_partitions[topic]
             marks = []

@@ -1,12 +1,14 @@
 """Compact span and metric-point records, and their wire form between pipeline stages.
 
 The decoder (``pipeline.otlp``) turns OTLP requests into these records; the router ships them to
-the detection stage as one orjson document per (source record, destination partition), with each
-resource written once and referenced by index, so that the shuffle costs little more than the
-decode it follows. Each document names its source record (topic, partition, offset, chunk):
-after a crash the router may send a source record again, and the detection stage uses this to
-apply it only once. A record whose items for one partition would make a message over the
-broker's limit is split into chunks (``split_encode``), numbered in order.
+the detection stage as one orjson document per (read batch, destination partition)
+(``encode_batch``), with each resource written once and referenced by index, so that the
+shuffle costs little more than the decode it follows. The document holds each source record's
+items as a segment naming that record (topic, partition, offset, chunk): after a crash the
+router may send a source record again, and the detection stage uses this to apply it only once.
+A source record too large to share a message goes alone (``encode_spans`` / ``encode_points``,
+one source), split into chunks numbered in order if its items for one partition would make a
+message over the broker's limit (``split_encode``).
 
 Every data message also states its source's watermark (``pipeline.clock``), and *heartbeats*
 (``encode_heartbeat``) carry every source's watermark and idleness to each routed partition,
@@ -199,6 +201,19 @@ class Routed:
     # The partition count of each source topic (how many sources the receiver must hear
     # from), on heartbeats and on data messages.
     partitions: dict[str, int] | None = None
+    # A batch (``encode_batch``): the items of several source records in order, each
+    # record's share a ``Segment``; ``source`` and ``watermark_ns`` are then None.
+    segments: list[Segment] | None = None
+
+
+@dataclass(slots=True)
+class Segment:
+    """One source record's items in a batch: how many (the next ``count`` items of the
+    message) and the watermark its source states once they are in."""
+
+    source: Source
+    count: int
+    watermark_ns: int | None
 
 
 def encode_heartbeat(marks: list[Mark], partitions: dict[str, int], side: bool = False
@@ -290,19 +305,49 @@ def _resource_index(items: list[Any]) -> tuple[list[Resource], dict[int, int]]:
     return resources, index
 
 
+def _span_rows(spans: list[Span], index: dict[int, int]) -> list[list[Any]]:
+    return [[s.trace_id, s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
+             s.attrs, index[id(s.resource)]] for s in spans]
+
+
+def _point_rows(points: list[MetricPoint], index: dict[int, int]) -> list[list[Any]]:
+    return [[p.name, p.type, p.unit, p.temporality, p.monotonic, p.time_ns, p.start_ns, p.value,
+             p.attrs, index[id(p.resource)],
+             None if p.count is None else [p.count, p.sum, p.min, p.max, p.bounds,
+                                           p.bucket_counts]]
+            for p in points]
+
+
 def encode_spans(spans: list[Span], source: Source | None = None,
                  watermark_ns: int | None = None, partitions: int | None = None) -> bytes:
     """Wire form of spans for the routing topic (resources written once); ``partitions`` is
     the source topic's partition count (how many sources the receiver waits for)."""
     resources, index = _resource_index(spans)
-    rows = []
-    for s in spans:
-        ri = index[id(s.resource)]
-        rows.append(
-            [s.trace_id, s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
-             s.attrs, ri]
-        )
-    return _encode(resources, rows, "s", source, watermark_ns, partitions)
+    return _encode(resources, _span_rows(spans, index), "s", source, watermark_ns, partitions)
+
+
+#: One source record's share of a batch: its items, its source and the watermark stated after.
+BatchPart = tuple[list[Any], Source, int | None]
+
+
+def encode_batch(parts: list[BatchPart], partitions: dict[str, int] | None) -> bytes:
+    """Several source records' items for one routed partition as one message: what ingest
+    sends per (read batch, destination partition). Items keep their order; each record's share
+    is a segment naming its source and the watermark it states, so the receiver applies and
+    deduplicates each record as if it had come alone. Resources are written once per message.
+    ``partitions``: each source topic's partition count. Spans or metric points, not both."""
+    items = [it for part in parts for it in part[0]]
+    resources, index = _resource_index(items)
+    spans = bool(items) and isinstance(items[0], Span)
+    rows = _span_rows(items, index) if spans else _point_rows(items, index)
+    return orjson.dumps({
+        "b": [[*src, len(its), wm] for its, src, wm in parts], "n": partitions,
+        "r": [r.to_wire() for r in resources], "s" if spans else "p": rows,
+    })
+
+
+def _segments(doc: dict[str, Any]) -> list[Segment]:
+    return [Segment((b[0], b[1], b[2], b[3]), b[4], b[5]) for b in doc["b"]]
 
 
 def decode_spans_wire(data: bytes) -> Routed:
@@ -310,27 +355,17 @@ def decode_spans_wire(data: bytes) -> Routed:
     if "hb" in doc:
         return _heartbeat(doc)
     resources = [Resource.from_wire(r) for r in doc["r"]]
-    return Routed(_source(doc), [Span(*row[:9], resources[row[9]]) for row in doc["s"]],
-                  doc.get("wm"), partitions=_partitions(doc))
+    spans = [Span(*row[:9], resources[row[9]]) for row in doc["s"]]
+    if "b" in doc:
+        return Routed(None, spans, None, partitions=doc["n"], segments=_segments(doc))
+    return Routed(_source(doc), spans, doc.get("wm"), partitions=_partitions(doc))
 
 
 def encode_points(points: list[MetricPoint], source: Source | None = None,
                   watermark_ns: int | None = None, partitions: int | None = None) -> bytes:
     """Wire form of metric points for the routing topic (resources written once)."""
     resources, index = _resource_index(points)
-    rows = []
-    for p in points:
-        ri = index[id(p.resource)]
-        hist = (
-            None
-            if p.count is None
-            else [p.count, p.sum, p.min, p.max, p.bounds, p.bucket_counts]
-        )
-        rows.append(
-            [p.name, p.type, p.unit, p.temporality, p.monotonic, p.time_ns, p.start_ns, p.value,
-             p.attrs, ri, hist]
-        )
-    return _encode(resources, rows, "p", source, watermark_ns, partitions)
+    return _encode(resources, _point_rows(points, index), "p", source, watermark_ns, partitions)
 
 
 def decode_points_wire(data: bytes) -> Routed:
@@ -349,6 +384,8 @@ def decode_points_wire(data: bytes) -> Routed:
         if hist is not None:
             point.count, point.sum, point.min, point.max, point.bounds, point.bucket_counts = hist
         out.append(point)
+    if "b" in doc:
+        return Routed(None, out, None, partitions=doc["n"], segments=_segments(doc))
     return Routed(_source(doc), out, doc.get("wm"), partitions=_partitions(doc))
 
 

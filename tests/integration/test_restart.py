@@ -15,6 +15,7 @@ import pytest
 
 from pipeline import otlp
 from pipeline.engine import PartitionEngine
+from pipeline.records import decode_spans_wire
 from tests.integration.conftest import consume, produce, wait_for
 from tests.support.counting import SpanCounter
 from tests.support.otlp_build import T0, span_request
@@ -59,10 +60,12 @@ async def routed_sources(bootstrap: str, app_id: str) -> set[tuple[int, int]]:
     """(source partition, offset) of every source record the ingest stage routed."""
     out = set()
     for r in await read_topic(bootstrap, f"{app_id}-spans-routed"):
-        doc = orjson.loads(r.value) if r.value != b"tick" else {}
-        if doc.get("src"):  # not a tick or a heartbeat
-            _, partition, offset, _chunk = doc["src"]
-            out.add((partition, offset))
+        if r.value == b"tick":
+            continue
+        msg = decode_spans_wire(r.value)  # a batch, one source record, or a heartbeat
+        for src in [s.source for s in msg.segments or ()] or [msg.source]:
+            if src is not None:
+                out.add((src[1], src[2]))
     return out
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import records
 from pipeline.engine import PartitionEngine
 from pipeline.records import Mark, Resource, Routed, Span
 from tests.support.counting import SpanCounter
@@ -431,3 +432,35 @@ def test_detectors_are_never_advanced_before_there_is_a_watermark() -> None:
     assert seen == []
     e.process(msg(spans("a", 3, T0), ("in", 0, 0), wm=T0 - 5 * S), offset=1)
     assert seen == [T0 - 5 * S]
+
+
+def same(e: PartitionEngine, ref: PartitionEngine) -> bool:
+    """The same state, whatever routed offsets the messages had."""
+    return (e.detectors[0].counts == ref.detectors[0].counts
+            and e.counters.items == ref.counters.items and e.sources == ref.sources)
+
+
+def test_a_batch_applies_each_source_record_as_if_it_came_alone() -> None:
+    """Ingest sends one message per (read batch, routed partition): its segments are applied
+    one by one, each deduplicated by its own source position, each stating its watermark."""
+    one, batched = engine(), engine()
+    parts = [(BATCHES[i], ("otlp_spans", i % 2, 100 + i, 0), T0 + (i * 7 - 3) * S)
+             for i in range(6)]
+    for i, (items, src, wm) in enumerate(parts):
+        one.process(Routed(src, items, wm, partitions={"otlp_spans": 2}), offset=i)
+    wire = records.decode_spans_wire(records.encode_batch(parts, {"otlp_spans": 2}))
+    assert wire.segments is not None and [s.count for s in wire.segments] == [7] * 6
+    batched.process(wire, offset=0)
+    assert same(batched, one)
+    assert batched.watermark_ns == one.watermark_ns > 0
+    assert batched.marks == one.marks and batched.expected == {"otlp_spans": 2}
+    # Ingest restarted from its last commit: records 102..105 come again in the next batch,
+    # with two new ones; only the new ones are applied.
+    again = [(BATCHES[i], ("otlp_spans", i % 2, 100 + i, 0), T0 + (i * 7 - 3) * S)
+             for i in range(2, 8)]
+    for i, (items, src, wm) in enumerate(again[4:]):
+        one.process(Routed(src, items, wm, partitions={"otlp_spans": 2}), offset=6 + i)
+    batched.process(records.decode_spans_wire(records.encode_batch(again, {"otlp_spans": 2})),
+                    offset=1)
+    assert same(batched, one)
+    assert batched.counters.duplicate_messages == 4

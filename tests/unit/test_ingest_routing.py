@@ -1,6 +1,7 @@
 """What ingest does when the broker refuses a source record's routed messages: retry without
 counting on an outage, dead-letter at once what can never be sent, and dead-letter after a few
-tries what keeps failing for another reason (stub consumer and futures, no Kafka)."""
+tries what keeps failing for another reason; how a read batch is packed into routed messages
+(stub consumer, producer and futures, no Kafka)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from prometheus_client import CollectorRegistry
 from pipeline.ingest import (
     MAX_ROUTE_ATTEMPTS,
     Ingest,
+    Outgoing,
     Pending,
     RouteError,
     route_decision,
 )
+from pipeline.records import Resource, Span, decode_spans_wire, encode_batch
 from pipeline.settings import Settings
 from pipeline.sinks.metrics import PipelineMetrics
 
@@ -71,7 +74,7 @@ def settled(result: Any) -> asyncio.Future[Any]:
 async def commit_once(ingest: Ingest, results: dict[int, list[Any]],
                       dead: list[tuple[int, str, bool]]) -> Consumer:
     """One batch: each source offset's routed messages settle with ``results[offset]``."""
-    pending = [Pending(settled(r), record(off), f"otlp_spans:0:{off}")
+    pending = [Pending(settled(r), [(record(off), f"otlp_spans:0:{off}")])
                for off, rs in results.items() for r in rs]
     consumer = Consumer()
     offsets = {TopicPartition("otlp_spans", 0): max(results) + 1}
@@ -143,3 +146,75 @@ def test_repeated_unknown_failures_dead_letter_after_the_limit_and_success_forgi
 
     asyncio.run(run())
     assert dead == [(5, "unroutable", False)]
+
+
+class Producer:
+    """Takes every message (a settled future); remembers what went where."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, bytes]] = []
+
+    async def send(self, topic: str, value: bytes, partition: int) -> asyncio.Future[Any]:
+        self.sent.append((topic, partition, value))
+        return settled(None)
+
+
+def outgoing(offset: int, n: int = 3) -> Outgoing:
+    res = Resource("svc", "svc-1", "h", "", {})
+    spans = [Span(f"{offset:016x}{i:016x}", f"{i + 1:016x}", "", "op", 2, 10**18 + i,
+                  10**18 + i + 5, 0, {}, res) for i in range(n)]
+    return Outgoing(record(offset), f"otlp_spans:0:{offset}",
+                    part=(spans, ("otlp_spans", 0, offset, 0), 10**18 + offset), before=0)
+
+
+def test_a_read_batch_goes_as_one_message_per_partition_split_under_the_limit(
+    ingest: tuple[Ingest, list[Any]],
+) -> None:
+    ing, _ = ingest
+    ing.producer = producer = Producer()  # type: ignore[assignment]
+    ing.input_partitions = {"otlp_spans": 4}
+    for off in range(10):
+        ing._outbox.setdefault(("r_spans", off % 2), []).append(outgoing(off))
+    pending: list[Pending] = []
+    asyncio.run(ing._send_outbox(pending))
+    assert [(t, p) for t, p, _ in producer.sent] == [("r_spans", 0), ("r_spans", 1)]
+    first = decode_spans_wire(producer.sent[0][2])
+    assert first.segments is not None
+    assert [s.source for s in first.segments] == [("otlp_spans", 0, o, 0) for o in (0, 2, 4, 6, 8)]
+    assert first.partitions == {"otlp_spans": 4} and len(first.items) == 15
+    assert [len(p.records) for p in pending] == [5, 5]
+
+    # Under a small limit the same records go in more messages, in order, none over it.
+    producer.sent.clear()
+    one = len(producer.sent)
+    limit = len(encode_batch([outgoing(0).part, outgoing(2).part], {"otlp_spans": 4})) + 10
+    ing.limits = {"r_spans": limit}
+    for off in range(0, 10, 2):
+        ing._outbox.setdefault(("r_spans", 0), []).append(outgoing(off))
+    asyncio.run(ing._send_outbox([]))
+    sent = [decode_spans_wire(v) for _, _, v in producer.sent[one:]]
+    assert len(sent) > 1 and all(len(v) <= limit for _, _, v in producer.sent)
+    assert [s.source[2] for m in sent for s in m.segments or ()] == [0, 2, 4, 6, 8]
+
+
+def test_a_batch_message_refused_is_retried_with_each_record_alone(
+    ingest: tuple[Ingest, list[Any]],
+) -> None:
+    ing, dead = ingest
+
+    async def run() -> Consumer:
+        shared = Pending(settled(MessageSizeTooLargeError()),
+                         [(record(3), "otlp_spans:0:3"), (record(4), "otlp_spans:0:4")])
+        with pytest.raises(RouteError):
+            await ing._commit(Consumer(), [shared], {})  # type: ignore[arg-type]
+        assert ing._alone and dead == []  # nobody blamed yet: each record goes alone next
+        consumer = Consumer()
+        await ing._commit(consumer, [  # type: ignore[arg-type]
+            Pending(settled(None), [(record(3), "otlp_spans:0:3")]),
+            Pending(settled(MessageSizeTooLargeError()), [(record(4), "otlp_spans:0:4")])],
+            {TopicPartition("otlp_spans", 0): 5})
+        return consumer
+
+    consumer = asyncio.run(run())
+    assert dead == [(4, "unroutable", False)]  # alone, the one to blame is found
+    assert consumer.commits == [{TopicPartition("otlp_spans", 0): 5}] and not ing._alone

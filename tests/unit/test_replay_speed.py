@@ -13,6 +13,9 @@ bursts with 4-minute quiet gaps, keyed by trace id over 4 input partitions — r
 - *random*: a partition at random, a random number of records at a time, heartbeats now and
   then (no order at all across partitions).
 
+The backlog and random reads are also routed as the worker's ingest does, *batched*: one
+message per (read, routed partition) holding many source records (``LocalPipeline.batched``).
+
 All give the same findings — the same documents, evidence included — and no item is late.
 """
 
@@ -53,9 +56,11 @@ def data() -> tuple[Any, dict[tuple[str, int], list[tuple[int, bytes, int]]]]:
     return layout()
 
 
-def pipeline(sc: Any) -> LocalPipeline:
-    return LocalPipeline(SETTINGS, {sc.spans_topic: PARTITIONS, sc.metrics_topic: PARTITIONS},
-                         partitions=PARTITIONS)
+def pipeline(sc: Any, batched: bool = False) -> LocalPipeline:
+    lp = LocalPipeline(SETTINGS, {sc.spans_topic: PARTITIONS, sc.metrics_topic: PARTITIONS},
+                       partitions=PARTITIONS)
+    lp.batched = batched
+    return lp
 
 
 def result(lp: LocalPipeline, found: list[Any]) -> tuple[list[bytes], dict[str, int]]:
@@ -69,8 +74,9 @@ def kinds(docs: list[bytes]) -> set[str]:
     return {orjson.loads(d)["kind"] for d in docs}
 
 
-def backlog(sc: Any, parts: dict, step: int = 300) -> tuple[list, dict]:
-    lp, found, pos = pipeline(sc), [], dict.fromkeys(parts, 0)
+def backlog(sc: Any, parts: dict, step: int = 300, batched: bool = False
+            ) -> tuple[list, dict]:
+    lp, found, pos = pipeline(sc, batched), [], dict.fromkeys(parts, 0)
     while any(pos[k] < len(v) for k, v in parts.items()):
         for k in sorted(parts):
             n = step if k[1] % 2 else step // 6  # uneven: odd partitions read 6x faster
@@ -95,9 +101,10 @@ def topic_first(sc: Any, parts: dict, first: str) -> tuple[list, dict]:
     return result(lp, found)
 
 
-def random_reads(sc: Any, parts: dict, seed: int = 1) -> tuple[list, dict]:
+def random_reads(sc: Any, parts: dict, seed: int = 1, batched: bool = False
+                 ) -> tuple[list, dict]:
     rnd = random.Random(seed)
-    lp, found, pos = pipeline(sc), [], dict.fromkeys(parts, 0)
+    lp, found, pos = pipeline(sc, batched), [], dict.fromkeys(parts, 0)
     while left := [k for k in sorted(parts) if pos[k] < len(parts[k])]:
         k = rnd.choice(left)
         n = rnd.randint(1, 400)
@@ -153,6 +160,8 @@ def test_backlog_head_start_and_paced_give_the_same_findings(data: tuple) -> Non
         "metrics first": topic_first(sc, parts, sc.metrics_topic),
         "random": random_reads(sc, parts),
         "paced": paced(sc, parts),
+        "backlog, batched": backlog(sc, parts, batched=True),
+        "random, batched": random_reads(sc, parts, seed=2, batched=True),
     }.items():
         assert late == {"spans": 0, "metrics": 0, "traces": 0}, name
         assert got == ref, (name, [d for d in got if d not in ref][:2])
