@@ -101,6 +101,10 @@ class Keyed(Generic[V]):
     def values(self) -> Iterator[V]:
         return iter(self._items.values())
 
+    def tick(self, key: str) -> int:
+        """Where ``key`` stands in the change order (larger: changed later)."""
+        return self._ticks.get(key, 0)
+
     def oldest(self) -> tuple[str, V] | None:
         """The least recently changed entry."""
         for item in self._items.items():

@@ -31,6 +31,7 @@ its root, counted in ``no_root``.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -196,6 +197,11 @@ class TraceAssembler(Detector):
         self._open = self.state.keyed("t", encode=_trace_doc, decode=_trace_from_doc,
                                       cap=max_open)
         self._closed: dict[str, int] = {}  # recently completed trace id -> when (late spans)
+        # Deadline order, so that completion looks only at traces that are due: (deadline, id)
+        # pushed whenever a trace's deadline moves (stale entries are skipped when popped),
+        # and (when, id) of the closed ones. Derived from the state: rebuilt after a restore.
+        self._deadlines: list[tuple[int, str]] = []
+        self._closing: list[tuple[int, str]] = []
         self._out: list[TraceSample] = []
         # counts; the last completion scan; traces opened so far; the last watermark given to
         # ``advance`` (a replay must complete the same)
@@ -214,6 +220,7 @@ class TraceAssembler(Detector):
     def update(self, records: Sequence[Span]) -> None:
         open_, closed, meta = self._open, self._closed, self._meta.value
         watermark = meta["watermark_ns"]
+        touched: dict[str, _Open] = {}
         # A trace is recorded as changed once per batch, in the order of its last span.
         with open_.batch():
             for s in records:
@@ -239,7 +246,22 @@ class TraceAssembler(Detector):
                 if not s.parent_id:
                     o.has_root = True
                 open_.changed(tid)
+                touched[tid] = o
+        for tid, o in touched.items():
+            heapq.heappush(self._deadlines, (self._deadline(o), tid))
         self._meta.changed()
+
+    def _deadline(self, o: _Open) -> int:
+        """The watermark at which a trace completes: a quiet period after its newest span once
+        its root has arrived, and at most its maximum age after its first."""
+        age = o.first_ns + self.max_age_ns
+        if o.has_root and o.last_ns + self.quiet_ns < age:
+            return o.last_ns + self.quiet_ns
+        return age
+
+    def restored(self) -> None:
+        self._deadlines = [(self._deadline(o), tid) for tid, o in self._open.items()]
+        heapq.heapify(self._deadlines)
 
     def _evict(self, tid: str, o: _Open) -> None:
         """The buffer is full: the least recently active trace completes early."""
@@ -254,20 +276,26 @@ class TraceAssembler(Detector):
         if watermark_ns - meta["scanned_ns"] < SCAN_NS:
             return []
         meta["scanned_ns"] = watermark_ns  # persisted: a replay must complete the same
-        quiet_before = watermark_ns - self.quiet_ns
+        heap, open_ = self._deadlines, self._open
+        due: dict[str, _Open] = {}
+        while heap and heap[0][0] <= watermark_ns:
+            _, tid = heapq.heappop(heap)
+            o = open_.get(tid)
+            # Skipped: a trace completed already, or whose deadline has moved on since.
+            if o is not None and tid not in due and self._deadline(o) <= watermark_ns:
+                due[tid] = o
+        if len(heap) > 2 * len(open_) + 1024:  # mostly stale entries: start afresh
+            self.restored()
+        # In the order the traces last changed, as a scan of the open traces would find them.
+        for tid in sorted(due, key=open_.tick):
+            open_.pop(tid)
+            self._complete(tid, due[tid])
+        closing, closed = self._closing, self._closed
         age_before = watermark_ns - self.max_age_ns
-        done = [
-            tid for tid, o in self._open.items()
-            if (o.has_root and o.last_ns <= quiet_before) or o.first_ns <= age_before
-        ]
-        for tid in done:
-            o = self._open.pop(tid)
-            assert o is not None
-            self._complete(tid, o)
-        if self._closed:
-            expired = [t for t, at in self._closed.items() if at <= age_before]
-            for t in expired:
-                del self._closed[t]
+        while closing and closing[0][0] <= age_before:
+            at, tid = heapq.heappop(closing)
+            if closed.get(tid) == at:
+                del closed[tid]
         return []
 
     def output_watermark(self, watermark_ns: int) -> int:
@@ -282,8 +310,12 @@ class TraceAssembler(Detector):
 
     def _complete(self, tid: str, o: _Open) -> None:
         self._closed[tid] = o.last_ns
+        heapq.heappush(self._closing, (o.last_ns, tid))
         if len(self._closed) > 4 * self.max_open:
             self._closed.pop(next(iter(self._closed)))
+        if len(self._closing) > 8 * self.max_open:  # mostly entries of traces dropped above
+            self._closing = [(at, t) for t, at in self._closed.items()]
+            heapq.heapify(self._closing)
         if not o.has_root:
             self._count("no_root")
             return

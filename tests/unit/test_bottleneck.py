@@ -93,6 +93,52 @@ def test_trace_waits_for_its_root_and_counts_what_it_cannot_use() -> None:
     assert counts["late_spans"] == 1 and counts["no_root"] == 1
 
 
+class _ScanAssembler(TraceAssembler):
+    """Completion as a scan of every open trace at every step (the first release's way)."""
+
+    def advance(self, watermark_ns: int) -> list[Any]:
+        meta = self._meta
+        meta["watermark_ns"] = max(meta["watermark_ns"], watermark_ns)
+        if watermark_ns - meta["scanned_ns"] < 100_000_000:
+            return []
+        meta["scanned_ns"] = watermark_ns
+        done = [tid for tid, o in self._open.items()
+                if (o.has_root and o.last_ns <= watermark_ns - self.quiet_ns)
+                or o.first_ns <= watermark_ns - self.max_age_ns]
+        for tid in done:
+            self._complete(tid, self._open.pop(tid))
+        return []
+
+
+def test_traces_complete_in_deadline_order_as_a_full_scan_would() -> None:
+    """Roots late or missing, spans arriving out of order and late, a restore mid-stream: the
+    deadline heap completes the same traces, at the same watermarks, in the same order."""
+    rng = random.Random(5)
+    spans = [s for i in range(300) for s in traces.shop_trace(rng, T0 + i * S // 3)]
+    rng.shuffle(spans)
+    spans = [s for s in spans if rng.random() > 0.03]  # some roots never come
+    heap, scan = TraceAssembler(quiet_s=2, max_age_s=20), _ScanAssembler(quiet_s=2, max_age_s=20)
+    got: list[list[tuple[str, str]]] = []
+    want: list[list[tuple[str, str]]] = []
+    wm = T0
+    for i in range(0, len(spans), 40):
+        batch = spans[i:i + 40]
+        wm = max(wm, min(s.end_ns for s in batch) - 2 * S)
+        for asm, out in ((heap, got), (scan, want)):
+            asm.update(batch)
+            asm.advance(wm)
+            out.append([(t.trace_id, t.service) for t in asm.drain()])
+        if i == 800:  # a restart: the heap is rebuilt from the saved open traces
+            heap2 = TraceAssembler(quiet_s=2, max_age_s=20)
+            heap2.restore(heap.snapshot())
+            heap2._closed = dict(heap._closed)  # (kept in memory, as a worker that goes on)
+            heap = heap2
+    for asm, out in ((heap, got), (scan, want)):
+        asm.advance(wm + 60 * S)
+        out.append([(t.trace_id, t.service) for t in asm.drain()])
+    assert sum(map(len, want)) > 300 and got == want
+
+
 def test_open_trace_cap_completes_the_oldest_early() -> None:
     asm = TraceAssembler(max_open=3, max_spans=2)
     rng = random.Random(2)
