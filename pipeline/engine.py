@@ -50,7 +50,13 @@ from pipeline.records import Mark, Routed
 log = logging.getLogger("pipeline.engine")
 
 ENGINE_KEY = "__engine__"
-FLUSH_KEY = "__flush__"
+FLUSH_KEY = "__flush__"  # the previous layout's bundles (read on restore, then deleted)
+LOG_KEY = "__log__"  # <p>/__log__/<seq>/<chunk>: what one flush changed
+BASE_KEY = "__base__"  # <p>/__base__/<slot>/<chunk>: the whole state as of one flush
+# A flush writes the whole state (a base) instead of its changes once the changes written since
+# the last base add up to this much and to the base's own size: the changelog then holds at
+# most about twice the state, and a restore reads a base and the logs after it.
+COMPACT_MIN_BYTES = 1024 * 1024
 ENGINE_VERSION = 2  # 1: unversioned (sources as offsets, event-time idleness)
 CHUNK_BYTES = 256 * 1024  # well under Kafka's default 1 MB message limit
 # A state entry larger than this is not written (its key is deleted from the table, counted
@@ -168,9 +174,14 @@ class PartitionEngine:
         self._fails: dict[str, int] = {}  # "detector.method" -> failures in a row
         self.prefix = f"{partition}/"
         self.chunk_bytes = CHUNK_BYTES
-        self._seq = 0  # flush sequence number
-        self._slot = 0  # bundle slot the next flush writes
-        self._rematerialize: dict[str, bytes | None] = {}
+        self.compact_min_bytes = COMPACT_MIN_BYTES
+        self._seq = 0  # flush sequence number: of the last flush written
+        self._slot = 0  # the base slot the next base goes to (the other holds the last one)
+        self._base_bytes = 0  # size of the last base, and of the logs written since
+        self._log_bytes = 0
+        self._need_base = True  # no base yet: the next flush writes one
+        self._garbage: list[str] = []  # keys no restore will read: deleted at the next flush
+        self._superseded: list[str] = []  # keys the next base makes obsolete: deleted after it
         # Records detectors derived for downstream streams, and how many messages of them
         # this partition has emitted (their sequence numbers, persisted with the state, let the
         # receiving partition skip what a replay after a crash derives again).
@@ -444,39 +455,50 @@ class PartitionEngine:
         """The table writes for everything changed since the last call, in the order they must
         be written (one changelog partition keeps that order).
 
-        A flush is a *bundle* of all changed entries plus the engine marker, written first as
-        one or more chunks under ``<p>/__flush__/<slot>/<i>``, then the same entries under their
-        own keys. Restore trusts the newest complete bundle over the per-key entries, so a worker
-        killed in the middle of a flush comes back to the state of one whole flush, never a mix
-        of two. Bundles alternate between two slots, so the last complete one is never
-        overwritten by a flush that may not finish.
+        Written once: a flush is one *log* entry — every detector entry that changed, and the
+        engine marker — in one or more chunks under ``<p>/__log__/<seq>/<i>``. Every so often
+        (``compact_min_bytes``) a flush writes a *base* instead, the whole state, in chunks
+        under ``<p>/__base__/<slot>/<i>``, and then deletes the logs it makes obsolete. Restore
+        takes the newest complete base and the complete logs after it, in order, up to the
+        first missing one: a worker killed in the middle of a flush comes back to the state
+        of one whole flush, never a mix of two. Bases alternate between two slots, so the last
+        complete one is never overwritten by one that may not finish.
         """
         if self._outbox:
             raise RuntimeError("drain_outbox() must be called before changes()")
-        entries: dict[str, bytes | None] = dict(self._rematerialize)
-        self._rematerialize = {}
+        writes: list[tuple[str, bytes | None]] = [(k, None) for k in self._garbage]
+        self._garbage = []
+        # No base while a detector is quarantined: its last saved entries, which it no longer
+        # writes, stay in the logs until a restart restores it.
+        base = not self.quarantined and (
+            self._need_base or self._log_bytes >= max(self._base_bytes, self.compact_min_bytes))
+        entries: dict[str, bytes | None] = {}
         for d in self.detectors:
             if d.name in self.quarantined:
                 continue  # its last saved state stays
             snap = self._call(d, "snapshot", d.snapshot, True)
+            if base:  # (the changes above are in it: taken for their bookkeeping)
+                full = self._call(d, "snapshot", d.snapshot, False)
+                snap = full if full is not None else snap
             if snap is None:
                 continue
-            base = f"{self.prefix}{d.name}/"
+            prefix = f"{d.name}/"
             for key, value in snap.items():
                 raw = None if value is None else orjson.dumps(
                     value, option=orjson.OPT_SERIALIZE_NUMPY
                 )
                 if raw is not None and len(raw) > MAX_ENTRY_BYTES:
                     self.counters.state_too_large += 1
-                    log.warning("state entry %s%s is %d bytes, over %d: not saved (a restart "
-                                "loses it)", base, key, len(raw), MAX_ENTRY_BYTES)
+                    log.warning("state entry %s%s%s is %d bytes, over %d: not saved (a "
+                                "restart loses it)", self.prefix, prefix, key, len(raw),
+                                MAX_ENTRY_BYTES)
                     raw = None
-                entries[base + key] = raw
-        entries[self.prefix + ENGINE_KEY] = orjson.dumps(self._marker())
+                if raw is not None or not base:
+                    entries[prefix + key] = raw
+        entries[ENGINE_KEY] = orjson.dumps(self._marker())
         self._seq += 1
-        slot, self._slot = self._slot, 1 - self._slot
         chunks: list[dict[str, Any]] = [{}]
-        size = 0
+        size = total = 0
         for key, value in entries.items():
             n = len(key) + (len(value) if value is not None else 4)
             if chunks[-1] and size + n > self.chunk_bytes:
@@ -484,14 +506,22 @@ class PartitionEngine:
                 size = 0
             chunks[-1][key] = None if value is None else orjson.Fragment(value)
             size += n
-        writes: list[tuple[str, bytes | None]] = [
-            (
-                f"{self.prefix}{FLUSH_KEY}/{slot}/{i}",
-                orjson.dumps({"seq": self._seq, "n": len(chunks), "entries": chunk}),
-            )
-            for i, chunk in enumerate(chunks)
-        ]
-        writes.extend(entries.items())
+            total += n
+        if base:
+            slot, self._slot = self._slot, 1 - self._slot
+            name = f"{self.prefix}{BASE_KEY}/{slot}/"
+        else:
+            name = f"{self.prefix}{LOG_KEY}/{self._seq}/"
+        writes += [(f"{name}{i}", orjson.dumps({"seq": self._seq, "n": len(chunks),
+                                                "entries": chunk}))
+                   for i, chunk in enumerate(chunks)]
+        if base:
+            writes += [(k, None) for k in self._superseded]
+            self._superseded = []
+            self._base_bytes, self._log_bytes, self._need_base = total, 0, False
+        else:
+            self._superseded += [f"{name}{i}" for i in range(len(chunks))]
+            self._log_bytes += total
         return writes
 
     def _marker(self) -> dict[str, Any]:
@@ -539,8 +569,11 @@ class PartitionEngine:
 
     def restore(self, items: Iterable[tuple[str, bytes | None]]) -> int:
         """Load this partition's entries from the table; returns how many were read."""
-        state: dict[str, Any] = {}
-        chunks: dict[int, dict[int, dict[str, Any]]] = {0: {}, 1: {}}
+        flat: dict[str, Any] = {}  # the previous layout: entries under their own keys
+        old: dict[int, dict[int, dict[str, Any]]] = {0: {}, 1: {}}  # and its bundles
+        bases: dict[int, dict[int, dict[str, Any]]] = {0: {}, 1: {}}
+        logs: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
+        keys: dict[tuple[str, int, int], str] = {}
         n = unreadable = 0
         for key, raw in items:
             if not key.startswith(self.prefix) or raw is None:
@@ -548,41 +581,59 @@ class PartitionEngine:
             n += 1
             rest = key[len(self.prefix):]
             try:
-                if rest.startswith(FLUSH_KEY + "/"):
-                    _, slot, index = rest.split("/")
-                    chunks[int(slot)][int(index)] = orjson.loads(raw)
+                head, _, tail = rest.partition("/")
+                if head in (BASE_KEY, LOG_KEY, FLUSH_KEY) and tail.count("/") == 1:
+                    a, i = (int(x) for x in tail.split("/"))
+                    into = {BASE_KEY: bases, LOG_KEY: logs, FLUSH_KEY: old}[head]
+                    into[a][i] = orjson.loads(raw)
+                    keys[(head, a, i)] = key
                 else:
-                    state[rest] = orjson.loads(raw)
+                    flat[rest] = orjson.loads(raw)
             except (ValueError, KeyError) as exc:
                 unreadable += 1
                 log.error("partition %d: state entry %s cannot be read (%s); dropped",
                           self.partition, key, exc)
-        best_slot, best_seq, max_seq = None, -1, 0
-        for slot, parts in chunks.items():
-            for doc in parts.values():
-                max_seq = max(max_seq, doc["seq"])
-            head = parts.get(0)
-            if head is None:
-                continue
-            seq = head["seq"]
-            complete = all(
-                i in parts and parts[i]["seq"] == seq for i in range(head["n"])
-            )
-            if complete and seq > best_seq:
-                best_slot, best_seq = slot, seq
-        if best_slot is not None:
-            bundle = chunks[best_slot]
-            for i in range(bundle[0]["n"]):
-                for key, value in bundle[i]["entries"].items():
-                    rest = key[len(self.prefix):]
+        state: dict[str, Any] = {}
+        best = _newest_complete(bases)
+        if best is not None:  # this layout: the newest whole base
+            slot, seq = best
+            for doc in _chunks(bases[slot]):
+                state.update(doc["entries"])
+            self._base_bytes = sum(len(orjson.dumps(doc)) for doc in bases[slot].values())
+            self._slot, self._need_base = 1 - slot, False
+            self._garbage += [self.prefix + k for k in flat]
+            self._garbage += [key for (head, a, _i), key in sorted(keys.items())
+                              if head == FLUSH_KEY or (head == BASE_KEY and a != slot)]
+        else:  # the previous layout (or nothing): entries, then its newest whole bundle
+            state, seq = flat, 0
+            newest = _newest_complete(old)
+            if newest is not None:
+                for doc in _chunks(old[newest[0]]):
+                    for key, value in doc["entries"].items():
+                        rest = key[len(self.prefix):]
+                        if value is None:
+                            state.pop(rest, None)
+                        else:
+                            state[rest] = value
+            # The next flush writes a base; everything read here is obsolete after it.
+            self._need_base = True
+            self._superseded += [self.prefix + k for k in flat]
+            self._superseded += [key for (head, _a, _i), key in sorted(keys.items())
+                                 if head != LOG_KEY]
+        first = seq
+        while _complete(logs.get(seq + 1, {}), seq + 1):  # then the logs after it, in order
+            seq += 1
+            for doc in _chunks(logs[seq]):
+                for key, value in doc["entries"].items():
                     if value is None:
-                        state.pop(rest, None)
+                        state.pop(key, None)
                     else:
-                        state[rest] = value
-                    # Its per-key writes may not have landed: write them again next flush.
-                    self._rematerialize[key] = None if value is None else orjson.dumps(value)
-            self._slot = 1 - best_slot
-        self._seq = max_seq
+                        state[key] = value
+            self._log_bytes += sum(len(orjson.dumps(d)) for d in logs[seq].values())
+        self._seq = seq
+        for (head, a, _i), key in sorted(keys.items()):
+            if head == LOG_KEY:  # applied: obsolete after the next base; else never read
+                (self._superseded if first < a <= seq else self._garbage).append(key)
         marker = state.pop(ENGINE_KEY, None)
         if marker is not None:
             try:
@@ -612,3 +663,25 @@ class PartitionEngine:
 
     def tracked(self) -> int:
         return sum(d.stats().tracked for d in self.detectors)
+
+
+def _complete(chunks: Mapping[int, Mapping[str, Any]], seq: int | None = None) -> bool:
+    """Every chunk of one write is there, all of the same write (``seq``, if given)."""
+    head = chunks.get(0)
+    if head is None or (seq is not None and head["seq"] != seq):
+        return False
+    return all(i in chunks and chunks[i]["seq"] == head["seq"] for i in range(head["n"]))
+
+
+def _chunks(chunks: Mapping[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [chunks[i] for i in range(chunks[0]["n"])]
+
+
+def _newest_complete(slots: Mapping[int, Mapping[int, Mapping[str, Any]]]
+                     ) -> tuple[int, int] | None:
+    """(slot, seq) of the newest complete write among two alternating slots."""
+    best = None
+    for slot, chunks in slots.items():
+        if _complete(chunks) and (best is None or chunks[0]["seq"] > best[1]):
+            best = (slot, chunks[0]["seq"])
+    return best

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from pipeline import records
@@ -42,10 +43,13 @@ def beat(*marks: tuple, n: int | None = None) -> Routed:
     return Routed(None, [], marks=ms, partitions=counts)
 
 
-def engine(chunk_bytes: int | None = None) -> PartitionEngine:
+def engine(chunk_bytes: int | None = None, compact_bytes: int | None = None
+           ) -> PartitionEngine:
     e = PartitionEngine(3, [SpanCounter()], allowed_lateness_ns=5 * S)
     if chunk_bytes:
         e.chunk_bytes = chunk_bytes
+    if compact_bytes is not None:
+        e.compact_min_bytes = compact_bytes
     return e
 
 
@@ -131,7 +135,7 @@ def run_from(e: PartitionEngine, start: int, flush_every: int = 2) -> list:
     log = []
     for i in range(start, len(BATCHES)):
         e.process(msg(BATCHES[i], ("otlp_spans", 0, 100 + i)), offset=i)
-        if i % flush_every == 1:
+        if i % flush_every == flush_every - 1:
             log += e.changes()
     return log
 
@@ -142,30 +146,42 @@ def assert_same_state(e: PartitionEngine, ref: PartitionEngine) -> None:
     assert e.offset == ref.offset and e.sources == ref.sources
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 120])
-def test_a_crash_at_any_write_restores_one_whole_flush(chunk_bytes: int | None) -> None:
-    """Cut the changelog after every write (a SIGKILL can land anywhere in a flush), restore,
-    redeliver from the start (the committed offset can only be earlier than saved state):
-    the result is always exactly the uninterrupted one."""
+@pytest.mark.parametrize(("chunk_bytes", "compact_bytes"),
+                         [(None, None), (120, None), (None, 0), (120, 0), (200, 700)])
+def test_a_crash_at_any_write_restores_one_whole_flush(chunk_bytes: int | None,
+                                                       compact_bytes: int | None) -> None:
+    """Cut the changelog after every write (a SIGKILL can land anywhere in a flush: in a log,
+    in a base, among the deletes after it), restore, redeliver from the start (the committed
+    offset can only be earlier than saved state): the result is always exactly the
+    uninterrupted one. Chunked or not; one base and logs, or a base every other flush."""
     ref = engine()
     run_from(ref, 0)
-    log = run_from(engine(chunk_bytes), 0)
-    assert len(log) > 20
+    log = run_from(engine(chunk_bytes, compact_bytes), 0, flush_every=1)
+    assert {k.split("/")[1] for k, _ in log} == {"__base__", "__log__"}  # written once
+    if compact_bytes is not None:  # bases after the first: the logs before them deleted
+        assert sum(k.startswith("3/__base__/") for k, _ in log) > 2
+        assert any(v is None and "/__log__/" in k for k, v in log)
     for cut in range(len(log) + 1):
         table: dict[str, bytes] = {}
         apply(table, log[:cut])
-        again = engine(chunk_bytes)
+        again = engine(chunk_bytes, compact_bytes)
         again.restore(table.items())
-        second_log = run_from(again, 0)
+        second_log = run_from(again, 0, flush_every=1)
         assert_same_state(again, ref)
         # And a second crash, in the middle of the restored worker's own flushes.
-        for cut2 in range(0, len(second_log) + 1, 3):
+        for cut2 in range(0, len(second_log) + 1, 2):
             table2 = dict(table)
             apply(table2, second_log[:cut2])
-            third = engine(chunk_bytes)
+            third = engine(chunk_bytes, compact_bytes)
             third.restore(table2.items())
-            run_from(third, 0)
+            run_from(third, 0, flush_every=1)
             assert_same_state(third, ref)
+        # Whatever was cut, the logs a base made obsolete are deleted after it.
+        final = dict(table)
+        apply(final, second_log)
+        base_seq = max(orjson.loads(v)["seq"] for k, v in final.items() if "/__base__/" in k)
+        assert all(orjson.loads(v)["seq"] > base_seq for k, v in final.items()
+                   if "/__log__/" in k)
 
 
 # -- a stage feeding another: trace assembly → trace samples → bottleneck detector --------------
@@ -369,8 +385,16 @@ def test_a_failing_detector_does_not_stop_the_others_and_is_quarantined() -> Non
     assert e.counters.errors == {"raising": 5}  # then it is quarantined: no longer called
     assert errors == [("raising", "update")] * 5
     assert "RuntimeError: plug-in bug" in e.quarantined["raising"]
-    writes = dict(e.changes())
-    assert not any("/raising/" in k for k in writes)  # its last saved state is kept
+    writes = e.changes()
+    written = [k for _, v in writes if v is not None for k in orjson.loads(v)["entries"]]
+    assert any(k.startswith("test_span_counter/") for k in written)
+    assert not any(k.startswith("raising/") for k in written)  # its last saved state is kept
+    # Logs only while a detector is quarantined (no base without its entries), and they
+    # restore.
+    assert all("/__log__/" in k for k, _ in writes)
+    again = PartitionEngine(3, [Raising(), SpanCounter()], 5 * S)
+    again.restore(writes)
+    assert again.detectors[1].counts == e.detectors[1].counts and again.offset == e.offset
 
 
 def test_state_of_the_first_release_engine_restores() -> None:
