@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import (
+    CommitFailedError,
     CorruptRecordException,
     InvalidTimestampError,
     KafkaError,
@@ -175,6 +176,22 @@ def forget_unassigned(
             del known[tp]
 
 
+class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A rebalance: before partitions are revoked, finish their work and commit it, so the
+    next owner starts where this worker stopped (instead of a failed commit, a restart of
+    ingest and a second rebalance)."""
+
+    def __init__(self, ingest: Ingest, consumer: AIOKafkaConsumer) -> None:
+        self.ingest, self.consumer = ingest, consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            await self.ingest.hand_over(self.consumer, set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+
 class Ingest:
     def __init__(
         self, settings: Settings, metrics: PipelineMetrics, routed_topics: dict[str, str]
@@ -210,6 +227,13 @@ class Ingest:
         self._attempts: dict[str, int] = {}
         # Routed messages of the read batch, per (routed topic, partition), in order.
         self._outbox: dict[tuple[str, int], list[Outgoing]] = {}
+        # Messages in flight and offsets to commit (the consume loop's, also finished by a
+        # rebalance); the lock keeps a rebalance from cutting into a read batch's routing.
+        self._pending: list[Pending] = []
+        self._offsets: dict[TopicPartition, int] = {}
+        self._lock = asyncio.Lock()
+        self.handovers = 0  # rebalances that committed revoked partitions' work
+        self._failed: BaseException | None = None  # by a hand-over: restart from the commit
         # After a batch message failed for a reason of its own: each record is sent alone until
         # the next commit, so the failure is pinned on the record that causes it.
         self._alone = False
@@ -268,7 +292,6 @@ class Ingest:
         self._outbox.clear()
         await topics.ensure_topics(s)  # again after a lost connection: cheap, idempotent
         consumer = AIOKafkaConsumer(
-            *self.by_topic,
             group_id=f"{s.pipeline_app_id}-ingest",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -287,6 +310,7 @@ class Ingest:
             **kwargs,
         )
         await producer.start()
+        consumer.subscribe(list(self.by_topic), listener=_Handover(self, consumer))
         await consumer.start()
         for topic in self.by_topic:
             self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
@@ -297,8 +321,9 @@ class Ingest:
         self._consumer, self._next_offset = consumer, next_offset
         waiting_since: float | None = None  # when the chosen partitions last returned nothing
         per_ms: dict[TopicPartition, float] = {}
-        pending: list[Pending] = []
-        offsets: dict[TopicPartition, int] = {}
+        pending, offsets = self._pending, self._offsets
+        pending.clear()
+        offsets.clear()
         since_commit, committed_at = 0, time.monotonic()
         try:
             while True:
@@ -336,28 +361,36 @@ class Ingest:
                     waiting_since = None
                 elif waiting_since is None:
                     waiting_since = time.monotonic()
-                if not batches:
-                    if pending:
+                async with self._lock:
+                    if self._failed is not None:  # nothing after the last commit is safe
+                        failed, self._failed = self._failed, None
+                        raise failed
+                    if not batches:
+                        if pending:
+                            await self._commit(consumer, pending, offsets)
+                        continue
+                    # Records of partitions revoked since the read are the new owner's now.
+                    assigned = consumer.assignment()
+                    for tp, recs in batches.items():
+                        if tp not in assigned:
+                            continue
+                        self._quiet_since.pop(tp, None)
+                        for rec in recs:
+                            await self._ingest(rec, pending)
+                            if self._alone:
+                                await self._send_outbox(pending)
+                        offsets[tp] = next_offset[tp] = recs[-1].offset + 1
+                        span_ms = recs[-1].timestamp - (last_ts.get(tp) or recs[0].timestamp)
+                        if span_ms > 0:  # records per millisecond of record time
+                            per_ms[tp] = len(recs) / span_ms
+                        last_ts[tp] = recs[-1].timestamp
+                        since_commit += len(recs)
+                    # Before the next heartbeat, which states the clocks these records moved.
+                    await self._send_outbox(pending)
+                    # Small reads, batched commits: every MAX_BATCH records or COMMIT_S.
+                    if since_commit >= MAX_BATCH or time.monotonic() - committed_at >= COMMIT_S:
                         await self._commit(consumer, pending, offsets)
-                    continue
-                for tp, recs in batches.items():
-                    self._quiet_since.pop(tp, None)
-                    for rec in recs:
-                        await self._ingest(rec, pending)
-                        if self._alone:
-                            await self._send_outbox(pending)
-                    offsets[tp] = next_offset[tp] = recs[-1].offset + 1
-                    span_ms = recs[-1].timestamp - (last_ts.get(tp) or recs[0].timestamp)
-                    if span_ms > 0:  # records per millisecond of record time
-                        per_ms[tp] = len(recs) / span_ms
-                    last_ts[tp] = recs[-1].timestamp
-                    since_commit += len(recs)
-                # Before the next heartbeat, which states the clocks these records moved.
-                await self._send_outbox(pending)
-                # Small reads, batched commits: every MAX_BATCH records or COMMIT_S.
-                if since_commit >= MAX_BATCH or time.monotonic() - committed_at >= COMMIT_S:
-                    await self._commit(consumer, pending, offsets)
-                    since_commit, committed_at = 0, time.monotonic()
+                        since_commit, committed_at = 0, time.monotonic()
         finally:
             self._consumer = None
             await consumer.stop()
@@ -419,10 +452,36 @@ class Ingest:
             for result in results:
                 if isinstance(result, BaseException):  # a dead letter the broker refused
                     raise RouteError(result, "a dead letter")
-        if offsets:
-            await consumer.commit(dict(offsets))
-            offsets.clear()
         self._alone = False
+        assigned = consumer.assignment()
+        mine = {tp: o for tp, o in offsets.items() if tp in assigned}
+        offsets.clear()  # a revoked partition's offset is its new owner's to commit
+        if mine:
+            try:
+                await consumer.commit(mine)
+            except CommitFailedError as exc:
+                # The group is rebalancing: these records were routed and are read again by
+                # whoever owns their partitions next (the detection stage skips them).
+                log.info("ingest: offsets not committed during a rebalance (%s); the records "
+                         "since the last commit are read again, and applied once", exc)
+
+    async def hand_over(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
+        """Before ``revoked`` go to another worker: send what was read, wait until the
+        broker has it, and commit (called by the rebalance listener)."""
+        async with self._lock:
+            try:
+                await self._send_outbox(self._pending)
+                await self._commit(consumer, self._pending, self._offsets)
+                self.handovers += 1
+                log.info("ingest: handed over %d input partitions, their work committed",
+                         len(revoked))
+            except Exception as exc:  # the rebalance goes on; ingest restarts after it
+                self._pending.clear()
+                self._offsets.clear()
+                self._failed = exc if isinstance(exc, RouteError | KafkaError) else RouteError(
+                    exc, "the work of revoked partitions")
+                log.warning("ingest: could not finish the work of revoked partitions (%s: %s); "
+                            "restarting from the last commit", type(exc).__name__, exc)
 
     # -- heartbeats ---------------------------------------------------------------------------
     def marks(self, assigned: Iterable[TopicPartition], high: Mapping[TopicPartition, int | None],

@@ -57,6 +57,9 @@ class Consumer:
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(offsets)
 
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("otlp_spans", 0)}
+
 
 def record(offset: int) -> ConsumerRecord:
     return ConsumerRecord("otlp_spans", 0, offset, 0, 0, None, b"x", None, 0, 1, [])
@@ -218,3 +221,31 @@ def test_a_batch_message_refused_is_retried_with_each_record_alone(
     consumer = asyncio.run(run())
     assert dead == [(4, "unroutable", False)]  # alone, the one to blame is found
     assert consumer.commits == [{TopicPartition("otlp_spans", 0): 5}] and not ing._alone
+
+
+def test_a_rebalance_hands_over_the_revoked_partitions_work_committed(
+    ingest: tuple[Ingest, list[Any]],
+) -> None:
+    """Before partitions are revoked, what was read is sent, waited for and committed; a
+    hand-over that cannot finish makes ingest restart from the last commit afterwards."""
+    ing, dead = ingest
+    tp = TopicPartition("otlp_spans", 0)
+
+    async def run() -> tuple[Consumer, Consumer]:
+        ing.producer = Producer()  # type: ignore[assignment]
+        ing._outbox[("r_spans", 1)] = [outgoing(9)]
+        ing._pending.append(Pending(settled(None), [(record(8), "otlp_spans:0:8")]))
+        ing._offsets[tp] = 10
+        done = Consumer()
+        await ing.hand_over(done, {tp})  # type: ignore[arg-type]
+        assert not ing._outbox and not ing._pending and ing._failed is None
+        ing._pending.append(Pending(settled(KafkaConnectionError()),
+                                    [(record(10), "otlp_spans:0:10")]))
+        ing._offsets[tp] = 11
+        failed = Consumer()
+        await ing.hand_over(failed, {tp})  # type: ignore[arg-type]
+        return done, failed
+
+    done, failed = asyncio.run(run())
+    assert done.commits == [{tp: 10}] and ing.handovers == 1
+    assert failed.commits == [] and isinstance(ing._failed, RouteError) and dead == []
