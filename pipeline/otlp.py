@@ -359,8 +359,17 @@ def _make_resource(attrs: dict[str, Any]) -> Resource:
     return Resource(str(service), str(instance), host, pod, kept)
 
 
+#: The resource attributes ``_make_resource`` reads: only these are decoded (SDKs send many more,
+#: process.command_args and the like).
+_RESOURCE_READ = frozenset({
+    "service.name", "process.executable.name", "host.name", "k8s.pod.name",
+    "service.instance.id", "k8s.namespace.name", "process.pid",
+}) | frozenset(RESOURCE_ATTRIBUTES)
+
+
 def _resource_proto(res: Any) -> Resource:
-    return _make_resource({kv.key: _any_value_proto(kv.value) for kv in res.attributes})
+    return _make_resource({kv.key: _any_value_proto(kv.value) for kv in res.attributes
+                           if kv.key in _RESOURCE_READ})
 
 
 def _resource_json(res: Any) -> Resource:
