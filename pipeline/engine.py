@@ -3,7 +3,8 @@
 The Faust wiring keeps one ``PartitionEngine`` per routed partition it owns. The engine records
 the offset of the last routed message it applied and, per source partition, the position of the
 last source record; its state (its own marker plus every detector's changed keys) is written to
-a changelog-backed table under keys prefixed by the partition. The wiring acknowledges a message
+a changelog-backed table under keys prefixed by the partition, once per flush, as a log entry
+or now and then a whole base (``changes``). The wiring acknowledges a message
 to Kafka only after the state that includes it has been written, so the committed offset never
 runs ahead of saved state.
 
