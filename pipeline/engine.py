@@ -575,6 +575,7 @@ class PartitionEngine:
         bases: dict[int, dict[int, dict[str, Any]]] = {0: {}, 1: {}}
         logs: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
         keys: dict[tuple[str, int, int], str] = {}
+        sizes: dict[tuple[str, int], int] = defaultdict(int)  # bytes of each base / log read
         n = unreadable = 0
         for key, raw in items:
             if not key.startswith(self.prefix) or raw is None:
@@ -588,6 +589,7 @@ class PartitionEngine:
                     into = {BASE_KEY: bases, LOG_KEY: logs, FLUSH_KEY: old}[head]
                     into[a][i] = orjson.loads(raw)
                     keys[(head, a, i)] = key
+                    sizes[(head, a)] += len(raw)
                 else:
                     flat[rest] = orjson.loads(raw)
             except (ValueError, KeyError) as exc:
@@ -598,9 +600,8 @@ class PartitionEngine:
         best = _newest_complete(bases)
         if best is not None:  # this layout: the newest whole base
             slot, seq = best
-            for doc in _chunks(bases[slot]):
-                state.update(doc["entries"])
-            self._base_bytes = sum(len(orjson.dumps(doc)) for doc in bases[slot].values())
+            _apply_entries(state, bases[slot])
+            self._base_bytes = sizes[(BASE_KEY, slot)]
             self._slot, self._need_base = 1 - slot, False
             self._garbage += [self.prefix + k for k in flat]
             self._garbage += [key for (head, a, _i), key in sorted(keys.items())
@@ -608,14 +609,8 @@ class PartitionEngine:
         else:  # the previous layout (or nothing): entries, then its newest whole bundle
             state, seq = flat, 0
             newest = _newest_complete(old)
-            if newest is not None:
-                for doc in _chunks(old[newest[0]]):
-                    for key, value in doc["entries"].items():
-                        rest = key[len(self.prefix):]
-                        if value is None:
-                            state.pop(rest, None)
-                        else:
-                            state[rest] = value
+            if newest is not None:  # (its entries' keys carry the partition prefix)
+                _apply_entries(state, old[newest[0]], strip=len(self.prefix))
             # The next flush writes a base; everything read here is obsolete after it.
             self._need_base = True
             self._superseded += [self.prefix + k for k in flat]
@@ -624,13 +619,8 @@ class PartitionEngine:
         first = seq
         while _complete(logs.get(seq + 1, {}), seq + 1):  # then the logs after it, in order
             seq += 1
-            for doc in _chunks(logs[seq]):
-                for key, value in doc["entries"].items():
-                    if value is None:
-                        state.pop(key, None)
-                    else:
-                        state[key] = value
-            self._log_bytes += sum(len(orjson.dumps(d)) for d in logs[seq].values())
+            _apply_entries(state, logs[seq])
+            self._log_bytes += sizes[(LOG_KEY, seq)]
         self._seq = seq
         for (head, a, _i), key in sorted(keys.items()):
             if head == LOG_KEY:  # applied: obsolete after the next base; else never read
@@ -674,8 +664,16 @@ def _complete(chunks: Mapping[int, Mapping[str, Any]], seq: int | None = None) -
     return all(i in chunks and chunks[i]["seq"] == head["seq"] for i in range(head["n"]))
 
 
-def _chunks(chunks: Mapping[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    return [chunks[i] for i in range(chunks[0]["n"])]
+def _apply_entries(state: dict[str, Any], chunks: Mapping[int, Mapping[str, Any]],
+                   strip: int = 0) -> None:
+    """One complete write's entries onto ``state`` in chunk order (None deletes); ``strip``
+    characters are cut from each key."""
+    for i in range(chunks[0]["n"]):
+        for key, value in chunks[i]["entries"].items():
+            if value is None:
+                state.pop(key[strip:], None)
+            else:
+                state[key[strip:]] = value
 
 
 def _newest_complete(slots: Mapping[int, Mapping[int, Mapping[str, Any]]]

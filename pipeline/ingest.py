@@ -586,24 +586,14 @@ class Ingest:
             groups: dict[int, list[Any]] = defaultdict(list)
             for item in items:
                 groups[partition_of(item, parts)].append(item)
-            if len(rec.value) <= ALONE_FRACTION * self._limit(name):
-                for p, group in sorted(groups.items()):
-                    self._outbox.setdefault((name, p), []).append(Outgoing(
-                        rec, ident, part=(group, (rec.topic, rec.partition, rec.offset, 0),
-                                          wm_after), before=wm_before))
-            else:  # routed alone, in chunks; nothing of it goes if one item cannot
+            outs = [(p, Outgoing(rec, ident, part=(group, (rec.topic, rec.partition, rec.offset,
+                                                            0), wm_after), before=wm_before))
+                    for p, group in sorted(groups.items())]
+            if len(rec.value) > ALONE_FRACTION * self._limit(name):
+                # Routed alone, in chunks; nothing of it goes if one item cannot.
                 try:
-                    encoded = [
-                        (p, records.split_encode(
-                            group,
-                            lambda chunk_items, chunk, final: encode(
-                                chunk_items, (rec.topic, rec.partition, rec.offset, chunk),
-                                wm_after if final else wm_before,
-                                self.input_partitions.get(rec.topic) or None),
-                            self._limit(name),
-                        ))
-                        for p, group in sorted(groups.items())
-                    ]
+                    for _, out in outs:
+                        out.encoded = self._chunks(name, out)
                 except records.TooLarge as exc:
                     await self._dead_letter(rec, exc, "unroutable", pending)
                     return
@@ -612,13 +602,25 @@ class Ingest:
                                   rec.offset)
                     await self._dead_letter(rec, exc, "internal_error", pending)
                     return
-                for p, payloads in encoded:
-                    self._outbox.setdefault((name, p), []).append(
-                        Outgoing(rec, ident, encoded=payloads))
+            for p, out in outs:
+                self._outbox.setdefault((name, p), []).append(out)
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
 
     def _limit(self, topic: str) -> int:
         return self.limits.get(topic, topics.DEFAULT_MESSAGE_BYTES - topics.FRAMING_BYTES)
+
+    def _chunks(self, name: str, out: Outgoing) -> list[bytes]:
+        """One record's items for one partition as messages of its own (chunked under the
+        limit; the chunks before the last state the watermark from before the record). Raises
+        ``records.TooLarge`` if one item alone is over."""
+        assert out.part is not None
+        items, src, wm = out.part
+        encode = self.by_topic[src[0]][4]
+        n = self.input_partitions.get(src[0]) or None
+        return records.split_encode(
+            items, lambda xs, chunk, final: encode(
+                xs, (src[0], src[1], src[2], chunk), wm if final else out.before, n),
+            self._limit(name))
 
     async def _send_outbox(self, pending: list[Pending]) -> None:
         """Send the read batch's routed messages: per routed partition, the records' items in
@@ -638,52 +640,37 @@ class Ingest:
 
     async def _send_parts(self, name: str, p: int, run: list[Outgoing],
                           pending: list[Pending]) -> None:
-        """``run`` as one batch message, or halves of it while over the limit; a record alone
-        over the limit is split into chunks, and dead-lettered if one item cannot fit."""
-        if not run:
-            return
-        # Each source topic's partition count (how many sources the receiver waits for).
-        counts = {o.record.topic: self.input_partitions.get(o.record.topic) for o in run}
-        counts = {t: n for t, n in counts.items() if n}
-        todo = [run]
+        """``run`` as one batch message, or halves of it while over the limit (or while it
+        cannot be encoded); a record alone over the limit is split into chunks, and
+        dead-lettered if one item cannot fit or it cannot be encoded."""
+        todo = [run] if run else []
         while todo:
             group = todo.pop(0)
             try:
-                payload = records.encode_batch([o.part for o in group if o.part], counts or None)
+                payload: bytes | None = records.encode_batch(
+                    [o.part for o in group if o.part], self.input_partitions)
             except Exception as exc:  # e.g. a JSON value the wire form cannot carry
-                if len(group) > 1:
-                    half = len(group) // 2
-                    todo[:0] = [group[:half], group[half:]]
-                    continue
-                log.exception("cannot route %s", group[0].ident)
-                await self._dead_letter(group[0].record, exc, "internal_error", pending,
-                                        partial=True)
-                continue
-            if len(payload) <= self._limit(name):
+                payload, error = None, exc
+            if payload is not None and len(payload) <= self._limit(name):
                 await self._send(name, p, payload, [(o.record, o.ident) for o in group],
                                  pending)
             elif len(group) > 1:
                 half = len(group) // 2
                 todo[:0] = [group[:half], group[half:]]
+            elif payload is None:
+                log.error("cannot route %s: %s", group[0].ident, error, exc_info=error)
+                await self._dead_letter(group[0].record, error, "internal_error", pending,
+                                        partial=True)
             else:
-                await self._send_chunks(name, p, group[0], pending)
-
-    async def _send_chunks(self, name: str, p: int, out: Outgoing,
-                           pending: list[Pending]) -> None:
-        assert out.part is not None
-        items, src, wm = out.part
-        encode = self.by_topic[src[0]][4]
-        n = self.input_partitions.get(src[0]) or None
-        try:  # chunks before the last state the watermark from before the record
-            payloads = records.split_encode(
-                items, lambda xs, chunk, final: encode(
-                    xs, (src[0], src[1], src[2], chunk), wm if final else out.before, n),
-                self._limit(name))
-        except records.TooLarge as exc:
-            await self._dead_letter(out.record, exc, "unroutable", pending, partial=True)
-            return
-        for payload in payloads:
-            await self._send(name, p, payload, [(out.record, out.ident)], pending)
+                try:
+                    chunks = self._chunks(name, group[0])
+                except records.TooLarge as exc:
+                    await self._dead_letter(group[0].record, exc, "unroutable", pending,
+                                            partial=True)
+                    continue
+                for chunk in chunks:
+                    await self._send(name, p, chunk, [(group[0].record, group[0].ident)],
+                                     pending)
 
     async def _send(self, name: str, p: int, payload: bytes,
                     recs: list[tuple[ConsumerRecord, str]], pending: list[Pending]) -> None:

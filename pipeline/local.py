@@ -139,9 +139,7 @@ class LocalPipeline:
         outbox, self._outbox = self._outbox, defaultdict(list)
         findings: list[Finding] = []
         for (signal, p), parts in sorted(outbox.items()):
-            counts = {src[0]: self.input_partitions[src[0]] for _, src, _ in parts
-                      if self.input_partitions.get(src[0])}
-            findings += self._deliver(signal, p, records.encode_batch(parts, counts or None))
+            findings += self._deliver(signal, p, records.encode_batch(parts, self.input_partitions))
         return findings
 
     def clock(self, topic: str, partition: int) -> SourceClock:

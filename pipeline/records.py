@@ -18,7 +18,7 @@ so a partition that gets no records from a source still learns how far that sour
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,18 +330,20 @@ def encode_spans(spans: list[Span], source: Source | None = None,
 BatchPart = tuple[list[Any], Source, int | None]
 
 
-def encode_batch(parts: list[BatchPart], partitions: dict[str, int] | None) -> bytes:
+def encode_batch(parts: list[BatchPart], partitions: Mapping[str, int]) -> bytes:
     """Several source records' items for one routed partition as one message: what ingest
     sends per (read batch, destination partition). Items keep their order; each record's share
     is a segment naming its source and the watermark it states, so the receiver applies and
     deduplicates each record as if it had come alone. Resources are written once per message.
-    ``partitions``: each source topic's partition count. Spans or metric points, not both."""
+    ``partitions``: the partition count of source topics, where known (the message states
+    those of its own sources). Spans or metric points, not both."""
     items = [it for part in parts for it in part[0]]
     resources, index = _resource_index(items)
     spans = bool(items) and isinstance(items[0], Span)
     rows = _span_rows(items, index) if spans else _point_rows(items, index)
+    counts = {src[0]: partitions[src[0]] for _, src, _ in parts if partitions.get(src[0])}
     return orjson.dumps({
-        "b": [[*src, len(its), wm] for its, src, wm in parts], "n": partitions,
+        "b": [[*src, len(its), wm] for its, src, wm in parts], "n": counts or None,
         "r": [r.to_wire() for r in resources], "s" if spans else "p": rows,
     })
 
