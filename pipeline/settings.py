@@ -117,6 +117,8 @@ class Settings:
     time_wait_min_excess: float = 100.0  # ... and at least this many sockets over it
     time_wait_sustain_s: float = 75.0  # elevated this long (event time) before a finding
     time_wait_warmup_s: float = 300.0  # baseline learnt per host before it is judged
+    # client calls held ahead of a host's samples (the span stage running ahead of metrics)
+    time_wait_calls_ahead_s: float = 7200.0
     time_wait_max_hosts: int = 5_000  # hosts per partition (~20 KB each)
 
     pipeline_store: str = "rocksdb"
@@ -308,6 +310,7 @@ class Settings:
             )
         _positive("TIME_WAIT_SUSTAIN_S", self.time_wait_sustain_s, upper=3600)
         _positive("TIME_WAIT_WARMUP_S", self.time_wait_warmup_s, upper=86400)
+        _positive("TIME_WAIT_CALLS_AHEAD_S", self.time_wait_calls_ahead_s, upper=7 * 86400)
         _positive("TIME_WAIT_MAX_HOSTS", self.time_wait_max_hosts)
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(

@@ -47,8 +47,18 @@ breakdown in the connection metrics, where sent, names the destinations directly
 **Bounded state.** At most ``max_hosts`` hosts per partition (the least recently updated one
 that has no firing finding is evicted, counted), a host silent for ``host_ttl_s`` expires (its
 finding resolves); hosts and findings are ``pipeline.state.Keyed`` maps; per host, the last
-``recent_s`` of samples, ``baseline_minutes`` minute summaries and ``calls_minutes`` minutes of
-client calls (``max_pairs`` pairs each).
+``recent_s`` of samples, ``baseline_minutes`` minute summaries, and the client calls of the
+last ``calls_minutes`` minutes and of up to ``calls_ahead_s`` ahead of the host's samples
+(``max_pairs`` pairs a minute).
+
+**The two stages need not keep pace.** The span stage may run far ahead of this one (reading
+a backlog, spans are cheaper per second of traffic than metrics) or behind it. Samples wait
+for the calls of their minutes (the side watermark; at most ``MAX_PENDING_SAMPLES``), and
+calls that arrive ahead wait for their samples (up to ``calls_ahead_s``). A sample whose
+calls are known to be missing (dropped beyond ``calls_ahead_s``, or not waited for) is not
+judged on the connections alone when the host's baseline uses its calls: it would judge the
+load-driven TIME_WAIT of a busy minute against an idle baseline. It is counted
+(``calls_unknown``) and skipped, so what is found does not depend on which stage ran ahead.
 """
 
 from __future__ import annotations
@@ -89,7 +99,7 @@ MAX_CONNECTIONS_PER_CALL = 8.0
 class _Host:
     __slots__ = (
         "host", "src", "src_seen", "pending", "last_t", "est", "opens", "ports", "recent",
-        "minutes", "cur", "calls", "episode", "seen_ns", "dests",
+        "minutes", "cur", "calls", "episode", "seen_ns", "dests", "lost",
     )
 
     def __init__(self, host: str) -> None:
@@ -110,6 +120,9 @@ class _Host:
         self.episode: dict[str, Any] | None = None  # the current run of elevated samples
         self.seen_ns = 0
         self.dests: dict[str, float] = {}  # TIME_WAIT per destination, where metrics say
+        # [first, last] minute of client calls dropped (too far ahead of the samples): the
+        # samples that would be judged on them are not
+        self.lost: list[int] | None = None
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -117,7 +130,7 @@ class _Host:
             "p": [[t, v] for t, v in sorted(self.pending.items())], "lt": self.last_t,
             "e": self.est, "o": self.opens, "po": self.ports, "r": self.recent,
             "m": self.minutes, "c": self.cur, "ca": self.calls, "ep": self.episode,
-            "sn": self.seen_ns, "d": self.dests,
+            "sn": self.seen_ns, "d": self.dests, "l": self.lost,
         }
 
     @classmethod
@@ -129,6 +142,7 @@ class _Host:
         x.recent, x.minutes, x.cur = list(d["r"]), list(d["m"]), d["c"]
         x.calls = {k: dict(v) for k, v in d["ca"].items()}
         x.episode, x.seen_ns, x.dests = d["ep"], d["sn"], dict(d["d"])
+        x.lost = d.get("l")  # (absent from state saved before it existed)
         return x
 
 
@@ -150,6 +164,7 @@ class TimeWaitDetector(Detector):
         baseline_minutes: int = 60,
         recent_s: float = 300.0,
         calls_minutes: int = 10,
+        calls_ahead_s: float = 7200.0,
         max_pairs: int = 50,
         max_hosts: int = 5_000,
         host_ttl_s: float = 1800.0,
@@ -168,6 +183,7 @@ class TimeWaitDetector(Detector):
         self.baseline_minutes = baseline_minutes
         self.recent_ns = int(recent_s * NS)
         self.calls_minutes, self.max_pairs = calls_minutes, max_pairs
+        self.calls_ahead_ns = int(calls_ahead_s * NS)
         self.max_hosts, self.ttl_ns = max_hosts, int(host_ttl_s * NS)
         self.state = State()
         self.lc = Lifecycle(KIND, self.name, self.version, 1, 1, max_hosts, prefix="lc")
@@ -178,7 +194,8 @@ class TimeWaitDetector(Detector):
         self._waiting: set[str] = set()
         self._meta = self.state.cell("meta", {
             "counts": {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
-                       "other_sources": 0, "calls_dropped": 0, "side_wait_exceeded": 0},
+                       "other_sources": 0, "calls_dropped": 0, "side_wait_exceeded": 0,
+                       "calls_unknown": 0},
             "exp": 0,  # when hosts were last expired
         })
 
@@ -190,6 +207,7 @@ class TimeWaitDetector(Detector):
             min_excess=settings.time_wait_min_excess,
             sustain_s=settings.time_wait_sustain_s,
             warmup_s=settings.time_wait_warmup_s,
+            calls_ahead_s=settings.time_wait_calls_ahead_s,
             max_hosts=settings.time_wait_max_hosts,
         )
 
@@ -245,24 +263,27 @@ class TimeWaitDetector(Detector):
             h = self._host(c.host, c.minute_ns)
             if h is None:
                 continue
-            bucket = h.calls.setdefault(str(c.minute_ns), {})
+            self._hosts.changed(c.host)
+            m = c.minute_ns
+            # Held from the host's newest sample (or, before its first, its oldest calls)
+            # up to calls_ahead_s; beyond that dropped, and the minute remembered as lost.
+            ref = h.last_t or min((int(k) for k in h.calls), default=m)
+            if m > ref + self.calls_ahead_ns:
+                h.lost = [min(h.lost[0], m), max(h.lost[1], m)] if h.lost else [m, m]
+                self._count("calls_dropped")
+                continue
+            bucket = h.calls.setdefault(str(m), {})
             pair = f"{c.service}\x1f{c.destination}"
             if pair in bucket or len(bucket) < self.max_pairs:
                 bucket[pair] = bucket.get(pair, 0) + c.calls
             self._prune_calls(h)
-            self._hosts.changed(c.host)
 
     def _prune_calls(self, h: _Host) -> None:
-        """Keep the minutes the host's next samples may need (calls can arrive ahead of the
-        metrics, or behind); beyond three times that, the oldest go (counted)."""
+        """Drop the minutes no sample of the host will need again (older than
+        ``calls_minutes`` before its newest)."""
         horizon = h.last_t - self.calls_minutes * MINUTE_NS
         for k in [k for k in h.calls if int(k) < horizon]:
             del h.calls[k]
-        extra = len(h.calls) - 3 * self.calls_minutes
-        if extra > 0:
-            for k in sorted(h.calls, key=int)[:extra]:
-                del h.calls[k]
-            self._count("calls_dropped", extra)
 
     def _host(self, name: str, t: int) -> _Host | None:
         h = self._hosts.get(name)
@@ -297,12 +318,13 @@ class TimeWaitDetector(Detector):
             if h is None:
                 continue
             ready = sorted(t for t in h.pending if t <= limit)
-            over = len(h.pending) - len(ready) - MAX_PENDING_SAMPLES
+            waited = len(ready)
+            over = len(h.pending) - waited - MAX_PENDING_SAMPLES
             if over > 0:  # the span stage is far behind: stop waiting for the oldest
-                ready = sorted(h.pending)[:len(ready) + over]
+                ready = sorted(h.pending)[:waited + over]
                 self._count("side_wait_exceeded", over)
-            for t in ready:
-                out.extend(self._fold(h, t, h.pending.pop(t)))
+            for i, t in enumerate(ready):
+                out.extend(self._fold(h, t, h.pending.pop(t), calls_known=i < waited))
             if not h.pending:
                 self._waiting.discard(name)
         out.extend(self._late_attribution())
@@ -332,9 +354,15 @@ class TimeWaitDetector(Detector):
             self._count("other_sources", others)
         return chosen or {}
 
-    def _fold(self, h: _Host, t: int, tick: Mapping[str, Any]) -> list[Finding]:
+    def _fold(self, h: _Host, t: int, tick: Mapping[str, Any],
+              calls_known: bool = True) -> list[Finding]:
         h.last_t = t
         self._hosts.changed(h.host)
+        if h.lost is not None:
+            if h.lost[1] < t - CALLS_MAX_AGE_NS:  # past every sample they would serve
+                h.lost = None
+            elif h.lost[0] <= t - MINUTE_NS:
+                calls_known = False
         if "by" in tick:
             tick = {**tick, **self._emitter(h, t, tick["by"])}
         if conn.PORT_LOW in tick and conn.PORT_HIGH in tick:
@@ -355,7 +383,7 @@ class TimeWaitDetector(Detector):
         h.recent.append([t, tw, open_rate])
         while h.recent and h.recent[0][0] < t - self.recent_ns:
             h.recent.pop(0)
-        return self._judge(h, t, tw)
+        return self._judge(h, t, tw, calls_known)
 
     def _calls_rate(self, h: _Host, t: int) -> float | None:
         """Client calls per second from the host in the newest complete minute before ``t``,
@@ -366,17 +394,20 @@ class TimeWaitDetector(Detector):
         rate = sum(h.calls[str(minutes[0])].values()) / 60.0
         return rate if rate >= MIN_CALLS_PER_S else None
 
-    def _judge(self, h: _Host, t: int, tw: float) -> list[Finding]:
+    def _judge(self, h: _Host, t: int, tw: float, calls_known: bool = True) -> list[Finding]:
         est = max(h.est or 0.0, 1.0)
         calls = self._calls_rate(h, t)
         ratio_est = tw / est
         ratio_calls = None if calls is None else tw / calls
         ready = len(h.minutes) >= self.warmup_minutes
         expected = 0.0
+        base_calls = [m[2] for m in h.minutes if m[2] is not None]
+        if not calls_known and len(base_calls) >= self.warmup_minutes:
+            self._count("calls_unknown")  # its load is unknown: neither judged nor learnt
+            return []
         if ready:
             base_est = float(np.median([m[1] for m in h.minutes]))
             expected = base_est * est
-            base_calls = [m[2] for m in h.minutes if m[2] is not None]
             if calls is not None and len(base_calls) >= self.warmup_minutes:
                 expected = max(expected, float(np.median(base_calls)) * calls)
         excess = tw - expected

@@ -178,6 +178,39 @@ def test_the_call_rate_explains_a_spike_that_established_connections_miss() -> N
     assert with_calls == []
 
 
+def test_calls_far_ahead_of_the_samples_are_held_for_them() -> None:
+    """Reading a backlog, the span stage can finish long before the metrics stage starts: the
+    host's calls for the whole hour arrive before its first sample. They are held for the
+    samples, so the spike is judged exactly as when both stages keep pace."""
+    spike = step(1.0, 4.0, 3000, 3360)
+    batches = tcp.host_batches(75, closes=lambda t: 10.0 * spike(t))
+    calls = tcp.calls(75, lambda t: 100.0 * spike(t))
+    paced, _ = run(batches, calls=calls)
+    assert paced == []
+    ahead = TimeWaitDetector()
+    ahead.update_side(calls)
+    found, ahead = run(batches, ahead)
+    assert found == []
+    assert ahead.stats().evicted["calls_dropped"] == 0
+
+
+def test_calls_too_far_ahead_are_dropped_and_their_samples_not_judged() -> None:
+    """Past ``calls_ahead_s`` the calls are dropped (counted). The samples they would have
+    served are not judged on the connections alone (that would fire on the spike the calls
+    explain); they are counted."""
+    spike = step(1.0, 4.0, 3000, 3360)
+    batches = tcp.host_batches(75, closes=lambda t: 10.0 * spike(t))
+    calls = tcp.calls(75, lambda t: 100.0 * spike(t))
+    det = TimeWaitDetector(calls_ahead_s=1800)
+    det.update_side(calls)
+    found, det = run(batches, det)
+    counts = det.stats().evicted
+    assert found == []
+    assert counts["calls_dropped"] > 0 and counts["calls_unknown"] > 0
+    alone, _ = run(batches, TimeWaitDetector(calls_ahead_s=1800))  # no calls at all: judged
+    assert len(firing(alone)) == 1
+
+
 def test_daily_curve_is_not_a_finding() -> None:
     """Load swinging +-60% (compressed to a 1-hour period) moves TIME_WAIT and ESTABLISHED
     together."""
