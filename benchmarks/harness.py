@@ -154,12 +154,16 @@ class RunNames:
 # Topics
 
 
-async def create_input_topics(bootstrap: str, names: RunNames, partitions: int) -> None:
-    """Create the spans and metrics topics with ``partitions`` partitions and no retention."""
+async def create_input_topics(bootstrap: str, names: RunNames, partitions: int,
+                              max_message_bytes: int | None = None) -> None:
+    """Create the spans and metrics topics with ``partitions`` partitions and no retention
+    (and, if given, the broker's ``max.message.bytes`` for them)."""
     admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))
     await admin.start()
     try:
         config = {"retention.ms": "-1", "retention.bytes": "-1"}
+        if max_message_bytes:
+            config["max.message.bytes"] = str(max_message_bytes)
         await admin.create_topics(
             [NewTopic(t, partitions, 1, topic_configs=config) for t in (names.spans,
                                                                          names.metrics)]
@@ -261,7 +265,7 @@ class Produced:
 
 async def replay(
     scenario: Scenario, bootstrap: str, progress: Callable[[str], None] = log,
-    signals: tuple[str, ...] = SIGNALS,
+    signals: tuple[str, ...] = SIGNALS, max_request_size: int | None = None,
 ) -> Produced:
     """Produce every record of ``scenario`` (already pointed at the run's topics) as fast as the
     broker takes it, each with its event time as Kafka timestamp; count what was sent. Records
@@ -280,7 +284,10 @@ async def replay(
             yield rec
 
     stats = await write_records(
-        counted(iter_records(scenario)), client_kwargs(bootstrap), mode="replay",
+        counted(iter_records(scenario)),
+        {**client_kwargs(bootstrap),
+         **({"max_request_size": max_request_size} if max_request_size else {})},
+        mode="replay",
         spans_topic=scenario.spans_topic, progress=progress,
     )
     produced.seconds = stats.seconds

@@ -1,7 +1,7 @@
 """Throughput: the worker against the floor of plain aiokafka consume + OTLP decode, same run.
 
 ``python -m benchmarks.throughput [--quick] [--scenario healthy] [--duration 10m]
-[--keying keyed|unkeyed] [--signal all|metrics]``
+[--keying keyed|unkeyed] [--max-spans-per-record N] [--signal all|metrics]``
 
 ``--signal metrics`` measures the metric-point path alone: the scenario (default ``leak``, the
 metrics-only memory suite, at its full 6 h; ``--quick`` 30 min) is built without spans
@@ -101,6 +101,7 @@ from pipeline.simulate.faults import parse_duration
 from pipeline.simulate.timefmt import DEFAULT_REPLAY_START
 
 CACHE = harness.ROOT / ".cache" / "bench" / "throughput"
+LARGE_RECORD_BYTES = 8 * 1024 * 1024  # the worker's MAX_RECORD_BYTES default
 DECODERS = {"spans": otlp.decode_spans, "metrics": otlp.decode_metrics}
 METRIC_DERIVED = "anomaly_pipeline_items_derived_total"
 METRIC_TRACKED = "anomaly_pipeline_tracked_entries"
@@ -290,7 +291,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = dict(
         duration=duration, start=DEFAULT_REPLAY_START, keying=args.keying,
         encoding=args.encoding, rate=args.rate, spans_topic=names.spans,
-        metrics_topic=names.metrics,
+        metrics_topic=names.metrics, max_spans_per_record=args.max_spans_per_record,
     )
     if metrics_only:
         try:
@@ -305,8 +306,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"detectors: {', '.join(detector_names) or 'none registered'}")
     wall0 = time.perf_counter()
     try:
-        await harness.create_input_topics(bootstrap, names, args.partitions)
-        produced = await harness.replay(scenario, bootstrap, signals=signals)
+        # Records of thousands of spans (--max-spans-per-record) are over Kafka's 1 MB default:
+        # the topics and the producer take them as a Collector configured for them would.
+        big = LARGE_RECORD_BYTES if (args.max_spans_per_record or 0) > 1000 else None
+        await harness.create_input_topics(bootstrap, names, args.partitions, big)
+        produced = await harness.replay(scenario, bootstrap, signals=signals,
+                                        max_request_size=big)
         log(f"replay: {produced.total_records:,} records ({produced.bytes / 1e6:,.1f} MB), "
             f"{produced.items['spans']:,} spans, {produced.items['metrics']:,} metric points in "
             f"{produced.seconds:.1f} s")
@@ -480,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keying", choices=("keyed", "unkeyed"), default="keyed",
                         help="span records keyed by trace id or unkeyed batches (default keyed)")
     parser.add_argument("--encoding", choices=("otlp_proto", "otlp_json"), default="otlp_proto")
+    parser.add_argument("--max-spans-per-record", type=int,
+                        help="unkeyed: spans per record at most (default the scenario's, 1000; "
+                             "a batch processor sends up to 8192)")
     parser.add_argument("--rate", type=float, help="entry requests/s (default: the scenario's)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=8,
