@@ -30,6 +30,15 @@ detector judges suspicious is not learnt, so this takes a few more than 60).
 adds an accumulator per operation: measured at 8 samples and at the reservoir cap (64 rows;
 more samples are folded). A run with ``max_operations`` below K shows the cap.
 
+**Tracked series** (``MemoryDetector`` per instance, ``TimeWaitDetector`` per host). The metric
+records of the simulator's ``leak`` preset (JVM, Go, Python and Node runtimes; metrics only)
+and of the ``timewait`` preset's metrics (hostmetrics and node_exporter connection counts, no
+client calls), decoded with ``pipeline.otlp.decode_metrics``, each record fed ``copies`` times
+with the instance and host renamed per copy (so K = copies x the preset's series), the
+watermark 5 s behind; hours of event time, so the floor history (6 h) and the TIME_WAIT
+baseline (60 minutes) fill as in a long-running worker. ``bytes_per_instance`` and
+``bytes_per_host`` = traced-memory delta / tracked keys, for two ``copies``.
+
 **Changelog entries.** Each key's snapshot document is serialised as the engine does
 (``orjson.dumps``), with its table key (``<partition>/<detector>/<key>``). The engine writes
 each changed entry twice per flush (in the flush bundle and under its own key); a bundle chunk
@@ -50,6 +59,7 @@ The last line of stdout is one JSON object with these figures; the table comes b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import random
 import sys
@@ -63,8 +73,11 @@ import orjson
 
 from pipeline import otlp
 from pipeline.detectors.bottleneck import BottleneckDetector
+from pipeline.detectors.memory import MemoryDetector
+from pipeline.detectors.timewait import TimeWaitDetector
 from pipeline.detectors.trace_assembly import TraceAssembler
 from pipeline.records import (
+    MetricPoint,
     OpTime,
     Resource,
     Span,
@@ -82,10 +95,11 @@ PARTITION = 7  # a one-digit partition number in table keys, as in most deployme
 FLUSH_EVERY = 100  # traces between stand-in state flushes
 
 #: (trace sizes, trace-cap run (max_open, traces), operations, operation-cap run (cap, ops))
+#: series: (event time of the leak preset, of the timewait preset, copies small, large)
 FULL = {"traces": (2_000, 20_000), "trace_cap": (2_000, 20_000), "ops": (500, 2_000),
-        "op_cap": (1_000, 3_000)}
+        "op_cap": (1_000, 3_000), "series": ("6h", "2h", 2, 8)}
 QUICK = {"traces": (500, 2_000), "trace_cap": (500, 2_000), "ops": (100, 200),
-         "op_cap": (100, 300)}
+         "op_cap": (100, 300), "series": ("1h", "70m", 1, 3)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +361,55 @@ def measure_operations(k: int, seed: int = 1, max_operations: int | None = None
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# Tracked series
+
+
+def metric_batches(preset: str, duration: str, seed: int = 1) -> list[list[MetricPoint]]:
+    """The preset's metric records, decoded (one list of points per record)."""
+    sc = build_scenario(preset, seed, duration=duration, emit_spans=False,
+                        start=DEFAULT_REPLAY_START)
+    return [otlp.decode_metrics(r.value).items for r in iter_records(sc)
+            if r.topic == sc.metrics_topic]
+
+
+def measure_series(make: Any, batches: list[list[MetricPoint]], copies: int
+                   ) -> dict[str, Any]:
+    """Feed ``batches`` ``copies`` times (instance and host renamed per copy), the watermark
+    5 s behind the newest point; the detector's memory per tracked key, and its entries."""
+    renamed: dict[tuple[int, int], Resource] = {}
+
+    def copy(p: MetricPoint, i: int) -> MetricPoint:
+        key = (id(p.resource), i)
+        r = renamed.get(key)
+        if r is None:
+            o = p.resource
+            r = renamed[key] = Resource(o.service, f"{o.instance}#{i}", f"{o.host}#{i}",
+                                        o.pod, o.attrs)
+        return dataclasses.replace(p, resource=r)
+
+    with traced():
+        base = traced_now()
+        det = make()
+        newest = 0
+        for n, batch in enumerate(batches):
+            for i in range(copies):
+                det.update([copy(p, i) for p in batch])
+            newest = max(newest, max((p.time_ns for p in batch), default=0))
+            det.advance(newest - 5 * S)
+            if n % FLUSH_EVERY == 0:
+                det.snapshot(changed_only=True)
+        det.snapshot(changed_only=True)
+        renamed.clear()
+        held = traced_now() - base
+        st = det.stats()
+        sizes = sorted(entry_bytes(det.name, k, doc) for k, doc in det.snapshot().items())
+    return {"copies": copies, "points_fed": copies * sum(map(len, batches)),
+            "tracked": st.tracked, "bytes": held,
+            "bytes_per_key": held / max(st.tracked, 1),
+            "entry_bytes_max": sizes[-1] if sizes else 0}
+
+
 def _rings(det: BottleneckDetector) -> list[int]:
     """Baseline windows held per operation (from the snapshot: no public count)."""
     return [len(doc["p50"]) for key, doc in det.snapshot().items() if key.startswith("o/")]
@@ -378,6 +441,11 @@ def measure(quick: bool = True, seed: int = 1, sizes: dict[str, Any] | None = No
     big = trace_at_span_cap(messages)
     ops = [measure_operations(k, seed) for k in sz["ops"]]
     ops_cap = operation_cap(*sz["op_cap"], seed=seed)
+    leak_for, tw_for, *copies = sz["series"]
+    leak, tw = metric_batches("leak", leak_for, seed), metric_batches("timewait", tw_for, seed)
+    instances = [measure_series(MemoryDetector, leak, c) for c in copies]
+    hosts = [measure_series(TimeWaitDetector, tw, c) for c in copies]
+    del leak, tw
     largest_trace, largest_ops = traces[-1], ops[-1]
     # Completed ids: from a run whose ids all stayed remembered (its event time spans less than
     # max_age), so the leftover capacity of the emptied containers is spread over all of them.
@@ -389,6 +457,11 @@ def measure(quick: bool = True, seed: int = 1, sizes: dict[str, Any] | None = No
         "bytes_per_open_trace": round(largest_trace["bytes_per_open_trace"], 1),
         "bytes_per_operation": round(largest_ops["bytes_per_operation"], 1),
         "max_trace_entry_bytes": worst,
+        "bytes_per_instance": round(instances[-1]["bytes_per_key"], 1),
+        "bytes_per_host": round(hosts[-1]["bytes_per_key"], 1),
+        "series_event_time": {"leak": leak_for, "timewait": tw_for},
+        "instances": [_round(x) for x in instances],
+        "hosts": [_round(x) for x in hosts],
         "bytes_per_open_span": round(largest_trace["bytes_per_open_span"], 1),
         "bytes_per_completed_trace_id": _r(whole["bytes_per_completed_trace_id"]),
         "bytes_per_operation_window": round(largest_ops["bytes_per_operation_window_reservoir"],
@@ -490,6 +563,17 @@ def table(r: dict[str, Any]) -> str:
         + ", ".join(str(o["windows"]) for o in r["operations"]),
         f"  cap: {oc['operations_fed']:,} ops into max_operations {oc['max_operations']:,} -> "
         f"tracked {oc['tracked']:,}, evicted_operations {oc['evicted_operations']:,}",
+        "",
+        "",
+        f"  Tracked series: leak preset ({r['series_event_time']['leak']}) into "
+        f"MemoryDetector, timewait preset ({r['series_event_time']['timewait']}) into "
+        "TimeWaitDetector, each series copied",
+        f"  {'detector':>16s} {'copies':>7s} {'points':>10s} {'tracked':>8s} {'MB held':>9s} "
+        f"{'B/key':>9s} {'entry max':>10s}",
+        *[f"  {name:>16s} {x['copies']:>7,} {x['points_fed']:>10,} {x['tracked']:>8,} "
+          f"{x['bytes'] / 1e6:>9.2f} {x['bytes_per_key']:>9,.0f} {x['entry_bytes_max']:>10,}"
+          for name, xs in (("memory/instance", r["instances"]), ("timewait/host", r["hosts"]))
+          for x in xs],
         "",
         f"  at the default caps, per partition (computed): {r['default_max_open']:,} open traces "
         f"{r['open_traces_mb_at_default_cap']} MB + {4 * r['default_max_open']:,} completed ids "

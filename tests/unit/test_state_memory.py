@@ -46,3 +46,15 @@ def test_operations_fill_baselines_and_respect_the_cap() -> None:
     assert r["op_entry_bytes_max"] > 0 and r["window_entry_bytes_max"] > 0
     cap = state_memory.operation_cap(10, 25)
     assert cap["tracked"] == 10 and cap["evicted_operations"] == 15
+
+
+def test_tracked_series_are_counted_per_copy() -> None:
+    from pipeline.detectors.memory import MemoryDetector
+    from pipeline.detectors.timewait import TimeWaitDetector
+
+    for preset, make in (("leak", MemoryDetector), ("timewait", TimeWaitDetector)):
+        batches = state_memory.metric_batches(preset, "3m")
+        one, two = (state_memory.measure_series(make, batches, c) for c in (1, 2))
+        assert one["tracked"] > 0 and two["tracked"] == 2 * one["tracked"], preset
+        assert two["points_fed"] == 2 * one["points_fed"]
+        assert one["bytes_per_key"] > 0 and one["entry_bytes_max"] > 0
