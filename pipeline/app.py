@@ -70,9 +70,9 @@ class _Stream:
     # Derived messages sent and not yet acknowledged by the broker, per partition: a flush
     # waits for them (they leave the state it writes).
     sending: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
-    # (partition, next stage's signal, its partition) -> when a data message last stated this
-    # partition's watermark there (heartbeats skip it for a while)
-    told: dict[tuple[int, str, int], float] = field(default_factory=dict)
+    # Partitions between applying a message and sending what it derived: their output
+    # watermark already covers records not sent yet, so no heartbeat states it meanwhile.
+    busy: set[int] = field(default_factory=set)
     # No routed message skipped; its ``next`` is each partition's next offset to process.
     guard: OffsetGuard = field(default_factory=OffsetGuard)
 
@@ -247,6 +247,10 @@ class Pipeline:
         async def reseek_skipped() -> None:
             await self._reseek()
 
+        @app.timer(interval=HEARTBEAT_S)
+        async def stage_heartbeats() -> None:
+            await self._stage_heartbeats()
+
 
     # -- stage 2: detect ----------------------------------------------------------------------
     async def _detect(self, stream: StreamT, st: _Stream) -> None:
@@ -269,16 +273,21 @@ class Pipeline:
             else:
                 c = engine.counters
                 items, duplicates = c.items, c.duplicate_messages
+                st.busy.add(p)
                 try:
-                    findings = engine.process(st.decode_wire(msg.value), msg.offset)
-                except Exception:  # one bad message must not stop detection for everyone
-                    log.exception("skipped routed message %s[%d]@%d", msg.topic, p, msg.offset)
-                    m.decode_errors.labels(msg.topic, "internal_error").inc()
-                    engine.offset = max(engine.offset, msg.offset)
-                    findings = []
-                for finding in findings:
-                    await self._publish(finding)
-                await self._send_derived(st, p, engine)
+                    try:
+                        findings = engine.process(st.decode_wire(msg.value), msg.offset)
+                    except Exception:  # one bad message must not stop detection for everyone
+                        log.exception("skipped routed message %s[%d]@%d", msg.topic, p,
+                                      msg.offset)
+                        m.decode_errors.labels(msg.topic, "internal_error").inc()
+                        engine.offset = max(engine.offset, msg.offset)
+                        findings = []
+                    for finding in findings:
+                        await self._publish(finding)
+                    await self._send_derived(st, p, engine)
+                finally:
+                    st.busy.discard(p)
                 if engine.behind_ns:
                     self._behind_log.warning(
                         st.signal, "%s partition %d: records arrive %.0f s behind the saved "
@@ -367,14 +376,21 @@ class Pipeline:
         ingest) gives one delivery future per message, awaited before the flush that drops the
         derived records from this partition's state."""
         outbox = engine.drain_outbox(self._partitioner)
-        source_topic = st.topic.get_topic_name()
-        beats = [
-            (signal, mark) for signal in sorted({c.emits for c in st.detector_classes if c.emits})
-            if (mark := engine.heartbeat(signal, source_topic, time.monotonic(), HEARTBEAT_S,
-                                         side=signal == "metrics"))
-        ]
-        if not outbox and not beats:
+        if not outbox:
             return
+        producer = await self._derived_producer()
+        source_topic = st.topic.get_topic_name()
+        for d in outbox:
+            encode = d.encoder(source_topic, partition)
+            for value in records.split_encode(d.items, encode, MAX_DERIVED_BYTES):
+                fut = await producer.send(
+                    self.streams[d.signal].topic.get_topic_name(), value=value,
+                    partition=d.partition,
+                )
+                st.sending[partition].append(fut)
+            self.metrics.derived.labels(d.signal).inc(len(d.items))
+
+    async def _derived_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             self._producer = AIOKafkaProducer(
                 linger_ms=5, max_batch_size=1024 * 1024, acks="all",
@@ -382,31 +398,39 @@ class Pipeline:
                 **self.settings.aiokafka_kwargs(),
             )
             await self._producer.start()
+        return self._producer
+
+    async def _stage_heartbeats(self) -> None:
+        """Every ``HEARTBEAT_S``, tell every partition of the next stage how far this worker's
+        partitions of a deriving stage have got: one message per next-stage partition holding
+        the marks of all of them whose output watermark moved (a receiver that gets no derived
+        records from a partition still learns how far it is). One message per worker, not per
+        partition: with P partitions that is P messages a second, not P squared.
+
+        The span stage's client calls are a side input of the metrics stream; its marks there
+        also say whether the span input is idle, which data messages do not carry. A mark is
+        sent on the producer that sends the derived records, after them (per-partition order),
+        and never for a partition between applying a message and sending what it derived."""
         now = time.monotonic()
-        for d in outbox:
-            encode = d.encoder(source_topic, partition)
-            for value in records.split_encode(d.items, encode, MAX_DERIVED_BYTES):
-                fut = await self._producer.send(
-                    self.streams[d.signal].topic.get_topic_name(), value=value,
-                    partition=d.partition,
-                )
-                st.sending[partition].append(fut)
-            if d.last:  # it stated this partition's watermark as of now
-                st.told[(partition, d.signal, d.partition)] = now
-            self.metrics.derived.labels(d.signal).inc(len(d.items))
-        for signal, mark in beats:  # the next stage's partitions that got nothing from here
-            # The span stage's client calls are a side input of the metrics stream. Its
-            # heartbeats also say whether the span input is idle, which data messages do not
-            # carry: they go to every partition.
-            side = signal == "metrics"
-            value = records.encode_heartbeat(
-                [mark], {source_topic: self.settings.pipeline_partitions}, side=side)
-            for dest in range(self.settings.pipeline_partitions):
-                if not side and now - st.told.get((partition, signal, dest),
-                                                  -HEARTBEAT_S) < HEARTBEAT_S:
-                    continue  # told by a data message within the last heartbeat interval
-                await self._producer.send(self.streams[signal].topic.get_topic_name(),
-                                          value=value, partition=dest)
+        n = self.settings.pipeline_partitions
+        for st in self.streams.values():
+            source_topic = st.topic.get_topic_name()
+            for signal in sorted({c.emits for c in st.detector_classes if c.emits}):
+                side = signal == "metrics"
+                marks = [
+                    mark for p, engine in sorted(st.engines.items())
+                    if p not in st.busy and TP(source_topic, p) in self._owned
+                    # (half the interval: the timer's own jitter must not skip a beat)
+                    and (mark := engine.heartbeat(signal, source_topic, now, HEARTBEAT_S / 2,
+                                                  side=side))
+                ]
+                if not marks:
+                    continue
+                value = records.encode_heartbeat(marks, {source_topic: n}, side=side)
+                producer = await self._derived_producer()
+                topic = self.streams[signal].topic.get_topic_name()
+                for dest in range(n):
+                    await producer.send(topic, value=value, partition=dest)
 
     async def _await_derived(self, st: _Stream, partition: int) -> None:
         sending = st.sending.pop(partition, None)
@@ -491,6 +515,7 @@ class Pipeline:
                     st.last_flush.pop(tp.partition, None)
                     st.ticked.discard(tp.partition)
                     st.sending.pop(tp.partition, None)
+                    st.busy.discard(tp.partition)
                     st.guard.forget(tp.partition)
 
     def _export_counts(self, engine: PartitionEngine) -> None:
