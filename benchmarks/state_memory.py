@@ -564,7 +564,6 @@ def table(r: dict[str, Any]) -> str:
         f"  cap: {oc['operations_fed']:,} ops into max_operations {oc['max_operations']:,} -> "
         f"tracked {oc['tracked']:,}, evicted_operations {oc['evicted_operations']:,}",
         "",
-        "",
         f"  Tracked series: leak preset ({r['series_event_time']['leak']}) into "
         f"MemoryDetector, timewait preset ({r['series_event_time']['timewait']}) into "
         "TimeWaitDetector, each series copied",

@@ -308,7 +308,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # Records of thousands of spans (--max-spans-per-record) are over Kafka's 1 MB default:
         # the topics and the producer take them as a Collector configured for them would.
-        big = LARGE_RECORD_BYTES if (args.max_spans_per_record or 0) > 1000 else None
+        big = LARGE_RECORD_BYTES if args.max_spans_per_record else None
         await harness.create_input_topics(bootstrap, names, args.partitions, big)
         produced = await harness.replay(scenario, bootstrap, signals=signals,
                                         max_request_size=big)

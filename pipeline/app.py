@@ -418,8 +418,8 @@ class Pipeline:
             for signal in sorted({c.emits for c in st.detector_classes if c.emits}):
                 side = signal == "metrics"
                 marks = [
-                    mark for p, engine in sorted(st.engines.items())
-                    if p not in st.busy and TP(source_topic, p) in self._owned
+                    mark for p, engine in sorted(st.engines.items())  # (only owned ones)
+                    if p not in st.busy
                     # (half the interval: the timer's own jitter must not skip a beat)
                     and (mark := engine.heartbeat(signal, source_topic, now, HEARTBEAT_S / 2,
                                                   side=side))
