@@ -84,6 +84,7 @@ and progress lines (stderr) come before it.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -369,6 +370,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "keying": scenario.keying,
         "encoding": scenario.encoding,
         "partitions": args.partitions,
+        # the worker's settings from the environment that shape the work (defaults otherwise)
+        "pipeline_partitions": int(os.environ.get("PIPELINE_PARTITIONS") or 8),
+        "otlp_spans_keying": os.environ.get("OTLP_SPANS_KEYING") or "any",
         "detectors": detector_names,
         "quick": bool(args.quick),
         "elapsed_s": {

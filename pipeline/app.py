@@ -37,7 +37,8 @@ from aiokafka.errors import KafkaError
 from faust.types import TP, EventT, StreamT
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from pipeline import records, topics
+from pipeline import otlp, records, topics
+from pipeline.clock import SourceClock
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine
@@ -45,6 +46,7 @@ from pipeline.findings import Finding
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog
 from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
+from pipeline.sinks.deadletter import dead_letter
 from pipeline.sinks.metrics import PipelineMetrics, StreamState
 
 log = logging.getLogger("pipeline")
@@ -131,6 +133,7 @@ class Pipeline:
         self._detector_log = RateLimitedLog(log, every_s=30.0)
         self._behind_log = RateLimitedLog(log, every_s=60.0)
         self._gap_log = RateLimitedLog(log, every_s=10.0)
+        self._dlq_log = RateLimitedLog(log)
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self._view_built_at = time.time()  # wall clock: the HTTP thread compares it with now
@@ -276,7 +279,13 @@ class Pipeline:
                 st.busy.add(p)
                 try:
                     try:
-                        findings = engine.process(st.decode_wire(msg.value), msg.offset)
+                        if st.signal == "spans" and records.is_forwarded(msg.value):
+                            routed = await self._decode_forwarded(st, p, engine, msg)
+                            adjusted = engine.clock_counts()
+                            findings = engine.process(routed, msg.offset)
+                            self._count_adjustments(adjusted, engine.clock_counts())
+                        else:
+                            findings = engine.process(st.decode_wire(msg.value), msg.offset)
                     except Exception:  # one bad message must not stop detection for everyone
                         log.exception("skipped routed message %s[%d]@%d", msg.topic, p,
                                       msg.offset)
@@ -324,6 +333,61 @@ class Pipeline:
                 pending.clear()
                 st.last_flush[p] = now
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
+
+    async def _decode_forwarded(self, st: _Stream, p: int, engine: PartitionEngine,
+                                msg: Any) -> records.Routed:
+        """Input keyed by trace id: decode the span records ingest forwarded whole, and
+        dead-letter what cannot be (the flush that acknowledges them waits for the dead
+        letters, as for derived records). Records applied already are skipped."""
+        s, m = self.settings, self.metrics
+        if msg.offset <= engine.offset:  # the engine skips it whole
+            return records.Routed(None, [], None, segments=[])
+        recs, counts = records.decode_forwarded(msg.value)
+        out = otlp.decode_forwarded_spans(
+            recs, counts, s.otlp_spans_encoding, s.max_record_bytes,
+            int(s.max_future_skew_s * 1e9), seen=engine.seen)
+        m.items_decoded.labels("spans").inc(len(out.routed.items))
+        for reason, n in out.dropped.items():
+            m.items_dropped.labels("spans", reason).inc(n)
+        if not out.failures:
+            return out.routed
+        producer = await self._derived_producer()
+        dlq = s.deadletter_topic
+        limit = self.ingest.limits.get(dlq, topics.DEFAULT_MESSAGE_BYTES - topics.FRAMING_BYTES)
+        for f in out.failures:
+            r = f.record
+            if f.reason == "internal_error":
+                log.error("unexpected error decoding %s[%d]@%d", r.topic, r.partition, r.offset,
+                          exc_info=f.error)
+            dl = dead_letter(
+                key=r.key, value=r.value, headers=r.headers, topic=r.topic,
+                partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms,
+                error=f.error, reason=f.reason, rejected_items=f.rejected,
+                max_value_bytes=limit)
+            fut = await producer.send(dlq, dl.value, key=dl.key, headers=dl.headers)
+            st.sending[p].append(fut)
+            m.decode_errors.labels(r.topic, f.reason).inc()
+            m.deadletters.labels(r.topic, f.reason).inc()
+            what = f"{f.rejected} items of " if f.rejected else ""
+            self._dlq_log.warning(f.reason, "dead-lettered %srecord %s[%d]@%d: %s: %s", what,
+                                  r.topic, r.partition, r.offset, f.reason, f.error)
+        return out.routed
+
+    def _count_adjustments(self, before: dict[str, int], after: dict[str, int]) -> None:
+        for reason, n in after.items():
+            if n != before.get(reason, 0):
+                self.metrics.clock_adjustments.labels(
+                    self.settings.otlp_spans_topic, reason).inc(n - before.get(reason, 0))
+
+    def span_senders(self) -> int:
+        """How many span-stage partitions feed the next stages: every routed partition, or,
+        with input keyed by trace id, those an input partition goes to (0 while the input's
+        partition count is not known)."""
+        s = self.settings
+        if s.otlp_spans_keying != "trace_id":
+            return s.pipeline_partitions
+        return min(self.ingest.input_partitions.get(s.otlp_spans_topic, 0),
+                   s.pipeline_partitions)
 
     async def _in_order(self, st: _Stream, msg: Any) -> bool:
         """Whether to process this routed message now. One past the next expected offset
@@ -412,7 +476,7 @@ class Pipeline:
         sent on the producer that sends the derived records, after them (per-partition order),
         and never for a partition between applying a message and sending what it derived."""
         now = time.monotonic()
-        n = self.settings.pipeline_partitions
+        n = self.span_senders()  # (only the span stage derives)
         for st in self.streams.values():
             source_topic = st.topic.get_topic_name()
             for signal in sorted({c.emits for c in st.detector_classes if c.emits}):
@@ -426,10 +490,11 @@ class Pipeline:
                 ]
                 if not marks:
                     continue
-                value = records.encode_heartbeat(marks, {source_topic: n}, side=side)
+                value = records.encode_heartbeat(marks, {source_topic: n} if n else {},
+                                                 side=side)
                 producer = await self._derived_producer()
                 topic = self.streams[signal].topic.get_topic_name()
-                for dest in range(n):
+                for dest in range(self.settings.pipeline_partitions):
                     await producer.send(topic, value=value, partition=dest)
 
     async def _await_derived(self, st: _Stream, partition: int) -> None:
@@ -468,14 +533,18 @@ class Pipeline:
     def _open_engine(self, st: _Stream, partition: int) -> PartitionEngine:
         s = self.settings
         spans_routed = self.streams["spans"].topic.get_topic_name()
+        senders = self.span_senders()
+        keyed = st.signal == "spans" and s.otlp_spans_keying == "trace_id"
         if st.signal == "traces":  # fed by the span-routed partitions
-            expected = {spans_routed: s.pipeline_partitions}
+            expected = {spans_routed: senders} if senders else {}
         else:  # the input topic's partitions (heartbeats say how many; saved with the state)
             topic = s.otlp_spans_topic if st.signal == "spans" else s.otlp_metrics_topic
             n = self.ingest.input_partitions.get(topic, 0)
+            if keyed:  # only those forwarded here
+                n = records.keyed_sources(n, s.pipeline_partitions, partition)
             expected = {topic: n} if n else {}
         # Side inputs: what the span stage derives for this stream (client calls for metrics).
-        side = {spans_routed: s.pipeline_partitions} if any(
+        side = {spans_routed: senders} if senders and any(
             c.emits == st.signal for c in self.streams["spans"].detector_classes) else {}
         engine = PartitionEngine(
             partition, [cls.from_settings(s) for cls in st.detector_classes],
@@ -486,6 +555,10 @@ class Pipeline:
             end_advance_ns=0 if st.signal == "traces" else int(s.end_of_input_advance_s * 1e9),
             on_error=self._detector_error, rebuild=lambda d: type(d).from_settings(s),
             side_expected=side,
+            # input keyed by trace id: the span stage keeps its sources' clocks
+            clock=(lambda: SourceClock(
+                int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
+                int(s.clock_ahead_tolerance_s * 1e9))) if keyed else None,
         )
         prefix = f"{partition}/".encode()
         loaded = engine.restore(

@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 from pipeline import records
+from pipeline.clock import SourceClock
 from pipeline.detectors.base import Detector
 from pipeline.findings import Finding
 from pipeline.records import Mark, Routed
@@ -139,6 +140,7 @@ class PartitionEngine:
         on_error: ErrorHook | None = None,
         rebuild: Callable[[Detector], Detector] | None = None,
         side_expected: Mapping[str, int] | None = None,
+        clock: Callable[[], SourceClock] | None = None,
     ) -> None:
         self.partition = partition
         self.detectors = list(detectors)
@@ -157,6 +159,11 @@ class PartitionEngine:
         self.sources: dict[str, list[int]] = {}
         # "topic:partition" -> [watermark it stated, seconds it has been idle]
         self.marks: dict[str, list[float]] = {}
+        # "topic:partition" -> its clock, for sources whose messages state no watermark but
+        # their records' timestamps (input keyed by trace id: records forwarded undecoded, so
+        # this partition is the only one that sees their items). ``clock`` makes them.
+        self._new_clock = clock
+        self.clocks: dict[str, SourceClock] = {}
         # "topic:partition" -> idle seconds it must reach before it stops holding the
         # watermark again (a grace after another source came back from a pause)
         self._grace: dict[str, float] = {}
@@ -214,10 +221,17 @@ class PartitionEngine:
             if not msg.side and msg.marks and all(m.idle_s > 0 for m in msg.marks):
                 self.behind_ns = 0  # the input it was about has stopped (a rerun ended)
             for m in msg.marks:
+                key = f"{m.topic}:{m.partition}"
                 if msg.side:
-                    self._side_mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)
-                else:
-                    self._mark(f"{m.topic}:{m.partition}", m.watermark_ns, m.idle_s)
+                    self._side_mark(key, m.watermark_ns, m.idle_s)
+                    continue
+                wm = m.watermark_ns
+                clock = self.clocks.get(key)
+                if clock is not None:  # the sender states idleness; the clock is kept here
+                    if m.idle_s >= self.idle_s:
+                        clock.release()
+                    wm = max(wm, clock.watermark_ns)
+                self._mark(key, wm, m.idle_s)
             return self._advance()
         if msg.segments is not None:  # a batch: each source record as if it came alone
             findings: list[Finding] = []
@@ -225,13 +239,26 @@ class PartitionEngine:
             for seg in msg.segments:
                 end = start + seg.count
                 findings += self._apply(seg.source, msg.items[start:end], seg.watermark_ns,
-                                        msg.side)
+                                        msg.side, seg.record_ns)
                 start = end
             return findings
-        return self._apply(msg.source, msg.items, msg.watermark_ns, msg.side)
+        return self._apply(msg.source, msg.items, msg.watermark_ns, msg.side, msg.record_ns)
+
+    def seen(self, src: records.Source) -> bool:
+        """Whether this source record (or chunk) has been applied already."""
+        last = self.sources.get(f"{src[0]}:{src[1]}")
+        return last is not None and (src[2], src[3]) <= (last[0], last[1])
+
+    def clock_counts(self) -> dict[str, int]:
+        """The adjustments of the clocks kept here (``pipeline.clock.REASONS``), summed."""
+        out: dict[str, int] = {}
+        for clock in self.clocks.values():
+            for reason, n in clock.counts.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
 
     def _apply(self, src: records.Source | None, items: list[Any], stated: int | None,
-               side: bool) -> list[Finding]:
+               side: bool, record_ns: int | None = None) -> list[Finding]:
         """One source record's items (or one chunk of them), once."""
         key = None
         if src is not None:
@@ -270,7 +297,13 @@ class PartitionEngine:
         for d in self.detectors:
             self._call(d, "update", d.update, items)
         if key is not None:
-            if stated is None:  # a sender that states none: its newest minus the lateness
+            if stated is None and self._new_clock is not None:  # this source's clock is here
+                clock = self.clocks.get(key)
+                if clock is None:
+                    clock = self.clocks[key] = self._new_clock()
+                clock.observe((item.event_time_ns for item in items), record_ns)
+                stated = clock.watermark_ns
+            elif stated is None:  # a sender that states none: its newest minus the lateness
                 stated = message_newest - self.allowed_lateness_ns
             self._mark(key, stated, 0.0)
         return self._advance()
@@ -533,6 +566,7 @@ class PartitionEngine:
             "watermark_ns": self.watermark_ns, "sources": self.sources, "marks": self.marks,
             "expected": self.expected, "emitted": self.emitted, "ended": self.ended,
             "side_marks": self.side_marks, "side_expected": self.side_expected,
+            "clocks": {k: [c.progress_ns, c.held_ns] for k, c in self.clocks.items()},
             "counters": {"messages": c.messages, "items": c.items, "late_items": c.late_items,
                          "duplicate_messages": c.duplicate_messages,
                          "state_too_large": c.state_too_large,
@@ -561,6 +595,10 @@ class PartitionEngine:
             for topic, n in m.get("side_expected", {}).items():
                 self.side_expected[topic] = max(self.side_expected.get(topic, 0), int(n))
             self.ended = bool(m.get("ended", False))
+            if self._new_clock is not None:
+                for k, (progress, held) in m.get("clocks", {}).items():
+                    clock = self.clocks[k] = self._new_clock()
+                    clock.progress_ns, clock.held_ns = int(progress), held
             counters = m["counters"]
         self.counters = EngineCounters(
             counters["messages"], counters["items"], counters["late_items"],

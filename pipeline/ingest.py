@@ -87,6 +87,12 @@ class Outgoing:
     part: records.BatchPart | None = None
     before: int | None = None  # the source's watermark before the record
     encoded: list[bytes] | None = None
+    # Input keyed by trace id: the record forwarded undecoded (``records.encode_forwarded``),
+    # or, too large for that, decoded here: its Kafka timestamp (the receiver keeps the
+    # source's clock) and how many input partitions its routed partition hears from.
+    raw: records.SourceRecord | None = None
+    record_ns: int | None = None
+    sources: int | None = None
 
 
 class RouteError(Exception):
@@ -209,6 +215,8 @@ class Ingest:
                                    records.point_partition, records.encode_points),
         }
         self.producer: AIOKafkaProducer | None = None
+        # Input keyed by trace id: span records are forwarded whole (``_forward``).
+        self.keyed_spans = s.otlp_spans_keying == "trace_id"
         # Partitions of each input topic, once known: heartbeats tell the detection stage how
         # many sources to wait for.
         self.input_partitions: dict[str, int] = {}
@@ -515,13 +523,26 @@ class Ingest:
             return
         self._heartbeat_at = now
         assert self.producer is not None
+        parts = self.settings.pipeline_partitions
         for signal, marks in self.marks(assigned, high, next_offset, now).items():
             topic = marks[0].topic
+            name = self.routed_topics[signal]
+            if signal == "spans" and self.keyed_spans:
+                # Each input partition is heard from by its own routed partition only; the
+                # mark says how long it has been idle (that partition keeps its clock).
+                by_dest: dict[int, list[Mark]] = defaultdict(list)
+                for mark in marks:
+                    by_dest[mark.partition % parts].append(mark)
+                for p, mine in sorted(by_dest.items()):
+                    n = self._keyed_sources(topic, p)
+                    await self.producer.send(
+                        name, records.encode_heartbeat(mine, {topic: n} if n else {}),
+                        partition=p)
+                continue
             # The partition count, once known (this worker may read only some of them).
             n = self.input_partitions.get(topic, 0)
             value = records.encode_heartbeat(marks, {topic: n} if n else {})
-            name = self.routed_topics[signal]
-            for p in range(self.settings.pipeline_partitions):
+            for p in range(parts):
                 await self.producer.send(name, value, partition=p)
 
     def _clock(self, tp: TopicPartition) -> SourceClock:
@@ -548,6 +569,10 @@ class Ingest:
             await self._dead_letter(rec, RuntimeError(
                 f"its routed messages failed {MAX_ROUTE_ATTEMPTS} times"), "unroutable", pending)
             return
+        keyed = self.keyed_spans and signal == "spans"
+        if keyed and self._forward(rec, ident):
+            m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
+            return
         record_ns = rec.timestamp * 1_000_000 if rec.timestamp and rec.timestamp > 0 else None
         limits = otlp.Limits(
             max_record_bytes=s.max_record_bytes,
@@ -572,7 +597,19 @@ class Ingest:
             m.items_dropped.labels(signal, reason).inc(n)
         items = decoded.items
         m.items_decoded.labels(signal).inc(len(items))
-        if items:
+        if items and keyed:  # too large to forward: decoded here, alone to the same partition
+            name = self.routed_topics[signal]
+            dest = rec.partition % s.pipeline_partitions
+            out = Outgoing(rec, ident, part=(items, (rec.topic, rec.partition, rec.offset, 0),
+                                             None), record_ns=record_ns,
+                           sources=self._keyed_sources(rec.topic, dest))
+            try:
+                out.encoded = self._chunks(name, out)
+            except records.TooLarge as exc:
+                await self._dead_letter(rec, exc, "unroutable", pending)
+                return
+            self._outbox.setdefault((name, dest), []).append(out)
+        elif items:
             tp = TopicPartition(rec.topic, rec.partition)
             clock = self._clock(tp)
             counts, wm_before = dict(clock.counts), clock.watermark_ns
@@ -606,6 +643,38 @@ class Ingest:
                 self._outbox.setdefault((name, p), []).append(out)
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
 
+    def _keyed_sources(self, topic: str, dest: int) -> int:
+        """Input partitions routed partition ``dest`` hears from, input keyed by trace id (0
+        while the topic's partition count is not known)."""
+        return records.keyed_sources(self.input_partitions.get(topic, 0),
+                                     self.settings.pipeline_partitions, dest)
+
+    def _forward(self, rec: ConsumerRecord, ident: str) -> bool:
+        """Input keyed by trace id: queue the span record whole and undecoded for routed
+        partition ``input partition % PIPELINE_PARTITIONS`` (its partition holds whole traces,
+        so nothing is regrouped); the span stage decodes it, and dead-letters it if it must.
+        False if it would not fit in a routed message (then it is decoded here)."""
+        name = self.routed_topics["spans"]
+        headers = list(rec.headers or ())
+        # An upper bound of its share of the message: the value, and base64 key and headers
+        # in a JSON header.
+        size = (len(rec.value or b"") + 2 * len(rec.key or b"") + len(rec.topic) + 128
+                + sum(len(k) + 2 * len(v or b"") + 16 for k, v in headers))
+        limit = self._limit(name)
+        if size > limit:
+            return False
+        src = records.SourceRecord(
+            rec.topic, rec.partition, rec.offset,
+            rec.timestamp if rec.timestamp and rec.timestamp > 0 else None,
+            rec.value, rec.key, [(k, v or b"") for k, v in headers])
+        dest = rec.partition % self.settings.pipeline_partitions
+        out = Outgoing(rec, ident, raw=src)
+        if size > ALONE_FRACTION * limit:  # goes alone, as a large record does
+            out.encoded = [records.encode_forwarded(
+                [src], {rec.topic: n} if (n := self._keyed_sources(rec.topic, dest)) else {})]
+        self._outbox.setdefault((name, dest), []).append(out)
+        return True
+
     def _limit(self, topic: str) -> int:
         return self.limits.get(topic, topics.DEFAULT_MESSAGE_BYTES - topics.FRAMING_BYTES)
 
@@ -616,10 +685,12 @@ class Ingest:
         assert out.part is not None
         items, src, wm = out.part
         encode = self.by_topic[src[0]][4]
-        n = self.input_partitions.get(src[0]) or None
+        n = (out.sources if out.sources is not None else self.input_partitions.get(src[0])
+             ) or None
+        extra = {} if out.record_ns is None else {"record_ns": out.record_ns}
         return records.split_encode(
             items, lambda xs, chunk, final: encode(
-                xs, (src[0], src[1], src[2], chunk), wm if final else out.before, n),
+                xs, (src[0], src[1], src[2], chunk), wm if final else out.before, n, **extra),
             self._limit(name))
 
     async def _send_outbox(self, pending: list[Pending]) -> None:
@@ -647,8 +718,15 @@ class Ingest:
         while todo:
             group = todo.pop(0)
             try:
-                payload: bytes | None = records.encode_batch(
-                    [o.part for o in group if o.part], self.input_partitions)
+                payload: bytes | None
+                if group[0].raw is not None:  # forwarded records (input keyed by trace id)
+                    raw = group[0].raw
+                    n = self._keyed_sources(raw.topic, p)
+                    payload = records.encode_forwarded([o.raw for o in group if o.raw],
+                                                       {raw.topic: n} if n else {})
+                else:
+                    payload = records.encode_batch(
+                        [o.part for o in group if o.part], self.input_partitions)
             except Exception as exc:  # e.g. a JSON value the wire form cannot carry
                 payload, error = None, exc
             if payload is not None and len(payload) <= self._limit(name):
@@ -661,6 +739,10 @@ class Ingest:
                 log.error("cannot route %s: %s", group[0].ident, error, exc_info=error)
                 await self._dead_letter(group[0].record, error, "internal_error", pending,
                                         partial=True)
+            elif group[0].raw is not None:  # (``_forward`` keeps them under the limit)
+                await self._dead_letter(group[0].record, records.TooLarge(
+                    f"forwarded, it makes a {len(payload)}-byte message"), "unroutable",
+                    pending, partial=True)
             else:
                 try:
                     chunks = self._chunks(name, group[0])

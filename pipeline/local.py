@@ -55,20 +55,26 @@ class LocalPipeline:
         self.signal_of = {s.otlp_spans_topic: "spans", s.otlp_metrics_topic: "metrics"}
         prefix = f"{s.pipeline_app_id}-" if routed_prefix is None else routed_prefix
         self.routed = {sig: f"{prefix}{sig}-routed" for sig in ("spans", "metrics", "traces")}
+        # Input keyed by trace id (``OTLP_SPANS_KEYING=trace_id``): span records are forwarded
+        # whole to routed partition <input partition> % partitions, as ingest does.
+        self.keyed = s.otlp_spans_keying == "trace_id"
+        n_spans = self.input_partitions.get(s.otlp_spans_topic, 0)
+        self.span_senders = min(n_spans, self.partitions) if self.keyed else self.partitions
         self.engines: dict[str, dict[int, PartitionEngine]] = {}
         for signal in ("spans", "metrics", "traces"):
             mine = [c for c in classes if c.signal == signal]
-            expected = ({self.routed["spans"]: self.partitions} if signal == "traces"
-                        else {})
+            keyed = self.keyed and signal == "spans"
             self.engines[signal] = {
                 p: PartitionEngine(
                     p, [c.from_settings(s) for c in mine], int(s.allowed_lateness_s * 1e9),
-                    expected=expected, idle_s=s.source_idle_s, end_of_input_s=s.end_of_input_s,
+                    expected=self._expected(signal, p), idle_s=s.source_idle_s,
+                    end_of_input_s=s.end_of_input_s,
                     end_advance_ns=0 if signal == "traces"
                     else int(s.end_of_input_advance_s * 1e9),
                     rebuild=lambda d: type(d).from_settings(s),
-                    side_expected={self.routed["spans"]: self.partitions}
+                    side_expected={self.routed["spans"]: self.span_senders}
                     if signal in span_emits and signal != "traces" else None,
+                    clock=self.clock_for_engine if keyed else None,
                 )
                 for p in range(self.partitions)
             }
@@ -77,9 +83,29 @@ class LocalPipeline:
         # partition), when ``batched``; else each record's messages go at once.
         self.batched = False
         self._outbox: dict[tuple[str, int], list[records.BatchPart]] = defaultdict(list)
+        self._forwarded: dict[int, list[records.SourceRecord]] = defaultdict(list)
         self._offsets: dict[tuple[str, int], int] = defaultdict(int)  # routed offsets
         self.dropped: dict[str, int] = defaultdict(int)
         self.dead_letters: list[tuple[str, int, int, str]] = []  # topic, partition, offset, why
+
+    def _expected(self, signal: str, p: int) -> dict[str, int]:
+        s = self.settings
+        if signal == "traces":
+            return {self.routed["spans"]: self.span_senders} if self.span_senders else {}
+        if signal == "spans" and self.keyed:
+            topic = s.otlp_spans_topic
+            n = records.keyed_sources(self.input_partitions.get(topic, 0), self.partitions, p)
+            return {topic: n} if n else {}
+        return {}
+
+    def clock_for_engine(self) -> SourceClock:
+        s = self.settings
+        return SourceClock(int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
+                           int(s.clock_ahead_tolerance_s * 1e9))
+
+    def _keyed_counts(self, topic: str, p: int) -> dict[str, int]:
+        n = records.keyed_sources(self.input_partitions.get(topic, 0), self.partitions, p)
+        return {topic: n} if n else {}
 
     # -- ingest -------------------------------------------------------------------------------
     def feed(self, topic: str, partition: int, offset: int, value: bytes,
@@ -87,6 +113,15 @@ class LocalPipeline:
         """One source record, as ingest reads it; the findings it releases."""
         s = self.settings
         signal = self.signal_of[topic]
+        keyed = self.keyed and signal == "spans"
+        if keyed and len(value or b"") + len(topic) + 128 <= self.routed_max_bytes:
+            rec = records.SourceRecord(topic, partition, offset, timestamp_ms, value)
+            dest = partition % self.partitions
+            if self.batched:
+                self._forwarded[dest].append(rec)
+                return []
+            return self._deliver(signal, dest, records.encode_forwarded(
+                [rec], self._keyed_counts(topic, dest)))
         decode = otlp.decode_spans if signal == "spans" else otlp.decode_metrics
         encoding = s.otlp_spans_encoding if signal == "spans" else s.otlp_metrics_encoding
         record_ns = timestamp_ms * 1_000_000 if timestamp_ms and timestamp_ms > 0 else None
@@ -106,6 +141,18 @@ class LocalPipeline:
         items = decoded.items
         if not items:
             return []
+        if keyed:  # too large to forward: decoded here, to the same partition in chunks
+            dest = partition % self.partitions
+            n = records.keyed_sources(self.input_partitions.get(topic, 0), self.partitions,
+                                      dest) or None
+            try:
+                chunks = records.split_encode(items, lambda xs, c, final: records.encode_spans(
+                    xs, (topic, partition, offset, c), None, n, record_ns),
+                    self.routed_max_bytes)
+            except records.TooLarge:
+                self.dead_letters.append((topic, partition, offset, "unroutable"))
+                return []
+            return [f for data in chunks for f in self._deliver(signal, dest, data)]
         clock = self.clock(topic, partition)
         before = clock.watermark_ns
         clock.observe((it.event_time_ns for it in items), record_ns)
@@ -137,7 +184,11 @@ class LocalPipeline:
     def flush(self) -> list[Finding]:
         """Deliver the batched parts: one message per routed partition (``batched``)."""
         outbox, self._outbox = self._outbox, defaultdict(list)
+        forwarded, self._forwarded = self._forwarded, defaultdict(list)
         findings: list[Finding] = []
+        for p, recs in sorted(forwarded.items()):
+            findings += self._deliver("spans", p, records.encode_forwarded(
+                recs, self._keyed_counts(recs[0].topic, p)))
         for (signal, p), parts in sorted(outbox.items()):
             findings += self._deliver(signal, p, records.encode_batch(parts, self.input_partitions))
         return findings
@@ -166,8 +217,14 @@ class LocalPipeline:
                 if idle >= self.settings.source_idle_s:
                     clock.release()
                 marks.append(Mark(topic, partition, clock.watermark_ns, idle))
-            data = records.encode_heartbeat(marks, {topic: n})
             signal = self.signal_of[topic]
+            if signal == "spans" and self.keyed:  # each to the partition it is forwarded to
+                for p in range(min(n, self.partitions)):
+                    mine = [mk for mk in marks if mk.partition % self.partitions == p]
+                    findings += self._deliver(signal, p, records.encode_heartbeat(
+                        mine, self._keyed_counts(topic, p)))
+                continue
+            data = records.encode_heartbeat(marks, {topic: n})
             for p in range(self.partitions):
                 findings += self._deliver(signal, p, data)
         return findings
@@ -185,7 +242,21 @@ class LocalPipeline:
         self._offsets[(signal, p)] += 1
         decode = {"spans": records.decode_spans_wire, "metrics": records.decode_points_wire,
                   "traces": records.decode_samples_wire}[signal]
-        findings = engine.process(decode(data), self._offsets[(signal, p)])
+        if records.is_forwarded(data):
+            s = self.settings
+            recs, counts = records.decode_forwarded(data)
+            out = otlp.decode_forwarded_spans(
+                recs, counts, s.otlp_spans_encoding, s.max_record_bytes,
+                int(s.max_future_skew_s * 1e9), seen=engine.seen)
+            for f in out.failures:
+                self.dead_letters.append((f.record.topic, f.record.partition, f.record.offset,
+                                          f.reason))
+            for reason, n in out.dropped.items():
+                self.dropped[reason] += n
+            routed = out.routed
+        else:
+            routed = decode(data)
+        findings = engine.process(routed, self._offsets[(signal, p)])
         source_topic = self.routed[signal]
         for d in engine.drain_outbox(self._partitioner):
             for chunk in records.split_encode(d.items, d.encoder(source_topic, p),
@@ -194,7 +265,7 @@ class LocalPipeline:
         for sig in sorted({d.emits for d in engine.detectors if d.emits}):
             mark = engine.heartbeat(sig, source_topic, 0.0, 0.0, side=sig == "metrics")
             if mark is not None:
-                beat = records.encode_heartbeat([mark], {source_topic: self.partitions},
+                beat = records.encode_heartbeat([mark], {source_topic: self.span_senders},
                                                 side=sig == "metrics")
                 for dest in range(self.partitions):
                     findings += self._deliver(sig, dest, beat)

@@ -45,6 +45,9 @@ from pipeline.records import (
     UNKNOWN_SERVICE,
     MetricPoint,
     Resource,
+    Routed,
+    Segment,
+    SourceRecord,
     Span,
 )
 
@@ -199,6 +202,69 @@ def decode_metrics(
         return _points_from_json(doc, limits)
     req = _parse_proto(value, limits, ExportMetricsServiceRequest)
     return _points_from_proto(req, limits)
+
+
+@dataclass(slots=True)
+class Failure:
+    """A forwarded source record, or items of it, that could not be decoded: to dead-letter.
+    ``rejected``: how many items were, when the rest of the record was decoded."""
+
+    record: SourceRecord
+    error: BaseException
+    reason: str
+    rejected: int | None = None
+
+
+@dataclass(slots=True)
+class ForwardedSpans:
+    """The span stage's decode of forwarded source records (input keyed by trace id)."""
+
+    routed: Routed
+    failures: list[Failure]
+    dropped: dict[str, int]
+
+
+def decode_forwarded_spans(
+    recs: list[SourceRecord], partitions: dict[str, int], encoding: str,
+    max_record_bytes: int, max_future_skew_ns: int,
+    seen: Callable[[tuple[str, int, int, int]], bool] = lambda src: False,
+) -> ForwardedSpans:
+    """Decode forwarded span records into one routed batch, each record a segment that states
+    no watermark but its Kafka timestamp (the receiver keeps each source's clock). A record the
+    receiver has applied already (``seen``: forwarded again after a restart of ingest) is
+    neither decoded nor dead-lettered again; one that cannot be decoded is a ``Failure`` and a
+    segment of no items, so that it too is applied once."""
+    items: list[Any] = []
+    segments: list[Segment] = []
+    failures: list[Failure] = []
+    dropped: dict[str, int] = {}
+    for r in recs:
+        src = (r.topic, r.partition, r.offset, 0)
+        if seen(src):
+            continue
+        ts = r.timestamp_ms
+        record_ns = ts * 1_000_000 if ts and ts > 0 else None
+        limits = Limits(max_record_bytes=max_record_bytes,
+                        max_future_skew_ns=max_future_skew_ns, reference_time_ns=record_ns)
+        count = 0
+        try:
+            decoded = decode_spans(r.value, encoding, limits)
+        except DecodeError as exc:
+            failures.append(Failure(r, exc, exc.reason))
+        except Exception as exc:  # a decoder bug must not stop the stage or lose the record
+            failures.append(Failure(r, exc, "internal_error"))
+        else:
+            if decoded.rejected:
+                err = decoded.first_error
+                assert err is not None
+                failures.append(Failure(r, err, err.reason, decoded.rejected))
+            for reason, n in decoded.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+            items += decoded.items
+            count = len(decoded.items)
+        segments.append(Segment(src, count, None, record_ns))
+    return ForwardedSpans(Routed(None, items, None, partitions=partitions or None,
+                                 segments=segments), failures, dropped)
 
 
 def _check_size(value: bytes | None, limits: Limits) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ENCODINGS = ("otlp_proto", "otlp_json")
+SPAN_KEYINGS = ("any", "trace_id")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 STORES = ("memory", "rocksdb")
@@ -48,6 +49,11 @@ class Settings:
     otlp_metrics_topic: str = "otlp_metrics"
     otlp_spans_encoding: str = "otlp_proto"
     otlp_metrics_encoding: str = "otlp_proto"
+    # "trace_id": every span of a trace is in one otlp_spans partition (the Collector's kafka
+    # exporter with partition_traces_by_id: true). Span records then go whole and undecoded to
+    # routed partition <input partition> % PIPELINE_PARTITIONS, and are decoded and assembled
+    # there: no regrouping of spans by trace id. "any" (default): spans are regrouped.
+    otlp_spans_keying: str = "any"
     findings_topic: str = "anomaly_findings"
     deadletter_topic: str = "anomaly_deadletter"
 
@@ -189,6 +195,7 @@ class Settings:
             if path and not os.path.isfile(path):
                 raise ConfigError(f"{name.upper()}={path!r}: no such file")
         _choice("OTLP_SPANS_ENCODING", self.otlp_spans_encoding, ENCODINGS)
+        _choice("OTLP_SPANS_KEYING", self.otlp_spans_keying, SPAN_KEYINGS)
         _choice("OTLP_METRICS_ENCODING", self.otlp_metrics_encoding, ENCODINGS)
         _choice("PIPELINE_STORE", self.pipeline_store, STORES)
         topics = {

@@ -7,13 +7,16 @@
 - metric points that are NaN, infinite or flagged no-recorded-value (the staleness marker):
   dropped at decode and counted, the rest of their record used;
 - spans from a host whose clock is 20 minutes ahead: counted, and no later record is late;
+- a span record that is not protobuf: dead-lettered as ``invalid_protobuf``;
 - a plug-in detector that raises on every batch, beside the built-ins: counted, quarantined,
   and the other detectors' findings still published;
 - then the input goes quiet: the end of input closes the last windows; and a rerun of older
   records into the saved state is reported at once (log and metric).
 
 Ingest reads every record exactly once (no re-read loop) and the canary finding of the test
-detector fires and resolves.
+detector fires and resolves. All of it twice: spans regrouped by trace id, and with
+``OTLP_SPANS_KEYING=trace_id`` (span records forwarded undecoded and decoded, dead-lettered and
+clocked by the span stage; a record too large to forward decoded by ingest).
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ def bad_points(topic: str, t: int) -> tuple:
     return (topic, None, req.SerializeToString(), t // 10**6)
 
 
+@pytest.mark.parametrize("keying", ["any", "trace_id"])
 async def test_hostile_input_is_contained_and_nothing_stops(
-    names: dict[str, str], workers, bootstrap: str
+    names: dict[str, str], workers, bootstrap: str, keying: str
 ) -> None:
     spans_t, metrics_t = names["OTLP_SPANS_TOPIC"], names["OTLP_METRICS_TOPIC"]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -97,13 +101,15 @@ async def test_hostile_input_is_contained_and_nothing_stops(
     huge = os.urandom(BIG)
     records.append((spans_t, b"huge", huge, (T0 + 62 * S) // 10**6))
     records.append(bad_points(metrics_t, T0 + 62 * S))
+    records.append((spans_t, b"garbage", b"\xff\x00 not protobuf", (T0 + 62 * S) // 10**6))
     # A host whose clock runs 20 minutes ahead: its spans end 20 minutes past their record.
     ahead = spans_record(spans_t, 63, "skewed", T0 + 63 * S + 1200 * S, host="node-bad")
     records.append((ahead[0], ahead[1], ahead[2], (T0 + 63 * S) // 10**6))
     records += [spans_record(spans_t, i, "steady", T0 + i * S) for i in range(64, 120)]
     env = {**names, "PIPELINE_DETECTORS": names["PIPELINE_DETECTORS"]
            + ",tests.support.faulty:Raising",
-           "SOURCE_IDLE_S": "2", "END_OF_INPUT_S": "3", "END_OF_INPUT_ADVANCE_S": "60"}
+           "SOURCE_IDLE_S": "2", "END_OF_INPUT_S": "3", "END_OF_INPUT_ADVANCE_S": "60",
+           "OTLP_SPANS_KEYING": keying}
     w = workers(env)
     await produce(bootstrap, records[:63], max_request_size=BIG + 2**20)
     await produce(bootstrap, records[63:])
@@ -143,8 +149,13 @@ async def test_hostile_input_is_contained_and_nothing_stops(
     assert {(f["entity"]["service"], f["status"]) for f in findings} >= {
         ("canary", "firing"), ("canary", "resolved")}
 
-    dead = await consume(bootstrap, names["DEADLETTER_TOPIC"], lambda recs: len(recs) >= 1,
+    dead = await consume(bootstrap, names["DEADLETTER_TOPIC"], lambda recs: len(recs) >= 2,
                          timeout=30)
+    [garbage] = [r for r in dead if r.key == b"garbage"]
+    assert dict(garbage.headers)["dlq.error.reason"] == b"invalid_protobuf"
+    assert garbage.value == b"\xff\x00 not protobuf"
+    assert m("anomaly_pipeline_deadletter_records_total", topic=spans_t,
+             reason="invalid_protobuf") == 1
     [dl] = [r for r in dead if r.key == b"huge"]
     h = {k: v.decode() for k, v in dl.headers}
     assert h["dlq.error.reason"] == "record_too_large"

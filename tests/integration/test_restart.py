@@ -1,6 +1,8 @@
 """Real broker: a worker killed with SIGKILL mid-stream is replaced; the new one restores the
 detector state from the changelog and resumes with no record skipped or counted twice. Every
-finding it publishes is valid against the schema and keyed by its fingerprint."""
+finding it publishes is valid against the schema and keyed by its fingerprint. Also with
+``OTLP_SPANS_KEYING=trace_id``, where the span stage decodes what ingest forwards and keeps
+each source's clock in its saved state."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 
 from pipeline import otlp
 from pipeline.engine import PartitionEngine
-from pipeline.records import decode_spans_wire
+from pipeline.records import decode_forwarded, decode_spans_wire, is_forwarded
 from tests.integration.conftest import consume, produce, wait_for
 from tests.support.counting import SpanCounter
 from tests.support.otlp_build import T0, span_request
@@ -62,6 +64,9 @@ async def routed_sources(bootstrap: str, app_id: str) -> set[tuple[int, int]]:
     for r in await read_topic(bootstrap, f"{app_id}-spans-routed"):
         if r.value == b"tick":
             continue
+        if is_forwarded(r.value):  # input keyed by trace id: source records as they were
+            out.update((rec.partition, rec.offset) for rec in decode_forwarded(r.value)[0])
+            continue
         msg = decode_spans_wire(r.value)  # a batch, one source record, or a heartbeat
         for src in [s.source for s in msg.segments or ()] or [msg.source]:
             if src is not None:
@@ -69,10 +74,12 @@ async def routed_sources(bootstrap: str, app_id: str) -> set[tuple[int, int]]:
     return out
 
 
+@pytest.mark.parametrize("keying", ["any", "trace_id"])
 async def test_sigkill_restart_restores_state_and_skips_nothing(
-    bootstrap: str, names: dict, workers
+    bootstrap: str, names: dict, workers, keying: str
 ) -> None:
-    env = {**names, "KAFKA_SESSION_TIMEOUT_S": "6", "STATE_FLUSH_INTERVAL_S": "0.3"}
+    env = {**names, "KAFKA_SESSION_TIMEOUT_S": "6", "STATE_FLUSH_INTERVAL_S": "0.3",
+           "OTLP_SPANS_KEYING": keying}
     first = workers(env, data_dir="first")
     batch, expected = records(names["OTLP_SPANS_TOPIC"])
     total = N_RECORDS * SPANS_PER_RECORD

@@ -15,12 +15,16 @@ bursts with 4-minute quiet gaps, keyed by trace id over 4 input partitions — r
 
 The backlog and random reads are also routed as the worker's ingest does, *batched*: one
 message per (read, routed partition) holding many source records (``LocalPipeline.batched``).
+And the backlog, random and paced reads again with ``OTLP_SPANS_KEYING=trace_id``: span
+records forwarded whole to the routed partition of their input partition, decoded there, each
+source's clock kept by that partition.
 
 All give the same findings — the same documents, evidence included — and no item is late.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import zlib
 from collections import defaultdict
@@ -56,8 +60,9 @@ def data() -> tuple[Any, dict[tuple[str, int], list[tuple[int, bytes, int]]]]:
     return layout()
 
 
-def pipeline(sc: Any, batched: bool = False) -> LocalPipeline:
-    lp = LocalPipeline(SETTINGS, {sc.spans_topic: PARTITIONS, sc.metrics_topic: PARTITIONS},
+def pipeline(sc: Any, batched: bool = False, keyed: bool = False) -> LocalPipeline:
+    settings = dataclasses.replace(SETTINGS, otlp_spans_keying="trace_id") if keyed else SETTINGS
+    lp = LocalPipeline(settings, {sc.spans_topic: PARTITIONS, sc.metrics_topic: PARTITIONS},
                        partitions=PARTITIONS)
     lp.batched = batched
     return lp
@@ -74,9 +79,9 @@ def kinds(docs: list[bytes]) -> set[str]:
     return {orjson.loads(d)["kind"] for d in docs}
 
 
-def backlog(sc: Any, parts: dict, step: int = 300, batched: bool = False
+def backlog(sc: Any, parts: dict, step: int = 300, batched: bool = False, keyed: bool = False
             ) -> tuple[list, dict]:
-    lp, found, pos = pipeline(sc, batched), [], dict.fromkeys(parts, 0)
+    lp, found, pos = pipeline(sc, batched, keyed), [], dict.fromkeys(parts, 0)
     while any(pos[k] < len(v) for k, v in parts.items()):
         for k in sorted(parts):
             n = step if k[1] % 2 else step // 6  # uneven: odd partitions read 6x faster
@@ -101,10 +106,10 @@ def topic_first(sc: Any, parts: dict, first: str) -> tuple[list, dict]:
     return result(lp, found)
 
 
-def random_reads(sc: Any, parts: dict, seed: int = 1, batched: bool = False
-                 ) -> tuple[list, dict]:
+def random_reads(sc: Any, parts: dict, seed: int = 1, batched: bool = False,
+                 keyed: bool = False) -> tuple[list, dict]:
     rnd = random.Random(seed)
-    lp, found, pos = pipeline(sc, batched), [], dict.fromkeys(parts, 0)
+    lp, found, pos = pipeline(sc, batched, keyed), [], dict.fromkeys(parts, 0)
     while left := [k for k in sorted(parts) if pos[k] < len(parts[k])]:
         k = rnd.choice(left)
         n = rnd.randint(1, 400)
@@ -116,7 +121,8 @@ def random_reads(sc: Any, parts: dict, seed: int = 1, batched: bool = False
     return result(lp, found)
 
 
-def paced(sc: Any, parts: dict, speed: float = 80.0, jitter_s: float = 0.3) -> tuple[list, dict]:
+def paced(sc: Any, parts: dict, speed: float = 80.0, jitter_s: float = 0.3,
+          keyed: bool = False) -> tuple[list, dict]:
     """A live feed at ``speed``: each record is read when its event time comes, each partition
     a little late by a delay drawn afresh every half second of processing time (up to
     ``jitter_s``: partitions are fetched separately, so one comes back from a pause before
@@ -137,7 +143,7 @@ def paced(sc: Any, parts: dict, speed: float = 80.0, jitter_s: float = 0.3) -> t
             arrivals.append((at, t, p, offset, value, ts))
             last = at
     arrivals.sort(key=lambda a: a[0])
-    lp, found = pipeline(sc), []
+    lp, found = pipeline(sc, keyed=keyed), []
     seen: dict[tuple[str, int], float] = {}
     next_beat = 1.0
     for at, t, p, offset, value, ts in arrivals:
@@ -162,6 +168,10 @@ def test_backlog_head_start_and_paced_give_the_same_findings(data: tuple) -> Non
         "paced": paced(sc, parts),
         "backlog, batched": backlog(sc, parts, batched=True),
         "random, batched": random_reads(sc, parts, seed=2, batched=True),
+        "backlog, keyed": backlog(sc, parts, keyed=True),
+        "backlog, batched, keyed": backlog(sc, parts, batched=True, keyed=True),
+        "random, batched, keyed": random_reads(sc, parts, seed=3, batched=True, keyed=True),
+        "paced, keyed": paced(sc, parts, keyed=True),
     }.items():
         assert late == {"spans": 0, "metrics": 0, "traces": 0}, name
         assert got == ref, (name, [d for d in got if d not in ref][:2])
