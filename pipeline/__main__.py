@@ -36,15 +36,20 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from prometheus_client import start_http_server
 
     from pipeline.app import Pipeline
-    from pipeline.topics import ensure_topics
+    from pipeline.topics import ensure_topics, partition_counts
 
     # Before Faust joins its group: a routed topic created after that would never be read.
     try:
         asyncio.run(ensure_topics(settings))
+        inputs = asyncio.run(partition_counts(settings))
+    except ConfigError as exc:
+        sys.exit(f"configuration error: {exc}")
     except Exception as exc:  # noqa: BLE001 - a clear message instead of a traceback
         sys.exit(f"cannot create the pipeline's topics on {settings.kafka_bootstrap_servers}: "
                  f"{exc!r} (is Kafka up? `make kafka-up`)")
     pipeline = Pipeline(settings)
+    # Known before any engine opens (the detection stage's expected sources depend on it).
+    pipeline.ingest.input_partitions.update(inputs)
     if settings.metrics_port:
         try:
             start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -41,7 +41,7 @@ from pipeline import otlp, records, topics
 from pipeline.clock import SourceClock
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
-from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine
+from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog
 from pipeline.offsets import OffsetGuard
@@ -564,6 +564,8 @@ class Pipeline:
         loaded = engine.restore(
             (k.decode(), v) for k, v in st.table.items() if k.startswith(prefix)
         )
+        if s.otlp_spans_keying == "trace_id":  # the state may have been saved with "any"
+            self._keyed_layout(st.signal, engine)
         if loaded:
             log.info(
                 "restored %s partition %d: %d state entries, resuming after offset %d",
@@ -574,6 +576,13 @@ class Pipeline:
         st.engines[partition] = engine
         st.last_flush[partition] = time.monotonic()
         return engine
+
+    def _keyed_layout(self, signal: str, engine: PartitionEngine) -> None:
+        s = self.settings
+        n = self.ingest.input_partitions.get(s.otlp_spans_topic, 0)
+        if n:
+            keyed_layout(engine, signal, s.otlp_spans_topic,
+                         self.streams["spans"].topic.get_topic_name(), n, s.pipeline_partitions)
 
     def _drop_partitions(self, revoked: set[TP]) -> None:
         for st in self.streams.values():

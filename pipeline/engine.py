@@ -244,6 +244,22 @@ class PartitionEngine:
             return findings
         return self._apply(msg.source, msg.items, msg.watermark_ns, msg.side, msg.record_ns)
 
+    def only_sources(self, topic: str, keep: Callable[[int], bool], count: int,
+                     side: bool = False) -> None:
+        """Hear from ``count`` partitions of ``topic`` only, those ``keep`` accepts: what a
+        state saved under another layout (``OTLP_SPANS_KEYING`` changed) expected of the
+        others, and their last marks, no longer hold this partition back."""
+        expected, marks = ((self.side_expected, self.side_marks) if side
+                           else (self.expected, self.marks))
+        if count:
+            expected[topic] = count
+        else:
+            expected.pop(topic, None)
+        prefix = f"{topic}:"
+        for key in [k for k in marks if k.startswith(prefix)]:
+            if not keep(int(key.rsplit(":", 1)[1])):
+                del marks[key]
+
     def seen(self, src: records.Source) -> bool:
         """Whether this source record (or chunk) has been applied already."""
         last = self.sources.get(f"{src[0]}:{src[1]}")
@@ -692,6 +708,22 @@ class PartitionEngine:
 
     def tracked(self) -> int:
         return sum(d.stats().tracked for d in self.detectors)
+
+
+def keyed_layout(engine: PartitionEngine, signal: str, spans_topic: str, spans_routed: str,
+                 inputs: int, partitions: int) -> None:
+    """Input keyed by trace id (``OTLP_SPANS_KEYING=trace_id``), after a restore: a span
+    partition hears from the input partitions forwarded to it (``i % partitions``), the next
+    stages from the span partitions that get any (``min(inputs, partitions)``). State saved
+    before the keying was set expected every one of them, and would wait for ever."""
+    senders = min(inputs, partitions)
+    if signal == "spans":
+        engine.only_sources(spans_topic, lambda i: i % partitions == engine.partition,
+                            records.keyed_sources(inputs, partitions, engine.partition))
+    elif signal == "traces":
+        engine.only_sources(spans_routed, lambda q: q < senders, senders)
+    elif engine.side_expected:
+        engine.only_sources(spans_routed, lambda q: q < senders, senders, side=True)
 
 
 def _complete(chunks: Mapping[int, Mapping[str, Any]], seq: int | None = None) -> bool:

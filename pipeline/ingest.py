@@ -321,7 +321,8 @@ class Ingest:
         consumer.subscribe(list(self.by_topic), listener=_Handover(self, consumer))
         await consumer.start()
         for topic in self.by_topic:
-            self.input_partitions[topic] = len(consumer.partitions_for_topic(topic) or ())
+            if n := len(consumer.partitions_for_topic(topic) or ()):
+                self.input_partitions[topic] = n
         self.limits = await topics.message_limits(
             s, [*self.routed_topics.values(), s.deadletter_topic])
         last_ts: dict[TopicPartition, int] = {}

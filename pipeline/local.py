@@ -27,7 +27,7 @@ from pipeline import otlp, records
 from pipeline.clock import SourceClock
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
-from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine
+from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
 from pipeline.records import Mark
 from pipeline.settings import Settings
@@ -289,6 +289,10 @@ class LocalPipeline:
             table = tables.get(sig, {})
             for p, e in by_p.items():
                 n += e.restore(table.items())
+                if self.keyed:  # (the state may have been saved with OTLP_SPANS_KEYING=any)
+                    keyed_layout(e, sig, self.settings.otlp_spans_topic, self.routed["spans"],
+                                 self.input_partitions.get(self.settings.otlp_spans_topic, 0),
+                                 self.partitions)
                 # routed offsets go on from the restored ones, as a Kafka topic's would
                 self._offsets[(sig, p)] = max(self._offsets[(sig, p)], e.offset)
         return n

@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from pipeline.settings import Settings
+from pipeline.settings import ConfigError, Settings
 
 #: The internal routed streams (``<app id>-<signal>-routed``).
 ROUTED_SIGNALS = ("spans", "metrics", "traces")
@@ -96,6 +96,33 @@ async def ensure_topics(settings: Settings, internal: bool = True) -> list[str]:
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+async def partition_counts(settings: Settings) -> dict[str, int]:
+    """The partition count of the input topics; and a ``ConfigError`` if this application's
+    routed topics or changelogs exist with another count than ``PIPELINE_PARTITIONS`` (it ran
+    with another count: its state is laid out by it, and Faust would fail on the mismatch)."""
+    s = settings
+    internal = [t.name for t in wanted_topics(s) if t.name.startswith(f"{s.pipeline_app_id}-")]
+    admin = AIOKafkaAdminClient(**s.aiokafka_kwargs())
+    await admin.start()
+    try:
+        described = await admin.describe_topics(
+            [s.otlp_spans_topic, s.otlp_metrics_topic, *internal])
+    finally:
+        await admin.close()
+    counts = {d["topic"]: len(d["partitions"]) for d in described
+              if d.get("error_code") == 0 and d.get("partitions")}
+    wrong = sorted({n for name, n in counts.items()
+                    if name in internal and n != s.pipeline_partitions})
+    if wrong:
+        raise ConfigError(
+            f"PIPELINE_PARTITIONS={s.pipeline_partitions}, but application "
+            f"{s.pipeline_app_id!r} ran with {' or '.join(map(str, wrong))} partitions (its "
+            f"topics {s.pipeline_app_id}-*-routed and *-changelog have that many, and its "
+            f"saved state is laid out by it). Set PIPELINE_PARTITIONS={wrong[0]}, or change "
+            "the count as the README says (Changing the partition count).")
+    return {t: counts[t] for t in (s.otlp_spans_topic, s.otlp_metrics_topic) if t in counts}
 
 
 async def message_limits(settings: Settings, names: list[str]) -> dict[str, int]:

@@ -3,12 +3,17 @@ depend on (a compacted findings topic), before anything subscribes or produces."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline.settings import Settings
-from pipeline.topics import changelog_topic, ensure_topics, routed_topic
+from pipeline.topics import changelog_topic, ensure_topics, partition_counts, routed_topic
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +52,23 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
                 "-1", str(24 * 3600 * 1000)), topic
     finally:
         await admin.close()
+
+
+async def test_a_changed_partition_count_fails_at_start_and_says_how_to_fix_it(
+        names: dict[str, str], bootstrap: str, tmp_path: Path) -> None:
+    env = {**names, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    settings = Settings.from_env(env)
+    await ensure_topics(settings)
+    assert await partition_counts(settings) == {
+        names["OTLP_SPANS_TOPIC"]: int(names["PIPELINE_PARTITIONS"]),
+        names["OTLP_METRICS_TOPIC"]: int(names["PIPELINE_PARTITIONS"])}
+    # The same application id started again with another count: refused before Faust starts.
+    changed = {**os.environ, **env, "PIPELINE_PARTITIONS": "8", "METRICS_PORT": "0",
+               "PIPELINE_DATA_DIR": str(tmp_path / "state")}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "worker"], env=changed,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert (f"configuration error: PIPELINE_PARTITIONS=8, but application "
+            f"'{names['PIPELINE_APP_ID']}' ran with {names['PIPELINE_PARTITIONS']} partitions"
+            ) in proc.stderr, proc.stderr[-2000:]
+    assert f"Set PIPELINE_PARTITIONS={names['PIPELINE_PARTITIONS']}" in proc.stderr
