@@ -176,7 +176,8 @@ def measure_open_traces(messages: list[bytes], max_open: int | None = None) -> d
         asm.drain()
         held = traced_now() - base
         st = asm.stats()
-        open_spans = sum(len(doc["s"]) for k, doc in asm.snapshot().items() if k != "meta")
+        open_spans = sum(len(_doc(doc)["s"]) for k, doc in asm.snapshot().items()
+                         if k != "meta")
         sizes = [entry_bytes(asm.name, k, doc) for k, doc in asm.snapshot().items()
                  if k.startswith("t/")]
         result: dict[str, Any] = {
@@ -237,7 +238,7 @@ def trace_at_span_cap(messages: list[bytes], max_spans: int = 1_000) -> dict[str
     for name, spans in layouts.items():
         asm = TraceAssembler(max_spans=max_spans)
         asm.update(spans)
-        doc = asm.snapshot()[f"t/{tid}"]
+        doc = _doc(asm.snapshot()[f"t/{tid}"])
         out[name] = {
             "spans_kept": len(doc["s"]),
             "span_cap_counted": asm.stats().evicted["span_cap"],
@@ -245,6 +246,11 @@ def trace_at_span_cap(messages: list[bytes], max_spans: int = 1_000) -> dict[str
             "entry_bytes": entry_bytes(asm.name, f"t/{tid}", doc),
         }
     return out
+
+
+def _doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """A state entry as a restore reads it (rows kept encoded are read back)."""
+    return orjson.loads(orjson.dumps(doc))
 
 
 def _with(s: Span, trace_id: str, resource: Resource) -> Span:

@@ -69,6 +69,7 @@ CALL = "call"
 #: queueing), carried in the callee's sample so that the callee's partition sees every
 #: caller's calls into it at once (``pipeline.detectors.bottleneck``).
 INBOUND = "(incoming calls)"
+MAX_INTERNED = 10_000  # distinct resources whose wire form open traces share
 SCAN_NS = 100_000_000  # open traces are checked for completion every 100 ms of event time
 COUNTERS = ("late_spans", "no_root", "evicted_open", "span_cap", "orphans", "skew_adjusted")
 
@@ -161,11 +162,19 @@ def naming_attrs(span: Span) -> dict[str, Any]:
 
 
 class _Open:
-    __slots__ = ("seq", "spans", "first_ns", "last_ns", "has_root")
+    """An open trace, kept compact: its spans as the JSON rows its state entry holds (about
+    200 bytes a span, where span objects took about 1,400), each distinct resource once.
+    Span objects are built again when the trace completes."""
+
+    __slots__ = ("seq", "rows", "count", "resources", "first_ns", "last_ns", "has_root")
 
     def __init__(self, seq: int, first_ns: int) -> None:
         self.seq = seq  # arrival order: restored traces keep it, so a replay completes the same
-        self.spans: list[Span] = []
+        # The spans' rows, comma-separated: [span id, parent id, name, kind, start, end,
+        # status, attributes, resource index]; and the resources' wire form, as JSON.
+        self.rows = bytearray()
+        self.count = 0
+        self.resources: list[bytes] = []
         self.first_ns = first_ns  # earliest span start
         # The trace's time: its newest span end, or the watermark when its last span arrived if
         # that is later (a span that arrived late). Completion waits a quiet period past it,
@@ -203,6 +212,7 @@ class TraceAssembler(Detector):
         self._deadlines: list[tuple[int, str]] = []
         self._closing: list[tuple[int, str]] = []
         self._out: list[TraceSample] = []
+        self._wires: dict[bytes, bytes] = {}  # interned resource wire forms (``_intern``)
         # counts; the last completion scan; traces opened so far; the last watermark given to
         # ``advance`` (a replay must complete the same)
         self._meta = self.state.cell("meta", {
@@ -221,6 +231,8 @@ class TraceAssembler(Detector):
         open_, closed, meta = self._open, self._closed, self._meta.value
         watermark = meta["watermark_ns"]
         touched: dict[str, _Open] = {}
+        wires: dict[int, bytes] = {}  # resource object -> its wire form (decoded per message)
+        dumps = orjson.dumps
         # A trace is recorded as changed once per batch, in the order of its last span.
         with open_.batch():
             for s in records:
@@ -234,10 +246,24 @@ class TraceAssembler(Detector):
                     meta["seq"] += 1
                     o = _Open(meta["seq"], s.start_ns)
                     open_.put(tid, o)
-                if len(o.spans) >= self.max_spans:
+                if o.count >= self.max_spans:
                     self._count("span_cap")
                     continue
-                o.spans.append(s)
+                # Resources compared by value: the spans of one trace arrive in many routed
+                # messages, each decoding its own copy.
+                wire = wires.get(id(s.resource))
+                if wire is None:
+                    wire = wires[id(s.resource)] = self._intern(dumps(s.resource.to_wire()))
+                try:
+                    ri = o.resources.index(wire)
+                except ValueError:
+                    ri = len(o.resources)
+                    o.resources.append(wire)
+                if o.count:
+                    o.rows += b","
+                o.rows += dumps([s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns,
+                                 s.status, s.attrs, ri])
+                o.count += 1
                 if s.start_ns < o.first_ns:
                     o.first_ns = s.start_ns
                 t = s.end_ns if s.end_ns > watermark else watermark
@@ -250,6 +276,19 @@ class TraceAssembler(Detector):
         for tid, o in touched.items():
             heapq.heappush(self._deadlines, (self._deadline(o), tid))
         self._meta.changed()
+
+    def _intern(self, wire: bytes) -> bytes:
+        """One copy of each resource's wire form, shared by the open traces that have spans
+        of it (bounded: forgotten when ``MAX_INTERNED`` are held). The copy is exact-sized:
+        orjson's output keeps a 4 KiB allocation however short it is."""
+        interned = self._wires
+        canon = interned.get(wire)
+        if canon is None:
+            if len(interned) >= MAX_INTERNED:
+                interned.clear()
+            canon = bytes(bytearray(wire))
+            interned[canon] = canon
+        return canon
 
     def _deadline(self, o: _Open) -> int:
         """The watermark at which a trace completes: a quiet period after its newest span once
@@ -319,7 +358,7 @@ class TraceAssembler(Detector):
         if not o.has_root:
             self._count("no_root")
             return
-        a = analyze(o.spans)
+        a = analyze(_spans(tid, o))
         if a.root is None:  # has_root guarantees one; kept for safety
             self._count("no_root")
             return
@@ -391,33 +430,27 @@ def _callees(spans: Sequence[Span]) -> dict[str, str]:
 
 
 def _trace_doc(o: _Open) -> dict[str, Any]:
-    """An open trace as a state entry, each distinct resource written once. Resources are
-    compared by value: the spans of one trace arrive in many routed messages, each decoding
-    its own copy (by identity, a 1,000-span trace could carry 1,000 copies: 691 KB)."""
-    wires: list[list[Any]] = []
-    by_value: dict[bytes, int] = {}
-    by_id: dict[int, int] = {}
-    rows = []
-    for s in o.spans:
-        ri = by_id.get(id(s.resource))
-        if ri is None:
-            wire = s.resource.to_wire()
-            ri = by_value.setdefault(orjson.dumps(wire, option=orjson.OPT_SORT_KEYS), len(wires))
-            if ri == len(wires):
-                wires.append(wire)
-            by_id[id(s.resource)] = ri
-        rows.append([s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns, s.status,
-                     s.attrs, ri])
-    return {"q": o.seq, "f": o.first_ns, "l": o.last_ns, "r": wires, "s": rows}
+    """An open trace as a state entry: its rows and resources as they are kept (no encoding).
+    ``"r"``: the distinct resources' wire form; ``"s"``: the spans' rows."""
+    return {"q": o.seq, "f": o.first_ns, "l": o.last_ns,
+            "r": orjson.Fragment(b"[" + b",".join(o.resources) + b"]"),
+            "s": orjson.Fragment(b"[" + o.rows + b"]")}
 
 
 def _trace_from_doc(doc: Mapping[str, Any], tid: str) -> _Open:
-    resources = [Resource.from_wire(r) for r in doc["r"]]
     o = _Open(doc["q"], doc["f"])
     o.last_ns = doc["l"]
-    for row in doc["s"]:
-        span = Span(tid, *row[:8], resources[row[8]])
-        o.spans.append(span)
-        if not span.parent_id:
-            o.has_root = True
+    o.resources = [bytes(bytearray(orjson.dumps(r))) for r in doc["r"]]
+    rows = doc["s"]
+    o.rows = bytearray(b",".join(orjson.dumps(row) for row in rows))
+    o.count = len(rows)
+    o.has_root = any(not row[1] for row in rows)
     return o
+
+
+def _spans(tid: str, o: _Open) -> list[Span]:
+    """An open trace's spans, as span objects."""
+    resources = [Resource.from_wire(w)
+                 for w in orjson.loads(b"[" + b",".join(o.resources) + b"]")]
+    return [Span(tid, *row[:8], resources[row[8]])
+            for row in orjson.loads(b"[" + o.rows + b"]")]
