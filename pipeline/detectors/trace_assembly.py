@@ -166,13 +166,15 @@ class _Open:
     200 bytes a span, where span objects took about 1,400), each distinct resource once.
     Span objects are built again when the trace completes."""
 
-    __slots__ = ("seq", "rows", "count", "resources", "first_ns", "last_ns", "has_root")
+    __slots__ = ("seq", "rows", "pending", "count", "resources", "first_ns", "last_ns",
+                 "has_root")
 
     def __init__(self, seq: int, first_ns: int) -> None:
         self.seq = seq  # arrival order: restored traces keep it, so a replay completes the same
         # The spans' rows, comma-separated: [span id, parent id, name, kind, start, end,
         # status, attributes, resource index]; and the resources' wire form, as JSON.
         self.rows = bytearray()
+        self.pending: list[list[Any]] | None = None  # rows of the current batch (``_settle``)
         self.count = 0
         self.resources: list[bytes] = []
         self.first_ns = first_ns  # earliest span start
@@ -213,6 +215,7 @@ class TraceAssembler(Detector):
         self._closing: list[tuple[int, str]] = []
         self._out: list[TraceSample] = []
         self._wires: dict[bytes, bytes] = {}  # interned resource wire forms (``_intern``)
+        self._resources: dict[bytes, Resource] = {}  # and their objects, for completed traces
         # counts; the last completion scan; traces opened so far; the last watermark given to
         # ``advance`` (a replay must complete the same)
         self._meta = self.state.cell("meta", {
@@ -259,10 +262,11 @@ class TraceAssembler(Detector):
                 except ValueError:
                     ri = len(o.resources)
                     o.resources.append(wire)
-                if o.count:
-                    o.rows += b","
-                o.rows += dumps([s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns,
-                                 s.status, s.attrs, ri])
+                rows = o.pending
+                if rows is None:
+                    rows = o.pending = []
+                rows.append([s.span_id, s.parent_id, s.name, s.kind, s.start_ns, s.end_ns,
+                             s.status, s.attrs, ri])
                 o.count += 1
                 if s.start_ns < o.first_ns:
                     o.first_ns = s.start_ns
@@ -274,6 +278,7 @@ class TraceAssembler(Detector):
                 open_.changed(tid)
                 touched[tid] = o
         for tid, o in touched.items():
+            _settle(o)  # one encode per trace and batch
             heapq.heappush(self._deadlines, (self._deadline(o), tid))
         self._meta.changed()
 
@@ -286,9 +291,25 @@ class TraceAssembler(Detector):
         if canon is None:
             if len(interned) >= MAX_INTERNED:
                 interned.clear()
+                self._resources.clear()
             canon = bytes(bytearray(wire))
             interned[canon] = canon
         return canon
+
+    def _spans(self, tid: str, o: _Open) -> list[Span]:
+        """An open trace's spans, as span objects (resources shared, never changed)."""
+        _settle(o)
+        cache = self._resources
+        resources = []
+        for wire in o.resources:
+            r = cache.get(wire)
+            if r is None:
+                r = Resource.from_wire(orjson.loads(wire))
+                if wire in self._wires:  # (interned: bounded with them)
+                    cache[wire] = r
+            resources.append(r)
+        return [Span(tid, *row[:8], resources[row[8]])
+                for row in orjson.loads(b"[" + o.rows + b"]")]
 
     def _deadline(self, o: _Open) -> int:
         """The watermark at which a trace completes: a quiet period after its newest span once
@@ -358,7 +379,7 @@ class TraceAssembler(Detector):
         if not o.has_root:
             self._count("no_root")
             return
-        a = analyze(_spans(tid, o))
+        a = analyze(self._spans(tid, o))
         if a.root is None:  # has_root guarantees one; kept for safety
             self._count("no_root")
             return
@@ -429,9 +450,20 @@ def _callees(spans: Sequence[Span]) -> dict[str, str]:
     return out
 
 
+def _settle(o: _Open) -> None:
+    """Append the rows of the current batch, encoded at once."""
+    if o.pending:
+        encoded = orjson.dumps(o.pending)
+        if o.rows:
+            o.rows += b","
+        o.rows += memoryview(encoded)[1:-1]
+    o.pending = None
+
+
 def _trace_doc(o: _Open) -> dict[str, Any]:
     """An open trace as a state entry: its rows and resources as they are kept (no encoding).
     ``"r"``: the distinct resources' wire form; ``"s"``: the spans' rows."""
+    _settle(o)
     return {"q": o.seq, "f": o.first_ns, "l": o.last_ns,
             "r": orjson.Fragment(b"[" + b",".join(o.resources) + b"]"),
             "s": orjson.Fragment(b"[" + o.rows + b"]")}
@@ -446,11 +478,3 @@ def _trace_from_doc(doc: Mapping[str, Any], tid: str) -> _Open:
     o.count = len(rows)
     o.has_root = any(not row[1] for row in rows)
     return o
-
-
-def _spans(tid: str, o: _Open) -> list[Span]:
-    """An open trace's spans, as span objects."""
-    resources = [Resource.from_wire(w)
-                 for w in orjson.loads(b"[" + b",".join(o.resources) + b"]")]
-    return [Span(tid, *row[:8], resources[row[8]])
-            for row in orjson.loads(b"[" + o.rows + b"]")]
