@@ -98,6 +98,13 @@ def _level(name: str) -> int:
     return getattr(logging, name.upper(), logging.INFO)
 
 
+def cmd_workers(args: argparse.Namespace) -> None:
+    from pipeline import workers
+
+    _settings(args)  # a bad setting is said once, before any worker starts
+    sys.exit(workers.main(args.count))
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     from pipeline import simulate
 
@@ -123,6 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", help="local table store directory (env PIPELINE_DATA_DIR)")
     p.add_argument("--loglevel", help="debug, info, warning, error (env LOG_LEVEL)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("workers", help="run one worker per core on this host (each its own "
+                       "METRICS_PORT + i and PIPELINE_DATA_DIR/worker-<i>)")
+    p.add_argument("--count", type=int, help="workers to run (default: the usable cores)")
+    p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("simulate", help="write simulated OTLP traffic with labelled faults")
     argv = sys.argv[1:] if argv is None else argv
