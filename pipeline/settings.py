@@ -58,8 +58,9 @@ class Settings:
     deadletter_topic: str = "anomaly_deadletter"
 
     # Partitions of the internal routing topics and state tables: the most workers that can share
-    # the detection work. Fixed once the app has run (changing it re-homes state).
-    pipeline_partitions: int = 8
+    # the detection work. Fixed once the app has run: a worker with another count refuses to
+    # start. 16 costs one worker what 8 did; 32 about 1.3 times as much (benchmarks/RESULTS.md).
+    pipeline_partitions: int = 16
     # Replication factor of the topics this app creates (internal, changelog, outputs). Use 3 on
     # a production cluster.
     pipeline_replication_factor: int = 1

@@ -19,12 +19,12 @@ def test_defaults_point_at_the_local_broker() -> None:
 def test_environment_and_overrides() -> None:
     s = Settings.from_env(
         {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092, k2:9093", "OTLP_METRICS_ENCODING": "otlp_json",
-         "PIPELINE_PARTITIONS": "16"},
+         "PIPELINE_PARTITIONS": "32"},
         metrics_port=9999,
     )
     assert s.bootstrap_list == ["k1:9092", "k2:9093"]
     assert (s.otlp_metrics_encoding, s.pipeline_partitions, s.metrics_port) == (
-        "otlp_json", 16, 9999)
+        "otlp_json", 32, 9999)
 
 
 def test_sasl_settings_reach_the_clients() -> None:
@@ -41,6 +41,8 @@ def test_sasl_settings_reach_the_clients() -> None:
     [
         ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "not host:port"),
         ({"OTLP_SPANS_ENCODING": "protobuf"}, "otlp_proto, otlp_json"),
+        ({"OTLP_SPANS_KEYING": "traceid"},
+         "OTLP_SPANS_KEYING='traceid' is not valid: use one of any, trace_id"),
         ({"PIPELINE_PARTITIONS": "eight"}, "not a whole number"),
         ({"PIPELINE_PARTITIONS": "0"}, "greater than 0"),
         ({"MAX_RECORD_BYTES": "-1"}, "MAX_RECORD_BYTES"),
