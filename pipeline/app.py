@@ -44,6 +44,7 @@ from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog
+from pipeline.loglimit import forget, install
 from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
 from pipeline.sinks.deadletter import dead_letter
@@ -210,6 +211,11 @@ class Pipeline:
         @app.task
         async def run_ingest() -> None:
             await self.ingest.run()
+
+        @app.task
+        async def limit_library_logs() -> None:
+            # (Faust has set up logging by now.) A broker outage must not flood the log.
+            install()
 
         @app.agent(self.streams["spans"].topic, name="detect-spans")
         async def detect_spans(stream: StreamT) -> None:
@@ -495,7 +501,7 @@ class Pipeline:
                 producer = await self._derived_producer()
                 topic = self.streams[signal].topic.get_topic_name()
                 for dest in range(self.settings.pipeline_partitions):
-                    await producer.send(topic, value=value, partition=dest)
+                    forget(await producer.send(topic, value=value, partition=dest))
 
     async def _await_derived(self, st: _Stream, partition: int) -> None:
         sending = st.sending.pop(partition, None)

@@ -36,6 +36,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline import otlp, records, topics
 from pipeline.clock import SourceClock
+from pipeline.loglimit import forget
 from pipeline.records import Mark
 from pipeline.settings import Settings
 from pipeline.sinks.deadletter import dead_letter
@@ -536,15 +537,15 @@ class Ingest:
                     by_dest[mark.partition % parts].append(mark)
                 for p, mine in sorted(by_dest.items()):
                     n = self._keyed_sources(topic, p)
-                    await self.producer.send(
+                    forget(await self.producer.send(
                         name, records.encode_heartbeat(mine, {topic: n} if n else {}),
-                        partition=p)
+                        partition=p))
                 continue
             # The partition count, once known (this worker may read only some of them).
             n = self.input_partitions.get(topic, 0)
             value = records.encode_heartbeat(marks, {topic: n} if n else {})
             for p in range(parts):
-                await self.producer.send(name, value, partition=p)
+                forget(await self.producer.send(name, value, partition=p))
 
     def _clock(self, tp: TopicPartition) -> SourceClock:
         clock = self.clocks.get(tp)
