@@ -291,6 +291,8 @@ async def replay(
         spans_topic=scenario.spans_topic, progress=progress,
     )
     produced.seconds = stats.seconds
+    if stats.failed:
+        raise BenchError(f"replay: {stats.failed:,} records were not written ({stats.first_error})")
     return produced
 
 

@@ -113,6 +113,9 @@ async def run_worker(recs: list[SimRecord], names: RunNames, out: Path,
         stats = await write_records(iter(recs), {**harness.client_kwargs(bootstrap),
                                                  "max_request_size": MAX_RECORD_BYTES},
                                     mode="replay", spans_topic=names.spans, progress=log)
+        if stats.failed:
+            raise harness.BenchError(f"replay: {stats.failed:,} records were not written "
+                                     f"({stats.first_error})")
         items = {"spans": sum(r.items for r in recs if r.topic == names.spans),
                  "metrics": sum(r.items for r in recs if r.topic == names.metrics)}
         log(f"replay: {len(recs):,} records, {items['spans']:,} spans, {items['metrics']:,} "

@@ -191,3 +191,6 @@ async def run(args: argparse.Namespace) -> None:
         progress=lambda line: print(line, flush=True),
     )
     print(f"simulate: done: {stats.line()}", flush=True)
+    if stats.failed:
+        sys.exit(f"simulate: {stats.failed:,} records were not written (the broker did not take "
+                 "them); the labels still list every fault, so scores against them are off")

@@ -27,19 +27,42 @@ FIRST_SEND_RETRIES = 10  # a topic being auto-created may be briefly unknown or 
 
 @dataclass
 class WriteStats:
+    """What the broker acknowledged (``records``, ``spans``, ``points``, ``bytes``), and the
+    records it did not take (``failed``: a send that failed for good, e.g. the broker down for
+    longer than the producer's request timeout)."""
+
     records: int = 0
     spans: int = 0
     points: int = 0
     bytes: int = 0
     seconds: float = 0.0
     last_event_ms: int = 0
+    failed: int = 0
+    first_error: str = ""
 
     def line(self) -> str:
         rate = self.spans / self.seconds if self.seconds else 0.0
+        lost = (f"; {self.failed:,} records NOT written ({self.first_error})"
+                if self.failed else "")
         return (
             f"{self.records:,} records ({self.bytes / 1e6:,.1f} MB), {self.spans:,} spans, "
             f"{self.points:,} metric points in {self.seconds:,.1f} s ({rate:,.0f} spans/s)"
+            + lost
         )
+
+    async def settle(self, sent: tuple[asyncio.Future[Any], int, int, int]) -> None:
+        """Count one send once the broker has answered it."""
+        fut, size, spans, points = sent
+        try:
+            await fut
+        except KafkaError as exc:
+            self.failed += 1
+            self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
+            return
+        self.records += 1
+        self.bytes += size
+        self.spans += spans
+        self.points += points
 
 
 async def write_records(
@@ -52,7 +75,8 @@ async def write_records(
     progress: Callable[[str], None] = print,
     progress_every_s: float = 5.0,
 ) -> WriteStats:
-    """Send ``records`` in order; returns counts once every record is acknowledged."""
+    """Send ``records`` in order; returns, once the broker has answered every send, what it
+    acknowledged and how many it did not take (a send that fails is counted, not raised)."""
     if mode not in ("live", "replay"):
         raise ValueError(f"mode must be live or replay, got {mode!r}")
     if speed <= 0:
@@ -67,7 +91,7 @@ async def write_records(
     )
     await producer.start()
     stats = WriteStats()
-    in_flight: deque[asyncio.Future[Any]] = deque()
+    in_flight: deque[tuple[asyncio.Future[Any], int, int, int]] = deque()
     known_topics: set[str] = set()
     wall0 = time.monotonic()
     event0: int | None = None
@@ -84,21 +108,20 @@ async def write_records(
             elif i % 256 == 0:
                 await asyncio.sleep(0)  # let the producer's sender run between generation bursts
             if rec.topic in known_topics:
-                fut = await producer.send(
-                    rec.topic, rec.value, key=rec.key, timestamp_ms=rec.timestamp_ms
-                )
+                try:
+                    fut = await producer.send(
+                        rec.topic, rec.value, key=rec.key, timestamp_ms=rec.timestamp_ms
+                    )
+                except KafkaError as exc:  # refused before sending (no metadata: broker down)
+                    fut = asyncio.get_running_loop().create_future()
+                    fut.set_exception(exc)
             else:
                 fut = await _first_send(producer, rec, progress)
                 known_topics.add(rec.topic)
-            in_flight.append(fut)
-            while len(in_flight) > MAX_IN_FLIGHT:
-                await in_flight.popleft()
-            stats.records += 1
-            stats.bytes += len(rec.value)
-            if rec.topic == spans_topic:
-                stats.spans += rec.items
-            else:
-                stats.points += rec.items
+            spans = rec.items if rec.topic == spans_topic else 0
+            in_flight.append((fut, len(rec.value), spans, rec.items - spans))
+            while len(in_flight) > MAX_IN_FLIGHT or (in_flight and in_flight[0][0].done()):
+                await stats.settle(in_flight.popleft())
             stats.last_event_ms = rec.timestamp_ms
             now = time.monotonic()
             if now >= next_progress:
@@ -109,8 +132,8 @@ async def write_records(
                 )
                 next_progress = now + progress_every_s
         await producer.flush()
-        for fut in in_flight:
-            await fut
+        while in_flight:
+            await stats.settle(in_flight.popleft())
     finally:
         await producer.stop()
     stats.seconds = time.monotonic() - wall0
