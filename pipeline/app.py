@@ -370,7 +370,13 @@ class Pipeline:
                 partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms,
                 error=f.error, reason=f.reason, rejected_items=f.rejected,
                 max_value_bytes=limit)
-            fut = await producer.send(dlq, dl.value, key=dl.key, headers=dl.headers)
+            try:
+                fut = await producer.send(dlq, dl.value, key=dl.key, headers=dl.headers)
+            except KafkaError as exc:  # refused before sending (broker down, too large): the
+                # flush that would acknowledge this message waits for it, fails, and the worker
+                # restarts from its last saved state (nothing of the message is lost)
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_exception(exc)
             st.sending[p].append(fut)
             m.decode_errors.labels(r.topic, f.reason).inc()
             m.deadletters.labels(r.topic, f.reason).inc()

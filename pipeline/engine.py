@@ -35,6 +35,7 @@ and what cannot be read is dropped and counted, never a crash.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -164,6 +165,11 @@ class PartitionEngine:
         # this partition is the only one that sees their items). ``clock`` makes them.
         self._new_clock = clock
         self.clocks: dict[str, SourceClock] = {}
+        # "topic:partition" -> newest event time of a chunked record's chunks before its last
+        self._partial: dict[str, int] = {}
+        # (side input?, topic) -> which of its partitions this partition hears from
+        # (``only_sources``): the marks and partition counts of the others are ignored.
+        self._layout: dict[tuple[bool, str], Callable[[int], bool]] = {}
         # "topic:partition" -> idle seconds it must reach before it stops holding the
         # watermark again (a grace after another source came back from a pause)
         self._grace: dict[str, float] = {}
@@ -215,13 +221,15 @@ class PartitionEngine:
         self.offset = offset
         if msg.partitions:
             for topic, n in msg.partitions.items():
-                if n > self.expected.get(topic, 0):
+                if n > self.expected.get(topic, 0) and (False, topic) not in self._layout:
                     self.expected[topic] = n
         if msg.marks is not None:  # a heartbeat
             if not msg.side and msg.marks and all(m.idle_s > 0 for m in msg.marks):
                 self.behind_ns = 0  # the input it was about has stopped (a rerun ended)
             for m in msg.marks:
                 key = f"{m.topic}:{m.partition}"
+                if self._layout and not self._hears(msg.side, m.topic, m.partition):
+                    continue
                 if msg.side:
                     self._side_mark(key, m.watermark_ns, m.idle_s)
                     continue
@@ -242,13 +250,15 @@ class PartitionEngine:
                                         msg.side, seg.record_ns)
                 start = end
             return findings
-        return self._apply(msg.source, msg.items, msg.watermark_ns, msg.side, msg.record_ns)
+        return self._apply(msg.source, msg.items, msg.watermark_ns, msg.side, msg.record_ns,
+                           msg.partial)
 
     def only_sources(self, topic: str, keep: Callable[[int], bool], count: int,
                      side: bool = False) -> None:
         """Hear from ``count`` partitions of ``topic`` only, those ``keep`` accepts: what a
         state saved under another layout (``OTLP_SPANS_KEYING`` changed) expected of the
         others, and their last marks, no longer hold this partition back."""
+        self._layout[(side, topic)] = keep
         expected, marks = ((self.side_expected, self.side_marks) if side
                            else (self.expected, self.marks))
         if count:
@@ -259,6 +269,10 @@ class PartitionEngine:
         for key in [k for k in marks if k.startswith(prefix)]:
             if not keep(int(key.rsplit(":", 1)[1])):
                 del marks[key]
+
+    def _hears(self, side: bool, topic: str, partition: int) -> bool:
+        keep = self._layout.get((side, topic))
+        return keep is None or keep(partition)
 
     def seen(self, src: records.Source) -> bool:
         """Whether this source record (or chunk) has been applied already."""
@@ -274,7 +288,8 @@ class PartitionEngine:
         return out
 
     def _apply(self, src: records.Source | None, items: list[Any], stated: int | None,
-               side: bool, record_ns: int | None = None) -> list[Finding]:
+               side: bool, record_ns: int | None = None, partial: bool = False
+               ) -> list[Finding]:
         """One source record's items (or one chunk of them), once."""
         key = None
         if src is not None:
@@ -286,6 +301,8 @@ class PartitionEngine:
             self.sources[key] = [src[2], src[3]]
         c = self.counters
         c.messages += 1
+        if self._layout and src is not None and not self._hears(side, src[0], src[1]):
+            key = None  # applied, but it moves no mark: a source of another layout
         if side:  # not counted in ``items``: those are the stream's own records
             for d in self.detectors:
                 self._call(d, "update_side", d.update_side, items)
@@ -317,7 +334,15 @@ class PartitionEngine:
                 clock = self.clocks.get(key)
                 if clock is None:
                     clock = self.clocks[key] = self._new_clock()
-                clock.observe((item.event_time_ns for item in items), record_ns)
+                limit = record_ns + clock.ahead_ns if record_ns else None
+                if partial:  # a chunk before the record's last: its time counts with the last
+                    newest = max((it.event_time_ns for it in items
+                                  if limit is None or it.event_time_ns <= limit), default=0)
+                    self._partial[key] = max(self._partial.get(key, 0), newest)
+                    return []
+                held = self._partial.pop(key, 0)
+                clock.observe(itertools.chain((item.event_time_ns for item in items),
+                                              (held,) if held else ()), record_ns)
                 stated = clock.watermark_ns
             elif stated is None:  # a sender that states none: its newest minus the lateness
                 stated = message_newest - self.allowed_lateness_ns

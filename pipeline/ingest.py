@@ -687,12 +687,12 @@ class Ingest:
         assert out.part is not None
         items, src, wm = out.part
         encode = self.by_topic[src[0]][4]
-        n = (out.sources if out.sources is not None else self.input_partitions.get(src[0])
-             ) or None
-        extra = {} if out.record_ns is None else {"record_ns": out.record_ns}
+        keyed = out.sources is not None  # input keyed by trace id: the receiver keeps the clock
+        n = (out.sources if keyed else self.input_partitions.get(src[0])) or None
         return records.split_encode(
             items, lambda xs, chunk, final: encode(
-                xs, (src[0], src[1], src[2], chunk), wm if final else out.before, n, **extra),
+                xs, (src[0], src[1], src[2], chunk), wm if final else out.before, n,
+                **({"record_ns": out.record_ns, "partial": not final} if keyed else {})),
             self._limit(name))
 
     async def _send_outbox(self, pending: list[Pending]) -> None:

@@ -147,7 +147,7 @@ class LocalPipeline:
                                       dest) or None
             try:
                 chunks = records.split_encode(items, lambda xs, c, final: records.encode_spans(
-                    xs, (topic, partition, offset, c), None, n, record_ns),
+                    xs, (topic, partition, offset, c), None, n, record_ns, not final),
                     self.routed_max_bytes)
             except records.TooLarge:
                 self.dead_letters.append((topic, partition, offset, "unroutable"))

@@ -56,14 +56,12 @@ class RateLimit(logging.Filter):
         return True
 
 
-def install(every_s: float = 30.0) -> RateLimit:
-    """Put one ``RateLimit`` on every handler of the root logger (call once logging is set
-    up: the records of every library logger pass through those handlers)."""
-    limit = RateLimit(every_s)
+def install(every_s: float = 30.0) -> None:
+    """Put a ``RateLimit`` on every handler of the root logger, one each (call once logging is
+    set up: the records of every library logger pass through those handlers)."""
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RateLimit) for f in handler.filters):
-            handler.addFilter(limit)
-    return limit
+            handler.addFilter(RateLimit(every_s))
 
 
 def forget(fut: Any) -> None:

@@ -209,6 +209,9 @@ class Routed:
     # The source record's Kafka timestamp, when the message states no watermark: the
     # receiver keeps the source's clock (input keyed by trace id, ``encode_forwarded``).
     record_ns: int | None = None
+    # A chunk before the last of a record whose receiver keeps the source's clock: its items
+    # move the clock only with the last chunk (later chunks may hold older items).
+    partial: bool = False
 
 
 @dataclass(slots=True)
@@ -282,11 +285,14 @@ def split_encode(
 def _encode(
     resources: list[Resource], rows: list[list[Any]], tag: str, source: Source | None,
     watermark_ns: int | None, partitions: int | None, record_ns: int | None = None,
+    partial: bool | None = None,
 ) -> bytes:
     doc = {"src": source, "wm": watermark_ns, "n": partitions,
            "r": [r.to_wire() for r in resources], tag: rows}
     if record_ns is not None:
         doc["rt"] = record_ns
+    if partial is not None:  # (written either way: chunks are sized as the last one)
+        doc["pc"] = partial
     return orjson.dumps(doc)
 
 
@@ -329,13 +335,13 @@ def _point_rows(points: list[MetricPoint], index: dict[int, int]) -> list[list[A
 
 def encode_spans(spans: list[Span], source: Source | None = None,
                  watermark_ns: int | None = None, partitions: int | None = None,
-                 record_ns: int | None = None) -> bytes:
+                 record_ns: int | None = None, partial: bool | None = None) -> bytes:
     """Wire form of spans for the routing topic (resources written once); ``partitions`` is
     the source topic's partition count (how many sources the receiver waits for);
     ``record_ns`` as ``Routed.record_ns``."""
     resources, index = _resource_index(spans)
     return _encode(resources, _span_rows(spans, index), "s", source, watermark_ns, partitions,
-                   record_ns)
+                   record_ns, partial)
 
 
 #: One source record's share of a batch: its items, its source and the watermark stated after.
@@ -373,7 +379,7 @@ def decode_spans_wire(data: bytes) -> Routed:
     if "b" in doc:
         return Routed(None, spans, None, partitions=doc["n"], segments=_segments(doc))
     return Routed(_source(doc), spans, doc.get("wm"), partitions=_partitions(doc),
-                  record_ns=doc.get("rt"))
+                  record_ns=doc.get("rt"), partial=bool(doc.get("pc")))
 
 
 # -- input keyed by trace id: source records forwarded whole ---------------------------------

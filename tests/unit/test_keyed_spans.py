@@ -141,6 +141,15 @@ def test_state_saved_regrouped_goes_on_when_the_keying_is_set() -> None:
     second = LocalPipeline(KEYED, {sc.spans_topic: 2, sc.metrics_topic: 2}, partitions=4)
     second.batched = True
     assert second.restore(tables) > 0
+    # What was routed under "any" and not applied before the restart: heartbeats naming every
+    # input partition, and the trace stage hearing from every span partition. They must not
+    # bring the old layout back.
+    spans_t, routed = sc.spans_topic, second.routed["spans"]
+    beat = encode_heartbeat([Mark(spans_t, i, 10**9, 0.0) for i in range(2)], {spans_t: 2})
+    stage = encode_heartbeat([Mark(routed, q, 10**9, 0.0) for q in range(4)], {routed: 4})
+    for p in range(4):
+        second._deliver("spans", p, beat)
+        second._deliver("traces", p, stage)
     found = []
     for i, (topic, p, o, value, ts) in enumerate(recs[half:]):
         found += second.feed(topic, p, o, value, ts)
@@ -150,3 +159,24 @@ def test_state_saved_regrouped_goes_on_when_the_keying_is_set() -> None:
     assert "bottleneck_span" in {f.kind for f in found}
     newest = max(r[4] for r in recs) * 1_000_000
     assert all(e.watermark_ns > newest - 60 * 10**9 for e in second.engines["traces"].values())
+
+
+def test_a_chunked_record_moves_the_clock_only_with_its_last_chunk() -> None:
+    """A record too large to forward is decoded by ingest and sent in chunks: a later chunk
+    may hold older spans than an earlier one, so none of them must be late."""
+    s = 1_000_000_000
+
+    def clock() -> SourceClock:
+        return SourceClock(5 * s, 300 * s, 60 * s)
+
+    e = PartitionEngine(0, [], 5 * s, expected={"in": 1}, idle_s=2.0, clock=clock)
+    e.process(_segment(0, 100 * s), 0)
+    e.process(_segment(1, 101 * s), 1)
+    assert e.watermark_ns == 96 * s
+    first = Routed(("in", 0, 2, 0), [_Item(130 * s)], None, record_ns=131 * s, partial=True)
+    last = Routed(("in", 0, 2, 1), [_Item(110 * s)], None, record_ns=131 * s)
+    e.process(first, 2)
+    assert e.watermark_ns == 96 * s  # not moved by the first chunk
+    e.process(last, 3)
+    assert e.counters.late_items == 0
+    assert e.watermark_ns == 125 * s  # the record's newest span, from either chunk
