@@ -43,7 +43,7 @@ from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
-from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog
+from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send
 from pipeline.loglimit import forget, install
 from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
@@ -348,9 +348,8 @@ class Pipeline:
         s, m = self.settings, self.metrics
         if msg.offset <= engine.offset:  # the engine skips it whole
             return records.Routed(None, [], None, segments=[])
-        recs, counts = records.decode_forwarded(msg.value)
         out = otlp.decode_forwarded_spans(
-            recs, counts, s.otlp_spans_encoding, s.max_record_bytes,
+            msg.value, s.otlp_spans_encoding, s.max_record_bytes,
             int(s.max_future_skew_s * 1e9), seen=engine.seen)
         m.items_decoded.labels("spans").inc(len(out.routed.items))
         for reason, n in out.dropped.items():
@@ -375,8 +374,7 @@ class Pipeline:
             except KafkaError as exc:  # refused before sending (broker down, too large): the
                 # flush that would acknowledge this message waits for it, fails, and the worker
                 # restarts from its last saved state (nothing of the message is lost)
-                fut = asyncio.get_running_loop().create_future()
-                fut.set_exception(exc)
+                fut = failed_send(exc)
             st.sending[p].append(fut)
             m.decode_errors.labels(r.topic, f.reason).inc()
             m.deadletters.labels(r.topic, f.reason).inc()
@@ -392,14 +390,10 @@ class Pipeline:
                     self.settings.otlp_spans_topic, reason).inc(n - before.get(reason, 0))
 
     def span_senders(self) -> int:
-        """How many span-stage partitions feed the next stages: every routed partition, or,
-        with input keyed by trace id, those an input partition goes to (0 while the input's
-        partition count is not known)."""
         s = self.settings
-        if s.otlp_spans_keying != "trace_id":
-            return s.pipeline_partitions
-        return min(self.ingest.input_partitions.get(s.otlp_spans_topic, 0),
-                   s.pipeline_partitions)
+        return records.span_senders(s.otlp_spans_keying == "trace_id",
+                                    self.ingest.input_partitions.get(s.otlp_spans_topic, 0),
+                                    s.pipeline_partitions)
 
     async def _in_order(self, st: _Stream, msg: Any) -> bool:
         """Whether to process this routed message now. One past the next expected offset
@@ -552,9 +546,8 @@ class Pipeline:
         else:  # the input topic's partitions (heartbeats say how many; saved with the state)
             topic = s.otlp_spans_topic if st.signal == "spans" else s.otlp_metrics_topic
             n = self.ingest.input_partitions.get(topic, 0)
-            if keyed:  # only those forwarded here
-                n = records.keyed_sources(n, s.pipeline_partitions, partition)
-            expected = {topic: n} if n else {}
+            expected = (records.keyed_counts(topic, n, s.pipeline_partitions, partition)
+                        if keyed else {topic: n} if n else {})  # keyed: those forwarded here
         # Side inputs: what the span stage derives for this stream (client calls for metrics).
         side = {spans_routed: senders} if senders and any(
             c.emits == st.signal for c in self.streams["spans"].detector_classes) else {}
@@ -568,16 +561,16 @@ class Pipeline:
             on_error=self._detector_error, rebuild=lambda d: type(d).from_settings(s),
             side_expected=side,
             # input keyed by trace id: the span stage keeps its sources' clocks
-            clock=(lambda: SourceClock(
-                int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
-                int(s.clock_ahead_tolerance_s * 1e9))) if keyed else None,
+            clock=(lambda: SourceClock.from_settings(s)) if keyed else None,
         )
         prefix = f"{partition}/".encode()
         loaded = engine.restore(
             (k.decode(), v) for k, v in st.table.items() if k.startswith(prefix)
         )
-        if s.otlp_spans_keying == "trace_id":  # the state may have been saved with "any"
-            self._keyed_layout(st.signal, engine)
+        n_spans = self.ingest.input_partitions.get(s.otlp_spans_topic, 0)
+        if s.otlp_spans_keying == "trace_id" and n_spans:  # the state may be saved with "any"
+            keyed_layout(engine, st.signal, s.otlp_spans_topic, spans_routed, n_spans,
+                         s.pipeline_partitions)
         if loaded:
             log.info(
                 "restored %s partition %d: %d state entries, resuming after offset %d",
@@ -588,13 +581,6 @@ class Pipeline:
         st.engines[partition] = engine
         st.last_flush[partition] = time.monotonic()
         return engine
-
-    def _keyed_layout(self, signal: str, engine: PartitionEngine) -> None:
-        s = self.settings
-        n = self.ingest.input_partitions.get(s.otlp_spans_topic, 0)
-        if n:
-            keyed_layout(engine, signal, s.otlp_spans_topic,
-                         self.streams["spans"].topic.get_topic_name(), n, s.pipeline_partitions)
 
     def _drop_partitions(self, revoked: set[TP]) -> None:
         for st in self.streams.values():

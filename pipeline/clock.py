@@ -36,6 +36,7 @@ The watermark a source states is ``progress - lateness``: items older than that 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 #: Counter names (metric label values).
 REASONS = ("clock_ahead", "jump_held", "jump_discarded")
@@ -51,6 +52,13 @@ class SourceClock:
         self.progress_ns = 0  # newest event time this source has reliably reached
         self.held_ns: int | None = None  # a far-ahead record's time, waiting for the next
         self.counts = dict.fromkeys(REASONS, 0)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SourceClock:
+        """``ALLOWED_LATENESS_S``, ``SOURCE_JUMP_S``, ``CLOCK_AHEAD_TOLERANCE_S``."""
+        s = settings
+        return cls(int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
+                   int(s.clock_ahead_tolerance_s * 1e9))
 
     @property
     def watermark_ns(self) -> int:

@@ -741,7 +741,7 @@ def keyed_layout(engine: PartitionEngine, signal: str, spans_topic: str, spans_r
     partition hears from the input partitions forwarded to it (``i % partitions``), the next
     stages from the span partitions that get any (``min(inputs, partitions)``). State saved
     before the keying was set expected every one of them, and would wait for ever."""
-    senders = min(inputs, partitions)
+    senders = records.span_senders(True, inputs, partitions)
     if signal == "spans":
         engine.only_sources(spans_topic, lambda i: i % partitions == engine.partition,
                             records.keyed_sources(inputs, partitions, engine.partition))

@@ -105,6 +105,14 @@ class RouteError(Exception):
         self.cause = cause
 
 
+def failed_send(error: BaseException) -> asyncio.Future[Any]:
+    """A send the producer refused before sending, as the failed delivery it amounts to (the
+    commit or flush that waits for it sees the failure)."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_exception(error)
+    return fut
+
+
 def transient(error: BaseException) -> bool:
     """A lost connection, a leader change, a timeout: trying again later can succeed."""
     return isinstance(error, KafkaTimeoutError) or bool(getattr(error, "retriable", False))
@@ -536,9 +544,8 @@ class Ingest:
                 for mark in marks:
                     by_dest[mark.partition % parts].append(mark)
                 for p, mine in sorted(by_dest.items()):
-                    n = self._keyed_sources(topic, p)
                     forget(await self.producer.send(
-                        name, records.encode_heartbeat(mine, {topic: n} if n else {}),
+                        name, records.encode_heartbeat(mine, self._keyed_counts(topic, p)),
                         partition=p))
                 continue
             # The partition count, once known (this worker may read only some of them).
@@ -550,11 +557,7 @@ class Ingest:
     def _clock(self, tp: TopicPartition) -> SourceClock:
         clock = self.clocks.get(tp)
         if clock is None:
-            s = self.settings
-            clock = self.clocks[tp] = SourceClock(
-                int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
-                int(s.clock_ahead_tolerance_s * 1e9),
-            )
+            clock = self.clocks[tp] = SourceClock.from_settings(self.settings)
         return clock
 
     # -- one record ---------------------------------------------------------------------------
@@ -604,7 +607,9 @@ class Ingest:
             dest = rec.partition % s.pipeline_partitions
             out = Outgoing(rec, ident, part=(items, (rec.topic, rec.partition, rec.offset, 0),
                                              None), record_ns=record_ns,
-                           sources=self._keyed_sources(rec.topic, dest))
+                           sources=records.keyed_sources(
+                               self.input_partitions.get(rec.topic, 0), s.pipeline_partitions,
+                               dest))
             try:
                 out.encoded = self._chunks(name, out)
             except records.TooLarge as exc:
@@ -645,11 +650,11 @@ class Ingest:
                 self._outbox.setdefault((name, p), []).append(out)
         m.processing.labels(f"ingest_{signal}").observe(time.perf_counter() - started)
 
-    def _keyed_sources(self, topic: str, dest: int) -> int:
-        """Input partitions routed partition ``dest`` hears from, input keyed by trace id (0
-        while the topic's partition count is not known)."""
-        return records.keyed_sources(self.input_partitions.get(topic, 0),
-                                     self.settings.pipeline_partitions, dest)
+    def _keyed_counts(self, topic: str, dest: int) -> dict[str, int]:
+        """The input partitions routed partition ``dest`` hears from, input keyed by trace id,
+        as a message states them (none while the topic's partition count is not known)."""
+        return records.keyed_counts(topic, self.input_partitions.get(topic, 0),
+                                    self.settings.pipeline_partitions, dest)
 
     def _forward(self, rec: ConsumerRecord, ident: str) -> bool:
         """Input keyed by trace id: queue the span record whole and undecoded for routed
@@ -672,8 +677,7 @@ class Ingest:
         dest = rec.partition % self.settings.pipeline_partitions
         out = Outgoing(rec, ident, raw=src)
         if size > ALONE_FRACTION * limit:  # goes alone, as a large record does
-            out.encoded = [records.encode_forwarded(
-                [src], {rec.topic: n} if (n := self._keyed_sources(rec.topic, dest)) else {})]
+            out.encoded = [records.encode_forwarded([src], self._keyed_counts(rec.topic, dest))]
         self._outbox.setdefault((name, dest), []).append(out)
         return True
 
@@ -722,10 +726,8 @@ class Ingest:
             try:
                 payload: bytes | None
                 if group[0].raw is not None:  # forwarded records (input keyed by trace id)
-                    raw = group[0].raw
-                    n = self._keyed_sources(raw.topic, p)
-                    payload = records.encode_forwarded([o.raw for o in group if o.raw],
-                                                       {raw.topic: n} if n else {})
+                    payload = records.encode_forwarded(
+                        [o.raw for o in group if o.raw], self._keyed_counts(group[0].raw.topic, p))
                 else:
                     payload = records.encode_batch(
                         [o.part for o in group if o.part], self.input_partitions)
@@ -762,8 +764,7 @@ class Ingest:
         try:
             fut = await self.producer.send(name, payload, partition=p)
         except KafkaError as exc:  # refused before sending (over max_request_size)
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_exception(exc)
+            fut = failed_send(exc)
         pending.append(Pending(fut, recs))
 
     async def _dead_letter(

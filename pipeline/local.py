@@ -58,8 +58,8 @@ class LocalPipeline:
         # Input keyed by trace id (``OTLP_SPANS_KEYING=trace_id``): span records are forwarded
         # whole to routed partition <input partition> % partitions, as ingest does.
         self.keyed = s.otlp_spans_keying == "trace_id"
-        n_spans = self.input_partitions.get(s.otlp_spans_topic, 0)
-        self.span_senders = min(n_spans, self.partitions) if self.keyed else self.partitions
+        self.span_senders = records.span_senders(
+            self.keyed, self.input_partitions.get(s.otlp_spans_topic, 0), self.partitions)
         self.engines: dict[str, dict[int, PartitionEngine]] = {}
         for signal in ("spans", "metrics", "traces"):
             mine = [c for c in classes if c.signal == signal]
@@ -74,7 +74,7 @@ class LocalPipeline:
                     rebuild=lambda d: type(d).from_settings(s),
                     side_expected={self.routed["spans"]: self.span_senders}
                     if signal in span_emits and signal != "traces" else None,
-                    clock=self.clock_for_engine if keyed else None,
+                    clock=(lambda: SourceClock.from_settings(s)) if keyed else None,
                 )
                 for p in range(self.partitions)
             }
@@ -93,19 +93,12 @@ class LocalPipeline:
         if signal == "traces":
             return {self.routed["spans"]: self.span_senders} if self.span_senders else {}
         if signal == "spans" and self.keyed:
-            topic = s.otlp_spans_topic
-            n = records.keyed_sources(self.input_partitions.get(topic, 0), self.partitions, p)
-            return {topic: n} if n else {}
+            return self._keyed_counts(s.otlp_spans_topic, p)
         return {}
 
-    def clock_for_engine(self) -> SourceClock:
-        s = self.settings
-        return SourceClock(int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
-                           int(s.clock_ahead_tolerance_s * 1e9))
-
     def _keyed_counts(self, topic: str, p: int) -> dict[str, int]:
-        n = records.keyed_sources(self.input_partitions.get(topic, 0), self.partitions, p)
-        return {topic: n} if n else {}
+        return records.keyed_counts(topic, self.input_partitions.get(topic, 0),
+                                    self.partitions, p)
 
     # -- ingest -------------------------------------------------------------------------------
     def feed(self, topic: str, partition: int, offset: int, value: bytes,
@@ -143,8 +136,7 @@ class LocalPipeline:
             return []
         if keyed:  # too large to forward: decoded here, to the same partition in chunks
             dest = partition % self.partitions
-            n = records.keyed_sources(self.input_partitions.get(topic, 0), self.partitions,
-                                      dest) or None
+            n = self._keyed_counts(topic, dest).get(topic)
             try:
                 chunks = records.split_encode(items, lambda xs, c, final: records.encode_spans(
                     xs, (topic, partition, offset, c), None, n, record_ns, not final),
@@ -196,10 +188,7 @@ class LocalPipeline:
     def clock(self, topic: str, partition: int) -> SourceClock:
         c = self.clocks.get((topic, partition))
         if c is None:
-            s = self.settings
-            c = self.clocks[(topic, partition)] = SourceClock(
-                int(s.allowed_lateness_s * 1e9), int(s.source_jump_s * 1e9),
-                int(s.clock_ahead_tolerance_s * 1e9))
+            c = self.clocks[(topic, partition)] = SourceClock.from_settings(self.settings)
         return c
 
     def heartbeat(self, idle_s: Mapping[tuple[str, int], float] | None = None,
@@ -244,9 +233,8 @@ class LocalPipeline:
                   "traces": records.decode_samples_wire}[signal]
         if records.is_forwarded(data):
             s = self.settings
-            recs, counts = records.decode_forwarded(data)
             out = otlp.decode_forwarded_spans(
-                recs, counts, s.otlp_spans_encoding, s.max_record_bytes,
+                data, s.otlp_spans_encoding, s.max_record_bytes,
                 int(s.max_future_skew_s * 1e9), seen=engine.seen)
             for f in out.failures:
                 self.dead_letters.append((f.record.topic, f.record.partition, f.record.offset,

@@ -49,6 +49,7 @@ from pipeline.records import (
     Segment,
     SourceRecord,
     Span,
+    decode_forwarded,
 )
 
 OTLP_PROTO, OTLP_JSON = "otlp_proto", "otlp_json"
@@ -225,15 +226,16 @@ class ForwardedSpans:
 
 
 def decode_forwarded_spans(
-    recs: list[SourceRecord], partitions: dict[str, int], encoding: str,
-    max_record_bytes: int, max_future_skew_ns: int,
+    data: bytes, encoding: str, max_record_bytes: int, max_future_skew_ns: int,
     seen: Callable[[tuple[str, int, int, int]], bool] = lambda src: False,
 ) -> ForwardedSpans:
-    """Decode forwarded span records into one routed batch, each record a segment that states
+    """Decode a message of forwarded span records (``records.encode_forwarded``) into one
+    routed batch, each record a segment that states
     no watermark but its Kafka timestamp (the receiver keeps each source's clock). A record the
     receiver has applied already (``seen``: forwarded again after a restart of ingest) is
     neither decoded nor dead-lettered again; one that cannot be decoded is a ``Failure`` and a
     segment of no items, so that it too is applied once."""
+    recs, partitions = decode_forwarded(data)
     items: list[Any] = []
     segments: list[Segment] = []
     failures: list[Failure] = []

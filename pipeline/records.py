@@ -465,6 +465,23 @@ def keyed_sources(input_partitions: int, partitions: int, partition: int) -> int
     return len(range(partition, input_partitions, partitions))
 
 
+def keyed_counts(topic: str, input_partitions: int, partitions: int, partition: int
+                 ) -> dict[str, int]:
+    """``keyed_sources`` as the partition counts a message states (none while unknown)."""
+    n = keyed_sources(input_partitions, partitions, partition)
+    return {topic: n} if n else {}
+
+
+def span_senders(keyed: bool, input_partitions: int, partitions: int) -> int:
+    """How many span-stage partitions feed the next stages: every routed partition, or, with
+    input keyed by trace id, those an input partition goes to (0 while that is unknown).
+
+    >>> span_senders(False, 8, 16), span_senders(True, 8, 16), span_senders(True, 32, 16)
+    (16, 8, 16)
+    """
+    return min(input_partitions, partitions) if keyed else partitions
+
+
 def encode_points(points: list[MetricPoint], source: Source | None = None,
                   watermark_ns: int | None = None, partitions: int | None = None) -> bytes:
     """Wire form of metric points for the routing topic (resources written once)."""
