@@ -333,9 +333,9 @@ class Worker:
     """A ``python -m pipeline worker`` subprocess with its own metrics port, data dir and log."""
 
     def __init__(self, env: Mapping[str, str], bootstrap: str, log_path: Path,
-                 detectors: str = "") -> None:
+                 detectors: str = "", data_dir: str | None = None) -> None:
         self.port = free_port()
-        self.data_dir = tempfile.mkdtemp(prefix="bench-state-")
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="bench-state-")
         self.log_path = log_path
         self.env = {
             **os.environ, **env,
@@ -381,6 +381,31 @@ class Worker:
         """User + system CPU time the worker has used so far."""
         return _cpu_seconds(self.proc.pid) if self.alive() else None  # type: ignore[union-attr]
 
+    def kill(self) -> int | None:
+        """SIGKILL: no shutdown at all. The data directory stays, for a restart that reuses it
+        (``Worker(..., data_dir=old.data_dir)``)."""
+        if self.proc is None:
+            return None
+        self.sample_memory()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._log.close()
+        return self.proc.returncode
+
+    def rss_kb(self) -> int:
+        """Resident memory now (VmRSS), 0 if the worker is not running."""
+        if not self.alive():
+            return 0
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as fh:  # type: ignore[union-attr]
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (the worker flushes its producer), then SIGKILL after ``timeout_s``."""
         if self.proc is None:
@@ -394,7 +419,8 @@ class Worker:
                 log(f"harness: worker did not stop {timeout_s:.0f} s after SIGTERM; killing it")
                 self.proc.kill()
                 self.proc.wait(timeout=30)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         return self.proc.returncode
 
