@@ -44,6 +44,7 @@ from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send
+from pipeline.lagview import LagReading, TopicLag, carry_lag, last_fetched
 from pipeline.loglimit import forget, install
 from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
@@ -125,11 +126,19 @@ async def routed_lag(
     return lag
 
 
+def _polled_ms(consumer: Any) -> Callable[[TP], int | None]:
+    """aiokafka's ``last_poll_timestamp`` (Unix ms of the partition's last fetch answer) of
+    the consumer inside Faust's consumer thread: a read of the partition's state, as Faust's
+    own ``highwater()`` does from this thread."""
+    inner = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    return inner.last_poll_timestamp if inner is not None else lambda tp: None
+
+
 class Pipeline:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = s = settings
         self._state_view: dict[str, StreamState] = {}
-        self._lag_view: dict[str, int] = {}
+        self._lag_view: dict[str, TopicLag] = {}
         self._lag_log = RateLimitedLog(log, every_s=60.0)
         self._detector_log = RateLimitedLog(log, every_s=30.0)
         self._behind_log = RateLimitedLog(log, every_s=60.0)
@@ -244,8 +253,8 @@ class Pipeline:
             self._view_built_at = time.time()
             try:
                 self._lag_view = await self._build_lag_view()
-            except Exception:  # the timer must live on; no lag rather than a stale one
-                self._lag_view = {}
+            except Exception:  # the timer must live on; the last view stands, its fetch
+                # times saying how old it is
                 self._lag_log.warning("lag", "cannot compute consumer lag", exc_info=True)
 
         @app.timer(interval=s.state_flush_interval_s)
@@ -658,16 +667,34 @@ class Pipeline:
             view[name] = sv
         return view
 
-    async def _build_lag_view(self) -> dict[str, int]:
+    async def _build_lag_view(self) -> dict[str, TopicLag]:
         """Records behind the end of each consumed topic, over the partitions this worker owns:
         the input topics (ingest) and the routed topics (detection), every assigned partition
-        of these, processed here yet or not (see ``routed_lag``)."""
-        lag = self.ingest.lag()
+        of these, processed here yet or not (see ``routed_lag``); each topic's last known lag
+        kept while its consumer cannot tell which partitions it owns (``lagview``)."""
+        return carry_lag(self._lag_view, self.ingest.lag_reading(), await self._routed_reading())
+
+    async def _routed_reading(self) -> LagReading:
+        names = [st.topic.get_topic_name() for st in self.streams.values()]
         consumer = self.app.consumer
         try:
             assigned = consumer.assignment()
         except Exception:  # consumer not started (or stopped)
-            return lag
+            return LagReading({}, {}, names)
+        # Faust's record of the committed offsets (read at assignment, updated on commit):
+        # a dict look-up, where asking the broker would be a round trip per partition.
+        committed_offsets = getattr(consumer, "_committed_offset", None) or {}
+        lag = await routed_lag(
+            assigned,
+            {st.topic.get_topic_name(): dict(st.guard.next) for st in self.streams.values()},
+            consumer.highwater,
+            lambda tp: committed_offsets.get(tp),
+            consumer.position,
+        )
+        routed = [tp for tp in assigned if tp.topic in names]
+        # While Faust rebalances (as it does when the broker is lost) its assignment is empty.
+        keep = names if getattr(self.app, "rebalancing", False) else {tp.topic for tp in routed}
+        return LagReading(lag, last_fetched(routed, _polled_ms(consumer)), keep)
         # Faust's record of the committed offsets (read at assignment, updated on commit):
         # a dict look-up, where asking the broker would be a round trip per partition.
         committed_offsets = getattr(consumer, "_committed_offset", None) or {}

@@ -36,6 +36,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline import otlp, records, topics
 from pipeline.clock import SourceClock
+from pipeline.lagview import LagReading, last_fetched
 from pipeline.loglimit import forget
 from pipeline.records import Mark
 from pipeline.settings import Settings
@@ -200,11 +201,12 @@ class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ingest, self.consumer = ingest, consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.ingest.assignment_known = False  # until the rebalance assigns partitions again
         if revoked:
             await self.ingest.hand_over(self.consumer, set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        self.ingest.assignment_known = True
 
 
 class Ingest:
@@ -230,6 +232,9 @@ class Ingest:
         # many sources to wait for.
         self.input_partitions: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        # The consumer's assignment is the group's (False while it starts, rejoins or is cut
+        # off from the broker: then its empty assignment says nothing about what it owns).
+        self.assignment_known = False
         self._next_offset: dict[TopicPartition, int] = {}
         # Event-time progress of each assigned input partition, and since when (processing
         # time) it has been read to its end with nothing new.
@@ -278,6 +283,24 @@ class Ingest:
             if high is not None:
                 out[tp.topic] = out.get(tp.topic, 0) + max(0, high - pos)
         return out
+
+    def lag_reading(self) -> LagReading:
+        """``lag()`` with the time of the broker's last fetch answer per input topic, and the
+        topics whose last known lag stands meanwhile (``lagview``): every input topic while
+        the consumer is restarting or rejoining, else those it has a partition of."""
+        consumer = self._consumer
+        assigned: list[TopicPartition] | None = None
+        if consumer is not None:
+            try:
+                assigned = list(consumer.assignment())
+            except Exception:  # stopping
+                assigned = None
+        fetched = last_fetched(assigned or (), consumer.last_poll_timestamp) if consumer else {}
+        if assigned is None or not self.assignment_known:
+            keep: Collection[str] = tuple(self.by_topic)
+        else:
+            keep = {tp.topic for tp in assigned}
+        return LagReading(self.lag(), fetched, keep)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -410,7 +433,7 @@ class Ingest:
                         await self._commit(consumer, pending, offsets)
                         since_commit, committed_at = 0, time.monotonic()
         finally:
-            self._consumer = None
+            self._consumer, self.assignment_known = None, False
             await consumer.stop()
             await producer.stop()
 

@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.lagview import TopicLag
+
 NS = "anomaly_pipeline"
 #: Help text of the per-finding gauges detectors report (``DetectorStats.gauges``).
 GAUGE_HELP = {
@@ -223,7 +225,7 @@ class PipelineMetrics:
     def watch_state(
         self,
         snapshot: Callable[[], dict[str, StreamState]],
-        lag: Callable[[], dict[str, int]] = dict,
+        lag: Callable[[], Mapping[str, TopicLag]] = dict,
         built_at: Callable[[], float] | None = None,
     ) -> None:
         self.registry.register(StateCollector(snapshot, lag, built_at))
@@ -252,7 +254,7 @@ class StateCollector(Collector):
     def __init__(
         self,
         snapshot: Callable[[], dict[str, StreamState]],
-        lag: Callable[[], dict[str, int]] = dict,
+        lag: Callable[[], Mapping[str, TopicLag]] = dict,
         built_at: Callable[[], float] | None = None,
         clock: Callable[[], float] = time.time,
         stale_after_s: float = STALE_VIEW_S,
@@ -283,11 +285,22 @@ class StateCollector(Collector):
         consumer_lag = GaugeMetricFamily(
             f"{NS}_consumer_lag_records",
             "Records between this worker's position and the end of each topic it consumes "
-            "(input topics and routed topics), over the partitions it owns.", labels=["topic"],
+            "(input topics and routed topics), over the partitions it owns; while the broker "
+            "cannot be reached, the last known value.", labels=["topic"],
         )
-        for topic, n in sorted(self._lag().items()):
-            consumer_lag.add_metric([topic], n)
+        fetched = GaugeMetricFamily(
+            f"{NS}_consumer_last_fetch_timestamp_seconds",
+            "Unix time of the broker's newest fetch answer for the partitions of each topic "
+            "this worker owns: the consumer lag of the topic is as of then. It stops while the "
+            "broker cannot be reached (the lag then keeps its last known value).",
+            labels=["topic"],
+        )
+        for topic, lag_of in sorted(self._lag().items()):
+            consumer_lag.add_metric([topic], lag_of.records)
+            if lag_of.fetched_at is not None:
+                fetched.add_metric([topic], lag_of.fetched_at)
         yield consumer_lag
+        yield fetched
         finding = GaugeMetricFamily(
             f"{NS}_finding_active",
             "1 for each firing finding, labelled with its kind, severity, entity and fingerprint "

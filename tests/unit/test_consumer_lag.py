@@ -1,5 +1,7 @@
 """anomaly_pipeline_consumer_lag_records: records behind the end of each consumed topic, over
-the partitions this worker is assigned, without Kafka (stub consumers)."""
+the partitions this worker is assigned, without Kafka (stub consumers); and, while the broker
+cannot be reached, each topic's last known lag with the time of the broker's last fetch answer
+(anomaly_pipeline_consumer_last_fetch_timestamp_seconds)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from faust.types import TP
 from pipeline import app as app_module
 from pipeline.app import Pipeline, routed_lag
 from pipeline.ingest import Ingest, choose_partitions, forget_unassigned
+from pipeline.lagview import LagReading, TopicLag, carry_lag, last_fetched
 
 
 class StubConsumer:
@@ -23,8 +26,10 @@ class StubConsumer:
     def __init__(
         self, highwater: dict[Any, int | None], position: dict[Any, int] | None = None,
         assigned: set[Any] | None = None, committed: dict[Any, int | None] | None = None,
+        polled_ms: dict[Any, int | None] | None = None,
     ) -> None:
         self.high = highwater
+        self.polled_ms = polled_ms or {}
         self.pos = position or {}
         self.assigned = set(highwater) if assigned is None else assigned
         self._committed_offset = committed or {}
@@ -41,10 +46,28 @@ class StubConsumer:
         self.position_calls.append(tp)
         return self.pos[tp]
 
+    def last_poll_timestamp(self, tp: Any) -> int | None:
+        assert tp in self.assigned, "Partition is not assigned"
+        return self.polled_ms.get(tp)
 
-def ingest_with(consumer: StubConsumer | None, next_offset: dict[TopicPartition, int]) -> Ingest:
+
+class FaustConsumer(StubConsumer):
+    """Faust's consumer: aiokafka's runs in its consumer thread (``_thread._consumer``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._thread = SimpleNamespace(_consumer=self)
+
+
+INPUT_TOPICS = ("otlp_spans", "otlp_metrics")
+
+
+def ingest_with(consumer: StubConsumer | None, next_offset: dict[TopicPartition, int],
+                assignment_known: bool = True) -> Ingest:
     ingest = Ingest.__new__(Ingest)  # lag() reads only the consumer and the positions
     ingest._consumer, ingest._next_offset = consumer, next_offset  # type: ignore[assignment]
+    ingest.by_topic = dict.fromkeys(INPUT_TOPICS)  # type: ignore[arg-type]
+    ingest.assignment_known = assignment_known
     return ingest
 
 
@@ -177,28 +200,43 @@ async def test_routed_lag_gives_up_on_slow_positions(monkeypatch: pytest.MonkeyP
     assert await lag_of(Slow({R0: 50, R1: 10}), {SPANS: {1: 4}}) == {SPANS: 6}
 
 
+def routed_streams(positions: dict[str, dict[int, int]]) -> dict[str, SimpleNamespace]:
+    return {
+        topic: SimpleNamespace(topic=SimpleNamespace(get_topic_name=lambda t=topic: t),
+                               guard=SimpleNamespace(next=positions.get(topic, {})))
+        for topic in (SPANS, METRICS, TRACES)
+    }
+
+
+def pipeline_with(ingest: Ingest, consumer: Any, streams: dict[str, SimpleNamespace],
+                  rebalancing: bool = False,
+                  view: dict[str, TopicLag] | None = None) -> SimpleNamespace:
+    pipeline = SimpleNamespace(
+        ingest=ingest, app=SimpleNamespace(consumer=consumer, rebalancing=rebalancing),
+        streams=streams, _lag_view=view or {},
+    )
+    pipeline._routed_reading = lambda: Pipeline._routed_reading(pipeline)  # type: ignore[arg-type]
+    return pipeline
+
+
+async def view_of(pipeline: SimpleNamespace) -> dict[str, TopicLag]:
+    return await Pipeline._build_lag_view(pipeline)  # type: ignore[arg-type]
+
+
+def records(view: dict[str, TopicLag]) -> dict[str, int]:
+    return {topic: lag.records for topic, lag in view.items()}
+
+
 async def test_lag_view_adds_ingest_and_every_assigned_routed_partition() -> None:
     consumer = StubConsumer(
         {R0: 100, R1: 70, T0: 20, CHANGELOG: 10**6},
         position={T0: 15},
         committed={R1: 30},
     )
-    streams = {
-        signal: SimpleNamespace(topic=SimpleNamespace(get_topic_name=lambda t=topic: t),
-                                guard=SimpleNamespace(next=position))
-        for signal, topic, position in (
-            ("spans", SPANS, {0: 90, 2: 3}),  # 2 revoked: its entry is no longer assigned
-            ("metrics", METRICS, {}),
-            ("traces", TRACES, {}),
-        )
-    }
-    pipeline = SimpleNamespace(
-        ingest=ingest_with(StubConsumer({S0: 100}), {S0: 40}),
-        app=SimpleNamespace(consumer=consumer),
-        streams=streams,
-    )
-    lag = await Pipeline._build_lag_view(pipeline)  # type: ignore[arg-type]
-    assert lag == {"otlp_spans": 60, SPANS: 10 + 40, TRACES: 5}
+    # R2 was revoked: its entry is no longer assigned.
+    streams = routed_streams({SPANS: {0: 90, 2: 3}})
+    pipeline = pipeline_with(ingest_with(StubConsumer({S0: 100}), {S0: 40}), consumer, streams)
+    assert records(await view_of(pipeline)) == {"otlp_spans": 60, SPANS: 10 + 40, TRACES: 5}
 
 
 async def test_lag_view_before_the_consumer_starts_has_the_ingest_lag_only() -> None:
@@ -206,9 +244,100 @@ async def test_lag_view_before_the_consumer_starts_has_the_ingest_lag_only() -> 
         def assignment(self) -> set[Any]:
             raise RuntimeError("Consumer thread not yet started")
 
-    pipeline = SimpleNamespace(
-        ingest=ingest_with(StubConsumer({S0: 100}), {S0: 40}),
-        app=SimpleNamespace(consumer=NotStarted({})),
-        streams={},
-    )
-    assert await Pipeline._build_lag_view(pipeline) == {"otlp_spans": 60}  # type: ignore[arg-type]
+    pipeline = pipeline_with(ingest_with(StubConsumer({S0: 100}), {S0: 40}), NotStarted({}), {})
+    assert records(await view_of(pipeline)) == {"otlp_spans": 60}
+
+
+# -- the view while the broker cannot be reached ----------------------------------------------
+SEEN = 1_700_000_000.0  # Unix seconds of the last fetch answers before the outage
+
+
+@pytest.mark.parametrize(("case", "reading", "expected"), [
+    ("fresh lag replaces the last",
+     LagReading({"t": 5}, {"t": SEEN + 9}, keep={"t"}), {"t": TopicLag(5, SEEN + 9)}),
+    ("consumer restarting: every topic it reads keeps its last lag",
+     LagReading({}, {}, keep={"t", "u"}), {"t": TopicLag(60, SEEN)}),
+    ("owned, end not known yet (rejoined, not fetched): the last lag stands",
+     LagReading({}, {}, keep={"t"}), {"t": TopicLag(60, SEEN)}),
+    ("assignment known, the topic's partitions are another worker's: dropped",
+     LagReading({}, {}, keep=set()), {}),
+    ("a topic never measured is not invented",
+     LagReading({}, {}, keep={"u"}), {}),
+    ("lag from a stale end (consumer alive, broker gone): the fetch time says how stale",
+     LagReading({"t": 60}, {"t": SEEN}, keep={"t"}), {"t": TopicLag(60, SEEN)}),
+])
+def test_carry_lag(case: str, reading: LagReading, expected: dict[str, TopicLag]) -> None:
+    assert carry_lag({"t": TopicLag(60, SEEN)}, reading) == expected, case
+
+
+def test_carry_lag_treats_each_consumer_on_its_own() -> None:
+    previous = {"otlp_spans": TopicLag(60, SEEN), SPANS: TopicLag(7, SEEN + 1)}
+    ingest_down = LagReading({}, {}, keep=INPUT_TOPICS)
+    detect_up = LagReading({SPANS: 0}, {SPANS: SEEN + 30}, keep={SPANS})
+    assert carry_lag(previous, ingest_down, detect_up) == {
+        "otlp_spans": TopicLag(60, SEEN), SPANS: TopicLag(0, SEEN + 30)}
+
+
+def test_last_fetched_is_the_newest_answer_per_topic() -> None:
+    consumer = StubConsumer({S0: 1, S1: 1, S2: 1, M0: 1}, assigned={S0, S1, S2, M0},
+                            polled_ms={S0: 1_000_500, S1: 1_002_000, M0: None})
+    # S1 is gone from the assignment since it was read (aiokafka asserts): left out.
+    assigned = [S0, S1, S2, M0, TopicPartition("otlp_spans", 9)]
+    assert last_fetched(assigned, consumer.last_poll_timestamp) == {"otlp_spans": 1_002.0}
+
+
+def test_ingest_reading_while_its_consumer_restarts_keeps_every_input_topic() -> None:
+    reading = ingest_with(None, {}, assignment_known=False).lag_reading()
+    assert reading == LagReading({}, {}, INPUT_TOPICS)
+
+
+def test_ingest_reading_while_it_rejoins_keeps_every_input_topic() -> None:
+    # aiokafka's assignment is empty while it rejoins the group (or cannot reach it).
+    consumer = StubConsumer({}, assigned=set())
+    reading = ingest_with(consumer, {}, assignment_known=False).lag_reading()
+    assert reading == LagReading({}, {}, INPUT_TOPICS)
+
+
+def test_ingest_reading_with_a_known_assignment_keeps_its_topics_only() -> None:
+    consumer = StubConsumer({S0: 100, S1: None}, polled_ms={S0: 1_700_000_000_250})
+    reading = ingest_with(consumer, {S0: 40}).lag_reading()
+    assert reading == LagReading({"otlp_spans": 60}, {"otlp_spans": 1_700_000_000.25},
+                                 {"otlp_spans"})
+
+
+async def test_routed_reading_while_faust_rebalances_keeps_every_routed_topic() -> None:
+    consumer = StubConsumer({}, assigned=set())
+    pipeline = pipeline_with(ingest_with(None, {}), consumer, routed_streams({}),
+                             rebalancing=True)
+    assert await Pipeline._routed_reading(pipeline) == LagReading(  # type: ignore[arg-type]
+        {}, {}, [SPANS, METRICS, TRACES])
+
+
+async def test_a_broker_outage_keeps_the_last_lag_and_its_fetch_time() -> None:
+    """Before, during (ingest's consumer restarting, Faust rebalancing on an empty assignment)
+    and after an outage, as the 5-second view is rebuilt."""
+    ms = int(SEEN * 1000)
+    faust = FaustConsumer({R0: 100, T0: 20}, polled_ms={R0: ms, T0: ms - 500})
+    ingest = ingest_with(StubConsumer({S0: 100}, polled_ms={S0: ms}), {S0: 40})
+    streams = routed_streams({SPANS: {0: 90}, TRACES: {0: 20}})
+    pipeline = pipeline_with(ingest, faust, streams)
+    before = await view_of(pipeline)
+    assert before == {"otlp_spans": TopicLag(60, SEEN), SPANS: TopicLag(10, SEEN),
+                      TRACES: TopicLag(0, SEEN - 0.5)}
+    # The broker goes: ingest's consumer is stopped and restarts; Faust rebalances.
+    ingest._consumer, ingest.assignment_known = None, False
+    faust.assigned = set()
+    pipeline.app.rebalancing, pipeline._lag_view = True, before
+    during = await view_of(pipeline)
+    assert during == before
+    pipeline._lag_view = during
+    assert await view_of(pipeline) == before  # and so on for as long as it lasts
+    # It is back: a new consumer, rejoined, has fetched; the backlog is measured again.
+    ingest._consumer = StubConsumer({S0: 900}, polled_ms={S0: ms + 75_000})
+    ingest.assignment_known = True
+    faust.assigned, faust.high[R0] = {R0, T0}, 100
+    faust.polled_ms = {R0: ms + 76_000, T0: ms + 76_000}
+    pipeline.app.rebalancing = False
+    after = await view_of(pipeline)
+    assert after == {"otlp_spans": TopicLag(860, SEEN + 75), SPANS: TopicLag(10, SEEN + 76),
+                     TRACES: TopicLag(0, SEEN + 76)}

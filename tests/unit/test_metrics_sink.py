@@ -7,10 +7,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.findings import fingerprint
+from pipeline.lagview import TopicLag
 from pipeline.sinks.metrics import PipelineMetrics, StreamState
 
 
-def scrape(view: dict[str, StreamState], lag: dict[str, int]) -> dict[str, list]:
+def scrape(view: dict[str, StreamState], lag: dict[str, TopicLag]) -> dict[str, list]:
     registry = CollectorRegistry()
     PipelineMetrics(registry).watch_state(lambda: view, lambda: lag)
     text = generate_latest(registry).decode()
@@ -43,16 +44,22 @@ def test_no_findings_no_series() -> None:
     samples = scrape({"spans": StreamState()}, {})
     assert samples["anomaly_pipeline_finding_active"] == []
     assert samples["anomaly_pipeline_consumer_lag_records"] == []
+    assert samples["anomaly_pipeline_consumer_last_fetch_timestamp_seconds"] == []
 
 
 def test_consumer_lag_per_topic_and_detector_gauges() -> None:
     gauge = ("anomaly_pipeline_memory_leak_slope_bytes_per_second",
              (("service_name", "cart"), ("service_instance", "cart-1")))
     samples = scrape({"metrics": StreamState(gauges={gauge: 1234.5})},
-                     {"otlp_spans": 17, "app-metrics-routed": 0})
+                     {"otlp_spans": TopicLag(17, 1_700_000_000.5),
+                      "app-metrics-routed": TopicLag(0, None)})
     assert {s.labels["topic"]: s.value
             for s in samples["anomaly_pipeline_consumer_lag_records"]} == {
         "otlp_spans": 17, "app-metrics-routed": 0}
+    # The time the lag is as of; none for a topic whose partitions were never fetched.
+    assert {s.labels["topic"]: s.value
+            for s in samples["anomaly_pipeline_consumer_last_fetch_timestamp_seconds"]} == {
+        "otlp_spans": 1_700_000_000.5}
     (slope,) = samples["anomaly_pipeline_memory_leak_slope_bytes_per_second"]
     assert slope.labels == {"service_name": "cart", "service_instance": "cart-1"}
     assert slope.value == 1234.5
