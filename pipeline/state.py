@@ -28,6 +28,7 @@ is migrated on restore (``migrate``); one that cannot be read is dropped and cou
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -171,17 +172,22 @@ class Keyed(Generic[V]):
         False when every entry is protected (counted in ``refused``)."""
         if self.cap is None or len(self._items) < self.cap:
             return True
-        for key in list(self._items):  # stops at the first unprotected entry
-            value = self._items[key]
-            if protect is not None and protect(key, value):
-                continue
-            if evict is not None:
-                evict(key, value)
-            self.pop(key)
-            self.evicted += 1
-            return True
-        self.refused += 1
-        return False
+        # From the stalest entry on, stopping at the first unprotected one: O(1) plus the
+        # protected entries before it (no copy of the keys: this runs for every new entry of
+        # a flood at the cap).
+        victim = None
+        for key, value in self._items.items():
+            if protect is None or not protect(key, value):
+                victim = key, value
+                break
+        if victim is None:
+            self.refused += 1
+            return False
+        if evict is not None:
+            evict(*victim)
+        self.pop(victim[0])
+        self.evicted += 1
+        return True
 
     # -- persistence -----------------------------------------------------------------------
     def _name(self, key: str) -> str:
@@ -248,6 +254,65 @@ class Keyed(Generic[V]):
                 )
             doc = self._migrate(doc, version)
         return tick, self._decode(doc, key)
+
+
+class DueKeys:
+    """The keys of a map that wait for event time (samples to fold, a bucket to close), so that
+    a watermark's advance looks at the keys it can move and not at every waiting one: a flood of
+    new keys waiting at once costs O(log n) per key, not O(n) per record.
+
+    ``touch(key)``: look at it at the next ``take`` whatever the time (its data changed);
+    ``wait(key, due)``: look at it once the time reaches ``due`` (a lower bound is enough:
+    looking early does nothing). ``take(now)`` returns, sorted, the keys touched or due by
+    ``now`` and forgets them: the caller ``wait``s again those still waiting. Not saved: a
+    restored detector touches every key that waits.
+
+        >>> q = DueKeys(); q.wait("a", 10); q.wait("b", 5); q.touch("c")
+        >>> q.take(7), q.take(7), sorted(q), q.take(float("inf"))
+        (['b', 'c'], [], ['a'], ['a'])
+    """
+
+    def __init__(self) -> None:
+        self._now: set[str] = set()
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []  # (due, key), stale entries skipped
+
+    def __len__(self) -> int:
+        return len(self._now | self._due.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._now or key in self._due
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._now | self._due.keys())
+
+    def touch(self, key: str) -> None:
+        self._now.add(key)
+
+    def wait(self, key: str, due: float) -> None:
+        if self._due.get(key) == due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heap, (due, key))
+        if len(self._heap) > 2 * len(self._due) + 1024:  # mostly stale entries
+            self._heap = [(d, k) for k, d in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, key: str) -> None:
+        self._now.discard(key)
+        self._due.pop(key, None)
+
+    def take(self, now: float) -> list[str]:
+        keys, self._now = self._now, set()
+        heap, due = self._heap, self._due
+        while heap and heap[0][0] <= now:
+            d, key = heapq.heappop(heap)
+            if due.get(key) == d:
+                del due[key]
+                keys.add(key)
+        for key in keys:
+            due.pop(key, None)
+        return sorted(keys)
 
 
 class Cell:

@@ -122,7 +122,7 @@ from pipeline.runtime_metrics import (
     rules_for,
     unit_scale,
 )
-from pipeline.state import State
+from pipeline.state import DueKeys, State
 
 LEAK, GC = "memory_leak", "gc_pressure"
 SLOPE_GAUGE = "anomaly_pipeline_memory_leak_slope_bytes_per_second"
@@ -274,7 +274,8 @@ class MemoryDetector(Detector):
             decode=lambda doc, key: [list(r) for r in doc["rows"]],
             version=2, migrate=lambda doc, v: {"rows": doc},
         )
-        self._waiting: set[str] = set()  # instances with pending timestamps or an open bucket
+        # instances with pending timestamps or an open bucket, by when the watermark reaches them
+        self._waiting = DueKeys()
         self._meta = self.state.cell("meta", {
             "counts": {"evicted_instances": 0, "expired_instances": 0, "late_points": 0,
                        "restarts": 0, "level_not_counter": 0, "counter_went_back": 0},
@@ -330,7 +331,7 @@ class MemoryDetector(Detector):
                 self._count("late_points")
                 continue
             self._inst.changed(key)
-            self._waiting.add(key)
+            self._waiting.touch(key)
             if t > inst.seen_ns:
                 inst.seen_ns = t
             if not inst.runtime:
@@ -455,11 +456,11 @@ class MemoryDetector(Detector):
     # -- event time ----------------------------------------------------------------------------
     def advance(self, watermark_ns: int) -> list[Finding]:
         findings: list[Finding] = []
-        done = []
-        for key in sorted(self._waiting):
+        # Only the instances this watermark can move (``_due``), in key order: a scan of every
+        # waiting instance per record stalled the worker under a flood of new instances.
+        for key in self._waiting.take(math.inf if self.input_ended else watermark_ns):
             inst = self._inst.get(key)
             if inst is None:
-                done.append(key)
                 continue
             # A sample is complete once the watermark passes it on the instance's own clock:
             # an instance whose clock runs behind the partition's (skew, a slower exporter)
@@ -479,13 +480,21 @@ class MemoryDetector(Detector):
             if inst.cur is not None and (inst.cur[0] + 1) * self.bucket_ns <= own:
                 self._close(key, inst, findings)
                 self._inst.changed(key)
-            if not inst.pending and inst.cur is None:
-                done.append(key)
-        self._waiting.difference_update(done)
+            if inst.pending or inst.cur is not None:
+                self._waiting.wait(key, self._due(inst))
         if watermark_ns - self._meta["exp"] >= self.bucket_ns:
             self._meta["exp"] = watermark_ns
             findings.extend(self._expire(watermark_ns))
         return findings
+
+    def _due(self, inst: _Inst) -> float:
+        """The watermark at which ``advance`` can next fold a sample of ``inst`` or close its
+        bucket: its own clock (above) reaches the first of them, ``x``, at watermark ``x`` when
+        the instance has reported ``lateness`` past it, else at ``x + MAX_CLOCK_LAG_NS``."""
+        x = min(inst.pending, default=math.inf)
+        if inst.cur is not None:
+            x = min(x, (inst.cur[0] + 1) * self.bucket_ns)
+        return x if inst.seen_ns - self.lateness_ns >= x else x + MAX_CLOCK_LAG_NS
 
     def _fold(self, key: str, inst: _Inst, t: int, tick: dict[str, Any],
               findings: list[Finding]) -> None:
@@ -995,10 +1004,16 @@ class MemoryDetector(Detector):
 
     # -- bounds ----------------------------------------------------------------------------
     def _make_room(self) -> bool:
-        firing = {(st["entity"]["service"], st["entity"]["instance"])
-                  for st in self.lc_leak.active() + self.lc_gc.active()}
-        return self._inst.make_room(
-            protect=lambda _key, x: (x.service, x.instance) in firing, evict=self._evicted)
+        firing: set[tuple[str, str]] | None = None
+
+        def protect(_key: str, x: _Inst) -> bool:
+            nonlocal firing
+            if firing is None:  # only at the cap, once per new instance
+                firing = {(st["entity"]["service"], st["entity"]["instance"])
+                          for st in self.lc_leak.active() + self.lc_gc.active()}
+            return (x.service, x.instance) in firing
+
+        return self._inst.make_room(protect=protect, evict=self._evicted)
 
     def _evicted(self, key: str, inst: _Inst) -> None:
         self._clear_floors(key, inst)
@@ -1034,7 +1049,10 @@ class MemoryDetector(Detector):
                 inst.floors.extend(rows)
         for inst in self._inst.values():
             inst.floors.sort(key=lambda f: f[0])
-        self._waiting = {k for k, x in self._inst.items() if x.pending or x.cur is not None}
+        self._waiting = DueKeys()
+        for k, x in self._inst.items():
+            if x.pending or x.cur is not None:
+                self._waiting.touch(k)
 
     def stats(self) -> DetectorStats:
         active: dict[tuple[str, str], int] = {}

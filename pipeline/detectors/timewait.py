@@ -74,7 +74,7 @@ from pipeline import connections as conn
 from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
 from pipeline.records import HostCalls, MetricPoint
-from pipeline.state import State
+from pipeline.state import DueKeys, State
 
 KIND = "time_wait_buildup"
 TTE_GAUGE = "anomaly_pipeline_time_wait_time_to_exhaustion_seconds"
@@ -191,7 +191,8 @@ class TimeWaitDetector(Detector):
         self._hosts = self.state.keyed(
             "h", encode=_Host.to_doc, decode=lambda doc, name: _Host.from_doc(doc),
             cap=max_hosts)
-        self._waiting: set[str] = set()
+        # hosts with pending samples, by when the watermark reaches the first
+        self._waiting = DueKeys()
         self._meta = self.state.cell("meta", {
             "counts": {"evicted_hosts": 0, "expired_hosts": 0, "late_points": 0,
                        "other_sources": 0, "calls_dropped": 0, "side_wait_exceeded": 0,
@@ -234,7 +235,7 @@ class TimeWaitDetector(Detector):
                 self._count("late_points")
                 continue
             self._hosts.changed(name)
-            self._waiting.add(name)
+            self._waiting.touch(name)
             if t > h.seen_ns:
                 h.seen_ns = t
             tick = h.pending.get(t)
@@ -313,7 +314,9 @@ class TimeWaitDetector(Detector):
         # so what is judged does not depend on which stage ran ahead.
         side = self.side_watermark_ns
         limit = watermark_ns if side is None else min(watermark_ns, side)
-        for name in sorted(self._waiting):
+        # Only the hosts this limit can move, or whose samples changed: a scan of every waiting
+        # host per record is O(hosts) per record under a flood of hosts.
+        for name in self._waiting.take(limit):
             h = self._hosts.get(name)
             if h is None:
                 continue
@@ -325,8 +328,8 @@ class TimeWaitDetector(Detector):
                 self._count("side_wait_exceeded", over)
             for i, t in enumerate(ready):
                 out.extend(self._fold(h, t, h.pending.pop(t), calls_known=i < waited))
-            if not h.pending:
-                self._waiting.discard(name)
+            if h.pending:
+                self._waiting.wait(name, min(h.pending))
         out.extend(self._late_attribution())
         if watermark_ns - self._meta["exp"] >= MINUTE_NS:
             self._meta["exp"] = watermark_ns
@@ -645,7 +648,10 @@ class TimeWaitDetector(Detector):
 
     # -- state ---------------------------------------------------------------------------------
     def restored(self) -> None:
-        self._waiting = {name for name, h in self._hosts.items() if h.pending}
+        self._waiting = DueKeys()
+        for name, h in self._hosts.items():
+            if h.pending:
+                self._waiting.touch(name)
 
     def stats(self) -> DetectorStats:
         active: dict[tuple[str, str], int] = {}
