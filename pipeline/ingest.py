@@ -192,6 +192,9 @@ def forget_unassigned(
             del known[tp]
 
 
+RESTART_S = 2.0  # ingest restarts from the last commit this long after a failure
+
+
 class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]
     """A rebalance: before partitions are revoked, finish their work and commit it, so the
     next owner starts where this worker stopped (instead of a failed commit, a restart of
@@ -207,6 +210,10 @@ class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.ingest.assignment_known = True
+        # One line per rebalance: the generation tells how many the group has had.
+        generation = getattr(getattr(self.consumer, "_coordinator", None), "generation", None)
+        log.info("ingest: group generation %s, %d input partitions assigned", generation,
+                 len(assigned))
 
 
 class Ingest:
@@ -310,17 +317,30 @@ class Ingest:
             try:
                 await self._run_once()
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the worker is stopping
+                # A cancellation from inside the Kafka client (a connection closed under a
+                # request after a broker outage), not of this task: ingest would end silently
+                # and the worker would live on reading nothing.
+                self._error_log.warning("cancelled", "ingest: a Kafka client request was "
+                                        "cancelled; restarting from the last commit in 2 s")
+                await asyncio.sleep(RESTART_S)
             except RouteError as exc:
                 self._error_log.warning(
                     "route", "ingest could not deliver routed messages (%s); restarting from "
                     "the last commit in 2 s", exc, exc_info=not transient(exc.cause))
-                await asyncio.sleep(2)
+                await asyncio.sleep(RESTART_S)
             except KafkaError as exc:
                 self._error_log.warning(
                     "kafka", "ingest: Kafka error (%s: %s); restarting from the last commit "
                     "in 2 s", type(exc).__name__, exc)
-                await asyncio.sleep(2)
+                await asyncio.sleep(RESTART_S)
+            except Exception as exc:  # never leave ingest stopped while the worker lives on
+                self._error_log.warning(
+                    "other", "ingest failed (%s: %s); restarting from the last commit in 2 s",
+                    type(exc).__name__, exc, exc_info=True)
+                await asyncio.sleep(RESTART_S)
 
     async def _run_once(self) -> None:
         s = self.settings
@@ -349,24 +369,24 @@ class Ingest:
             acks="all",
             **kwargs,
         )
-        await producer.start()
-        consumer.subscribe(list(self.by_topic), listener=_Handover(self, consumer))
-        await consumer.start()
-        for topic in self.by_topic:
-            if n := len(consumer.partitions_for_topic(topic) or ()):
-                self.input_partitions[topic] = n
-        self.limits = await topics.message_limits(
-            s, [*self.routed_topics.values(), s.deadletter_topic])
-        last_ts: dict[TopicPartition, int] = {}
-        next_offset: dict[TopicPartition, int] = {}
-        self._consumer, self._next_offset = consumer, next_offset
-        waiting_since: float | None = None  # when the chosen partitions last returned nothing
-        per_ms: dict[TopicPartition, float] = {}
-        pending, offsets = self._pending, self._offsets
-        pending.clear()
-        offsets.clear()
-        since_commit, committed_at = 0, time.monotonic()
-        try:
+        try:  # stopped in finally even when the broker is still down: none left per retry
+            await producer.start()
+            consumer.subscribe(list(self.by_topic), listener=_Handover(self, consumer))
+            await consumer.start()
+            for topic in self.by_topic:
+                if n := len(consumer.partitions_for_topic(topic) or ()):
+                    self.input_partitions[topic] = n
+            self.limits = await topics.message_limits(
+                s, [*self.routed_topics.values(), s.deadletter_topic])
+            last_ts: dict[TopicPartition, int] = {}
+            next_offset: dict[TopicPartition, int] = {}
+            self._consumer, self._next_offset = consumer, next_offset
+            waiting_since: float | None = None  # when the chosen partitions last returned nothing
+            per_ms: dict[TopicPartition, float] = {}
+            pending, offsets = self._pending, self._offsets
+            pending.clear()
+            offsets.clear()
+            since_commit, committed_at = 0, time.monotonic()
             while True:
                 assigned = consumer.assignment()
                 # A partition revoked (and maybe read by another worker since) must not keep
@@ -434,8 +454,10 @@ class Ingest:
                         since_commit, committed_at = 0, time.monotonic()
         finally:
             self._consumer, self.assignment_known = None, False
-            await consumer.stop()
-            await producer.stop()
+            for stopped in await asyncio.gather(consumer.stop(), producer.stop(),
+                                                return_exceptions=True):
+                if isinstance(stopped, Exception):
+                    log.debug("ingest: stopping a Kafka client failed: %r", stopped)
 
     async def _commit(self, consumer: AIOKafkaConsumer, pending: list[Pending],
                       offsets: dict[TopicPartition, int]) -> None:

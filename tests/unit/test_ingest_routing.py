@@ -249,3 +249,32 @@ def test_a_rebalance_hands_over_the_revoked_partitions_work_committed(
     done, failed = asyncio.run(run())
     assert done.commits == [{tp: 10}] and ing.handovers == 1
     assert failed.commits == [] and isinstance(ing._failed, RouteError) and dead == []
+
+
+async def test_ingest_restarts_after_any_failure_and_stops_only_when_cancelled(
+    ingest: tuple[Ingest, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a broker outage the Kafka client can fail in ways that are not KafkaError, even
+    cancel a request from inside: ingest restarts from the last commit instead of ending
+    while the worker lives on reading nothing."""
+    ing, _ = ingest
+    attempts: list[str] = []
+    failures = [ValueError("unexpected"), asyncio.CancelledError(), OSError("reset")]
+
+    async def run_once() -> None:
+        attempts.append("run")
+        if failures:
+            raise failures.pop(0)
+        await asyncio.sleep(3600)  # reading, until the worker stops
+
+    monkeypatch.setattr(ing, "_run_once", run_once)
+    monkeypatch.setattr("pipeline.ingest.RESTART_S", 0.0)
+    task = asyncio.create_task(ing.run())
+    for _ in range(200):
+        await asyncio.sleep(0.001)
+        if len(attempts) == 4:
+            break
+    assert len(attempts) == 4 and not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
