@@ -43,7 +43,7 @@ from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
-from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send
+from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send, transient
 from pipeline.lagview import LagReading, TopicLag, carry_lag, last_fetched
 from pipeline.loglimit import forget, install
 from pipeline.offsets import OffsetGuard
@@ -56,6 +56,24 @@ log = logging.getLogger("pipeline")
 RAW = {"key_serializer": "raw", "value_serializer": "raw"}
 # A routed message with this value carries no records: it makes an idle partition flush.
 TICK = b"tick"
+
+
+#: How long a partition retries sending its derived and dead-letter messages while the errors
+#: are transient (a broker outage, a leader election) before the worker gives up and exits to
+#: restart from its last saved state.
+DELIVERY_RETRY_S = 900.0
+
+
+@dataclass(slots=True)
+class _Send:
+    """A message sent for a partition and not yet acknowledged: enough to send it again."""
+
+    fut: asyncio.Future[Any]
+    topic: str
+    value: bytes
+    partition: int | None = None
+    key: bytes | None = None
+    headers: list[tuple[str, bytes | None]] | None = None
 
 
 @dataclass
@@ -73,7 +91,7 @@ class _Stream:
     ticked: set[int] = field(default_factory=set)  # partitions with a flush tick in flight
     # Derived messages sent and not yet acknowledged by the broker, per partition: a flush
     # waits for them (they leave the state it writes).
-    sending: dict[int, list[Any]] = field(default_factory=lambda: defaultdict(list))
+    sending: dict[int, list[_Send]] = field(default_factory=lambda: defaultdict(list))
     # Partitions between applying a message and sending what it derived: their output
     # watermark already covers records not sent yet, so no heartbeat states it meanwhile.
     busy: set[int] = field(default_factory=set)
@@ -144,6 +162,7 @@ class Pipeline:
         self._behind_log = RateLimitedLog(log, every_s=60.0)
         self._gap_log = RateLimitedLog(log, every_s=10.0)
         self._dlq_log = RateLimitedLog(log)
+        self._send_log = RateLimitedLog(log, every_s=30.0)
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self._view_built_at = time.time()  # wall clock: the HTTP thread compares it with now
@@ -378,13 +397,10 @@ class Pipeline:
                 partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp_ms,
                 error=f.error, reason=f.reason, rejected_items=f.rejected,
                 max_value_bytes=limit)
-            try:
-                fut = await producer.send(dlq, dl.value, key=dl.key, headers=dl.headers)
-            except KafkaError as exc:  # refused before sending (broker down, too large): the
-                # flush that would acknowledge this message waits for it, fails, and the worker
-                # restarts from its last saved state (nothing of the message is lost)
-                fut = failed_send(exc)
-            st.sending[p].append(fut)
+            # The flush that would acknowledge this message waits for the dead letter
+            # (``_await_derived``: sent again while the broker is away).
+            st.sending[p].append(await self._send(_Send(
+                None, dlq, dl.value, key=dl.key, headers=dl.headers), producer))  # type: ignore[arg-type]
             m.decode_errors.labels(r.topic, f.reason).inc()
             m.deadletters.labels(r.topic, f.reason).inc()
             what = f"{f.rejected} items of " if f.rejected else ""
@@ -462,11 +478,9 @@ class Pipeline:
         for d in outbox:
             encode = d.encoder(source_topic, partition)
             for value in records.split_encode(d.items, encode, MAX_DERIVED_BYTES):
-                fut = await producer.send(
-                    self.streams[d.signal].topic.get_topic_name(), value=value,
-                    partition=d.partition,
-                )
-                st.sending[partition].append(fut)
+                st.sending[partition].append(await self._send(_Send(
+                    None, self.streams[d.signal].topic.get_topic_name(), value,  # type: ignore[arg-type]
+                    partition=d.partition), producer))
             self.metrics.derived.labels(d.signal).inc(len(d.items))
 
     async def _derived_producer(self) -> AIOKafkaProducer:
@@ -512,19 +526,49 @@ class Pipeline:
                 for dest in range(self.settings.pipeline_partitions):
                     forget(await producer.send(topic, value=value, partition=dest))
 
-    async def _await_derived(self, st: _Stream, partition: int) -> None:
-        sending = st.sending.pop(partition, None)
-        if not sending:
-            return
+    async def _send(self, msg: _Send, producer: AIOKafkaProducer | None = None) -> _Send:
+        """Send (or send again) ``msg``; a send refused at once becomes a failed delivery."""
+        producer = producer or await self._derived_producer()
         try:
-            await asyncio.gather(*sending)
-        except KafkaError:
-            # Derived records left this partition's state when they were derived: acking
-            # now would lose them. Exit; the restarted worker derives them again from the
-            # last flushed state (and the receiver skips any that did arrive).
-            log.critical("could not deliver derived records; exiting so the worker restarts "
-                         "from its last saved state", exc_info=True)
-            os._exit(70)
+            msg.fut = await producer.send(msg.topic, msg.value, key=msg.key,
+                                          headers=msg.headers, partition=msg.partition)
+        except KafkaError as exc:  # refused before sending (broker down, too large)
+            msg.fut = failed_send(exc)
+        return msg
+
+    async def _await_derived(self, st: _Stream, partition: int) -> None:
+        """Wait until the broker has every derived and dead-letter message of ``partition``
+        (the flush that follows drops them from its state). While it fails for a transient
+        reason (an outage), send again after a back-off: per destination partition, from the
+        first failed message on and in order, so the receiver, which skips what it has
+        applied, misses nothing. A lasting or permanent failure exits the worker, which
+        restarts from its last saved state and derives the same messages again."""
+        sending = st.sending.pop(partition, None)
+        deadline, delay = time.monotonic() + DELIVERY_RETRY_S, 1.0
+        while sending:
+            results = await asyncio.gather(*(m.fut for m in sending), return_exceptions=True)
+            first: dict[tuple[str, int | None], int] = {}
+            errors = []
+            for i, (m, r) in enumerate(zip(sending, results, strict=True)):
+                if isinstance(r, BaseException):
+                    first.setdefault((m.topic, m.partition), i)
+                    errors.append(r)
+            if not errors:
+                return
+            if not all(transient(e) for e in errors) or time.monotonic() > deadline:
+                # Derived records left this partition's state when they were derived: acking
+                # now would lose them.
+                log.critical("could not deliver %d derived or dead-letter messages (%s: %s); "
+                             "exiting so the worker restarts from its last saved state",
+                             len(errors), type(errors[0]).__name__, errors[0])
+                os._exit(70)
+            self._send_log.warning(
+                "derived", "could not deliver %d derived or dead-letter messages yet (%s); "
+                "sending them again in %.0f s", len(errors), type(errors[0]).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            sending = [await self._send(m) for i, m in enumerate(sending)
+                       if i >= first.get((m.topic, m.partition), len(sending))]
 
     def _partitioner(self, signal: str, item: Any) -> int:
         if signal == "metrics":
