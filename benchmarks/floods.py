@@ -325,11 +325,12 @@ def canary(start_ns: int = T0, duration_s: float = 3600.0, interval_s: float = 1
         yield "metrics", _metrics_request(rows), _ms(t)
 
 
-def canary_steady(start_ns: int = T0, duration_s: float = 600.0, per_s: float = 10.0
-                  ) -> Iterator[FloodRecord]:
+def canary_steady(start_ns: int = T0, duration_s: float = 600.0, per_s: float = 10.0,
+                  first: int = 0) -> Iterator[FloodRecord]:
     """A healthy span stream: ``per_s`` two-span traces a second, one record a second (the
-    stream whose progress shows whether a flood elsewhere stalls it)."""
-    k = 0
+    stream whose progress shows whether a flood elsewhere stalls it); trace ids count from
+    ``first`` (a caller writing it a second at a time passes the traces sent so far)."""
+    k = first
     for sec in range(int(duration_s)):
         req = ExportTraceServiceRequest()
         rs = req.resource_spans.add()
