@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv kafka-up kafka-down kafka-reset run test unit bench bench-quick lint clean
+.PHONY: help venv kafka-up kafka-down kafka-reset run test unit bench bench-quick reliability \
+	reliability-quick lint clean
 
 help:
 	@echo "make run         local Kafka + worker + simulated traffic with faults; findings printed"
@@ -15,6 +16,8 @@ help:
 	@echo "make kafka-up    start the local single-node Kafka (KRaft) on 127.0.0.1:9092"
 	@echo "make kafka-down  stop it"
 	@echo "make bench       throughput, accuracy and replay-speed benchmarks (full size)"
+	@echo "make reliability kill -9 loops, restarts, outages, floods, soak, poison (30+ min;"
+	@echo "                 reliability-quick: CI size)"
 	@echo "make lint        ruff"
 
 $(STAMP): pyproject.toml
@@ -50,6 +53,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	bash deploy/local/bench.sh --quick
+
+reliability: $(STAMP)  # 30+ minutes: kill -9 loops, restarts, outages, floods, soak, poison
+	bash deploy/local/reliability.sh
+
+reliability-quick: $(STAMP)  # the same scenarios at CI size (run by .ci/run)
+	bash deploy/local/reliability.sh --quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline benchmarks tests
