@@ -18,7 +18,7 @@ full run, 30+ minutes):
 - ``outage``: a second broker of its own; one worker with a live feed; the broker is stopped
   for 60 s (full run: also 5 minutes) and started again.
 - ``floods``: high-cardinality valid telemetry beside a canary fault (``benchmarks.floods``).
-- ``soak``: the ``healthy`` scenario fed at real time for 30 minutes (quick: 2): resident
+- ``soak``: the ``healthy`` scenario fed at real time for 30 minutes (quick: 1): resident
   memory over time.
 - ``poison``: the demo backlog with every bad-input case interleaved (the dead-letter corpus,
   mismatched histograms, bad exemplar ids, metrics with no points, NaN and +-Inf values) and a
@@ -89,7 +89,7 @@ class Profile:
 
 
 QUICK = Profile(speed=15.0, kill_every_s=(20.0, 30.0), min_kills=3, outages_s=(60.0,),
-                soak_s=120.0, flood_scale=0.02, demo_rate=20.0)
+                soak_s=60.0, flood_scale=0.02, demo_rate=20.0)
 FULL = Profile(speed=4.0, kill_every_s=(20.0, 60.0), min_kills=6, outages_s=(60.0, 300.0),
                soak_s=1800.0, flood_scale=1.0)
 
@@ -527,7 +527,7 @@ async def one_outage(ctx: Context, broker: Broker, outage_s: float) -> dict[str,
     await harness.create_input_topics(bootstrap, names, INPUT_PARTITIONS)
     group = new_group("out", names, bootstrap)
     speed = 2.0
-    before_s, after_s = 45.0, 75.0
+    before_s, after_s = (30.0, 45.0) if ctx.profile.flood_scale < 1 else (45.0, 75.0)
     duration = (before_s + outage_s + after_s) * speed
     try:
         w = group.start(0)
@@ -767,7 +767,7 @@ async def floods(ctx: Context) -> dict[str, Any]:
             n = max(FLOOR.get(kind, 100), int(n * ctx.profile.flood_scale))
         args = argparse.Namespace(
             flood=kind, n=n, canary_s=1800.0, input_partitions=INPUT_PARTITIONS, root="",
-            every=1.0, settle=20.0 if quick else 60.0, timeout=ctx.profile.timeout_s,
+            every=1.0, settle=10.0 if quick else 60.0, timeout=ctx.profile.timeout_s,
             log=str(CACHE / f"flood-{kind}-{n}.log"))
         log(f"floods: {kind} n={n:,}")
         with contextlib.redirect_stdout(sys.stderr):  # its table: stdout is for ours
