@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,30 @@ def choose_partitions(
         floor = min(last_ts[tp] for tp in waiting)
         chosen += [tp for tp in tps if last_ts.get(tp, floor) <= floor + ALIGN_MS]
     return chosen
+
+
+async def read_fairly(consumer: Any, chosen: Sequence[TopicPartition],
+                      steps: Mapping[str, int], timeout_ms: int = 500
+                      ) -> dict[TopicPartition, list[Any]]:
+    """Up to ``steps[topic]`` fetched records of each topic's chosen partitions; waits up to
+    ``timeout_ms`` only when none has any. One read of them all would not do: the consumer
+    hands out its fetched records partition after partition up to the count asked, so a
+    backlog on one topic (a flood of metrics) would leave the other's records (live spans)
+    behind for as long as its fetched data lasts (issue 16: spans stalled ~50 s)."""
+    by_topic: dict[str, list[TopicPartition]] = defaultdict(list)
+    for tp in chosen:
+        by_topic[tp.topic].append(tp)
+    if len(by_topic) <= 1:
+        return await consumer.getmany(*chosen, timeout_ms=timeout_ms,
+                                      max_records=min(steps.values(), default=MAX_BATCH))
+    out: dict[TopicPartition, list[Any]] = {}
+    for topic in sorted(by_topic):
+        out.update(await consumer.getmany(*by_topic[topic], timeout_ms=0,
+                                          max_records=steps[topic]))
+    if out:
+        return out
+    return await consumer.getmany(*chosen, timeout_ms=timeout_ms,
+                                  max_records=min(steps.values()))
 
 
 def forget_unassigned(
@@ -408,14 +432,16 @@ class Ingest:
                 # any runs far ahead (the watermark's idle rule would give up on them), the
                 # others by their records' observed density (a few per step for metric batches
                 # seconds apart, up to MAX_BATCH for dense span records).
-                step = MAX_BATCH
+                steps: dict[str, int] = {}
                 for tp in chosen:
+                    step = steps.get(tp.topic, MAX_BATCH)
                     if tp not in last_ts and (high.get(tp) is None
                                               or next_offset.get(tp, 0) < high[tp]):
                         step = FIRST_READ
                     elif tp in per_ms:
                         step = min(step, max(FIRST_READ, int(per_ms[tp] * ALIGN_MS)))
-                batches = await consumer.getmany(*chosen, timeout_ms=500, max_records=step)
+                    steps[tp.topic] = step
+                batches = await read_fairly(consumer, chosen, steps)
                 # Nothing from the chosen ones for STARVE_S of processing time (a partition
                 # that cannot be fetched now): read every partition rather than wait on it.
                 if batches or len(chosen) == len(assigned):

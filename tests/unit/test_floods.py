@@ -3,13 +3,16 @@ what overflows is counted, entries expire, and a new key at the cap costs O(1), 
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections.abc import Iterable
 
 import pytest
+from aiokafka.structs import TopicPartition
 
 from benchmarks import floods
 from pipeline.detectors.memory import MemoryDetector
+from pipeline.ingest import read_fairly
 from pipeline.local import LocalPipeline
 from pipeline.records import TEMPORALITY_CUMULATIVE, MetricPoint, Resource
 from pipeline.settings import Settings
@@ -147,3 +150,35 @@ def test_due_keys() -> None:
     q.wait("k4", 100)  # moved later: its old entry is stale
     assert q.take(10) == ["k5", "k6", "k7", "k8"]
     assert q.take(100) == ["k4"] and len(q) == 0
+
+
+class _Consumer:
+    """Hands out fetched records partition after partition up to the count asked, as
+    aiokafka's fetcher does."""
+
+    def __init__(self, fetched: dict) -> None:
+        self.fetched = fetched
+
+    async def getmany(self, *tps, timeout_ms: int = 0, max_records: int = 0) -> dict:
+        out = {}
+        for tp in list(self.fetched):
+            if tp in tps and max_records > 0:
+                recs = self.fetched[tp][:max_records]
+                self.fetched[tp] = self.fetched[tp][len(recs):]
+                if recs:
+                    out[tp] = recs
+                max_records -= len(recs)
+        return out
+
+
+def test_a_backlog_on_one_topic_does_not_hold_the_other_back() -> None:
+    """Each read takes records of every topic that has some: live spans are not left behind
+    a metrics backlog the consumer has fetched first."""
+    m0, m1, s0 = (TopicPartition("metrics", 0), TopicPartition("metrics", 1),
+                  TopicPartition("spans", 0))
+    c = _Consumer({m0: list(range(500)), m1: list(range(500)), s0: ["span"]})
+    got = asyncio.run(read_fairly(c, [m0, m1, s0], {"metrics": 200, "spans": 20}))
+    assert got[s0] == ["span"] and len(got[m0]) == 200 and m1 not in got
+    # one topic: one read, as before
+    got = asyncio.run(read_fairly(c, [m0, m1], {"metrics": 200}))
+    assert len(got[m0]) == 200
