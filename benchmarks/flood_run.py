@@ -7,10 +7,11 @@ the memory-leak canary, then starts one ``python -m pipeline worker`` on that ba
 (``--root``: the checkout to run it from, e.g. an export of an older commit, for a
 before/after) while a healthy span stream is written live, a record a second. Every
 ``--every`` seconds it samples the worker's resident memory and the spans and metric points
-detected; it stops when the metrics have not moved for ``--settle`` seconds after all were
-read (or at ``--timeout``). Prints a table and, last, one JSON line: peak RSS, the RSS slope
-over the last minute (after the flood: does it plateau), the longest time the live span
-stream went without progress, and whether the canary leak was found.
+detected; it stops when the flood has been read (and its spans detected) and the metric
+points detected have not moved for ``--settle`` seconds (or at ``--timeout``). Prints a
+table and, last, one JSON line: peak RSS, the RSS slope over the last minute (after the
+flood: does it plateau), the longest time the live span stream went without progress, and
+whether the canary leak was found.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from benchmarks import floods
 from benchmarks.harness import (
@@ -120,6 +122,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     names = RunNames.fresh("flood")
     recs = records(args.flood, args.n, args.canary_s)
     counts = {s: sum(1 for r in recs if r[0] == s) for s in ("spans", "metrics")}
+    signal = recs[0][0] if args.canary_s <= 0 else max(counts, key=lambda s: counts[s])
+    # a span flood is done once its spans are detected (the live ones come on top)
+    flood_spans = sum(len(ss.spans) for sig, value, _ in recs if sig == "spans"
+                      for rs in ExportTraceServiceRequest.FromString(value).resource_spans
+                      for ss in rs.scope_spans)
     log(f"flood_run: {args.flood} n={args.n}: {len(recs):,} records {counts}")
 
     async def setup(recs: list[floods.FloodRecord]) -> None:
@@ -155,13 +162,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 if s is not None:
                     row["spans"] = s.get_value(METRIC_DETECTED, signal="spans")
                     row["metrics"] = s.get_value(METRIC_DETECTED, signal="metrics")
-                    row["consumed"] = s.get_value(METRIC_CONSUMED, topic=names.metrics)
+                    # the flood's own topic (the live spans add to the spans topic's count)
+                    row["consumed"] = s.get_value(METRIC_CONSUMED, topic=names.topic(signal))
                 series.append(row)
-                key = (row["metrics"], row["consumed"])  # the live spans never stop
-                if key != last_key:
+                key = (row["metrics"], row["consumed"] >= counts[signal]
+                       and row["spans"] >= flood_spans)
+                if key != last_key:  # the metrics detected, and the flood read to its end
                     last_key, last_move = key, time.monotonic()
-                elif (row["consumed"] >= counts["metrics"]
-                      and time.monotonic() - last_move > args.settle):
+                elif key[1] and time.monotonic() - last_move > args.settle:
                     break
         finally:
             live.stop.set()
@@ -186,7 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
              if r["spans"] > 0 and (i == 0 or r["spans"] != series[i - 1]["spans"])]
     moves.append(series[-1]["t"] if series else 0.0)
     stall = max((b - a for a, b in zip(moves, moves[1:], strict=False)), default=0.0)
-    busy = [r["t"] for r in series if r["consumed"] < counts["metrics"]]
+    busy = [r["t"] for r in series if r["consumed"] < counts[signal]]
     done_t = max(busy, default=0.0)
     last_min = [p for p in rss if p[0] >= rss[-1][0] - 60] if rss else []
     for r in series[:: max(1, len(series) // 25)]:
@@ -195,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return {
         "flood": args.flood, "n": args.n, "root": str(root), "records": counts,
         "seconds": round(series[-1]["t"], 1) if series else 0,
-        "metrics_read_s": round(done_t, 1),
+        "flood_read_s": round(done_t, 1),
         "peak_rss_mb": round(max((p[1] for p in rss), default=0.0), 1),
         "end_rss_mb": round(rss[-1][1], 1) if rss else 0,
         "rss_slope_mb_per_min_last_60s": round(60 * _slope(last_min), 2),
