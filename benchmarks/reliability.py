@@ -90,7 +90,7 @@ class Profile:
 
 QUICK = Profile(speed=15.0, kill_every_s=(20.0, 30.0), min_kills=3, outages_s=(60.0,),
                 soak_s=60.0, flood_scale=0.02, demo_rate=20.0)
-FULL = Profile(speed=4.0, kill_every_s=(20.0, 60.0), min_kills=6, outages_s=(60.0, 300.0),
+FULL = Profile(speed=3.0, kill_every_s=(20.0, 60.0), min_kills=6, outages_s=(60.0, 300.0),
                soak_s=1800.0, flood_scale=1.0)
 
 #: Worker settings for every run: REPLAY_END closes the windows once a finite feed has ended;
@@ -405,7 +405,8 @@ async def kill_loop(ctx: Context) -> dict[str, Any]:
 
 async def recovered(group: Group, t0: float, timeout_s: float) -> float:
     """Seconds from ``t0`` until every routed partition is owned again by a live worker and
-    the span stream applies items again."""
+    the span stream applies items again (or, once the feed has ended and all was read, every
+    partition is past the end of the input again)."""
     last: dict[int, float] = {}
     while True:
         await asyncio.sleep(0.5)
@@ -418,7 +419,7 @@ async def recovered(group: Group, t0: float, timeout_s: float) -> float:
             n = s.get_value(harness.METRIC_DETECTED, signal="spans")
             moved |= slot in last and n > last[slot]
             last[slot] = n
-        if moved and group.owned_complete(scrapes):
+        if (moved and group.owned_complete(scrapes)) or group.ended(scrapes):
             return time.monotonic() - t0
         if time.monotonic() - t0 > timeout_s:
             raise harness.BenchError(f"{group.name}: no recovery {timeout_s:.0f} s after a kill")
