@@ -747,17 +747,4 @@ class Pipeline:
         # While Faust rebalances (as it does when the broker is lost) its assignment is empty.
         keep = names if getattr(self.app, "rebalancing", False) else {tp.topic for tp in routed}
         return LagReading(lag, last_fetched(routed, _polled_ms(consumer)), keep)
-        # Faust's record of the committed offsets (read at assignment, updated on commit):
-        # a dict look-up, where asking the broker would be a round trip per partition.
-        committed_offsets = getattr(consumer, "_committed_offset", None) or {}
-        routed = await routed_lag(
-            assigned,
-            {st.topic.get_topic_name(): dict(st.guard.next) for st in self.streams.values()},
-            consumer.highwater,
-            lambda tp: committed_offsets.get(tp),
-            consumer.position,
-        )
-        for topic, n in routed.items():
-            lag[topic] = lag.get(topic, 0) + n
-        return lag
 
