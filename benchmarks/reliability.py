@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -760,6 +761,7 @@ async def floods(ctx: Context) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     quick = ctx.profile.flood_scale < 1
+    CACHE.mkdir(parents=True, exist_ok=True)  # flood_run writes its worker's log there
     for kind, size in FLOOD_RUNS:
         n = size or gen.FULL_SIZES[kind]
         if quick:
@@ -825,6 +827,8 @@ def table(results: dict[str, Any]) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = QUICK if args.quick else FULL
+    if args.flood_scale is not None:
+        profile = dataclasses.replace(profile, flood_scale=args.flood_scale)
     ctx = Context(harness.bootstrap_servers(), profile, random.Random(args.seed))
     results: dict[str, Any] = {}
     for name in args.only:
@@ -847,6 +851,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios (default all: {','.join(SCENARIOS)})")
     parser.add_argument("--seed", type=int, default=1, help="kill timing and victims")
+    parser.add_argument("--flood-scale", type=float, default=None,
+                        help="fraction of each flood's full size (default: 1, quick 0.02)")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.only) - set(SCENARIOS)
