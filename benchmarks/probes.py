@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.detectors.base import Detector, DetectorStats
@@ -106,9 +106,11 @@ class Comparison:
     twice: int = 0  # items applied more than once
     keys_mixed: int = 0  # right count, wrong checksum: some lost and as many applied twice
     refused: int = 0
+    lost_keys: list[str] = field(default_factory=list)  # a few, to look at
 
     def add(self, other: Comparison) -> Comparison:
-        return Comparison(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+        return Comparison(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)),
+                          lost_keys=(self.lost_keys + other.lost_keys)[:10])
 
     def astuple(self) -> tuple[int, ...]:
         return (self.expected, self.applied, self.lost, self.twice, self.keys_mixed,
@@ -125,6 +127,8 @@ def compare(expected: _Ledger, got: _Ledger) -> Comparison:
         out.applied += n_got
         if n_got < n_exp:
             out.lost += n_exp - n_got
+            if len(out.lost_keys) < 10:
+                out.lost_keys.append(f"{key} ({n_exp - n_got} of {n_exp})")
         elif n_got > n_exp:
             out.twice += n_got - n_exp
         elif sum_got != sum_exp:

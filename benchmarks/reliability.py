@@ -383,6 +383,9 @@ async def kill_loop(ctx: Context) -> dict[str, Any]:
         expected = await input_ledgers(ctx.bootstrap, names)
         check = await ledger_check(group, expected)
         got = await findings(ctx.bootstrap, findings_topic(names, "kill"))
+        # Items dropped as late by the workers alive at the end (a killed one's count is gone).
+        late = sum(group.total(group.scrapes() or [], "anomaly_pipeline_partition_late_items",
+                               stream=st) for st in STREAMS)
         rebalances = group.rebalances()
         peak = group.peak_rss_mb()
         group.stop_all()
@@ -393,6 +396,7 @@ async def kill_loop(ctx: Context) -> dict[str, Any]:
             "restarts_empty_dir": group.empty_restarts,
             "items": check.expected, "records_lost": check.lost,
             "records_applied_twice": check.twice, "keys_mixed": check.keys_mixed,
+            "lost_keys": check.lost_keys, "late_items": late,
             **finding_diff(got, ref_findings),
             "reference_lost": ref_check.lost, "reference_twice": ref_check.twice,
             "rebalances": rebalances,
@@ -820,7 +824,7 @@ def table(results: dict[str, Any]) -> str:
                 if name in ("outage", "floods") and "error" not in r else [("", r)])
         for sub, row in rows:
             shown = ", ".join(f"{k} {v}" for k, v in row.items()
-                              if k not in ("findings_diff", "lag_during_outage"))
+                              if k not in ("findings_diff", "lag_during_outage", "lost_keys"))
             lines.append(f"| {name} {sub} | {shown} |".replace("  ", " "))
     return "\n".join(lines)
 
