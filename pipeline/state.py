@@ -165,12 +165,17 @@ class Keyed(Generic[V]):
         for key in list(self._items):
             self.pop(key)
 
+    @property
+    def at_cap(self) -> bool:
+        """Whether a new key needs ``make_room`` first."""
+        return self.cap is not None and len(self._items) >= self.cap
+
     def make_room(self, protect: Callable[[str, V], bool] | None = None,
                   evict: Callable[[str, V], None] | None = None) -> bool:
         """Make room for one more entry under the cap: drop the least recently changed one
         that ``protect`` does not keep (``evict`` is told first; counted in ``evicted``).
         False when every entry is protected (counted in ``refused``)."""
-        if self.cap is None or len(self._items) < self.cap:
+        if not self.at_cap:
             return True
         # From the stalest entry on, stopping at the first unprotected one: O(1) plus the
         # protected entries before it (no copy of the keys: this runs for every new entry of

@@ -705,15 +705,11 @@ class BottleneckDetector(Detector):
 
     # -- bounds ----------------------------------------------------------------------------
     def _make_room(self) -> bool:
-        firing: set[str] | None = None
-
-        def protect(key: str, _op: _Op) -> bool:
-            nonlocal firing
-            if firing is None:  # only at the cap, once per new operation
-                firing = {_key(st["entity"]) for st in self.lc_bottleneck.active()}
-            return key in firing
-
-        return self._ops.make_room(protect=protect, evict=self._evicted)
+        if not self._ops.at_cap:  # the firing set only when something must go
+            return True
+        firing = {_key(st["entity"]) for st in self.lc_bottleneck.active()}
+        return self._ops.make_room(protect=lambda key, _op: key in firing,
+                                   evict=self._evicted)
 
     def _evicted(self, key: str, _op: _Op) -> None:
         self._drop_accs(key)

@@ -1004,16 +1004,12 @@ class MemoryDetector(Detector):
 
     # -- bounds ----------------------------------------------------------------------------
     def _make_room(self) -> bool:
-        firing: set[tuple[str, str]] | None = None
-
-        def protect(_key: str, x: _Inst) -> bool:
-            nonlocal firing
-            if firing is None:  # only at the cap, once per new instance
-                firing = {(st["entity"]["service"], st["entity"]["instance"])
-                          for st in self.lc_leak.active() + self.lc_gc.active()}
-            return (x.service, x.instance) in firing
-
-        return self._inst.make_room(protect=protect, evict=self._evicted)
+        if not self._inst.at_cap:  # the firing set only when something must go
+            return True
+        firing = {(st["entity"]["service"], st["entity"]["instance"])
+                  for st in self.lc_leak.active() + self.lc_gc.active()}
+        return self._inst.make_room(
+            protect=lambda _key, x: (x.service, x.instance) in firing, evict=self._evicted)
 
     def _evicted(self, key: str, inst: _Inst) -> None:
         self._clear_floors(key, inst)
