@@ -611,9 +611,15 @@ async def soak(ctx: Context) -> dict[str, Any]:
         feeding = asyncio.create_task(feed(scenario, ctx.bootstrap, 1.0))
         t0 = time.monotonic()
         series: list[tuple[float, float]] = []
+        store: list[tuple[float, float]] = []  # RocksDB's memory (memtables, block cache)
         while not feeding.done():
             group.check_alive()
-            series.append((time.monotonic() - t0, w.rss_kb() / 1024))
+            t = time.monotonic() - t0
+            series.append((t, w.rss_kb() / 1024))
+            scrape = w.scrape()
+            if scrape is not None:
+                mem = scrape.by_label("anomaly_pipeline_state_store_memory_bytes", "kind")
+                store.append((t, sum(mem.values()) / 2**20))
             await asyncio.wait({feeding}, timeout=10)
         stats = feeding.result()
         await settle(group, ctx.profile.timeout_s)
@@ -621,24 +627,25 @@ async def soak(ctx: Context) -> dict[str, Any]:
         check = await ledger_check(group, expected)
         return {"seconds": round(seconds), "fed_records": stats.records, "items": check.expected,
                 "records_lost": check.lost, "records_applied_twice": check.twice,
-                **rss_summary(series), "peak_rss_mb": group.peak_rss_mb()}
+                **rss_summary(series), "peak_rss_mb": group.peak_rss_mb(),
+                **rss_summary(store, "store")}
     finally:
         group.stop_all()
         await harness.cleanup_logged(ctx.bootstrap, names.tag)
 
 
-def rss_summary(series: list[tuple[float, float]]) -> dict[str, Any]:
-    """First and last resident memory, and its slope (least squares) over the second half of
-    the run, after the baselines have filled, in MB per hour."""
+def rss_summary(series: list[tuple[float, float]], what: str = "rss") -> dict[str, Any]:
+    """First and last value (MB) of a memory series, and its slope (least squares) over the
+    second half of the run, after the baselines have filled, in MB per hour."""
     import numpy as np
 
     if len(series) < 4:
-        return {"rss_mb_start": None, "rss_mb_end": None, "rss_mb_per_h": None}
+        return {f"{what}_mb_start": None, f"{what}_mb_end": None, f"{what}_mb_per_h": None}
     half = series[len(series) // 2:]
     t, m = np.array([x for x, _ in half]), np.array([y for _, y in half])
     slope = float(np.polyfit(t, m, 1)[0]) * 3600
-    return {"rss_mb_start": round(series[0][1], 1), "rss_mb_end": round(series[-1][1], 1),
-            "rss_mb_per_h": round(slope, 1)}
+    return {f"{what}_mb_start": round(series[0][1], 1), f"{what}_mb_end": round(series[-1][1], 1),
+            f"{what}_mb_per_h": round(slope, 1)}
 
 
 # --- poison

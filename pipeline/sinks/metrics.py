@@ -75,6 +75,7 @@ class StreamState:
     idle_s: float = 0.0  # how long every source of every owned partition has been idle
     ended: int = 0  # owned partitions whose watermark moved past the end of the input
     lost: dict[str, int] = field(default_factory=dict)  # reason -> state entries not kept
+    store_bytes: dict[str, int] = field(default_factory=dict)  # RocksDB memory by kind
 
 
 #: Labels of ``anomaly_pipeline_finding_active``: what alert rules route and group on. The
@@ -372,7 +373,15 @@ class StateCollector(Collector):
             "Saved state entries not kept, over the owned partitions' lifetime: unreadable on "
             "restore (dropped, never a crash) or too large to save.", labels=["stream", "reason"],
         )
+        store = GaugeMetricFamily(
+            f"{NS}_state_store_memory_bytes",
+            "Memory the owned partitions' RocksDB databases hold, by kind (memtables: writes "
+            "not yet flushed to disk; block_cache: blocks read on restore), as RocksDB counts "
+            "it. Part of the worker's resident memory.", labels=["stream", "kind"],
+        )
         for stream, st in sorted(streams.items()):
+            for kind, n in sorted(st.store_bytes.items()):
+                store.add_metric([stream, kind], n)
             behind.add_metric([stream], st.behind_ns / 1e9)
             idle.add_metric([stream], st.idle_s)
             ended.add_metric([stream], st.ended)
@@ -392,7 +401,7 @@ class StateCollector(Collector):
             for (kind, severity), n in st.active.items():
                 active.add_metric([kind, severity], n)
         yield from (lag, watermark, partitions, tracked, evicted, late, active, quarantined,
-                    behind, idle, ended, lost)
+                    behind, idle, ended, lost, store)
         families: dict[str, GaugeMetricFamily] = {}
         for st in streams.values():
             for (name, labels), value in sorted(st.gauges.items()):

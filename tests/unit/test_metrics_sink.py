@@ -105,3 +105,33 @@ def test_a_stuck_event_loop_fails_the_scrape() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_state_store_memory_is_rocksdb_own_count_summed_over_open_databases(tmp_path) -> None:
+    import rocksdict
+
+    from pipeline.app import store_memory
+
+    class Store:  # what faust's RocksDB store keeps: open databases by partition
+        _dbs = {p: rocksdict.Rdict(str(tmp_path / f"p{p}")) for p in range(2)}
+
+    class Table:
+        data = Store()
+
+    empty = store_memory(Table())
+    for i in range(2000):
+        Store._dbs[i % 2][i.to_bytes(4, "big")] = b"x" * 500
+    written = store_memory(Table())
+    assert set(written) == {"memtables", "block_cache"}
+    assert written["memtables"] > empty["memtables"] + 1_000_000  # 1 MB written, unflushed
+    Store._dbs[0].close()  # a rebalance closed one while it was being read: the other counts
+    assert 0 < store_memory(Table())["memtables"] < written["memtables"]
+    Store._dbs[1].close()
+
+    class MemoryTable:  # the in-memory store has no databases
+        data: dict = {}
+    assert store_memory(MemoryTable()) == {}
+
+    samples = scrape({"spans": StreamState(store_bytes=written)}, {})
+    assert {s.labels["kind"]: s.value
+            for s in samples["anomaly_pipeline_state_store_memory_bytes"]} == written
