@@ -35,6 +35,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     import faust
     from prometheus_client import start_http_server
 
+    from pipeline import datadir
     from pipeline.app import Pipeline
     from pipeline.topics import ensure_topics, partition_counts
 
@@ -68,7 +69,19 @@ def cmd_worker(args: argparse.Namespace) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, _level(settings.log_level)))
     logging.getLogger("pipeline").setLevel(_level(settings.log_level))
     logging.getLogger("faust.transport.producer").addFilter(_EveryMinute("producer buffer full"))
-    worker.execute_from_commandline()
+    tabledir = pipeline.app.conf.tabledir
+    claimed = datadir.claim_tables(tabledir)
+    if claimed == "discarded":
+        logging.getLogger("pipeline").warning(
+            "the last run on %s did not stop cleanly: its local state tables may hold writes "
+            "the changelog never got, so they were removed and are restored from the "
+            "changelog", tabledir)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code in (0, None):  # stopped cleanly: Faust closed its tables and producer
+            datadir.mark_clean(tabledir)
+        raise
 
 
 class _EveryMinute(logging.Filter):

@@ -1,0 +1,43 @@
+"""Whether a worker may start from the state tables on its local disk. Pure (no Faust).
+
+Faust writes a table entry to the local store (RocksDB) at once and sends it to the changelog
+topic later, from a buffer, and records how far the changelog was acknowledged. A worker
+killed in between (SIGKILL, OOM, a node lost) leaves a local store that holds writes the
+changelog never got. Restarted on that directory, the worker would restore from the local
+store, go on past those writes, and leave a hole in the changelog: whoever restores the
+partition from the changelog next (another worker after a rebalance, a restart on an empty
+disk) comes back to the state before the hole, and what the worker applied after it is
+missing from the saved state until the next full snapshot.
+
+So the local tables are trusted only after a clean stop, as Kafka Streams does with its
+checkpoint file: the worker marks its table directory when it has stopped cleanly (its
+producer flushed), and removes the mark when it starts. A start without the mark after an
+earlier run discards the local tables, and Faust restores them from the changelog, the
+state every other worker would see.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+CLEAN_MARK = "stopped-cleanly"
+
+
+def claim_tables(tabledir: Path) -> str:
+    """Before the worker opens its tables: ``"kept"`` (the last run stopped cleanly),
+    ``"discarded"`` (it did not: the local tables are removed) or ``"empty"`` (none)."""
+    mark = tabledir / CLEAN_MARK
+    if mark.exists():
+        mark.unlink()
+        return "kept"
+    if tabledir.is_dir() and any(tabledir.iterdir()):
+        shutil.rmtree(tabledir)
+        return "discarded"
+    return "empty"
+
+
+def mark_clean(tabledir: Path) -> None:
+    """After a clean stop: the next start may use the local tables."""
+    tabledir.mkdir(parents=True, exist_ok=True)
+    (tabledir / CLEAN_MARK).touch()
