@@ -19,5 +19,6 @@ cleanup() { if [[ -n "$started" ]]; then bash deploy/kafka/kafka.sh down || true
 trap cleanup EXIT
 echo "tests use Kafka at $KAFKA_BOOTSTRAP_SERVERS"
 # Three test processes (pytest-xdist), a file each at a time: the integration tests own their
-# topics and consumer groups and mostly wait, so they overlap well on two cores.
-"$PY" -m pytest -n "${TEST_PROCESSES:-3}" --dist loadfile pipeline tests "$@"
+# topics and consumer groups and mostly wait, so they overlap well on two cores. The longest
+# files go first (conftest.py), in that order, not xdist's (most tests first).
+"$PY" -m pytest -n "${TEST_PROCESSES:-3}" --dist loadfile --no-loadscope-reorder pipeline tests "$@"
