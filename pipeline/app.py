@@ -50,6 +50,7 @@ from pipeline.offsets import OffsetGuard
 from pipeline.settings import Settings
 from pipeline.sinks.deadletter import dead_letter
 from pipeline.sinks.metrics import PipelineMetrics, StreamState
+from pipeline.slices import TimeSlice
 
 log = logging.getLogger("pipeline")
 
@@ -127,6 +128,7 @@ class _Stream:
     busy: set[int] = field(default_factory=set)
     # No routed message skipped; its ``next`` is each partition's next offset to process.
     guard: OffsetGuard = field(default_factory=OffsetGuard)
+    slice: TimeSlice = field(default_factory=TimeSlice)  # hands the event loop over
 
 
 POSITION_TIMEOUT_S = 1.0  # the lag view's wait for a consumer position
@@ -323,6 +325,9 @@ class Pipeline:
     async def _detect(self, stream: StreamT, st: _Stream) -> None:
         s, m = self.settings, self.metrics
         async for event in stream.noack().events():
+            # A backlog's messages come without a pause: let the other stages run between
+            # them (before the ownership check, which a rebalance meanwhile can change).
+            await st.slice.pause()
             started = time.perf_counter()
             msg = event.message
             p = msg.partition

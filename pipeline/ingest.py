@@ -42,6 +42,7 @@ from pipeline.records import Mark
 from pipeline.settings import Settings
 from pipeline.sinks.deadletter import dead_letter
 from pipeline.sinks.metrics import PipelineMetrics
+from pipeline.slices import TimeSlice
 
 log = logging.getLogger("pipeline.ingest")
 
@@ -290,6 +291,7 @@ class Ingest:
         # After a batch message failed for a reason of its own: each record is sent alone until
         # the next commit, so the failure is pinned on the record that causes it.
         self._alone = False
+        self._slice = TimeSlice()
 
     def lag(self) -> dict[str, int]:
         """Records behind the end of each input topic, over this worker's assigned partitions
@@ -466,6 +468,7 @@ class Ingest:
                             await self._ingest(rec, pending)
                             if self._alone:
                                 await self._send_outbox(pending)
+                            await self._slice.pause()  # a long batch lets detection run
                         offsets[tp] = next_offset[tp] = recs[-1].offset + 1
                         span_ms = recs[-1].timestamp - (last_ts.get(tp) or recs[0].timestamp)
                         if span_ms > 0:  # records per millisecond of record time
