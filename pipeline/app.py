@@ -61,13 +61,14 @@ TICK = b"tick"
 #: PIPELINE_PARTITIONS on a worker that owns them all). Faust's defaults (64 MiB write buffers,
 #: up to 3 of them, and a 2 GiB block cache, per database) let a flood of state writes grow
 #: the worker by gigabytes (issue 16: 150 MB -> 1.31 GB, no plateau). The tables are written
-#: once a flush and read only on restore, so small buffers cost little. A memtable grows to its
-#: write buffer size before it is flushed, so a steady trickle of writes fills every database's
-#: in turn: with 2 MiB buffers, 48 databases held about 90 MB of memtables once all had filled
-#: (a slow climb in a soak); with 256 KiB, about 12 MB. At most 2 x 256 KiB + 2 MiB of cache
-#: (filled by restores only) per database.
+#: once a flush and read only on restore (and by the existence checks of deletes), so small
+#: buffers cost little. A memtable grows to its write buffer size before it is flushed, so a
+#: steady trickle of writes fills every database's in turn: with 2 MiB buffers, 48 databases
+#: held about 90 MB of memtables once all had filled (a slow climb in a soak); with 256 KiB,
+#: about 12 MB. The block cache fills the same way (38 MB after a 30-minute soak with 2 MiB
+#: caches). At most 2 x 256 KiB + 256 KiB per database: 36 MiB for 48.
 ROCKSDB_OPTIONS = {"write_buffer_size": 256 * 1024, "max_write_buffer_number": 2,
-                   "block_cache_size": 2 * 1024 * 1024}
+                   "block_cache_size": 256 * 1024}
 #: RocksDB's own figures for what a database holds in memory, summed over the open ones.
 STORE_MEMORY_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables",
                            "block_cache": "rocksdb.block-cache-usage"}
