@@ -69,15 +69,6 @@ TICK = b"tick"
 #: caches). At most 2 x 256 KiB + 256 KiB per database: 36 MiB for 48.
 ROCKSDB_OPTIONS = {"write_buffer_size": 256 * 1024, "max_write_buffer_number": 2,
                    "block_cache_size": 256 * 1024}
-#: The detection stages' consumer. Faust reads every routed topic with one consumer, and a
-#: fetched message reaches its stage only after those fetched before it: with 4 MiB per
-#: partition, unlimited polls and 4096 messages queued per stage, a metrics flood kept live
-#: spans waiting 8-12 s (benchmarks.flood_run, 30k instances); with these, 3.6 s. A routed
-#: message larger than the fetch size is still fetched whole (the broker returns at least one
-#: batch, fetch v3+, KIP-74).
-STAGE_FETCH_BYTES = 256 * 1024
-STAGE_POLL_RECORDS = 50
-STAGE_BUFFER = 64
 #: RocksDB's own figures for what a database holds in memory, summed over the open ones.
 STORE_MEMORY_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables",
                            "block_cache": "rocksdb.block-cache-usage"}
@@ -225,12 +216,7 @@ class Pipeline:
             topic_partitions=s.pipeline_partitions,
             topic_replication_factor=s.pipeline_replication_factor,
             producer_max_request_size=s.max_record_bytes + 1024 * 1024,
-            # One consumer reads every routed topic, and a message waits behind the ones
-            # fetched before it: small fetches and polls and a short queue per stage keep a
-            # metrics backlog from holding live spans back (see STAGE_FETCH_BYTES).
-            consumer_max_fetch_size=STAGE_FETCH_BYTES,
-            broker_max_poll_records=STAGE_POLL_RECORDS,
-            stream_buffer_maxsize=STAGE_BUFFER,
+            consumer_max_fetch_size=max(4 * 1024 * 1024, s.max_record_bytes + 1024 * 1024),
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
             stream_wait_empty=False,
