@@ -26,15 +26,17 @@ CLEAN_MARK = "stopped-cleanly"
 
 def claim_tables(tabledir: Path) -> str:
     """Before the worker opens its tables: ``"kept"`` (the last run stopped cleanly),
-    ``"discarded"`` (it did not: the local tables are removed) or ``"empty"`` (none)."""
+    ``"discarded"`` (it did not: its databases, ``<table>-<partition>.db``, are removed) or
+    ``"empty"`` (there are none; other files, such as Faust's empty backup directories made
+    when the worker is built, are left alone)."""
     mark = tabledir / CLEAN_MARK
     if mark.exists():
         mark.unlink()
         return "kept"
-    if tabledir.is_dir() and any(tabledir.iterdir()):
-        shutil.rmtree(tabledir)
-        return "discarded"
-    return "empty"
+    databases = sorted(tabledir.glob("*.db")) if tabledir.is_dir() else []
+    for db in databases:
+        shutil.rmtree(db)
+    return "discarded" if databases else "empty"
 
 
 def mark_clean(tabledir: Path) -> None:

@@ -9,6 +9,8 @@ from pipeline.datadir import claim_tables, mark_clean
 def test_tables_are_kept_after_a_clean_stop_and_discarded_after_a_kill(tmp_path) -> None:
     tables = tmp_path / "v1" / "tables"
     assert claim_tables(tables) == "empty"  # the first start
+    (tables / "spans-state-backups").mkdir(parents=True)  # Faust makes these on any start
+    assert claim_tables(tables) == "empty"
     (tables / "spans-state-0.db").mkdir(parents=True)
     (tables / "spans-state-0.db" / "CURRENT").write_text("x")
     mark_clean(tables)
@@ -16,7 +18,8 @@ def test_tables_are_kept_after_a_clean_stop_and_discarded_after_a_kill(tmp_path)
     assert (tables / "spans-state-0.db" / "CURRENT").exists()
     # Running now: the mark is gone, so a kill leaves none and the next start discards.
     assert claim_tables(tables) == "discarded"
-    assert not tables.exists()
+    assert not (tables / "spans-state-0.db").exists()
+    assert (tables / "spans-state-backups").is_dir()
     assert claim_tables(tables) == "empty"
 
 
