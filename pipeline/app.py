@@ -91,7 +91,7 @@ def store_memory(table: Any) -> dict[str, int]:
         for kind, prop in STORE_MEMORY_PROPERTIES.items():
             try:
                 out[kind] += db.property_int_value(prop) or 0
-            except Exception:  # closed by a rebalance while being read: counted next time
+            except Exception:  # a database closed under us (Faust does not close them today)
                 continue
     return out
 

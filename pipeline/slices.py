@@ -6,7 +6,9 @@ not hand the loop over, so a task working through a backlog could run for second
 others waited: a metrics flood held the live span stream still for up to 20 s (issue 16),
 ingest decoding its fetched records one after another, a few milliseconds each. A task calls
 ``pause()`` between units of work; once it has run ``slice_s`` since it last handed the loop
-over, the call does, and the other ready tasks get their turn.
+over, the call does, and the other ready tasks get their turn. (The slice counts from the
+task's last ``pause()`` that yielded, not from its last wait of any kind, so the first call
+after a wait may yield early: harmless.)
 """
 
 from __future__ import annotations

@@ -43,9 +43,10 @@ async def test_without_pauses_the_others_wait_for_the_whole_backlog() -> None:
 async def test_with_pauses_the_others_run_once_a_slice() -> None:
     slice_ = TimeSlice(0.05)
     turns = await turns_while_busy(slice_)
-    # 0.6 s of work in slices of 0.05 s: a turn every 5 units or so, not after each one.
+    # 0.6 s (or more, on a loaded machine) of work in slices of 0.05 s: a turn every 5 units
+    # or so, never after each one.
     assert turns == slice_.yields
-    assert 8 <= turns <= 13
+    assert 8 <= turns < 40
 
 
 async def test_a_short_run_does_not_yield() -> None:
