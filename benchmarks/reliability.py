@@ -627,14 +627,14 @@ async def soak(ctx: Context) -> dict[str, Any]:
         check = await ledger_check(group, expected)
         return {"seconds": round(seconds), "fed_records": stats.records, "items": check.expected,
                 "records_lost": check.lost, "records_applied_twice": check.twice,
-                **rss_summary(series), "peak_rss_mb": group.peak_rss_mb(),
-                **rss_summary(store, "store")}
+                **memory_summary(series), "peak_rss_mb": group.peak_rss_mb(),
+                **memory_summary(store, "store")}
     finally:
         group.stop_all()
         await harness.cleanup_logged(ctx.bootstrap, names.tag)
 
 
-def rss_summary(series: list[tuple[float, float]], what: str = "rss") -> dict[str, Any]:
+def memory_summary(series: list[tuple[float, float]], what: str = "rss") -> dict[str, Any]:
     """First and last value (MB) of a memory series, and its slope (least squares) over the
     second half of the run, after the baselines have filled, in MB per hour."""
     import numpy as np

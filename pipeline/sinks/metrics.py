@@ -376,8 +376,8 @@ class StateCollector(Collector):
         store = GaugeMetricFamily(
             f"{NS}_state_store_memory_bytes",
             "Memory the owned partitions' RocksDB databases hold, by kind (memtables: writes "
-            "not yet flushed to disk; block_cache: blocks read on restore), as RocksDB counts "
-            "it. Part of the worker's resident memory.", labels=["stream", "kind"],
+            "not yet flushed to disk; block_cache: blocks read by restores and deletes), as "
+            "RocksDB counts it. Part of the worker's resident memory.", labels=["stream", "kind"],
         )
         for stream, st in sorted(streams.items()):
             for kind, n in sorted(st.store_bytes.items()):
