@@ -612,6 +612,7 @@ async def soak(ctx: Context) -> dict[str, Any]:
         t0 = time.monotonic()
         series: list[tuple[float, float]] = []
         store: list[tuple[float, float]] = []  # RocksDB's memory (memtables, block cache)
+        tracked: list[tuple[float, float]] = []  # detector state entries, all detectors
         while not feeding.done():
             group.check_alive()
             t = time.monotonic() - t0
@@ -620,6 +621,8 @@ async def soak(ctx: Context) -> dict[str, Any]:
             if scrape is not None:
                 mem = scrape.by_label("anomaly_pipeline_state_store_memory_bytes", "kind")
                 store.append((t, sum(mem.values()) / 2**20))
+                held = scrape.by_label("anomaly_pipeline_tracked_entries", "detector")
+                tracked.append((t, sum(held.values())))
             await asyncio.wait({feeding}, timeout=10)
         stats = feeding.result()
         await settle(group, ctx.profile.timeout_s)
@@ -628,7 +631,8 @@ async def soak(ctx: Context) -> dict[str, Any]:
         return {"seconds": round(seconds), "fed_records": stats.records, "items": check.expected,
                 "records_lost": check.lost, "records_applied_twice": check.twice,
                 **memory_summary(series), "peak_rss_mb": group.peak_rss_mb(),
-                **memory_summary(store, "store")}
+                **memory_summary(store, "store"),
+                "tracked_entries_per_10min": [v for _, v in coarse(tracked)]}
     finally:
         group.stop_all()
         await harness.cleanup_logged(ctx.bootstrap, names.tag)
@@ -645,7 +649,16 @@ def memory_summary(series: list[tuple[float, float]], what: str = "rss") -> dict
     t, m = np.array([x for x, _ in half]), np.array([y for _, y in half])
     slope = float(np.polyfit(t, m, 1)[0]) * 3600
     return {f"{what}_mb_start": round(series[0][1], 1), f"{what}_mb_end": round(series[-1][1], 1),
-            f"{what}_mb_per_h": round(slope, 1)}
+            f"{what}_mb_per_h": round(slope, 1),
+            f"{what}_mb_per_10min": [round(v, 1) for _, v in coarse(series)]}
+
+
+def coarse(series: list[tuple[float, float]], step_s: float = 600) -> list[tuple[float, float]]:
+    """The last sample of each ``step_s`` of a series, so a long soak shows a plateau or not."""
+    last: dict[int, tuple[float, float]] = {}
+    for t, v in series:
+        last[int(t // step_s)] = (t, v)
+    return list(last.values())
 
 
 # --- poison
@@ -840,6 +853,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     profile = QUICK if args.quick else FULL
     if args.flood_scale is not None:
         profile = dataclasses.replace(profile, flood_scale=args.flood_scale)
+    if args.soak_minutes is not None:
+        profile = dataclasses.replace(profile, soak_s=args.soak_minutes * 60)
     ctx = Context(harness.bootstrap_servers(), profile, random.Random(args.seed))
     results: dict[str, Any] = {}
     for name in args.only:
@@ -864,6 +879,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1, help="kill timing and victims")
     parser.add_argument("--flood-scale", type=float, default=None,
                         help="fraction of each flood's full size (default: 1, quick 0.02)")
+    parser.add_argument("--soak-minutes", type=float, default=None,
+                        help="length of the soak (default: 30, quick 1)")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.only) - set(SCENARIOS)
