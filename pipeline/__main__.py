@@ -70,6 +70,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
     logging.getLogger("pipeline").setLevel(_level(settings.log_level))
     logging.getLogger("faust.transport.producer").addFilter(_EveryMinute("producer buffer full"))
     tabledir = pipeline.app.conf.tabledir
+    try:
+        lock = datadir.lock_tables(tabledir)  # held until the process ends
+    except datadir.DataDirInUse as exc:
+        sys.exit(f"configuration error: {exc}")
     claimed = datadir.claim_tables(tabledir)
     if claimed == "discarded":
         logging.getLogger("pipeline").warning(
@@ -82,6 +86,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
         if exc.code in (0, None) and _changelog_flushed(pipeline.app):
             datadir.mark_clean(tabledir)
         raise
+    finally:
+        lock.close()
 
 
 def _changelog_flushed(app: Any) -> bool:

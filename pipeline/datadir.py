@@ -18,10 +18,41 @@ state every other worker would see.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
+from typing import IO
 
 CLEAN_MARK = "stopped-cleanly"
+LOCK = "worker.lock"
+
+
+class DataDirInUse(RuntimeError):
+    """Another live worker holds this table directory."""
+
+
+def lock_tables(tabledir: Path) -> IO[str]:
+    """Take the table directory for this worker, before ``claim_tables``: two workers on one
+    directory would remove or overwrite each other's open databases. The lock (``flock`` on
+    ``worker.lock``) is held as long as the returned file stays open, and the kernel drops it
+    when the process ends, however it ends, so a killed worker never leaves it behind."""
+    tabledir.mkdir(parents=True, exist_ok=True)
+    fh = open(tabledir / LOCK, "a+")  # noqa: SIM115 - held open for the worker's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise DataDirInUse(
+            f"{tabledir} is in use by another worker (pid {holder}): give every worker its "
+            f"own PIPELINE_DATA_DIR (each needs its own local state)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 def claim_tables(tabledir: Path) -> str:
