@@ -110,8 +110,9 @@ def _changelog_flushed(app: Any) -> bool:
 class _EveryMinute(logging.Filter):
     """Let one record starting with ``prefix`` through per minute, saying how many were held.
 
-    Faust warns "producer buffer full" on every table write while its producer queue is over
-    100 messages: ordinary backpressure under load, which otherwise floods the worker log."""
+    Faust warns "producer buffer full" before every routed message delivered while its
+    producer queue is over its limit (Faust's 100; the pipeline raises it, see
+    ``app.CHANGELOG_BUFFER_HIGH``, so this is a last resort), which would flood the log."""
 
     def __init__(self, prefix: str) -> None:
         super().__init__()

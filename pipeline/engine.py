@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,7 +207,15 @@ class PartitionEngine:
 
     # -- the work ---------------------------------------------------------------------------
     def process(self, msg: Routed, offset: int) -> list[Finding]:
-        """Apply one routed message; return the findings the watermark released.
+        """Apply one routed message; return the findings the watermark released (all of
+        ``process_steps`` at once)."""
+        return [f for step in self.process_steps(msg, offset) for f in step]
+
+    def process_steps(self, msg: Routed, offset: int) -> Iterator[list[Finding]]:
+        """Apply one routed message a source record at a time, yielding the findings each
+        released, so a caller on a shared event loop can let other work run between records
+        of a large batch (issue 16: a metrics flood's batches held the live spans back).
+        Exhaust it before the next message; until then the message counts as applied.
 
         ``side`` messages (records another stage derived to enrich this one, such as the
         client calls per host the span stage sends the metrics stream) go to
@@ -217,7 +225,7 @@ class PartitionEngine:
         """
         if offset <= self.offset:
             self.counters.duplicate_messages += 1
-            return []
+            return
         self.offset = offset
         if msg.partitions:
             for topic, n in msg.partitions.items():
@@ -240,18 +248,18 @@ class PartitionEngine:
                         clock.release()
                     wm = max(wm, clock.watermark_ns)
                 self._mark(key, wm, m.idle_s)
-            return self._advance()
+            yield self._advance()
+            return
         if msg.segments is not None:  # a batch: each source record as if it came alone
-            findings: list[Finding] = []
             start = 0
             for seg in msg.segments:
                 end = start + seg.count
-                findings += self._apply(seg.source, msg.items[start:end], seg.watermark_ns,
-                                        msg.side, seg.record_ns)
+                yield self._apply(seg.source, msg.items[start:end], seg.watermark_ns,
+                                  msg.side, seg.record_ns)
                 start = end
-            return findings
-        return self._apply(msg.source, msg.items, msg.watermark_ns, msg.side, msg.record_ns,
-                           msg.partial)
+            return
+        yield self._apply(msg.source, msg.items, msg.watermark_ns, msg.side, msg.record_ns,
+                          msg.partial)
 
     def only_sources(self, topic: str, keep: Callable[[int], bool], count: int,
                      side: bool = False) -> None:

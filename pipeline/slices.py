@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-SLICE_S = 0.05  # the longest a task works before it lets the others run
+SLICE_S = 0.005  # the longest a task works before it lets the others run
 
 
 class TimeSlice:

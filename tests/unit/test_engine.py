@@ -484,3 +484,22 @@ def test_a_batch_applies_each_source_record_as_if_it_came_alone() -> None:
                     offset=1)
     assert_same_state(batched, one, offsets=False)
     assert batched.counters.duplicate_messages == 4
+
+
+def test_a_batch_applied_step_by_step_is_the_batch_applied_at_once() -> None:
+    """The detection stage applies a batch a source record at a time, letting other work run
+    between them (issue 16): one step per segment, the same state and findings as ``process``,
+    and a message applied already gives no step at all."""
+    parts = [(BATCHES[i], ("otlp_spans", i % 2, 100 + i, 0), T0 + (i * 7 - 3) * S)
+             for i in range(6)]
+    wire = records.decode_spans_wire(records.encode_batch(parts, {"otlp_spans": 2}))
+    whole, stepped = engine(), engine()
+    found = whole.process(wire, offset=0)
+    steps = list(stepped.process_steps(wire, offset=0))
+    assert len(steps) == 6
+    assert [f for step in steps for f in step] == found
+    assert_same_state(stepped, whole)
+    assert list(stepped.process_steps(wire, offset=0)) == []
+    assert stepped.counters.duplicate_messages == 1
+    # A heartbeat is one step.
+    assert len(list(stepped.process_steps(beat(("otlp_spans", 0, T0, 0.0)), offset=1))) == 1
