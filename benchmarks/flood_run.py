@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                        "consumed": -1.0}
                 if s is not None:
                     row["spans"] = s.get_value(METRIC_DETECTED, signal="spans")
-                    if signal != "spans":  # then every span detected is a live one
+                    if not flood_spans:  # then every span detected is a live one
                         row["span_lag_s"] = live.lag_s(row["spans"], time.monotonic())
                     row["metrics"] = s.get_value(METRIC_DETECTED, signal="metrics")
                     # the flood's own topic (the live spans add to the spans topic's count)
