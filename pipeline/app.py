@@ -364,11 +364,12 @@ class Pipeline:
                         if st.signal == "spans" and records.is_forwarded(msg.value):
                             routed = await self._decode_forwarded(st, p, engine, msg)
                             adjusted = engine.clock_counts()
-                            findings = await self._apply(st, engine, routed, msg.offset)
+                            findings = await self._apply_stepwise(st, engine, routed,
+                                                                  msg.offset)
                             self._count_adjustments(adjusted, engine.clock_counts())
                         else:
-                            findings = await self._apply(st, engine, st.decode_wire(msg.value),
-                                                         msg.offset)
+                            findings = await self._apply_stepwise(
+                                st, engine, st.decode_wire(msg.value), msg.offset)
                     except Exception:  # one bad message must not stop detection for everyone
                         log.exception("skipped routed message %s[%d]@%d", msg.topic, p,
                                       msg.offset)
@@ -439,8 +440,8 @@ class Pipeline:
                     buffer.size)
 
     @staticmethod
-    async def _apply(st: _Stream, engine: PartitionEngine, routed: records.Routed,
-                     offset: int) -> list[Finding]:
+    async def _apply_stepwise(st: _Stream, engine: PartitionEngine, routed: records.Routed,
+                              offset: int) -> list[Finding]:
         """Apply one routed message a source record at a time, letting the other stages and
         the consumer's delivery run between records once this stage has had its slice: a
         batch of flood records takes a second or more, and every routed message fetched
