@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness import cleanup
@@ -162,6 +162,46 @@ async def consume(bootstrap: str, topic: str, until: Callable[[list[ConsumerReco
             batches = await consumer.getmany(timeout_ms=500)
             for recs in batches.values():
                 out.extend(recs)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def read_to_end(bootstrap: str, topic: str, timeout: float = 90.0) -> list[ConsumerRecord]:
+    """Every record ``topic`` holds now: each partition from its start to its end offset as of
+    the call. Fails if that is not reached within ``timeout`` (a read for a fixed time can stop
+    short on a loaded machine and look like data lost)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, metadata_max_age_ms=2000)
+    await consumer.start()
+    out: list[ConsumerRecord] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            await consumer.topics()  # a metadata request
+            parts = consumer.partitions_for_topic(topic)
+            if parts or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert parts, f"topic {topic} not found"
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            for tp in list(left):
+                if await consumer.position(tp) >= ends[tp]:
+                    left.discard(tp)
+            if not left:
+                break
+            assert time.monotonic() < deadline, (
+                f"read {len(out)} records of {topic} in {timeout:.0f} s, not to its end: "
+                + ", ".join(f"{tp.partition}: at {await consumer.position(tp)} of {ends[tp]}"
+                            for tp in sorted(left)))
+            batches = await consumer.getmany(*left, timeout_ms=500)
+            for tp, recs in batches.items():
+                out.extend(r for r in recs if r.offset < ends[tp])
     finally:
         await consumer.stop()
     return out

@@ -27,7 +27,7 @@ from pipeline.local import LocalPipeline
 from pipeline.settings import Settings
 from pipeline.simulate import build_scenario, iter_records
 from pipeline.simulate.writer import write_records
-from tests.integration.conftest import consume, wait_for
+from tests.integration.conftest import read_to_end, wait_for
 
 pytestmark = pytest.mark.integration
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "finding.schema.json").read_text())
@@ -62,8 +62,7 @@ def ended(w: Any) -> bool:
 
 
 async def findings_of(bootstrap: str, topic: str) -> set[bytes]:
-    docs = [orjson.loads(r.value) for r in await consume(bootstrap, topic, lambda r: False,
-                                                          timeout=4)]
+    docs = [orjson.loads(r.value) for r in await read_to_end(bootstrap, topic)]
     for d in docs:
         jsonschema.validate(d, SCHEMA)
     return {key(d) for d in docs}
@@ -120,7 +119,7 @@ async def test_kill_during_detection_finds_what_an_uninterrupted_run_finds(
     # The reference: the same records, as the topics hold them, through the stages in process.
     stored = []
     for topic in (spans_t, metrics_t):
-        stored += await consume(bootstrap, topic, lambda r: False, timeout=5)
+        stored += await read_to_end(bootstrap, topic)
     stored.sort(key=lambda r: r.timestamp)
     lp = LocalPipeline(Settings.from_env(env), {spans_t: 4, metrics_t: 4})
     want: set[bytes] = set()

@@ -18,7 +18,7 @@ import pytest
 from pipeline import otlp
 from pipeline.engine import PartitionEngine
 from pipeline.records import decode_forwarded, decode_spans_wire, is_forwarded
-from tests.integration.conftest import consume, produce, wait_for
+from tests.integration.conftest import consume, produce, read_to_end, wait_for
 from tests.support.counting import SpanCounter
 from tests.support.otlp_build import T0, span_request
 
@@ -55,7 +55,7 @@ def restored_counts(changelog: dict[str, bytes | None]) -> Counter:
 
 
 async def read_topic(bootstrap: str, topic: str) -> list:
-    return await consume(bootstrap, topic, lambda recs: False, timeout=4)
+    return await read_to_end(bootstrap, topic)
 
 
 async def routed_sources(bootstrap: str, app_id: str) -> set[tuple[int, int]]:
