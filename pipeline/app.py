@@ -510,6 +510,19 @@ class Pipeline:
         one missing and skip what comes until it does."""
         g = st.guard
         gaps, lost = g.gaps, g.lost
+        if msg.partition in g.unstarted:
+            try:
+                first = (await self.app.consumer.earliest_offsets(msg.tp)).get(msg.tp)
+            except Exception:  # unknown: take what comes
+                first = None
+            g.start(msg.partition, first)
+            if first is not None and msg.offset > first:
+                self._gap_log.warning(
+                    "unsaved", "%s partition %d has no saved state, yet the consumer starts it "
+                    "at offset %d, past messages nothing applied (faust-streaming's consumer "
+                    "does so after a restart; or the state topic was deleted): applying from "
+                    "offset %d",
+                    st.signal, msg.partition, msg.offset, first)
         now = time.monotonic()
         action, to = g.check(msg.partition, msg.offset, now)
         if g.gaps != gaps:
@@ -713,8 +726,10 @@ class Pipeline:
                 "restored %s partition %d: %d state entries, resuming after offset %d",
                 st.signal, partition, loaded, engine.offset,
             )
-            if engine.offset >= 0:
-                st.guard.expect(partition, engine.offset + 1)
+        if engine.offset >= 0:
+            st.guard.expect(partition, engine.offset + 1)
+        else:
+            st.guard.expect_first(partition)
         st.engines[partition] = engine
         st.last_flush[partition] = time.monotonic()
         return engine

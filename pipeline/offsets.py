@@ -6,8 +6,11 @@ the next expected one means the consumer skipped some: the broker deleted them b
 were read (a size or time retention shorter than the backlog: the consumer resets to the
 partition's first offset), or faust-streaming skipped them around a rebalance
 (faust-streaming/faust#216). Either is a silent loss, since the offsets after it are
-acknowledged and committed. ``OffsetGuard`` tells the wiring, per
-message, to process it, or to skip it and seek back to the first one missing. Messages that
+acknowledged and committed. The first message expected is the one after what the restored
+state covers; with nothing saved, the partition's first one (``expect_first``): after a
+SIGKILL the consumer was seen to start a partition with no state saved past offsets never
+applied, as it starts others past their restored state. ``OffsetGuard`` tells the wiring,
+per message, to process it, or to skip it and seek back to the first one missing. Messages that
 arrive while it waits for that one are skipped (the seek delivers them again). ``due`` says
 which partitions to seek again, every ``reseek_s`` until the missing one comes (a batch the
 consumer fetched before the seek can still be in flight and move its read position past the
@@ -42,16 +45,35 @@ class OffsetGuard:
     waiting: dict[int, _Wait] = field(default_factory=dict)
     gaps: int = 0  # skips found (each seeks back once at least)
     lost: int = 0  # messages given up on
+    # Partitions with no saved state whose first offset the wiring has to look up (``start``).
+    unstarted: set[int] = field(default_factory=set)
 
     def expect(self, partition: int, offset: int) -> None:
         """The next offset of ``partition`` is ``offset`` (restored state resumes after it)."""
         self.next[partition] = offset
         self.waiting.pop(partition, None)
+        self.unstarted.discard(partition)
+
+    def expect_first(self, partition: int) -> None:
+        """Nothing of ``partition`` was saved, so nothing of it was applied: the next message
+        to process is its first available one, whatever the consumer resumes at (offsets
+        committed by a worker whose state never reached the changelog). The caller looks that
+        offset up and passes it to ``start``."""
+        self.forget(partition)
+        self.unstarted.add(partition)
+
+    def start(self, partition: int, first: int | None) -> None:
+        """``partition``'s first available offset, after ``expect_first`` (None: unknown, so
+        whatever comes first is taken)."""
+        self.unstarted.discard(partition)
+        if first is not None:
+            self.next[partition] = first
 
     def forget(self, partition: int) -> None:
         """The partition was revoked: what comes after a new assignment starts afresh."""
         self.next.pop(partition, None)
         self.waiting.pop(partition, None)
+        self.unstarted.discard(partition)
 
     def check(self, partition: int, offset: int, now: float) -> tuple[Action, int]:
         """What to do with the message at ``offset``: ``("process", offset)``,

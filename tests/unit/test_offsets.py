@@ -73,3 +73,31 @@ def test_forget_starts_a_reassigned_partition_afresh() -> None:
     feed(g, [0, 1, 2])
     g.forget(0)
     assert g.check(0, 50, 0.0) == ("process", 50)
+
+
+def test_a_partition_with_no_saved_state_is_applied_from_its_first_offset() -> None:
+    """The consumer resumes at 7 (a commit whose state never reached the changelog): with
+    nothing saved, the guard seeks back to the partition's first offset, 3."""
+    g = OffsetGuard()
+    g.expect_first(0)
+    assert g.unstarted == {0}
+    g.start(0, 3)
+    assert not g.unstarted
+    assert g.check(0, 7, 0.0) == ("seek", 3)
+    assert feed(g, [3, 4, 5, 6, 7]) == [("process", o) for o in (3, 4, 5, 6, 7)]
+    assert g.gaps == 1 and g.lost == 0
+
+
+def test_a_new_partition_read_from_its_start_needs_no_seek() -> None:
+    g = OffsetGuard()
+    g.expect_first(0)
+    g.start(0, 0)
+    assert feed(g, [0, 1]) == [("process", 0), ("process", 1)] and g.gaps == 0
+    g.expect_first(1)
+    g.start(1, None)  # the lookup failed: whatever comes first is taken
+    assert g.check(1, 9, 0.0) == ("process", 9)
+    g.expect_first(2)
+    g.expect(2, 5)  # saved state after all (or a revocation): no lookup pending
+    g.expect_first(3)
+    g.forget(3)
+    assert not g.unstarted
