@@ -107,6 +107,24 @@ def store_memory(table: Any) -> dict[str, int]:
     return out
 
 
+class SavedTable(faust.Table):
+    """A Faust table that keeps the changelog sends of its writes, which ``table[k] = v``
+    does not return: a flush acknowledges its routed messages only once the broker has the
+    state they made. Faust commits acknowledged offsets after flushing its producer, but that
+    flush gives up after 0.1 s without a message sent; a commit ahead of the saved state loses
+    those messages' effects when the worker dies, and a partition with no state saved at all
+    looked new to the next owner, which resumed at the commit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[asyncio.Future[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        fut = super().send_changelog(*args, **kwargs)
+        self.sent.append(fut)
+        return fut
+
+
 @dataclass(slots=True)
 class _Send:
     """A message sent for a partition and not yet acknowledged: enough to send it again."""
@@ -214,6 +232,7 @@ class Pipeline:
         # before a rebalance) is not processed, so a revoked partition's state is never
         # written here again while its new owner works on it.
         self._owned: set[TP] = set()
+        self._acking: set[asyncio.Future[None]] = set()  # acknowledgements awaiting saves
         self.metrics.watch_state(lambda: self._state_view, lambda: self._lag_view,
                                  lambda: self._view_built_at)
         detector_classes = load_detectors(s.pipeline_detectors)
@@ -253,10 +272,10 @@ class Pipeline:
                 topics.routed_topic(s, signal), partitions=parts, internal=True,
                 deleting=True, config=dict(topics.ROUTED_CONFIGS), **RAW,
             )
-            table = app.Table(
-                f"{signal}-state", partitions=parts, default=None, key_type=bytes,
-                value_type=bytes, options=dict(ROCKSDB_OPTIONS),
-            )
+            table = app.tables.add(SavedTable(  # as app.Table makes one
+                app, name=f"{signal}-state", beacon=app.tables.beacon, partitions=parts,
+                default=None, key_type=bytes, value_type=bytes, options=dict(ROCKSDB_OPTIONS),
+            ))
             classes = [c for c in detector_classes if c.signal == signal]
             self.streams[signal] = _Stream(signal, routed, table, decode_wire, classes)
 
@@ -404,6 +423,7 @@ class Pipeline:
             ):
                 await self._await_derived(st, p)
                 found = self.app.producer.buffer.size
+                st.table.sent.clear()
                 writes = 0
                 for key, value in engine.changes():
                     kb = key.encode()
@@ -417,12 +437,43 @@ class Pipeline:
                     writes += 1
                 m.state_flushes.labels(st.signal).inc()
                 m.state_writes.labels(st.signal).inc(writes)
-                for done in pending:
-                    await stream.ack(done)
+                await self._ack_when_saved(stream, st, p, engine, list(pending))
                 pending.clear()
                 st.last_flush[p] = now
                 await self._changelog_ebb(found)
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
+
+    async def _ack_when_saved(self, stream: StreamT, st: _Stream, p: int,
+                              engine: PartitionEngine, events: list[EventT]) -> None:
+        """Acknowledge ``events`` once the changelog writes of the flush that covers them are
+        on the broker (in a task: the stage goes on meanwhile)."""
+        saved, st.table.sent = st.table.sent, []
+        if all(f.done() and not f.cancelled() and f.exception() is None for f in saved):
+            for event in events:
+                await stream.ack(event)
+            return
+        task = asyncio.ensure_future(self._acknowledge(stream, st, p, engine, saved, events))
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def _acknowledge(self, stream: StreamT, st: _Stream, p: int, engine: PartitionEngine,
+                           saved: list[asyncio.Future[Any]], events: list[EventT]) -> None:
+        """If a write failed, the messages stay unacknowledged (the commit stops before them):
+        back on the partition's pending list, for its next flush, which writes the whole state
+        (a log missing, restore would stop before it)."""
+        results = await asyncio.gather(*saved, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is None:
+            for event in events:
+                await stream.ack(event)
+            return
+        self._send_log.warning(
+            "changelog", "%s partition %d: a state write failed (%s: %s); its %d messages stay "
+            "unacknowledged until the next flush saves the whole state", st.signal, p,
+            type(failed).__name__, failed, len(events))
+        if st.engines.get(p) is engine:  # still owned: else the new owner redoes them
+            engine.rebase()
+            st.pending[p][:0] = events
 
     async def _changelog_ebb(self, found: int) -> None:
         """After a flush: wait until Faust's changelog buffer is no fuller than the flush found

@@ -534,6 +534,11 @@ class PartitionEngine:
         return out
 
     # -- persistence ------------------------------------------------------------------------
+    def rebase(self) -> None:
+        """Make the next ``changes()`` a base (the whole state): the writes of a flush were not
+        all saved, and restore stops at the first log missing."""
+        self._need_base = True
+
     def changes(self) -> list[tuple[str, bytes | None]]:
         """The table writes for everything changed since the last call, in the order they must
         be written (one changelog partition keeps that order).
