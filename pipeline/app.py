@@ -41,7 +41,7 @@ from pipeline import otlp, records, topics
 from pipeline.clock import SourceClock
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
-from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
+from pipeline.engine import BASE_KEY, MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send, transient
 from pipeline.lagview import LagReading, TopicLag, carry_lag, last_fetched
@@ -89,6 +89,16 @@ DELIVERY_RETRY_S = 900.0
 # CHANGELOG_BUFFER_HIGH plus one flush per stage.
 CHANGELOG_BUFFER_HIGH = 100  # messages of up to CHUNK_BYTES (256 KiB) each, as Faust has it
 CONDUCTOR_BUFFER_LIMIT = 1_000_000  # Faust's own check, kept only as a last resort
+
+
+def _base_slot(failed: list[Any]) -> int | None:
+    """The base slot of a failed changelog write (``<p>/__base__/<slot>/<chunk>``), if any."""
+    for fut in failed:
+        key = getattr(getattr(fut, "message", None), "key", None)
+        parts = bytes(key or b"").decode(errors="replace").split("/")
+        if len(parts) == 4 and parts[1] == BASE_KEY and parts[2] in ("0", "1"):
+            return int(parts[2])
+    return None
 
 
 def store_memory(table: Any) -> dict[str, int]:
@@ -159,6 +169,12 @@ class _Stream:
     # No routed message skipped; its ``next`` is each partition's next offset to process.
     guard: OffsetGuard = field(default_factory=OffsetGuard)
     slice: TimeSlice = field(default_factory=TimeSlice)  # hands the event loop over
+    # Acknowledgements after saves (``Pipeline._ack_when_saved``), per partition: flushes
+    # numbered, the last one's task (the next waits for it), and after a failed save the
+    # number below which flushes are not acknowledged (chained after the log missing).
+    flushes: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    redo_below: dict[int, int] = field(default_factory=dict)
 
 
 POSITION_TIMEOUT_S = 1.0  # the lag view's wait for a consumer position
@@ -370,6 +386,8 @@ class Pipeline:
                 engine = self._open_engine(st, p)
             if not await self._in_order(st, msg):
                 continue
+            if msg.tp not in self._owned or st.engines.get(p) is not engine:
+                continue  # revoked while it looked an offset up
             if msg.value == TICK:
                 st.ticked.discard(p)
                 # applied too: the state flushed next resumes after it, as the commit will
@@ -437,42 +455,54 @@ class Pipeline:
                     writes += 1
                 m.state_flushes.labels(st.signal).inc()
                 m.state_writes.labels(st.signal).inc(writes)
-                await self._ack_when_saved(stream, st, p, engine, list(pending))
+                await self._ack_when_saved(stream, st, p, list(pending))
                 pending.clear()
                 st.last_flush[p] = now
                 await self._changelog_ebb(found)
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
 
     async def _ack_when_saved(self, stream: StreamT, st: _Stream, p: int,
-                              engine: PartitionEngine, events: list[EventT]) -> None:
+                              events: list[EventT]) -> None:
         """Acknowledge ``events`` once the changelog writes of the flush that covers them are
-        on the broker (in a task: the stage goes on meanwhile)."""
+        on the broker: in a task, so the stage goes on meanwhile, and after the partition's
+        previous flush's (Faust commits up to the first offset not acknowledged, but not with no
+        commit yet, nor past a hole of one offset)."""
         saved, st.table.sent = st.table.sent, []
-        if all(f.done() and not f.cancelled() and f.exception() is None for f in saved):
-            for event in events:
-                await stream.ack(event)
-            return
-        task = asyncio.ensure_future(self._acknowledge(stream, st, p, engine, saved, events))
+        st.flushes[p] += 1
+        task = asyncio.ensure_future(self._acknowledge(
+            stream, st, p, st.flushes[p], saved, events, st.acks.get(p)))
+        st.acks[p] = task
         self._acking.add(task)
         task.add_done_callback(self._acking.discard)
 
-    async def _acknowledge(self, stream: StreamT, st: _Stream, p: int, engine: PartitionEngine,
-                           saved: list[asyncio.Future[Any]], events: list[EventT]) -> None:
-        """If a write failed, the messages stay unacknowledged (the commit stops before them):
-        back on the partition's pending list, for its next flush, which writes the whole state
-        (a log missing, restore would stop before it)."""
+    async def _acknowledge(self, stream: StreamT, st: _Stream, p: int, number: int,
+                           saved: list[asyncio.Future[Any]], events: list[EventT],
+                           previous: asyncio.Future[None] | None) -> None:
+        """If a write failed, the messages stay unacknowledged (the commit stops before them),
+        and so do those of the flushes already made after it, whose logs restore would not
+        reach: back on the partition's pending list, for its next flush, which writes the whole
+        state (again into the slot of a base that failed)."""
+        if previous is not None:
+            await asyncio.wait([previous])
         results = await asyncio.gather(*saved, return_exceptions=True)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is None:
+        failed = [f for f, r in zip(saved, results, strict=True) if isinstance(r, BaseException)]
+        if not failed and number >= st.redo_below.get(p, 0):
             for event in events:
                 await stream.ack(event)
             return
-        self._send_log.warning(
-            "changelog", "%s partition %d: a state write failed (%s: %s); its %d messages stay "
-            "unacknowledged until the next flush saves the whole state", st.signal, p,
-            type(failed).__name__, failed, len(events))
-        if st.engines.get(p) is engine:  # still owned: else the new owner redoes them
-            engine.rebase()
+        engine = st.engines.get(p)  # (revoked: the new owner redoes them from its state)
+        if failed:
+            error = results[saved.index(failed[0])]
+            self._send_log.warning(
+                "changelog", "%s partition %d: %d state writes failed (%s: %s); their "
+                "messages stay unacknowledged until the next flush saves the whole state%s",
+                st.signal, p, len(failed), type(error).__name__, error,
+                "" if engine is None or not engine.quarantined else
+                " (not while a detector is quarantined: a restart applies them again)")
+            if engine is not None:
+                engine.rebase(_base_slot(failed))
+                st.redo_below[p] = st.flushes[p] + 1
+        if engine is not None:
             st.pending[p][:0] = events
 
     async def _changelog_ebb(self, found: int) -> None:
@@ -564,10 +594,17 @@ class Pipeline:
         if msg.partition in g.unstarted:
             try:
                 first = (await self.app.consumer.earliest_offsets(msg.tp)).get(msg.tp)
-            except Exception:  # unknown: take what comes
+            except Exception:
                 first = None
+            if msg.partition not in g.unstarted:  # revoked meanwhile
+                return False
+            if first is None:  # this message again, and the lookup with it
+                self._gap_log.warning("unstarted", "%s partition %d: cannot look up its first "
+                                      "offset; trying again", st.signal, msg.partition)
+                await self._seek(msg.tp, msg.offset)
+                return False
             g.start(msg.partition, first)
-            if first is not None and msg.offset > first:
+            if msg.offset > first:
                 self._gap_log.warning(
                     "unsaved", "%s partition %d has no saved state, yet the consumer starts it "
                     "at offset %d, past messages nothing applied (faust-streaming's consumer "
@@ -779,7 +816,7 @@ class Pipeline:
             )
         if engine.offset >= 0:
             st.guard.expect(partition, engine.offset + 1)
-        else:
+        elif not engine.tracked():  # nothing restored (else an unreadable marker: logged)
             st.guard.expect_first(partition)
         st.engines[partition] = engine
         st.last_flush[partition] = time.monotonic()
@@ -800,6 +837,7 @@ class Pipeline:
                     st.sending.pop(tp.partition, None)
                     st.busy.discard(tp.partition)
                     st.guard.forget(tp.partition)
+                    st.acks.pop(tp.partition, None)  # (its tasks finish on their own)
 
     def _export_counts(self, engine: PartitionEngine) -> None:
         for d in engine.detectors:

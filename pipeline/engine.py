@@ -534,10 +534,13 @@ class PartitionEngine:
         return out
 
     # -- persistence ------------------------------------------------------------------------
-    def rebase(self) -> None:
+    def rebase(self, slot: int | None = None) -> None:
         """Make the next ``changes()`` a base (the whole state): the writes of a flush were not
-        all saved, and restore stops at the first log missing."""
+        all saved, and restore stops at the first log missing. ``slot``: a base that was not
+        all saved; the next goes there again (the other slot holds the last whole one)."""
         self._need_base = True
+        if slot is not None:
+            self._slot = slot
 
     def changes(self) -> list[tuple[str, bytes | None]]:
         """The table writes for everything changed since the last call, in the order they must

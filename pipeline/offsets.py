@@ -64,7 +64,9 @@ class OffsetGuard:
 
     def start(self, partition: int, first: int | None) -> None:
         """``partition``'s first available offset, after ``expect_first`` (None: unknown, so
-        whatever comes first is taken)."""
+        whatever comes first is taken). Nothing if the partition was forgotten meanwhile."""
+        if partition not in self.unstarted:
+            return
         self.unstarted.discard(partition)
         if first is not None:
             self.next[partition] = first
