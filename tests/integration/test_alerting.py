@@ -85,8 +85,12 @@ async def test_injected_bottleneck_fires_the_alert_and_it_resolves(
             await wait_for(lambda: lag(scenario.spans_topic) == 0 and lag(routed) == 0
                            or fired() or not worker.alive(), timeout=300,
                            what="the worker to read everything written")
-            await wait_for(lambda: fired() or not worker.alive(), timeout=120,
-                           what=f"BottleneckSpan delivered; active findings: {active(worker)}")
+            try:
+                await wait_for(lambda: fired() or not worker.alive(), timeout=120,
+                               what="BottleneckSpan delivered")
+            except AssertionError as exc:  # what the worker had found, and its log, by then
+                raise AssertionError(f"{exc}; active findings: {active(worker)}\n"
+                                     f"{worker.log()[-3000:]}") from None
         if writing.done() and writing.exception():
             raise writing.exception()
         assert worker.alive(), worker.log()[-3000:]
