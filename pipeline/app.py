@@ -134,6 +134,11 @@ class SavedTable(faust.Table):
         self.sent.append(fut)
         return fut
 
+    def take_sent(self) -> list[asyncio.Future[Any]]:
+        """The sends since the last call (only the flushes write to these tables)."""
+        sent, self.sent = self.sent, []
+        return sent
+
 
 @dataclass(slots=True)
 class _Send:
@@ -441,7 +446,6 @@ class Pipeline:
             ):
                 await self._await_derived(st, p)
                 found = self.app.producer.buffer.size
-                st.table.sent.clear()
                 writes = 0
                 for key, value in engine.changes():
                     kb = key.encode()
@@ -455,22 +459,21 @@ class Pipeline:
                     writes += 1
                 m.state_flushes.labels(st.signal).inc()
                 m.state_writes.labels(st.signal).inc(writes)
-                await self._ack_when_saved(stream, st, p, list(pending))
+                self._ack_when_saved(stream, st, p, list(pending))
                 pending.clear()
                 st.last_flush[p] = now
                 await self._changelog_ebb(found)
             m.processing.labels(f"detect_{st.signal}").observe(time.perf_counter() - started)
 
-    async def _ack_when_saved(self, stream: StreamT, st: _Stream, p: int,
-                              events: list[EventT]) -> None:
+    def _ack_when_saved(self, stream: StreamT, st: _Stream, p: int,
+                        events: list[EventT]) -> None:
         """Acknowledge ``events`` once the changelog writes of the flush that covers them are
         on the broker: in a task, so the stage goes on meanwhile, and after the partition's
         previous flush's (Faust commits up to the first offset not acknowledged, but not with no
         commit yet, nor past a hole of one offset)."""
-        saved, st.table.sent = st.table.sent, []
         st.flushes[p] += 1
         task = asyncio.ensure_future(self._acknowledge(
-            stream, st, p, st.flushes[p], saved, events, st.acks.get(p)))
+            stream, st, p, st.flushes[p], st.table.take_sent(), events, st.acks.get(p)))
         st.acks[p] = task
         self._acking.add(task)
         task.add_done_callback(self._acking.discard)
@@ -485,14 +488,15 @@ class Pipeline:
         if previous is not None:
             await asyncio.wait([previous])
         results = await asyncio.gather(*saved, return_exceptions=True)
-        failed = [f for f, r in zip(saved, results, strict=True) if isinstance(r, BaseException)]
+        failed = [(f, r) for f, r in zip(saved, results, strict=True)
+                  if isinstance(r, BaseException)]
         if not failed and number >= st.redo_below.get(p, 0):
             for event in events:
                 await stream.ack(event)
             return
         engine = st.engines.get(p)  # (revoked: the new owner redoes them from its state)
         if failed:
-            error = results[saved.index(failed[0])]
+            error = failed[0][1]
             self._send_log.warning(
                 "changelog", "%s partition %d: %d state writes failed (%s: %s); their "
                 "messages stay unacknowledged until the next flush saves the whole state%s",
@@ -500,7 +504,7 @@ class Pipeline:
                 "" if engine is None or not engine.quarantined else
                 " (not while a detector is quarantined: a restart applies them again)")
             if engine is not None:
-                engine.rebase(_base_slot(failed))
+                engine.rebase(_base_slot([f for f, _ in failed]))
                 st.redo_below[p] = st.flushes[p] + 1
         if engine is not None:
             st.pending[p][:0] = events
@@ -591,11 +595,9 @@ class Pipeline:
         one missing and skip what comes until it does."""
         g = st.guard
         gaps, lost = g.gaps, g.lost
+        first: int | None = None
         if msg.partition in g.unstarted:
-            try:
-                first = (await self.app.consumer.earliest_offsets(msg.tp)).get(msg.tp)
-            except Exception:
-                first = None
+            first = await self._first_offset(msg.tp)
             if msg.partition not in g.unstarted:  # revoked meanwhile
                 return False
             if first is None:  # this message again, and the lookup with it
@@ -619,10 +621,8 @@ class Pipeline:
                 st.signal, "%s partition %d: the consumer skipped routed messages %d..%d; "
                 "seeking back to %d (nothing is acknowledged past it until they are applied)",
                 st.signal, msg.partition, to, msg.offset - 1, to)
-            try:
-                first = (await self.app.consumer.earliest_offsets(msg.tp)).get(msg.tp)
-            except Exception:  # unknown: seek and wait (gone after give_up_s)
-                first = None
+            if first is None:  # (unknown: seek and wait, gone after give_up_s)
+                first = await self._first_offset(msg.tp)
             if first is not None:
                 action, to = g.gone(msg.partition, first, msg.offset, now)
         if g.lost != lost:
@@ -635,6 +635,13 @@ class Pipeline:
         if action == "seek":
             await self._seek(msg.tp, to)
         return action == "process"
+
+    async def _first_offset(self, tp: TP) -> int | None:
+        """The partition's first available offset, or None if it cannot be looked up."""
+        try:
+            return (await self.app.consumer.earliest_offsets(tp)).get(tp)
+        except Exception:
+            return None
 
     async def _seek(self, tp: TP, offset: int) -> None:
         # seek_wait runs in the consumer's own thread and resets Faust's read position (a

@@ -25,8 +25,19 @@ class Stream:
         self.acked.append(event)
 
 
+class Table:
+    """The changelog sends a flush's writes made (``SavedTable.take_sent``)."""
+
+    def __init__(self) -> None:
+        self.sent: list[asyncio.Future[Any]] = []
+
+    def take_sent(self) -> list[asyncio.Future[Any]]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
 def setup(engine: PartitionEngine) -> tuple[Any, Any, Stream]:
-    st: Any = SimpleNamespace(table=SimpleNamespace(sent=[]), engines={0: engine},
+    st: Any = SimpleNamespace(table=Table(), engines={0: engine},
                               pending=defaultdict(list), signal="spans",
                               flushes=defaultdict(int), acks={}, redo_below={})
     p: Any = SimpleNamespace(_acking=set(), _send_log=RateLimitedLog(app_module.log))
@@ -40,7 +51,7 @@ async def flush(p: Any, st: Any, stream: Stream, events: list[str], n: int = 1
     loop = asyncio.get_running_loop()
     writes = [loop.create_future() for _ in range(n)]
     st.table.sent = list(writes)
-    await Pipeline._ack_when_saved(p, stream, st, 0, events)
+    Pipeline._ack_when_saved(p, stream, st, 0, events)
     return writes
 
 
