@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline import topics
 from pipeline.settings import Settings
 from pipeline.simulate import SimRecord, iter_records
 from pipeline.simulate.scenarios import Scenario
@@ -51,9 +52,9 @@ METRIC_DETECTED = "anomaly_pipeline_items_detected_total"
 METRIC_DERIVED = "anomaly_pipeline_items_derived_total"
 METRIC_DEADLETTERS = "anomaly_pipeline_deadletter_records_total"
 METRIC_STAGE_SECONDS = "anomaly_pipeline_processing_seconds_sum"
-# The worker's consumer fetches up to max(4 MiB, MAX_RECORD_BYTES + 1 MiB) per partition
-# (pipeline/app.py); the raw consumer gets the same so fetch size is not a difference.
-WORKER_FETCH_BYTES = 9 * 1024 * 1024
+# The worker's consumers fetch up to this much per partition; the raw consumer gets the same
+# so fetch size is not a difference.
+WORKER_FETCH_BYTES = topics.FETCH_BYTES_PER_PARTITION
 T = TypeVar("T")
 
 

@@ -267,7 +267,7 @@ class Pipeline:
             topic_partitions=s.pipeline_partitions,
             topic_replication_factor=s.pipeline_replication_factor,
             producer_max_request_size=s.max_record_bytes + 1024 * 1024,
-            consumer_max_fetch_size=max(4 * 1024 * 1024, s.max_record_bytes + 1024 * 1024),
+            consumer_max_fetch_size=topics.FETCH_BYTES_PER_PARTITION,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
             stream_wait_empty=False,

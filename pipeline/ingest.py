@@ -381,7 +381,7 @@ class Ingest:
             group_id=f"{s.pipeline_app_id}-ingest",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max(1024 * 1024, s.max_record_bytes + 1024 * 1024),
+            max_partition_fetch_bytes=topics.FETCH_BYTES_PER_PARTITION,
             fetch_max_bytes=max(50 * 1024 * 1024, s.max_record_bytes + 1024 * 1024),
             session_timeout_ms=int(s.kafka_session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.kafka_session_timeout_s * 100),
