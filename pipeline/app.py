@@ -41,7 +41,7 @@ from pipeline import otlp, records, topics
 from pipeline.clock import SourceClock
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
-from pipeline.engine import BASE_KEY, MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
+from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send, transient
 from pipeline.lagview import LagReading, TopicLag, carry_lag, last_fetched
@@ -91,14 +91,10 @@ CHANGELOG_BUFFER_HIGH = 100  # messages of up to CHUNK_BYTES (256 KiB) each, as 
 CONDUCTOR_BUFFER_LIMIT = 1_000_000  # Faust's own check, kept only as a last resort
 
 
-def _base_slot(failed: list[Any]) -> int | None:
-    """The base slot of a failed changelog write (``<p>/__base__/<slot>/<chunk>``), if any."""
-    for fut in failed:
-        key = getattr(getattr(fut, "message", None), "key", None)
-        parts = bytes(key or b"").decode(errors="replace").split("/")
-        if len(parts) == 4 and parts[1] == BASE_KEY and parts[2] in ("0", "1"):
-            return int(parts[2])
-    return None
+def _written_key(fut: Any) -> str:
+    """The table key of a changelog send (Faust's ``FutureMessage``), or ``""``."""
+    key = getattr(getattr(fut, "message", None), "key", None)
+    return bytes(key or b"").decode(errors="replace")
 
 
 def store_memory(table: Any) -> dict[str, int]:
@@ -504,7 +500,7 @@ class Pipeline:
                 "" if engine is None or not engine.quarantined else
                 " (not while a detector is quarantined: a restart applies them again)")
             if engine is not None:
-                engine.rebase(_base_slot([f for f, _ in failed]))
+                engine.rebase(_written_key(f) for f, _ in failed)
                 st.redo_below[p] = st.flushes[p] + 1
         if engine is not None:
             st.pending[p][:0] = events

@@ -534,13 +534,18 @@ class PartitionEngine:
         return out
 
     # -- persistence ------------------------------------------------------------------------
-    def rebase(self, slot: int | None = None) -> None:
+    def rebase(self, unsaved: Iterable[str] = ()) -> None:
         """Make the next ``changes()`` a base (the whole state): the writes of a flush were not
-        all saved, and restore stops at the first log missing. ``slot``: a base that was not
-        all saved; the next goes there again (the other slot holds the last whole one)."""
+        all saved (``unsaved``: their keys), and restore stops at the first log missing. If a
+        base was among them, the next goes into its slot again: the other holds the last whole
+        one."""
         self._need_base = True
-        if slot is not None:
-            self._slot = slot
+        base = f"{self.prefix}{BASE_KEY}/"
+        for key in unsaved:
+            slot = key[len(base):].partition("/")[0] if key.startswith(base) else ""
+            if slot in ("0", "1"):
+                self._slot = int(slot)
+                return
 
     def changes(self) -> list[tuple[str, bytes | None]]:
         """The table writes for everything changed since the last call, in the order they must

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pipeline import app as app_module
-from pipeline.app import Pipeline, _base_slot
+from pipeline.app import Pipeline, _written_key
 from pipeline.engine import PartitionEngine
 from pipeline.ingest import RateLimitedLog
 
@@ -117,11 +117,18 @@ def test_a_base_that_failed_is_written_again_in_its_own_slot() -> None:
     writes = engine.changes()
     failed_slot = int(next(k for k, _ in writes if "/__base__/" in k).split("/")[2])
     fut = SimpleNamespace(message=SimpleNamespace(key=f"0/__base__/{failed_slot}/0".encode()))
-    assert _base_slot([fut]) == failed_slot
-    assert _base_slot([SimpleNamespace(message=SimpleNamespace(key=b"0/__log__/7/0"))]) is None
-    engine.rebase(_base_slot([fut]))
+    assert _written_key(fut) == f"0/__base__/{failed_slot}/0"
+    engine.rebase([_written_key(fut)])
     again = engine.changes()
     assert any(k.startswith(f"0/__base__/{failed_slot}/") for k, _ in again)
+
+
+def test_a_failed_log_write_leaves_the_base_slots_alternating() -> None:
+    engine = PartitionEngine(0, [], 0)
+    first = int(next(k for k, _ in engine.changes() if "/__base__/" in k).split("/")[2])
+    engine.rebase(["0/__log__/7/0"])
+    again = engine.changes()
+    assert any(k.startswith(f"0/__base__/{1 - first}/") for k, _ in again)
 
 
 def test_a_revoked_partition_gets_nothing_back() -> None:
