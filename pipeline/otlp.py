@@ -41,6 +41,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.records import (
+    STATUS_ERROR,
     TEMPORALITY_UNSPECIFIED,
     UNKNOWN_SERVICE,
     MetricPoint,
@@ -64,6 +65,7 @@ SPAN_ATTRIBUTES = frozenset(
         "peer.service", "server.address", "server.port", "net.peer.name", "net.peer.port",
         "network.peer.address", "rpc.system", "rpc.service", "rpc.method",
         "messaging.system", "messaging.destination.name", "error.type",
+        "rpc.grpc.status_code",
         *("http.url", "url.full"),  # read for the destination only, then dropped (URL_KEYS)
     }
 )
@@ -72,6 +74,13 @@ SPAN_ATTRIBUTES = frozenset(
 #: ``server.address`` and ``server.port`` the current conventions derive from it, and the URL
 #: itself is dropped (its path and query may carry ids and secrets, and it is long).
 URL_KEYS = ("url.full", "http.url")
+#: Set from the span's first ``exception`` event (the SDKs' ``record_exception``): its
+#: ``exception.type`` and ``exception.message``, the message cut to ``MAX_MESSAGE`` characters
+#: (messages can be long and carry data; the stack trace is never kept). ``STATUS_MESSAGE``:
+#: the status description of an ERROR span, cut the same way.
+EXCEPTION_TYPE, EXCEPTION_MESSAGE, STATUS_MESSAGE = (
+    "exception.type", "exception.message", "status.message")
+MAX_MESSAGE = 200
 # Resource attributes kept beside the identity fields (restart and runtime detection).
 RESOURCE_ATTRIBUTES = frozenset(
     {
@@ -487,6 +496,28 @@ def _span(
     return Span(trace_id, span_id, parent, name, kind, start, end, status, attrs, resource)
 
 
+def _exception_proto(events: Any, attrs: dict[str, Any]) -> None:
+    """The first ``exception`` event's type and bounded message, into ``attrs``."""
+    for ev in events:
+        if ev.name == "exception":
+            for kv in ev.attributes:
+                if kv.key == EXCEPTION_TYPE or kv.key == EXCEPTION_MESSAGE:
+                    value = _any_value_proto(kv.value)
+                    if value is not None:
+                        attrs[kv.key] = str(value)[:MAX_MESSAGE]
+            return
+
+
+def _exception_json(events: Any, attrs: dict[str, Any]) -> None:
+    for ev in events:
+        if isinstance(ev, dict) and ev.get("name") == "exception":
+            for key, value in _attrs_json(ev.get("attributes"),
+                                          frozenset((EXCEPTION_TYPE, EXCEPTION_MESSAGE))).items():
+                if value is not None:
+                    attrs[key] = str(value)[:MAX_MESSAGE]
+            return
+
+
 def _server_from_url(attrs: dict[str, Any]) -> None:
     """Replace a span's URL by the ``server.address`` / ``server.port`` it names (unless the
     span sets them itself); the URL is never kept.
@@ -531,9 +562,14 @@ def _spans_from_proto(req: ExportTraceServiceRequest, limits: Limits) -> Decoded
                 parent = s.parent_span_id.hex()
                 if parent == "0000000000000000":
                     parent = ""
+                status = s.status.code
+                if status == STATUS_ERROR and s.status.message:
+                    attrs[STATUS_MESSAGE] = s.status.message[:MAX_MESSAGE]
+                if s.events:
+                    _exception_proto(s.events, attrs)
                 item = _span(
                     s.trace_id.hex(), s.span_id.hex(), parent, s.name, s.kind,
-                    s.start_time_unix_nano, s.end_time_unix_nano, s.status.code, attrs,
+                    s.start_time_unix_nano, s.end_time_unix_nano, status, attrs,
                     resource, limits,
                 )
                 if isinstance(item, DecodeError):
@@ -583,6 +619,12 @@ def _spans_from_json(doc: dict[str, Any], limits: Limits) -> Decoded:
                     if "http.url" in attrs or "url.full" in attrs:
                         _server_from_url(attrs)
                     status = s.get("status") or {}
+                    code = _enum(status.get("code", 0), _STATUS_CODES)
+                    if code == STATUS_ERROR and isinstance(status.get("message"), str) and (
+                            status["message"]):
+                        attrs[STATUS_MESSAGE] = status["message"][:MAX_MESSAGE]
+                    if s.get("events"):
+                        _exception_json(s["events"], attrs)
                     item = _span(
                         _hex_id(_get(s, "traceId", "trace_id", "")),
                         _hex_id(_get(s, "spanId", "span_id", "")),
@@ -591,8 +633,7 @@ def _spans_from_json(doc: dict[str, Any], limits: Limits) -> Decoded:
                         _enum(s.get("kind", 0), _SPAN_KINDS),
                         int(_get(s, "startTimeUnixNano", "start_time_unix_nano", 0) or 0),
                         int(_get(s, "endTimeUnixNano", "end_time_unix_nano", 0) or 0),
-                        _enum(status.get("code", 0), _STATUS_CODES),
-                        attrs, resource, limits,
+                        code, attrs, resource, limits,
                     )
                     if isinstance(item, DecodeError):
                         out.reject(item)

@@ -101,6 +101,41 @@ def test_spans_proto_and_json_decode_alike(encoding: str) -> None:
 
 
 @pytest.mark.parametrize("encoding", [otlp.OTLP_PROTO, otlp.OTLP_JSON])
+def test_exception_events_and_status_message_are_kept_bounded(encoding: str) -> None:
+    """What ``record_exception`` writes (an ``exception`` event with type, message and stack
+    trace) becomes two bounded attributes; the stack trace and other events are dropped."""
+    req = span_request([
+        {"span_id": b"\x01" * 8, "status": 2, "attrs": {"http.response.status_code": 500}},
+        {"span_id": b"\x02" * 8, "status": 0},
+    ])
+    first, second = req.resource_spans[0].scope_spans[0].spans
+    first.status.message = "ZeroDivisionError: division by zero"
+    retry = first.events.add()
+    retry.name = "retry"
+    ev = first.events.add()
+    ev.name, ev.time_unix_nano = "exception", T0
+    for key, value in (("exception.type", "ZeroDivisionError"),
+                       ("exception.message", "x" * 1000),
+                       ("exception.stacktrace", "Traceback (most recent call last): ...")):
+        kv = ev.attributes.add()
+        kv.key, kv.value.string_value = key, value
+    later = first.events.add()
+    later.name = "exception"
+    kv = later.attributes.add()
+    kv.key, kv.value.string_value = "exception.type", "SecondError"
+    second.status.message = "ignored: the span is not in error"
+    value = req.SerializeToString() if encoding == otlp.OTLP_PROTO else to_otlp_json(req)
+    a, b = otlp.decode_spans(value, encoding, limits()).items
+    assert a.attrs == {
+        "http.response.status_code": 500,
+        "exception.type": "ZeroDivisionError",
+        "exception.message": "x" * otlp.MAX_MESSAGE,
+        "status.message": "ZeroDivisionError: division by zero",
+    }
+    assert b.attrs == {}
+
+
+@pytest.mark.parametrize("encoding", [otlp.OTLP_PROTO, otlp.OTLP_JSON])
 def test_metric_shapes(encoding: str) -> None:
     req = metric_request()
     value = req.SerializeToString() if encoding == otlp.OTLP_PROTO else to_otlp_json(req)
