@@ -520,9 +520,18 @@ class OpTime:
     self_ns: int  # exclusive time, on the path or not
     spans: int
     attrs: dict[str, Any]  # the attributes naming the resource (db.system, peer.service...)
+    # Failures that started in this operation's spans (``traces.error_origins``): those that
+    # reached the request's result, and those a caller absorbed (a retry, a fallback); and
+    # what the first of them says (``trace_assembly.error_evidence``), or None.
+    errors: int = 0
+    absorbed: int = 0
+    error: dict[str, Any] | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.operation, self.detail, self.cp_ns, self.self_ns, self.spans, self.attrs]
+        w = [self.operation, self.detail, self.cp_ns, self.self_ns, self.spans, self.attrs]
+        if self.errors or self.absorbed:
+            w += [self.errors, self.absorbed, self.error]
+        return w
 
 
 @dataclass(slots=True)
@@ -536,6 +545,11 @@ class TraceSample:
     duration_ns: int  # the root span's duration: the trace's end-to-end latency
     top: str  # "service|operation|detail" with the most critical-path time in the whole trace
     ops: list[OpTime]
+    # The trace's calls on the service map whose client is this service (or, for calls from
+    # outside, ``user``, whose server is): ``[client, server, connection type, calls, failed,
+    # client buckets, server buckets, client ns, server ns]``, buckets as flat ``[bucket, n,
+    # ...]`` pairs of ``pipeline.servicegraph.BUCKETS``.
+    edges: list[list[Any]] = field(default_factory=list)
 
     @property
     def event_time_ns(self) -> int:
@@ -550,10 +564,12 @@ def sample_partition(sample: TraceSample, partitions: int) -> int:
 def encode_samples(
     samples: list[TraceSample], source: Source | None = None, watermark_ns: int | None = None
 ) -> bytes:
-    rows = [
-        [s.trace_id, s.service, s.end_ns, s.duration_ns, s.top, [o.to_wire() for o in s.ops]]
-        for s in samples
-    ]
+    rows = []
+    for s in samples:
+        row = [s.trace_id, s.service, s.end_ns, s.duration_ns, s.top, [o.to_wire() for o in s.ops]]
+        if s.edges:
+            row.append(s.edges)
+        rows.append(row)
     return orjson.dumps({"src": source, "wm": watermark_ns, "t": rows})
 
 
@@ -563,6 +579,7 @@ def decode_samples_wire(data: bytes) -> Routed:
         return _heartbeat(doc)
     return Routed(
         _source(doc),
-        [TraceSample(*row[:5], [OpTime(*o) for o in row[5]]) for row in doc["t"]],
+        [TraceSample(*row[:5], [OpTime(*o) for o in row[5]], row[6] if len(row) > 6 else [])
+         for row in doc["t"]],
         doc.get("wm"),
     )

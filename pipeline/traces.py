@@ -35,7 +35,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.records import SPAN_KIND_CONSUMER, SPAN_KIND_PRODUCER, Span
+from pipeline.records import (
+    SPAN_KIND_CLIENT,
+    SPAN_KIND_CONSUMER,
+    SPAN_KIND_PRODUCER,
+    SPAN_KIND_SERVER,
+    STATUS_ERROR,
+    STATUS_OK,
+    Span,
+)
 
 #: Deeper subtrees are attributed to the span at this depth (bounded recursion).
 MAX_DEPTH = 256
@@ -53,6 +61,7 @@ class TraceAnalysis:
     skew_adjusted: int = 0  # subtrees shifted into their parent's bounds
     clipped: int = 0  # children reaching outside their parent (async), clipped
     duplicates: int = 0  # spans with an id already seen (ignored)
+    parent: list[int] = field(default_factory=list)  # index of each span's parent; -1: root
 
     @property
     def duration_ns(self) -> int:
@@ -91,6 +100,7 @@ def analyze(spans: Sequence[Span]) -> TraceAnalysis:
             p = root
         parent[i] = p
     children: list[list[int]] = [[] for _ in range(n)]
+    out.parent = parent
     for i in range(n):
         if i != root:
             children[parent[i]].append(i)
@@ -103,6 +113,8 @@ def analyze(spans: Sequence[Span]) -> TraceAnalysis:
         for i in cut:
             children[parent[i]].remove(i)
             children[root].append(i)
+            parent[i] = root
+    parent[root] = -1
     _adjust_skew(out, root, children)
     _exclusive(out, children)
     _critical_path(out, root, children)
@@ -210,3 +222,138 @@ def _critical_path(out: TraceAnalysis, root: int, children: list[list[int]]) -> 
             cp[p] += cursor - lo
 
     visit(root, start[root], end[root], 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where failures start
+
+#: gRPC status codes that are a server's failure (the semantic conventions' list for server
+#: spans); the others (NOT_FOUND, INVALID_ARGUMENT...) are the caller's and not an error there.
+GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
+HTTP_STATUS_KEYS = ("http.response.status_code", "http.status_code")
+
+
+def status_code(span: Span) -> int | None:
+    """The HTTP status code a span records (current or older conventions), if any."""
+    attrs = span.attrs
+    for key in HTTP_STATUS_KEYS:
+        code = attrs.get(key)
+        if code is not None:
+            try:
+                return int(code)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def in_error(span: Span) -> bool:
+    """Whether a span failed, as the semantic conventions define it, from what the SDKs send:
+
+    - status ERROR, except an outgoing call (CLIENT span) whose response was a 4xx: the callee
+      refused the request (a missing item, a bad argument); the caller's error, handled or
+      not by it, is judged on the caller's own spans, and the callee did not fail;
+    - a SERVER span with an HTTP 5xx or a gRPC status that is a server's failure, whatever
+      its status says (older instrumentations leave it unset);
+    - an ``exception`` event on a span whose status is not OK (the event alone: some
+      instrumentations record the exception and leave the status unset).
+
+    >>> from pipeline.records import Resource
+    >>> r = Resource("api", "", "", "", {})
+    >>> def sp(kind, status, **attrs):
+    ...     return Span("t", "s", "", "GET", kind, 0, 1, status, attrs, r)
+    >>> in_error(sp(SPAN_KIND_CLIENT, STATUS_ERROR, **{"http.response.status_code": 404}))
+    False
+    >>> in_error(sp(SPAN_KIND_SERVER, 0, **{"http.response.status_code": 503}))
+    True
+    >>> in_error(sp(SPAN_KIND_SERVER, 0, **{"http.response.status_code": 404}))
+    False
+    >>> in_error(sp(SPAN_KIND_SERVER, 0, **{"rpc.grpc.status_code": 14}))
+    True
+    >>> in_error(sp(1, 0, **{"exception.type": "KeyError"})), in_error(sp(1, STATUS_OK))
+    (True, False)
+    """
+    status = span.status
+    if status == STATUS_ERROR:
+        if span.kind == SPAN_KIND_CLIENT:
+            code = status_code(span)
+            if code is not None and 400 <= code < 500:
+                return False
+        return True
+    if status == STATUS_OK:
+        return False
+    if span.kind == SPAN_KIND_SERVER:
+        code = status_code(span)
+        if code is not None and code >= 500:
+            return True
+        grpc = span.attrs.get("rpc.grpc.status_code")
+        if grpc is not None and grpc in GRPC_SERVER_ERRORS:
+            return True
+    return "exception.type" in span.attrs
+
+
+@dataclass(slots=True)
+class ErrorOrigin:
+    """A span where a failure started: ``chain`` is its index, then each erroring ancestor its
+    failure explains, up to the root when it reached it (``surfaced``) or to the last erroring
+    ancestor; ``absorbed_by`` is the ancestor that did not fail though it waited for the
+    chain's top (a retry that succeeded, a fallback), or None."""
+
+    index: int
+    chain: list[int]
+    surfaced: bool
+    absorbed_by: int | None = None
+
+
+def _synchronous(a: TraceAnalysis, child: int, parent: int) -> bool:
+    """Whether the parent waited for the child: not a message's consumer (it runs after its
+    producer), and started before the parent ended (not fire-and-forget work after it)."""
+    c, p = a.spans[child], a.spans[parent]
+    if c.kind == SPAN_KIND_CONSUMER or p.kind == SPAN_KIND_PRODUCER:
+        return False
+    return a.start_ns[child] < a.end_ns[parent]
+
+
+def error_origins(a: TraceAnalysis, failed: Sequence[bool] | None = None) -> list[ErrorOrigin]:
+    """The origins of a trace's failures: each erroring span none of whose synchronous
+    children is in error (the deepest erroring span), with the chain its failure explains.
+
+    A failure that propagates upward is attributed to its origin once, not again to every
+    caller it passed through. An erroring child does not explain an asynchronous parent's
+    error (a consumer, a fire-and-forget task: the parent did not wait for it), so both are
+    origins. A chain that ends below a span that did not fail is *absorbed*: the failure did
+    not reach the request's result (a retry succeeded, a fallback answered); one that reaches
+    the root, or an asynchronous boundary (nobody waited for it), *surfaced*.
+
+    ``failed``: ``in_error`` of each span of ``a.spans``, if computed already. Needs ``a``
+    with a root; returns [] without one.
+    """
+    spans = a.spans
+    if a.root is None:
+        return []
+    err = list(failed) if failed is not None else [in_error(s) for s in spans]
+    if not any(err):
+        return []
+    parent = a.parent
+    explained = [False] * len(spans)
+    for i, e in enumerate(err):
+        p = parent[i]
+        if e and p >= 0 and err[p] and _synchronous(a, i, p):
+            explained[p] = True
+    out = []
+    for i, e in enumerate(err):
+        if not e or explained[i]:
+            continue
+        chain, cur = [i], i
+        surfaced, absorbed_by = False, None
+        for _ in range(MAX_DEPTH):
+            p = parent[cur]
+            if p < 0 or not _synchronous(a, cur, p):
+                surfaced = True
+                break
+            if not err[p]:
+                absorbed_by = p
+                break
+            chain.append(p)
+            cur = p
+        out.append(ErrorOrigin(i, chain, surfaced, absorbed_by))
+    return out

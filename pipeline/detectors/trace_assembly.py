@@ -48,8 +48,9 @@ from pipeline.records import (
     Span,
     TraceSample,
 )
+from pipeline.servicegraph import USER, trace_edges
 from pipeline.state import State
-from pipeline.traces import analyze
+from pipeline.traces import TraceAnalysis, analyze, error_origins, in_error, status_code
 
 #: Span attributes that name the resource an operation uses (carried as evidence).
 RESOURCE_NAMING = (
@@ -388,9 +389,12 @@ class TraceAssembler(Detector):
         if a.skew_adjusted:
             self._count("skew_adjusted", a.skew_adjusted)
         callee = _callees(a.spans)
+        failed = [in_error(sp) for sp in a.spans]
+        origins = error_origins(a, failed) if any(failed) else []
+        keys = [(span.resource.service, *operation_of(span)) for span in a.spans]
         per_op: dict[tuple[str, str, str], list[Any]] = {}
         for i, span in enumerate(a.spans):
-            key = (span.resource.service, *operation_of(span))
+            key = keys[i]
             acc = per_op.get(key)
             if acc is None:
                 acc = per_op[key] = [a.cp_ns[i], a.self_ns[i], 1, naming_attrs(span)]
@@ -403,6 +407,12 @@ class TraceAssembler(Detector):
             served_by = callee.get(span.span_id)
             if served_by is not None and CALLEE not in acc[3]:
                 acc[3] = {**acc[3], CALLEE: served_by}
+        errs: dict[tuple[str, str, str], list[Any]] = {}  # key -> [surfaced, absorbed, evidence]
+        for origin in origins:
+            acc_e = errs.setdefault(keys[origin.index], [0, 0, None])
+            acc_e[0 if origin.surfaced else 1] += 1
+            if acc_e[2] is None or (origin.surfaced and acc_e[0] == 1):
+                acc_e[2] = error_evidence(a, origin, keys)
         top = max(per_op.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
         top_key = "|".join(top)
         root = a.root
@@ -412,8 +422,12 @@ class TraceAssembler(Detector):
         duration = a.end_ns[root] - a.start_ns[root]
         by_service: dict[str, list[OpTime]] = {}
         inbound: dict[tuple[str, str], list[int]] = {}
-        for (service, op, detail), (cp, self_ns, n, attrs) in sorted(per_op.items()):
-            by_service.setdefault(service, []).append(OpTime(op, detail, cp, self_ns, n, attrs))
+        for key, (cp, self_ns, n, attrs) in sorted(per_op.items()):
+            service, op, detail = key
+            e = errs.get(key)
+            by_service.setdefault(service, []).append(
+                OpTime(op, detail, cp, self_ns, n, attrs) if e is None
+                else OpTime(op, detail, cp, self_ns, n, attrs, e[0], e[1], e[2]))
             callee_svc = attrs.get(CALLEE)
             if callee_svc:
                 acc_in = inbound.setdefault((callee_svc, service), [0, 0, 0])
@@ -424,8 +438,14 @@ class TraceAssembler(Detector):
             ops = by_service.get(callee_svc)
             if ops is not None:  # the callee's own spans are in the trace
                 ops.append(OpTime(INBOUND, caller, cp, self_ns, n, {"caller.service": caller}))
+        edges: dict[str, list[list[Any]]] = {}
+        for (client, server, ctype), (n, nf, cb, sb, cs, ss) in sorted(
+                trace_edges(a, destination_of, failed).items()):
+            edges.setdefault(server if client == USER else client, []).append(
+                [client, server, ctype, n, nf, _flat(cb), _flat(sb), cs, ss])
         for service, ops in by_service.items():
-            self._out.append(TraceSample(tid, service, end, duration, top_key, ops))
+            self._out.append(TraceSample(tid, service, end, duration, top_key, ops,
+                                         edges.get(service, [])))
 
     def _count(self, reason: str, n: int = 1) -> None:
         self._meta["counts"][reason] += n
@@ -433,6 +453,58 @@ class TraceAssembler(Detector):
 
     def stats(self) -> DetectorStats:
         return DetectorStats(tracked=len(self._open), evicted=dict(self._meta["counts"]))
+
+
+#: At most this many spans of a failure's chain are named in its evidence (origin first).
+MAX_CHAIN = 8
+
+
+def _named(key: tuple[str, str, str]) -> str:
+    service, op, detail = key
+    return f"{service}: {op} {detail}" if detail else f"{service}: {op}"
+
+
+def error_evidence(a: TraceAnalysis, origin: Any, keys: Sequence[tuple[str, str, str]]
+                   ) -> dict[str, Any]:
+    """What a failure's origin says of it: the exception (type and bounded message) recorded
+    on the origin, else on the nearest span of its chain that recorded one, else the status
+    message; the HTTP or gRPC status; and the chain from the origin up to the root (or to the
+    span that absorbed it), as "service: operation" names."""
+    spans = a.spans
+    out: dict[str, Any] = {}
+    for i in origin.chain:
+        attrs = spans[i].attrs
+        if "exception.type" in attrs:
+            out["exception.type"] = attrs["exception.type"]
+            if "exception.message" in attrs:
+                out["exception.message"] = attrs["exception.message"]
+            if i != origin.index:
+                out["exception.recorded_by"] = _named(keys[i])
+            break
+    else:
+        msg = spans[origin.index].attrs.get("status.message")
+        if msg:
+            out["status.message"] = msg
+    s = spans[origin.index]
+    code = status_code(s)
+    if code is not None:
+        out["http.status_code"] = code
+    grpc = s.attrs.get("rpc.grpc.status_code")
+    if grpc is not None:
+        out["rpc.grpc.status_code"] = grpc
+    chain = origin.chain
+    names = [_named(keys[i]) for i in chain[:MAX_CHAIN]]
+    if len(chain) > MAX_CHAIN:
+        names.append(f"... {len(chain) - MAX_CHAIN} more")
+    out["chain"] = names
+    out["reached_root"] = bool(origin.surfaced and a.parent[chain[-1]] < 0)
+    if origin.absorbed_by is not None:
+        out["absorbed_by"] = _named(keys[origin.absorbed_by])
+    return out
+
+
+def _flat(buckets: Mapping[int, int]) -> list[int]:
+    return [x for b in sorted(buckets) for x in (b, buckets[b])]
 
 
 def _callees(spans: Sequence[Span]) -> dict[str, str]:
