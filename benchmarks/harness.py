@@ -135,6 +135,10 @@ class RunNames:
     def deadletter(self) -> str:
         return f"{self.tag}.deadletter"
 
+    @property
+    def service_map(self) -> str:
+        return f"{self.tag}.service_map"
+
     def topic(self, signal: str) -> str:
         return self.spans if signal == "spans" else self.metrics
 
@@ -148,6 +152,7 @@ class RunNames:
             "OTLP_METRICS_TOPIC": self.metrics,
             "FINDINGS_TOPIC": self.findings,
             "DEADLETTER_TOPIC": self.deadletter,
+            "SERVICE_MAP_TOPIC": self.service_map,
         }
 
 

@@ -277,6 +277,11 @@ class Pipeline:
             s.findings_topic, partitions=s.output_partitions, internal=True, compacting=True,
             **RAW,
         )
+        # Output topics of detectors that publish records (``Detector.publishes``).
+        self.outputs = {"service_map": app.topic(
+            s.service_map_topic, partitions=s.output_partitions, internal=True, compacting=True,
+            **RAW,
+        )}
         self.streams: dict[str, _Stream] = {}
         for signal, decode_wire in (
             ("spans", records.decode_spans_wire),
@@ -420,6 +425,8 @@ class Pipeline:
                         continue
                     for finding in findings:
                         await self._publish(finding)
+                    for out, key, value in engine.take_published():
+                        await self.outputs[out].send(key=key, value=value)
                     await self._send_derived(st, p, engine)
                 finally:
                     st.busy.discard(p)
@@ -897,6 +904,9 @@ class Pipeline:
                         sv.active[key] = sv.active.get(key, 0) + n
                     sv.gauges.update(stats.gauges)
                     sv.firing.extend(stats.firing)
+                    edge_totals = getattr(d, "edge_totals", None)
+                    if edge_totals is not None:
+                        sv.edges.extend(edge_totals())
                     self.metrics.add_counts(d, stats.counters)
             sv.idle_s = min(idles) if idles else 0.0
             sv.store_bytes = store_memory(st.table)

@@ -200,6 +200,8 @@ class PartitionEngine:
         # this partition has emitted (their sequence numbers, persisted with the state, let the
         # receiving partition skip what a replay after a crash derives again).
         self._outbox: list[tuple[str, list[Any]]] = []
+        # What detectors published for output topics (``Detector.publishes``), to send.
+        self.published: list[tuple[str, bytes, bytes | None]] = []
         self.emitted = 0
         # signal -> (watermark, sent at, idle seconds) of the last heartbeat sent
         self._heartbeat: dict[str, tuple[int, float, float]] = {}
@@ -447,7 +449,16 @@ class PartitionEngine:
                 derived = self._call(d, "drain", d.drain)
                 if derived:
                     self._outbox.append((d.emits, derived))
+            if d.publishes is not None:
+                out = self._call(d, "published", d.published)
+                if out:
+                    self.published.extend((d.publishes, k, v) for k, v in out)
         return findings
+
+    def take_published(self) -> list[tuple[str, bytes, bytes | None]]:
+        """Records detectors published since the last call: (topic name, key, value)."""
+        out, self.published = self.published, []
+        return out
 
     def _call(self, d: Detector, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         name = d.name

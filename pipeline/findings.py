@@ -29,9 +29,11 @@ import orjson
 
 from pipeline.state import Keyed
 
-SCHEMA_VERSION = "1.1"  # 1.1 added runbook_url (optional); see schemas/finding.schema.json
+# 1.1 added runbook_url (optional), 1.2 the error_origin kind; see schemas/finding.schema.json
+SCHEMA_VERSION = "1.2"
 KINDS = (
     "bottleneck_span", "latency_regression", "memory_leak", "gc_pressure", "time_wait_buildup",
+    "error_origin",
 )
 SEVERITIES = ("info", "warning", "critical")
 STATUSES = ("firing", "resolved")

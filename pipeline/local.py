@@ -87,6 +87,8 @@ class LocalPipeline:
         self._offsets: dict[tuple[str, int], int] = defaultdict(int)  # routed offsets
         self.dropped: dict[str, int] = defaultdict(int)
         self.dead_letters: list[tuple[str, int, int, str]] = []  # topic, partition, offset, why
+        # What detectors published for output topics: (topic kind, key, value or None).
+        self.published: list[tuple[str, bytes, bytes | None]] = []
 
     def _expected(self, signal: str, p: int) -> dict[str, int]:
         s = self.settings
@@ -245,6 +247,7 @@ class LocalPipeline:
         else:
             routed = decode(data)
         findings = engine.process(routed, self._offsets[(signal, p)])
+        self.published += engine.take_published()
         source_topic = self.routed[signal]
         for d in engine.drain_outbox(self._partitioner):
             for chunk in records.split_encode(d.items, d.encoder(source_topic, p),

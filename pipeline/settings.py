@@ -56,6 +56,8 @@ class Settings:
     otlp_spans_keying: str = "any"
     findings_topic: str = "anomaly_findings"
     deadletter_topic: str = "anomaly_deadletter"
+    # Compacted: one record per edge of the service dependency map (pipeline.detectors.servicemap)
+    service_map_topic: str = "service_map"
 
     # Partitions of the internal routing topics and state tables: the most workers that can share
     # the detection work. Fixed once the app has run: a worker with another count refuses to
@@ -108,6 +110,7 @@ class Settings:
     bottleneck_max_operations: int = 5_000  # (service, operation) baselines per partition
     regression_min_added_ms: float = 2.0  # a service-wide regression adds at least this
     bottleneck_min_excess_ms: float = 10.0  # a bottleneck adds at least this per trace
+    service_map_max_edges: int = 10_000  # edges (client -> server) per partition
     # Memory leaks and GC pressure (per routed metric partition).
     memory_limits: str = ""  # "service=512Mi,*=1Gi": limits for runtimes that send none
     memory_metrics: str = ""  # extra metric -> role rules: inline JSON or a JSON file path
@@ -204,6 +207,7 @@ class Settings:
             "OTLP_METRICS_TOPIC": self.otlp_metrics_topic,
             "FINDINGS_TOPIC": self.findings_topic,
             "DEADLETTER_TOPIC": self.deadletter_topic,
+            "SERVICE_MAP_TOPIC": self.service_map_topic,
         }
         for name, topic in topics.items():
             if not topic or len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
@@ -213,8 +217,8 @@ class Settings:
                 )
         if len(set(topics.values())) != len(topics):
             raise ConfigError(
-                "OTLP_SPANS_TOPIC, OTLP_METRICS_TOPIC, FINDINGS_TOPIC and DEADLETTER_TOPIC must "
-                f"all differ, got {topics}"
+                "OTLP_SPANS_TOPIC, OTLP_METRICS_TOPIC, FINDINGS_TOPIC, DEADLETTER_TOPIC and "
+                f"SERVICE_MAP_TOPIC must all differ, got {topics}"
             )
         if len(self.pipeline_app_id) > 150:
             raise ConfigError(
@@ -269,6 +273,7 @@ class Settings:
                 "and 60 (the baseline holds 60 windows)"
             )
         _positive("BOTTLENECK_MAX_OPERATIONS", self.bottleneck_max_operations)
+        _positive("SERVICE_MAP_MAX_EDGES", self.service_map_max_edges)
         _positive("BOTTLENECK_WARMUP_CALLS", self.bottleneck_warmup_calls, upper=100_000)
         if not self.bottleneck_window_s <= self.bottleneck_max_window_s <= 86400:
             raise ConfigError(

@@ -12,13 +12,16 @@ import importlib
 from pipeline.detectors.base import SIGNALS, Detector
 from pipeline.detectors.bottleneck import BottleneckDetector
 from pipeline.detectors.client_calls import ClientCallCounter
+from pipeline.detectors.errors import ErrorOriginDetector
 from pipeline.detectors.memory import MemoryDetector
+from pipeline.detectors.servicemap import ServiceMapDetector
 from pipeline.detectors.timewait import TimeWaitDetector
 from pipeline.detectors.trace_assembly import TraceAssembler
 from pipeline.settings import ConfigError
 
 BUILTIN: list[type[Detector]] = [
-    TraceAssembler, ClientCallCounter, BottleneckDetector, MemoryDetector, TimeWaitDetector,
+    TraceAssembler, ClientCallCounter, BottleneckDetector, ErrorOriginDetector,
+    ServiceMapDetector, MemoryDetector, TimeWaitDetector,
 ]
 
 

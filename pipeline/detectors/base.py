@@ -56,6 +56,9 @@ class Detector(ABC):
     signal: ClassVar[str]  # one of SIGNALS: which routed stream feeds it
     kinds: ClassVar[tuple[str, ...]]  # finding kinds it can emit (benchmarks score these)
     emits: ClassVar[str | None] = None  # signal of the records ``drain`` returns, if any
+    #: Output topic of the records ``published`` returns, if any (``"service_map"``): the
+    #: worker publishes them as they come, like findings (keyed, at least once).
+    publishes: ClassVar[str | None] = None
     #: Where the detector keeps its state, if it uses the shared type (``snapshot``,
     #: ``restore`` and ``dropped_on_restore`` then come from it).
     state: State | None = None
@@ -105,6 +108,11 @@ class Detector(ABC):
     def drain(self) -> list[Any]:
         """Records derived for another stream (signal ``emits``) since the last call, in a
         deterministic order: replaying the same input after a crash must derive the same."""
+        return []
+
+    def published(self) -> list[tuple[bytes, bytes | None]]:
+        """Records for the ``publishes`` topic since the last call: (key, value or None for a
+        tombstone), in a deterministic order."""
         return []
 
     def output_watermark(self, watermark_ns: int) -> int:

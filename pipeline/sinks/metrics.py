@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from pipeline.lagview import TopicLag
+from pipeline.servicegraph import prometheus_buckets
 
 NS = "anomaly_pipeline"
 #: Help text of the per-finding gauges detectors report (``DetectorStats.gauges``).
@@ -34,6 +39,9 @@ GAUGE_HELP = {
     f"{NS}_memory_leak_time_to_oom_seconds":
         "Estimated time until a leaking instance's floor reaches MEMORY_OOM_FRACTION of its "
         "limit (one series per firing memory_leak finding with a known limit).",
+    f"{NS}_error_origin_rate":
+        "Share of an operation's calls where failures started, while its error_origin finding "
+        "fires (one series per firing finding).",
     f"{NS}_gc_time_fraction":
         "Share of time in garbage collection of an instance with a firing gc_pressure finding.",
     f"{NS}_time_wait_sockets":
@@ -47,6 +55,12 @@ GAUGE_HELP = {
 #: Counters detectors report (``DetectorStats.counters``): name -> (help, label names). Created
 #: at start, so that /metrics lists them before their first event.
 COUNTER_HELP = {
+    f"{NS}_error_origin_absorbed": (
+        "Failures that started in an operation but did not reach the request's result: a "
+        "caller absorbed them (a retry that succeeded, a fallback). Never an error_origin "
+        "finding; a rise means a dependency fails more while its callers hide it.",
+        (),
+    ),
     f"{NS}_memory_instance_restarts": (
         "Process restarts the memory detector saw, by service: a new process.pid or "
         "service.version, or a cumulative counter with a new start time (or one that went back "
@@ -76,6 +90,10 @@ class StreamState:
     ended: int = 0  # owned partitions whose watermark moved past the end of the input
     lost: dict[str, int] = field(default_factory=dict)  # reason -> state entries not kept
     store_bytes: dict[str, int] = field(default_factory=dict)  # RocksDB memory by kind
+    # Service map edges' totals (``ServiceMapDetector.edge_totals``): client, server,
+    # connection type, calls, failed, client and server fine-bucket counts, client and
+    # server ns.
+    edges: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 #: Labels of ``anomaly_pipeline_finding_active``: what alert rules route and group on. The
@@ -413,3 +431,36 @@ class StateCollector(Collector):
                     )
                 fam.add_metric([v for _, v in labels], value)
         yield from families.values()
+        yield from servicegraph_families(e for st in streams.values() for e in st.edges)
+
+
+#: Label names of the servicegraph metrics, as the Collector's connector and Tempo write them.
+SERVICEGRAPH_LABELS = ["client", "server", "connection_type"]
+
+
+def servicegraph_families(edges: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """The service map as the OpenTelemetry Collector's ``servicegraph`` connector exports it
+    (Tempo's metrics generator uses the same names), so Grafana's service graph view reads it
+    unchanged: request and failed-request counters and the server- and client-side latency
+    histograms (the connector's default buckets), per edge."""
+    total = CounterMetricFamily(
+        "traces_service_graph_request", "Total count of requests between two nodes.",
+        labels=SERVICEGRAPH_LABELS)
+    failed = CounterMetricFamily(
+        "traces_service_graph_request_failed",
+        "Total count of failed requests between two nodes.", labels=SERVICEGRAPH_LABELS)
+    server = HistogramMetricFamily(
+        "traces_service_graph_request_server_seconds",
+        "Time for a request between two nodes as seen from the server.",
+        labels=SERVICEGRAPH_LABELS)
+    client = HistogramMetricFamily(
+        "traces_service_graph_request_client_seconds",
+        "Time for a request between two nodes as seen from the client.",
+        labels=SERVICEGRAPH_LABELS)
+    for c, sv, ctype, calls, nf, cb, sb, cs, ss in edges:
+        labels = [c, sv, ctype]
+        total.add_metric(labels, calls)
+        failed.add_metric(labels, nf)
+        server.add_metric(labels, prometheus_buckets(sb), ss / 1e9)
+        client.add_metric(labels, prometheus_buckets(cb), cs / 1e9)
+    return [total, failed, server, client]

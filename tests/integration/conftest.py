@@ -101,6 +101,7 @@ def names(bootstrap: str) -> Iterator[dict[str, str]]:
         "OTLP_METRICS_TOPIC": f"{tag}.metrics",
         "FINDINGS_TOPIC": f"{tag}.findings",
         "DEADLETTER_TOPIC": f"{tag}.deadletter",
+        "SERVICE_MAP_TOPIC": f"{tag}.service_map",
         "PIPELINE_PARTITIONS": "4",
         "OUTPUT_PARTITIONS": "2",
         "STATE_FLUSH_INTERVAL_S": "0.5",

@@ -21,7 +21,8 @@ API = Resource("api", "api-1", "h2", "", {})
 
 
 def shop_trace(
-    rng: random.Random, start_ns: int, db_added_ms: float = 0.0, api_skew_ms: float = 0.0
+    rng: random.Random, start_ns: int, db_added_ms: float = 0.0, api_skew_ms: float = 0.0,
+    db_fails: bool = False,
 ) -> list[Span]:
     tid = f"{rng.getrandbits(128):032x}"
     ids = iter(f"{rng.getrandbits(64):016x}" for _ in range(8))
@@ -37,16 +38,47 @@ def shop_trace(
     s_end = w_end + 1 * MS
     c_end = s_end + 1 * MS
     end = c_end + int(8 * rng.lognormvariate(0, 0.2) * MS)
+    # A failing query fails the request all the way up, as the SDKs record it: the query's
+    # span has the exception, each HTTP span the 500.
+    st, e500 = (2, {"http.response.status_code": 500}) if db_fails else (0, {})
+    db_err = {"exception.type": "psycopg.errors.UndefinedTable",
+              "exception.message": 'relation "users" does not exist'} if db_fails else {}
     return [
-        Span(tid, server, client, "GET /users/{id}", 2, s_start + skew, s_end + skew, 0,
-             {"http.route": "/users/{id}"}, API),
-        Span(tid, db, server, "SELECT users", 3, db_start + skew, db_end + skew, 0,
-             {"db.system": "postgresql", "db.name": "users"}, API),
+        Span(tid, server, client, "GET /users/{id}", 2, s_start + skew, s_end + skew, st,
+             {"http.route": "/users/{id}", **e500}, API),
+        Span(tid, db, server, "SELECT users", 3, db_start + skew, db_end + skew, st,
+             {"db.system": "postgresql", "db.name": "users", **db_err}, API),
         Span(tid, work, server, "render", 1, db_end + skew, w_end + skew, 0, {}, API),
-        Span(tid, client, root, "GET /users/{id}", 3, t + 2 * MS, c_end, 0,
-             {"peer.service": "api"}, WEB),
-        Span(tid, root, "", "GET /checkout", 2, t, end, 0, {"http.route": "/checkout"}, WEB),
+        Span(tid, client, root, "GET /users/{id}", 3, t + 2 * MS, c_end, st,
+             {"peer.service": "api", **e500}, WEB),
+        Span(tid, root, "", "GET /checkout", 2, t, end, st, {"http.route": "/checkout", **e500},
+             WEB),
     ]
+
+
+def error_samples(
+    minutes: float = 40, per_s: float = 2, seed: int = 11,
+    fail_rate: Callable[[float], float] = lambda minute: 0.0,
+) -> list[list[TraceSample]]:
+    """Trace samples of ``shop_trace`` requests whose query fails with probability
+    ``fail_rate(minute)``, through the real trace assembly, in batches of 10 s."""
+    from pipeline.detectors.trace_assembly import TraceAssembler
+
+    rng = random.Random(seed)
+    asm = TraceAssembler(quiet_s=1.0, max_age_s=30.0)
+    batches: list[list[TraceSample]] = []
+    n = int(minutes * 60 * per_s)
+    step = max(1, int(10 * per_s))
+    for i0 in range(0, n, step):
+        spans: list[Span] = []
+        for i in range(i0, min(n, i0 + step)):
+            minute = i / per_s / 60
+            spans += shop_trace(rng, T0 + int(i * S / per_s),
+                                db_fails=rng.random() < fail_rate(minute))
+        asm.update(spans)
+        asm.advance(T0 + int(min(n, i0 + step) * S / per_s))
+        batches.append(asm.drain())
+    return [b for b in batches if b]
 
 
 def span_batches(

@@ -65,6 +65,11 @@ CONTRACT_INPUTS = {
         tcp.host_batches(24, closes=tcp.step(1.5, 30.0, 600, 1080)),
         tcp.host_batches(24, style="node", host="node-8", seed=2), strict=True)],
     "client_calls": lambda: traces.span_batches(minutes=3),
+    # 1.5 % of queries fail, then 40 % for five minutes, then back
+    "error_origin": lambda: traces.error_samples(
+        minutes=30, fail_rate=lambda m: 0.4 if 20 <= m < 25 else 0.015),
+    "service_map": lambda: traces.error_samples(
+        minutes=12, fail_rate=lambda m: 0.4 if 5 <= m < 8 else 0.015),
 }
 
 
@@ -77,7 +82,7 @@ def inputs(cls: type[Detector]) -> list[list[Any]]:
 
 def outputs(d: Detector, wm: int) -> list[Any]:
     out: list[Any] = [f.to_dict() for f in d.advance(wm)]
-    return out + [repr(r) for r in d.drain()]
+    return out + [repr(r) for r in d.drain()] + [repr(r) for r in d.published()]
 
 
 def drive(d: Detector, batches: list[list[Any]]) -> list[Any]:
@@ -95,7 +100,7 @@ def cls(request: pytest.FixtureRequest) -> type[Detector]:
 
 def test_declares_its_contract(cls: type[Detector]) -> None:
     assert cls.signal in SIGNALS
-    assert cls.name and cls.version and (cls.kinds or cls.emits in SIGNALS)
+    assert cls.name and cls.version and (cls.kinds or cls.emits in SIGNALS or cls.publishes)
 
 
 def test_deterministic(cls: type[Detector]) -> None:

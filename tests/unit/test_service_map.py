@@ -1,0 +1,95 @@
+"""The service map: edges from traces, the ``service_map`` records, the servicegraph metrics."""
+
+from __future__ import annotations
+
+import orjson
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from pipeline.detectors.servicemap import ServiceMapDetector
+from pipeline.servicegraph import PROM_BOUNDS_S
+from pipeline.sinks.metrics import servicegraph_families
+from tests.support.traces import S, T0, error_samples
+
+
+def drive(d: ServiceMapDetector, minutes: float, fail=lambda m: 0.0) -> list[tuple]:
+    out = []
+    for batch in error_samples(minutes=minutes, fail_rate=fail):
+        d.update(batch)
+        d.advance(max(s.end_ns for s in batch) - 5 * S)
+        out += d.published()
+    return out
+
+
+def test_edges_calls_errors_and_latency_per_minute() -> None:
+    """2 requests/s: web -> api (HTTP), api -> its database, and the requests from outside;
+    the query fails for every request from minute 6 on (the 500 goes up to web)."""
+    recs = drive(ServiceMapDetector(), 9, fail=lambda m: 1.0 if m >= 6 else 0.0)
+    latest = {}
+    for key, value in recs:
+        latest[tuple(orjson.loads(key))] = orjson.loads(value)
+    assert set(latest) == {("web", "api", ""), ("api", "users", "database"),
+                           ("user", "web", "virtual_node")}
+    by_minute = [orjson.loads(v) for k, v in recs if orjson.loads(k) == ["web", "api", ""]]
+    at5 = by_minute[4]  # minutes 1..5 (event time), before the failures
+    assert at5["window"]["seconds"] == 300 and at5["calls"] == 600
+    assert at5["calls_per_minute"] == 120.0 and at5["failed"] == 0
+    last = latest[("web", "api", "")]
+    assert last["error_rate"] > 0.3 and last["failed"] > 0
+    db = latest[("api", "users", "database")]
+    # the query takes ~5 ms (lognormal): its percentiles, from the fine buckets
+    assert 3.5 < db["latency_ms"]["client"]["p50"] < 6.5
+    assert db["latency_ms"]["client"]["p50"] <= db["latency_ms"]["client"]["p99"] < 15
+    # the server side of web -> api is the api's server span, shorter than the client's
+    assert last["latency_ms"]["server"]["p50"] < last["latency_ms"]["client"]["p50"]
+
+
+def test_an_edge_unseen_for_its_ttl_is_dropped_with_a_tombstone() -> None:
+    d = ServiceMapDetector(edge_ttl_s=300.0)
+    drive(d, 3)
+    assert len(d.edge_totals()) == 3
+    d.advance(T0 + 20 * 60 * S)
+    out = d.published()
+    assert sorted(orjson.loads(k)[0] for k, v in out if v is None) == ["api", "user", "web"]
+    assert d.edge_totals() == []
+
+
+def test_at_the_cap_the_least_recent_edge_goes_and_is_counted() -> None:
+    d = ServiceMapDetector(max_edges=2)
+    drive(d, 2)
+    assert len(d.edge_totals()) == 2 and d.stats().evicted["evicted_edges"] > 0
+
+
+class _Edges(Collector):
+    def __init__(self, d: ServiceMapDetector) -> None:
+        self.d = d
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return servicegraph_families(self.d.edge_totals())
+
+
+def test_servicegraph_metrics_use_the_connector_names_and_buckets() -> None:
+    d = ServiceMapDetector()
+    drive(d, 4, fail=lambda m: 1.0 if m >= 2 else 0.0)
+    reg = CollectorRegistry()
+    reg.register(_Edges(d))
+    text = generate_latest(reg).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    edge = (("client", "web"), ("connection_type", ""), ("server", "api"))
+    total = samples[("traces_service_graph_request_total", edge)]
+    failed = samples[("traces_service_graph_request_failed_total", edge)]
+    assert total == sum(1 for b in error_samples(minutes=4) for s in b if s.service == "web")
+    assert 0 < failed < total
+    for side in ("server", "client"):
+        name = f"traces_service_graph_request_{side}_seconds"
+        les = sorted(float(dict(k[1])["le"]) for k in samples
+                     if k[0] == f"{name}_bucket" and dict(k[1])["server"] == "api")
+        assert les == sorted([*PROM_BOUNDS_S, float("inf")])
+        assert samples[(f"{name}_count", edge)] == total
+        inf = dict(edge) | {"le": "+Inf"}
+        assert samples[(f"{name}_bucket", tuple(sorted(inf.items())))] == total
+    # a database is a virtual node of its own type
+    db = (("client", "api"), ("connection_type", "database"), ("server", "users"))
+    assert samples[("traces_service_graph_request_total", db)] == total
