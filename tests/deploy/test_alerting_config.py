@@ -38,7 +38,7 @@ RUNBOOKS = ROOT / "docs" / "runbooks"
 
 INSTALL = "`apt-get install prometheus prometheus-alertmanager` (Debian)"
 KINDS = ("bottleneck_span", "latency_regression", "memory_leak", "gc_pressure",
-         "time_wait_buildup")
+         "time_wait_buildup", "error_origin")
 SEVERITIES = ("info", "warning", "critical")
 # Where the rules' runbook links point in this repository (GitHub "blob" URLs of main).
 BLOB = "/blob/main/"
