@@ -92,8 +92,11 @@ from typing import Any
 from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
     CACHE_WARMUP,
+    CLIENT_4XX,
     CLOCK_SKEW,
     DEPLOY,
+    ERROR_ORIGIN,
+    FLAKY_RETRY,
     GC_PRESSURE,
     GC_PRESSURE_RUNTIMES,
     GC_SAWTOOTH,
@@ -113,7 +116,13 @@ from pipeline.simulate.faults import (
 )
 from pipeline.simulate.lifecycle import LifecyclePlan, plan_lifecycles
 from pipeline.simulate.timefmt import DEFAULT_REPLAY_START, parse_time_ns
-from pipeline.simulate.topology import LeafCall, Topology, call_destination, default_topology
+from pipeline.simulate.topology import (
+    HttpCall,
+    LeafCall,
+    Topology,
+    call_destination,
+    default_topology,
+)
 
 ENCODINGS = ("otlp_proto", "otlp_json")
 KEYINGS = ("keyed", "unkeyed")
@@ -231,6 +240,31 @@ def _check_fault(topology: Topology, f: Fault) -> list[str]:
                     f"bottleneck_span target {f.entity} is not a downstream client span of "
                     f"that service; choose one of: {choices}"
                 ]
+        if f.kind == ERROR_ORIGIN:
+            ops = error_origin_operations(topology)
+            if (f.entity["service"], f.entity["operation"]) not in ops:
+                choices = ", ".join(f"{s}/{o}" for s, o in ops)
+                return [
+                    f"error_origin target {f.entity} is not an endpoint or a downstream call of "
+                    f"that service; choose one of: {choices}"
+                ]
+            rate = float(f.magnitude.get("error_rate", 0.3))
+            if not 0.0 < rate <= 1.0:
+                return [f"error_origin: error_rate must be in (0, 1], got {rate}"]
+        if f.kind in (CLIENT_4XX, FLAKY_RETRY):
+            calls = http_calls(topology)
+            if (f.entity["service"], f.entity["operation"]) not in calls:
+                choices = ", ".join(f"{s}/{o}" for s, o in calls)
+                return [
+                    f"{f.kind} target {f.entity} is not an HTTP call of that service (named by "
+                    f"the callee's route); choose one of: {choices}"
+                ]
+            rate = float(f.magnitude.get("rate", 0.2))
+            if not 0.0 < rate <= 1.0:
+                return [f"{f.kind}: rate must be in (0, 1], got {rate}"]
+            status = int(f.magnitude.get("status", 404))
+            if f.kind == CLIENT_4XX and not 400 <= status < 500:
+                return [f"client_4xx: status must be a 4xx code, got {status}"]
         if f.kind == HEAD_SAMPLING:
             keep = float(f.magnitude.get("keep", 0.1))
             if not 0.0 < keep <= 1.0:
@@ -294,6 +328,26 @@ def _check_fault(topology: Topology, f: Fault) -> list[str]:
     except KeyError as exc:
         return [f"{f.kind}: {exc.args[0]}"]
     return []
+
+
+def error_origin_operations(topology: Topology) -> list[tuple[str, str]]:
+    """(service, span name) an ``error_origin`` can be on: every endpoint (SERVER span) and
+    every downstream call to something untraced (CLIENT span: a database, a cache, a vendor)."""
+    ops = [(s.name, ep.name) for s in topology.services for ep in s.endpoints]
+    return list(dict.fromkeys(ops + topology.leaf_operations()))
+
+
+def http_calls(topology: Topology) -> dict[tuple[str, str], str]:
+    """(calling service, HTTP client span name = the callee's route) -> the callee service:
+    the targets of ``client_4xx`` and ``flaky_retry``."""
+    return {
+        (s.name, c.endpoint): c.service
+        for s in topology.services
+        for ep in s.endpoints
+        for step in ep.steps
+        for c in step
+        if isinstance(c, HttpCall)
+    }
 
 
 # ---------------------------------------------------------------------------------------------
