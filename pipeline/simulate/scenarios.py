@@ -75,6 +75,27 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     out does so within 60 s (node-3 at 47). Faults on one host are at least 8 minutes apart;
     no buildup overlaps a spike or the deploy. Without faults a host holds ~50-150 sockets in
     TIME_WAIT (pool churn, probes).
+``errors`` (90 min)
+    The error-origin accuracy suite. 20 healthy minutes (normal traffic has rare background
+    errors: endpoints 0.1-0.4%, database calls 0.05-0.1%, the card vendor 1%, each propagating
+    to its caller with probability 0.7), then 4-minute windows 3 minutes apart. ``error_origin``
+    failures always propagate to the root; the look-alikes never reach it. Times from the start,
+    calls/s at 50 requests/s:
+
+    =====  ============  =========================================  =====  =======  ==========
+    min    kind          service / operation                        rate   calls/s  chain
+    =====  ============  =========================================  =====  =======  ==========
+    20-24  error_origin  user-service / SELECT users (PostgreSQL)   0.3    27       2-3 levels
+    27-31  client_4xx    frontend / GET /products/{id} -> catalog   0.2    12       404
+    34-38  error_origin  payment / INSERT payments (PostgreSQL)     0.3    5        4 levels
+    41-45  flaky_retry   frontend / GET /cart -> cart               0.3    22       503, retry
+    48-52  error_origin  checkout / POST /checkout (mid-chain)      0.2    5        2 levels
+    55-59  error_origin  catalog / GET /products/{id} (endpoint)    0.1    12       2 levels
+    62-66  flaky_retry   checkout / POST /charge -> payment         0.25   5        503, retry
+    69-73  error_origin  cart / HGETALL (Redis)                     0.5    27       2-3 levels
+    76-80  error_origin  payment / POST /v1/charges (vendor, 502)   0.3    5        4 levels
+    83-87  error_origin  frontend / POST /api/cart (root handler)   0.2    10       1 level
+    =====  ============  =========================================  =====  =======  ==========
 ``negatives`` (1 h)
     Every hard negative and no fault: any finding is a false alarm (head sampling and lost spans
     included, each in a window of its own).
@@ -821,6 +842,56 @@ def _bursty() -> tuple[float, list[Fault], str]:
     )
 
 
+def _errors() -> tuple[float, list[Fault], str]:
+    # The error-origin accuracy suite: 20 healthy minutes (the background error rates of normal
+    # traffic give the baselines), then 4-minute windows 3 minutes apart, faults alternating
+    # with the look-alikes. Calls/s below at 50 requests/s (default topology).
+    def origin(service: str, op: str, start: float, rate: float, note: str) -> Fault:
+        entity = {"service": service, "operation": op}
+        return Fault(ERROR_ORIGIN, entity, start * M, (start + 4) * M, {"error_rate": rate},
+                     note=note)
+
+    def lookalike(kind: str, service: str, op: str, start: float, rate: float,
+                  note: str) -> Fault:
+        entity = {"service": service, "operation": op}
+        return Fault(kind, entity, start * M, (start + 4) * M, {"rate": rate}, note=note)
+
+    faults = [
+        origin("user-service", "SELECT users", 20, 0.3,
+               "users query times out: the database call fails, user-service, then frontend "
+               "(home page) and checkout -> frontend fail with it (~27 calls/s)"),
+        lookalike(CLIENT_4XX, "frontend", "GET /products/{id}", 27, 0.2,
+                  "links to withdrawn products: catalog answers 404 (UNSET), frontend's client "
+                  "span is ERROR, frontend shows a not-found page (200)"),
+        origin("payment", "INSERT payments", 34, 0.3,
+               "payments table locked: the deepest call fails, through payment, checkout and "
+               "frontend (~5 calls/s)"),
+        lookalike(FLAKY_RETRY, "frontend", "GET /cart", 41, 0.3,
+                  "a cart replica sheds load: 503, frontend retries at once and succeeds"),
+        origin("checkout", "POST /checkout", 48, 0.2,
+               "a bad checkout release: its handler raises mid-chain, after its calls "
+               "succeeded (~5 calls/s)"),
+        origin("catalog", "GET /products/{id}", 55, 0.1,
+               "product page handler raises on some products (~12 calls/s)"),
+        lookalike(FLAKY_RETRY, "checkout", "POST /charge", 62, 0.25,
+                  "payment restarts a pod: 503, checkout retries the charge once and succeeds"),
+        origin("cart", "HGETALL", 69, 0.5,
+               "Redis connection resets: cart's HGETALL fails half the time (~27 calls/s)"),
+        origin("payment", "POST /v1/charges", 76, 0.3,
+               "the card vendor answers 502: the origin is a CLIENT span to an untraced peer "
+               "(~5 calls/s)"),
+        origin("frontend", "POST /api/cart", 83, 0.2,
+               "the root's own handler raises (~10 calls/s): origin and root are one span"),
+    ]
+    return (
+        90 * M,
+        faults,
+        "error-origin accuracy suite: seven error origins (three database or cache calls, a "
+        "vendor call, a leaf service, a mid-chain and a root handler) against clients' 404s and "
+        "flaky dependencies whose retries succeed",
+    )
+
+
 def _negatives() -> tuple[float, list[Fault], str]:
     faults = [
         Fault(GLOBAL_SLOWDOWN, {}, 5 * M, 10 * M, {"factor": 1.6}, note="everything slower"),
@@ -916,6 +987,7 @@ PRESETS: dict[str, Callable[[], tuple[float, list[Fault], str]]] = {
     "timewait": _timewait,
     "negatives": _negatives,
     "bursty": _bursty,
+    "errors": _errors,
 }
 
 #: Scenario fields a preset sets (overrides still win).
