@@ -82,20 +82,30 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     failures always propagate to the root; the look-alikes never reach it. Times from the start,
     calls/s at 50 requests/s:
 
-    =====  ============  =========================================  =====  =======  ==========
-    min    kind          service / operation                        rate   calls/s  chain
-    =====  ============  =========================================  =====  =======  ==========
-    20-24  error_origin  user-service / SELECT users (PostgreSQL)   0.3    27       2-3 levels
-    27-31  client_4xx    frontend / GET /products/{id} -> catalog   0.2    12       404
-    34-38  error_origin  payment / INSERT payments (PostgreSQL)     0.3    5        4 levels
-    41-45  flaky_retry   frontend / GET /cart -> cart               0.3    22       503, retry
-    48-52  error_origin  checkout / POST /checkout (mid-chain)      0.2    5        2 levels
-    55-59  error_origin  catalog / GET /products/{id} (endpoint)    0.1    12       2 levels
-    62-66  flaky_retry   checkout / POST /charge -> payment         0.25   5        503, retry
-    69-73  error_origin  cart / HGETALL (Redis)                     0.5    27       2-3 levels
-    76-80  error_origin  payment / POST /v1/charges (vendor, 502)   0.3    5        4 levels
-    83-87  error_origin  frontend / POST /api/cart (root handler)   0.2    10       1 level
-    =====  ============  =========================================  =====  =======  ==========
+    =====  ============  ======================================  ====  =====  ======================
+    min    kind          service / operation                     rate  /s     services that fail
+    =====  ============  ======================================  ====  =====  ======================
+    20-24  error_origin  user-service / SELECT users (Postgres)  0.3   26     user-service >
+                                                                                (checkout >)
+                                                                                frontend
+    27-31  client_4xx    frontend / GET /products/{id}           0.2   12     none (404 handled)
+    34-38  error_origin  payment / INSERT payments (Postgres)    0.3   5      payment > checkout >
+                                                                                frontend
+    41-45  flaky_retry   frontend / GET /cart                    0.3   22     none (503 retried)
+    48-52  error_origin  checkout / POST /checkout (mid-chain)   0.2   5      checkout > frontend
+    55-59  error_origin  catalog / GET /products/{id}            0.1   12     catalog > frontend
+    62-66  flaky_retry   checkout / POST /charge                 0.25  5      none (503 retried)
+    69-73  error_origin  cart / HGETALL (Redis)                  0.5   28     cart > (checkout >)
+                                                                                frontend
+    76-80  error_origin  payment / POST /v1/charges (vendor)     0.3   5      payment > checkout >
+                                                                                frontend
+    83-87  error_origin  frontend / POST /api/cart (root)        0.2   10     frontend
+    =====  ============  ======================================  ====  =====  ======================
+
+    ``/s``: calls of the operation per second; "(checkout >)": some paths go through checkout.
+    The look-alikes name the caller's HTTP call (its
+    client span has the callee's route as its name). Each label's ``truth.chains`` lists the
+    failing spans, origin first.
 ``negatives`` (1 h)
     Every hard negative and no fault: any finding is a false alarm (head sampling and lost spans
     included, each in a window of its own).
