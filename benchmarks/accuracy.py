@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.accuracy [--quick] [--scenarios a,b] [--seed N]``
 
-For each scenario (full: ``bottleneck,leak,timewait,negatives,healthy``; ``--quick``: ``demo``
-cut to 17 min of event time, which still holds one fault of each kind), the harness:
+For each scenario (full: ``bottleneck,leak,timewait,errors,negatives,healthy``; ``--quick``:
+``demo`` cut to 17 min of event time, which still holds one fault of each kind), the harness:
 
 1. builds the scenario from a fixed start (same seed, same bytes) and writes its ground-truth
    labels to ``.cache/bench/<scenario>/labels.jsonl``;
@@ -27,7 +27,10 @@ the same scenarios under ``baseline:<name>``: ``p99_static`` and ``halfspacetree
 median delay per leak-rate class, and for ``time_wait_buildup`` the same with the time to port
 exhaustion and close-rate classes (for baselines: how many first alerts came after the ports
 had run out); ``gc_pressure`` alerts under an active leak are counted as ``inhibited``, not as
-false alarms.
+false alarms. ``error_origin`` (the ``errors`` scenario: seven error faults, clients' 404s and
+retried 503s as look-alikes) is scored per operation like ``bottleneck_span``; a finding counts
+only if it names the origin span's service and operation, so its recall is also the share of
+error faults whose origin was named.
 
 Output: a table, then as the last line one JSON object ``{"<kind>": {...},
 "baseline:<name>": {...}, "scenarios": [...], "quick": bool, ...}``; the same with per-label
@@ -55,7 +58,7 @@ from pipeline.simulate.scenarios import Scenario
 from pipeline.simulate.timefmt import DEFAULT_REPLAY_START, rfc3339
 
 CACHE = harness.ROOT / ".cache" / "bench"
-FULL_SCENARIOS = ("bottleneck", "leak", "timewait", "negatives", "healthy")
+FULL_SCENARIOS = ("bottleneck", "leak", "timewait", "errors", "negatives", "healthy")
 QUICK_SCENARIOS = ("demo",)
 # The demo's TIME_WAIT fault runs 10-15 min and its bottleneck 11-17 min (after the bottleneck
 # detector's 10-minute warm-up): 17 min keeps all three faults and most negatives.

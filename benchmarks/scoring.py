@@ -25,8 +25,13 @@ For one finding kind:
   label start), in event-time seconds.
 - ``false_alarms_per_100h`` = 100 * fp / entity-hours, where entity-hours = the number of
   entities that could have had this kind of finding (from the run line's ``entities``:
-  operations for ``bottleneck_span``, instances for ``memory_leak`` / ``gc_pressure``, hosts for
-  ``time_wait_buildup``, services for ``latency_regression``) times the run's hours.
+  operations for ``bottleneck_span`` and ``error_origin``, instances for ``memory_leak`` /
+  ``gc_pressure``, hosts for ``time_wait_buildup``, services for ``latency_regression``) times
+  the run's hours.
+- ``error_origin``: a label names the origin span's ``service`` and ``operation``, so a finding
+  matches only if it names the origin (a finding on a caller the error propagated to is a false
+  alarm). "Origin named" (the share of error faults whose origin service a finding named) is
+  therefore ``recall``, and is not reported separately.
 - ``hard_negative_false_alarms``: false alarms (``fp``) that match, as above, a negative label
   whose ``must_not_trigger`` lists the kind: the look-alikes the detector must stay quiet on.
 - **Inhibited alerts** (``INHIBITED_BY``): a ``gc_pressure`` alert that matches no positive
@@ -93,6 +98,7 @@ ENTITY_COUNT_BY_KIND: dict[str, str] = {
     "gc_pressure": "instances",
     "time_wait_buildup": "hosts",
     "latency_regression": "services",
+    "error_origin": "operations",
 }
 #: Alerts of a kind (key) are ignored while a positive label of one of these kinds is active on
 #: the same entity (module docstring): Alertmanager-style inhibition.

@@ -45,6 +45,21 @@ class SpanTemplate:
     service: str
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class ErrorInfo:
+    """What a failed span carries besides its status, as the OpenTelemetry SDKs write it: the
+    ``error.type`` attribute and, if an exception was raised on the span (``record_exception``),
+    an ``exception`` event with ``exception.type``, ``exception.message`` and
+    ``exception.stacktrace``. An HTTP client span that only received an error status has an
+    ``error_type`` (the status code) and no exception. Compared by identity, like templates: the
+    model makes one per operation and the encoder caches its encoded attributes."""
+
+    error_type: str
+    exception_type: str = ""
+    message: str = ""
+    stacktrace: str = ""
+
+
 @dataclass(slots=True)
 class SpanEvent:
     """One finished span. Times are as the emitting service's clock reports them."""
@@ -59,6 +74,7 @@ class SpanEvent:
     status: int = STATUS_UNSET
     status_message: str = ""
     http_status: int = 0
+    error: ErrorInfo | None = None
 
 
 @dataclass(slots=True)

@@ -9,7 +9,14 @@ instance's live set grows at ``rate_pct_limit_per_hour`` of its limit until the 
 OOM-killed; the container restart keeps ``service.instance.id`` and the leak goes on),
 ``gc_pressure`` (one Java or Node.js instance spends ``gc_time_fraction`` of its time in GC, 15%
 by default: an allocation storm of ``alloc_factor`` x makes young collections more frequent and
-its survivors make each pause longer; then it recovers) and ``time_wait_buildup``.
+its survivors make each pause longer; then it recovers), ``time_wait_buildup`` and
+``error_origin`` (one operation, a server endpoint or a downstream call of ``service``, fails
+with probability ``error_rate``; the failure propagates up the synchronous callers to the root).
+
+Error look-alikes: ``client_4xx`` (``service``'s HTTP call ``operation`` gets a 4xx at ``rate``:
+the client span is ERROR, the callee's server span UNSET, the caller handles it) and
+``flaky_retry`` (the callee answers 503 at ``rate``, the caller retries once and the retry
+succeeds, so the caller and the root are fine).
 
 Memory look-alikes: ``gc_sawtooth`` (healthy, allocation-heavy sawtooth), ``cache_warmup`` (the
 live set rises by ``rise_pct_limit`` with time constant ``tau_s``, then stays flat),
@@ -39,7 +46,8 @@ BOTTLENECK_SPAN = "bottleneck_span"
 MEMORY_LEAK = "memory_leak"
 GC_PRESSURE = "gc_pressure"
 TIME_WAIT_BUILDUP = "time_wait_buildup"
-FAULT_KINDS = (BOTTLENECK_SPAN, MEMORY_LEAK, GC_PRESSURE, TIME_WAIT_BUILDUP)
+ERROR_ORIGIN = "error_origin"
+FAULT_KINDS = (BOTTLENECK_SPAN, MEMORY_LEAK, GC_PRESSURE, TIME_WAIT_BUILDUP, ERROR_ORIGIN)
 
 GLOBAL_SLOWDOWN = "global_slowdown"
 TRAFFIC_SPIKE = "traffic_spike"
@@ -53,6 +61,8 @@ HEAD_SAMPLING = "head_sampling"
 MISSING_SPANS = "missing_spans"
 LOAD_HEAP_GROWTH = "load_heap_growth"
 NOISY_RSS = "noisy_rss"
+CLIENT_4XX = "client_4xx"
+FLAKY_RETRY = "flaky_retry"
 
 #: Runtimes whose GC pauses are exported as a duration histogram (``jvm.gc.duration``,
 #: ``v8js.gc.duration``): the only ones a ``gc_pressure`` fault can be seen on. CPython exports
@@ -73,6 +83,8 @@ NEGATIVE_KINDS: dict[str, tuple[str, ...]] = {
     RECONNECT_STORM: (TIME_WAIT_BUILDUP,),
     HEAD_SAMPLING: (BOTTLENECK_SPAN,),
     MISSING_SPANS: (BOTTLENECK_SPAN,),
+    CLIENT_4XX: (ERROR_ORIGIN,),
+    FLAKY_RETRY: (ERROR_ORIGIN,),
 }
 ALL_KINDS = FAULT_KINDS + tuple(NEGATIVE_KINDS)
 
@@ -94,6 +106,9 @@ ENTITY_KEYS: dict[str, tuple[str, ...]] = {
     MISSING_SPANS: (),  # optional "service": only that service's spans are lost
     LOAD_HEAP_GROWTH: ("service",),  # every replica's live set grows; traffic rises everywhere
     NOISY_RSS: ("service", "instance"),
+    ERROR_ORIGIN: ("service", "operation"),  # a server endpoint or a downstream (leaf) call
+    CLIENT_4XX: ("service", "operation"),  # the caller and its HTTP call (the callee's route)
+    FLAKY_RETRY: ("service", "operation"),  # the same
 }
 
 #: The magnitude key a single number in a ``--fault`` spec sets, per kind.
@@ -114,6 +129,10 @@ DEFAULT_MAGNITUDE_KEY: dict[str, str] = {
     MISSING_SPANS: "drop",  # probability that a non-root span is lost (default 0.05)
     LOAD_HEAP_GROWTH: "factor",  # traffic x (default 2.5); also "rise_pct_limit", "tau_s"
     NOISY_RSS: "noise_factor",  # RSS noise x (default 5)
+    ERROR_ORIGIN: "error_rate",  # share of calls that fail (default 0.3); also
+    # "exception_type" and "exception_message" (default: the runtime's, see simulate.errors)
+    CLIENT_4XX: "rate",  # share of calls answered with "status" (default 0.2, status 404)
+    FLAKY_RETRY: "rate",  # share of calls answered 503 and retried once (default 0.3)
 }
 
 
@@ -198,8 +217,10 @@ def parse_duration(text: str | float | int) -> float:
 def parse_fault(spec: str) -> Fault:
     """A fault from ``KIND:target:start:duration[:magnitude]``.
 
-    Targets by kind: ``service/operation`` (bottleneck_span), ``service#replica`` (memory_leak,
-    gc_pressure, gc_sawtooth, cache_warmup, restart, noisy_rss), ``host[/service[>destination]]``
+    Targets by kind: ``service/operation`` (bottleneck_span, error_origin, client_4xx,
+    flaky_retry; for the last two the operation is the HTTP call, named as the callee's route),
+    ``service#replica`` (memory_leak, gc_pressure, gc_sawtooth, cache_warmup, restart,
+    noisy_rss), ``host[/service[>destination]]``
     (time_wait_buildup), ``service`` (deploy, clock_skew, reconnect_storm, global_slowdown,
     head_sampling, missing_spans, load_heap_growth) and ``*`` for everything (global_slowdown,
     traffic_spike, head_sampling, missing_spans). The magnitude is one number for the kind's main
@@ -215,6 +236,11 @@ def parse_fault(spec: str) -> Fault:
     ({}, {'keep': 0.1}, ('bottleneck_span',))
     >>> parse_fault("missing_spans:cart:1m:5m:drop=0.2").entity
     {'service': 'cart'}
+    >>> f = parse_fault("error_origin:payment/INSERT payments:40m:5m:0.3")
+    >>> f.entity, f.magnitude, f.negative
+    ({'service': 'payment', 'operation': 'INSERT payments'}, {'error_rate': 0.3}, False)
+    >>> parse_fault("client_4xx:frontend/GET /products/{id}:1m:5m:rate=0.2,status=404").magnitude
+    {'rate': 0.2, 'status': 404.0}
     >>> f = parse_fault("gc_pressure:catalog#0:30m:25m:0.2")
     >>> f.entity, f.magnitude, f.negative
     ({'service': 'catalog', 'instance': 'catalog#0'}, {'gc_time_fraction': 0.2}, False)
@@ -246,7 +272,7 @@ def _parse_target(kind: str, target: str, spec: str) -> tuple[dict[str, str], di
         if keys:
             raise ValueError(f"--fault {spec!r}: {kind} needs a target ({'/'.join(keys)})")
         return {}, {}
-    if kind == BOTTLENECK_SPAN:
+    if kind in (BOTTLENECK_SPAN, ERROR_ORIGIN, CLIENT_4XX, FLAKY_RETRY):
         service, sep, op = target.partition("/")
         if not sep:
             raise ValueError(f"--fault {spec!r}: target must be service/operation")

@@ -57,6 +57,25 @@ or more, e.g. a compressed ``daily_period_s``) gets one global ``daily_load_curv
 rising flank (trough to peak): traffic, and every count that follows it, rises for reasons
 that are no fault. Real days at the default +-25% get none in runs of up to 6 h.
 
+Error labels (``error_origin``, ``client_4xx``, ``flaky_retry``) carry the window the model
+really applied: faults take effect per one-second tick, from the first whole second at or after
+``start`` to the first at or after ``end``. ``error_origin`` (entity: the origin span's service and
+name) truth::
+
+    span_kind                   SERVER (an endpoint) or CLIENT (a database, cache or vendor call)
+    error_rate                  share of the operation's calls that fail
+    http_status                 500 for an endpoint, the vendor's status for an HTTP call, else
+                                null; exception_type: what the origin span's exception event says
+                                (null for an HTTP client span: a status, no exception)
+    calls_per_s_at_onset        calls of the operation per second at the start (no failures)
+    errors_per_s_at_onset       ... times error_rate: surfaced origins per second
+    chains                      the spans each failure fails on, origin first, one list per path
+                                to a root: every caller's CLIENT and SERVER span fails with 500
+
+``client_4xx`` and ``flaky_retry`` are named by the caller and its HTTP call (``operation`` = the
+callee's route, the client span's name); ``entity_any`` also lists the callee's SERVER span, so a
+false alarm on either side is counted against the look-alike.
+
 A planned ``restart`` of an instance that is leaking at that moment (a restart mid-leak) is
 labelled with ``memory_leak`` removed from ``must_not_trigger``: the leak label covers it.
 A ``load_heap_growth`` also gets a ``traffic_spike`` label (global, same window), because its
@@ -79,9 +98,13 @@ from typing import Any
 
 import orjson
 
+from pipeline.simulate.errors import DB_ERRORS, SERVER_BUG
 from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
+    CLIENT_4XX,
     DEPLOY,
+    ERROR_ORIGIN,
+    FLAKY_RETRY,
     GC_PRESSURE,
     GLOBAL_SLOWDOWN,
     HEAD_SAMPLING,
@@ -110,7 +133,7 @@ from pipeline.simulate.model import (
     TIME_WAIT_S,
     sampler_threshold,
 )
-from pipeline.simulate.scenarios import Scenario, leaf_call
+from pipeline.simulate.scenarios import Scenario, http_calls, leaf_call
 from pipeline.simulate.timefmt import rfc3339
 from pipeline.simulate.topology import (
     RUNTIMES,
@@ -380,6 +403,8 @@ def _labels_for(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:
         return [label]
     if f.kind == TIME_WAIT_BUILDUP:
         return [_time_wait_label(scenario, f)]
+    if f.kind in (ERROR_ORIGIN, CLIENT_4XX, FLAKY_RETRY):
+        return [_error_label(scenario, f)]
     if f.kind == RECONNECT_STORM:
         service = f.entity["service"]
         clients: dict[str, set[str]] = defaultdict(set)
@@ -585,6 +610,139 @@ def _oom_at(
             lo, hi = (lo, mid) if sp.live_bytes(mid, inc_start_s) >= threshold else (mid, hi)
         t = hi
     return t if t <= leak_end_s else None
+
+
+def endpoint_calls_per_request(topology: Topology) -> dict[tuple[str, str], float]:
+    """Mean SERVER spans per entry request, by (service, endpoint name)."""
+    out: dict[tuple[str, str], float] = defaultdict(float)
+
+    def visit(service: str, endpoint: str, weight: float) -> None:
+        out[(service, endpoint)] += weight
+        for step in topology.service(service).endpoint(endpoint).steps:
+            for call in step:
+                if isinstance(call, HttpCall):
+                    visit(call.service, call.endpoint, weight * call.probability)
+
+    entries = [(s.name, ep) for s in topology.services if s.entry for ep in s.endpoints]
+    total = sum(ep.weight for _, ep in entries)
+    for service, ep in entries:
+        if ep.weight > 0:
+            visit(service, ep.name, ep.weight / total)
+    return dict(out)
+
+
+def error_chains(topology: Topology, service: str, operation: str) -> list[list[dict[str, str]]]:
+    """The spans a failure of ``operation`` (an endpoint or a downstream call of ``service``)
+    fails on up to a root, origin first: one list per path through the callers.
+
+    >>> from pipeline.simulate.topology import default_topology
+    >>> [[f"{s['service']}/{s['operation']}/{s['kind']}" for s in c]
+    ...  for c in error_chains(default_topology(), "payment", "INSERT payments")]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [['payment/INSERT payments/CLIENT', 'payment/POST /charge/SERVER',
+      'checkout/POST /charge/CLIENT', 'checkout/POST /checkout/SERVER',
+      'frontend/POST /checkout/CLIENT', 'frontend/POST /api/checkout/SERVER']]
+    """
+    callers: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+    for s in topology.services:
+        for ep in s.endpoints:
+            for step in ep.steps:
+                for call in step:
+                    if isinstance(call, HttpCall):
+                        callers[(call.service, call.endpoint)].append((s.name, ep.name))
+
+    def up(svc: str, ep_name: str, depth: int) -> list[list[dict[str, str]]]:
+        here = {"service": svc, "operation": ep_name, "kind": "SERVER"}
+        spec = topology.service(svc)
+        paths = [[here]] if spec.entry and spec.endpoint(ep_name).weight > 0 else []
+        if depth < 16:
+            for csvc, cep in dict.fromkeys(callers[(svc, ep_name)]):
+                client = {"service": csvc, "operation": ep_name, "kind": "CLIENT"}
+                paths += [[here, client, *rest] for rest in up(csvc, cep, depth + 1)]
+        return paths
+
+    spec = topology.service(service)
+    if any(ep.name == operation for ep in spec.endpoints):
+        return up(service, operation, 0)
+    leaf = {"service": service, "operation": operation, "kind": "CLIENT"}
+    handlers = [
+        ep.name
+        for ep in spec.endpoints
+        if any(isinstance(c, LeafCall) and c.name == operation for st in ep.steps for c in st)
+    ]
+    return [[leaf, *rest] for h in handlers for rest in up(service, h, 0)]
+
+
+def _error_label(scenario: Scenario, f: Fault) -> dict[str, Any]:
+    topo = scenario.topology
+    svc, op = f.entity["service"], f.entity["operation"]
+    # Faults act per one-second tick (Simulator._apply_faults at whole seconds).
+    window = (float(math.ceil(f.start_s)), min(float(math.ceil(f.end_s)), scenario.duration_s))
+    label = _base(scenario, f, dict(f.entity), window)
+    spec = topo.service(svc)
+    if f.kind == ERROR_ORIGIN:
+        rate = float(f.magnitude.get("error_rate", 0.3))
+        label["magnitude"] = {**f.magnitude, "error_rate": rate}
+        is_endpoint = any(ep.name == op for ep in spec.endpoints)
+        if is_endpoint:
+            per_req = endpoint_calls_per_request(topo).get((svc, op), 0.0)
+            exc_type = f.magnitude.get("exception_type") or SERVER_BUG[spec.runtime][0]
+            truth: dict[str, Any] = {"span_kind": "SERVER", "http_status": 500}
+        else:
+            call = leaf_call(topo, svc, op)
+            attrs = dict(call.attributes)
+            per_req = expected_operation_calls_per_request(topo).get((svc, op), 0.0)
+            if "http.request.method" in attrs:
+                truth = {"span_kind": "CLIENT", "http_status": call.error_status}
+                exc_type = None
+                label["evidence"]["peer_service"] = str(
+                    attrs.get("peer.service", call.address)
+                )
+            else:
+                default = DB_ERRORS.get((spec.runtime, str(attrs.get("db.system"))))
+                exc_type = f.magnitude.get("exception_type") or (default or ("Exception",))[0]
+                truth = {"span_kind": "CLIENT", "http_status": None}
+                label["evidence"]["db_system"] = str(attrs.get("db.system"))
+        calls = _rate_at(scenario, window[0]) * per_req
+        truth.update(
+            exception_type=exc_type,
+            error_rate=rate,
+            calls_per_s_at_onset=round(calls, 2),
+            errors_per_s_at_onset=round(calls * rate, 2),
+            chains=error_chains(topo, svc, op),
+        )
+        label["truth"] = truth
+        return label
+    callee = http_calls(topo)[(svc, op)]
+    label["evidence"]["callee"] = callee
+    label["entity_any"] = [dict(f.entity), {"service": callee, "operation": op}]
+    per_req = expected_operation_calls_per_request(topo).get((svc, op), 0.0)
+    calls = _rate_at(scenario, window[0]) * per_req
+    if f.kind == CLIENT_4XX:
+        rate = float(f.magnitude.get("rate", 0.2))
+        status = int(f.magnitude.get("status", 404))
+        label["magnitude"] = {"rate": rate, "status": status}
+        label["truth"] = {
+            "http_status": status,
+            "client_span_status": "ERROR",
+            "server_span_status": "UNSET",
+            "caller_fails": False,
+            "responses_per_s_at_onset": round(calls * rate, 2),
+        }
+    else:
+        rate = float(f.magnitude.get("rate", 0.3))
+        label["magnitude"] = {"rate": rate}
+        label["truth"] = {
+            "http_status": 503,
+            "client_span_status": "ERROR",
+            "server_span_status": "ERROR",
+            "retries": 1,
+            "retry_succeeds": True,
+            "retry_attribute": "http.request.resend_count",
+            "caller_fails": False,
+            "absorbed_per_s_at_onset": round(calls * rate, 2),
+        }
+    return label
 
 
 def _time_wait_label(scenario: Scenario, f: Fault) -> dict[str, Any]:

@@ -47,12 +47,14 @@ from itertools import accumulate
 
 import numpy as np
 
+from pipeline.simulate.errors import db_error, http_error, server_error, status_error
 from pipeline.simulate.events import (
     GAUGE,
     HISTOGRAM,
     STATUS_ERROR,
     STATUS_UNSET,
     SUM,
+    ErrorInfo,
     MetricPoint,
     ResourceInfo,
     ScopeInfo,
@@ -62,7 +64,10 @@ from pipeline.simulate.events import (
 )
 from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
+    CLIENT_4XX,
     CLOCK_SKEW,
+    ERROR_ORIGIN,
+    FLAKY_RETRY,
     GLOBAL_SLOWDOWN,
     HEAD_SAMPLING,
     LOAD_HEAP_GROWTH,
@@ -116,12 +121,24 @@ TCP_STATES = (
 
 WARMUP_S = 60
 LEAF, HTTP, WORK = 0, 1, 2
+#: A background failure of a downstream call propagates to the caller (its handler fails too)
+#: with this probability per level; otherwise the caller handles it (a fallback, a default
+#: value). An injected ``error_origin`` always propagates.
+PROPAGATE = 0.7
+#: Failure levels a call returns: none, a background failure the caller may absorb, an injected
+#: fault's (always propagates).
+OK, FAILED, FAULT = 0, 1, 2
 
 #: The Collector probabilistic_sampler's hash_seed mode: FNV-1a (32 bit) over the seed's four
 #: little-endian bytes, then the 16 trace id bytes; the low 14 bits pick one of 16384 buckets and
 #: a trace is kept if its bucket is below ``sampling_percentage`` x 16384 / 100.
 SAMPLER_HASH_BUCKETS = 0x4000
 _FNV32_OFFSET, _FNV32_PRIME = 0x811C9DC5, 0x01000193
+
+
+def _either(p: float, q: float) -> float:
+    """Probability that either of two independent causes happens (faults that overlap)."""
+    return 1.0 - (1.0 - p) * (1.0 - q)
 
 
 def sampler_threshold(keep: float) -> int:
@@ -197,6 +214,9 @@ class _Ep:
         "slow",
         "skew_ns",
         "instances",
+        "own_error",
+        "fault_rate",
+        "fault_error",
     )
 
     def __init__(self, service: str, template: SpanTemplate, ep: Endpoint) -> None:
@@ -209,10 +229,19 @@ class _Ep:
         self.slow = 1.0
         self.skew_ns = 0
         self.instances: list[_Instance] = []
+        self.own_error: ErrorInfo | None = None  # a background failure of the handler
+        self.fault_rate = 0.0  # error_origin on this endpoint
+        self.fault_error: ErrorInfo | None = None
 
 
 class _Call:
-    """A compiled call of an endpoint (leaf client span, HTTP call or internal work)."""
+    """A compiled call of an endpoint (leaf client span, HTTP call or internal work).
+
+    ``error`` is what the call's own span carries when it fails, ``raises`` what the caller's
+    handler then raises (the same driver exception for a database call; the HTTP client code's
+    exception for an error response); ``fault_*`` are set by an ``error_origin`` on a leaf call,
+    ``reject_*`` by a ``client_4xx`` and ``flaky_rate`` by a ``flaky_retry`` on an HTTP call.
+    """
 
     __slots__ = (
         "kind",
@@ -230,6 +259,17 @@ class _Call:
         "slow",
         "add_ns",
         "skew_ns",
+        "http_leaf",
+        "error_status",
+        "error",
+        "raises",
+        "fault_rate",
+        "fault_error",
+        "fault_raises",
+        "reject_rate",
+        "reject_status",
+        "flaky_rate",
+        "retry_template",
     )
 
     def __init__(
@@ -261,6 +301,17 @@ class _Call:
         self.slow = 1.0
         self.add_ns = 0.0
         self.skew_ns = 0
+        self.http_leaf = False  # a vendor HTTP API: status codes, no driver exception
+        self.error_status = 0
+        self.error: ErrorInfo | None = None
+        self.raises: ErrorInfo | None = None
+        self.fault_rate = 0.0
+        self.fault_error: ErrorInfo | None = None
+        self.fault_raises: ErrorInfo | None = None
+        self.reject_rate = 0.0
+        self.reject_status = 404
+        self.flaky_rate = 0.0
+        self.retry_template: SpanTemplate | None = None
 
 
 class _Pool:
@@ -467,8 +518,8 @@ class Simulator:
         self.topology: Topology = scenario.topology
         # Children of a SeedSequence depend only on their index: adding a stream at the end
         # leaves the others (and so every existing scenario's bytes) as they were.
-        seeds = np.random.SeedSequence(scenario.seed).spawn(7)
-        traffic, latency, ids, memory, network, routing, loss = (
+        seeds = np.random.SeedSequence(scenario.seed).spawn(8)
+        traffic, latency, ids, memory, network, routing, loss, errors = (
             np.random.default_rng(s) for s in seeds
         )
         self._traffic = traffic
@@ -478,6 +529,10 @@ class Simulator:
         self._net = network
         self._ids = _Ids(ids)
         self._loss = _Draws(loss.random)  # drawn only while spans are being lost
+        # Drawn only while an error fault or look-alike is active (error_origin, client_4xx,
+        # flaky_retry), so that adding one leaves every other draw of the run as it was.
+        self._errs = _Draws(errors.random)
+        self._fault_errors: dict[tuple[str, str, str, str, str], ErrorInfo] = {}
         # Active emission negatives: head samplers (root service or None, threshold, hash seed)
         # and the loss probability of each service's spans.
         self._samplers: list[tuple[str | None, int, int]] = []
@@ -540,6 +595,7 @@ class Simulator:
                 tmpl = SpanTemplate(ep.name, SPAN_KIND_SERVER, server_scope, attrs, spec.name)
                 cep = _Ep(spec.name, tmpl, ep)
                 cep.instances = self.by_service[spec.name]
+                cep.own_error = server_error(spec.runtime, spec.name, ep.name, transient=True)
                 self._eps[(spec.name, ep.name)] = cep
         for spec in topo.services:
             profile = RUNTIMES[spec.runtime]
@@ -552,7 +608,7 @@ class Simulator:
             for ep in spec.endpoints:
                 cep = self._eps[(spec.name, ep.name)]
                 for step in ep.steps:
-                    cep.steps.append([self._compile_call(spec, c, scopes) for c in step])
+                    cep.steps.append([self._compile_call(spec, ep.name, c, scopes) for c in step])
             for inst in self.by_service[spec.name]:
                 for call in self._calls:
                     if call.service == spec.name and call.destination:
@@ -577,8 +633,14 @@ class Simulator:
         return scope
 
     def _compile_call(
-        self, spec: ServiceSpec, call: LeafCall | HttpCall | Work, scopes: dict[str, ScopeInfo]
+        self,
+        spec: ServiceSpec,
+        handler: str,
+        call: LeafCall | HttpCall | Work,
+        scopes: dict[str, ScopeInfo],
     ) -> _Call:
+        """``call`` made by ``spec``'s endpoint ``handler`` (whose span an exception escaping
+        the call is recorded on)."""
         if isinstance(call, LeafCall):
             system = dict(call.attributes).get("db.system")
             scope = scopes[
@@ -598,6 +660,18 @@ class Simulator:
                 call.destination,
                 call.address,
             )
+            attrs = dict(call.attributes)
+            method = attrs.get("http.request.method")
+            if method:
+                c.http_leaf, c.error_status = True, call.error_status
+                c.error = status_error(call.error_status)
+                url = str(attrs.get("url.full", call.address))
+                c.raises = http_error(
+                    spec.runtime, spec.name, handler, str(method), url, call.error_status
+                )
+            else:
+                c.error = c.raises = db_error(spec.runtime, str(system), spec.name, handler)
+            c.fault_error, c.fault_raises = c.error, c.raises
         elif isinstance(call, HttpCall):
             target = self.topology.service(call.service)
             method, _, route = call.endpoint.partition(" ")
@@ -625,6 +699,15 @@ class Simulator:
                 target.name,
             )
             c.target = self._eps[(target.name, call.endpoint)]
+            url = str(dict(attrs)["url.full"])
+            c.raises = http_error(spec.runtime, spec.name, handler, method, url, 500)
+            c.retry_template = SpanTemplate(
+                call.endpoint,
+                SPAN_KIND_CLIENT,
+                scopes["http"],
+                (*attrs, ("http.request.resend_count", 1)),
+                spec.name,
+            )
         else:
             tmpl = SpanTemplate(call.name, SPAN_KIND_INTERNAL, scopes["work"], (), spec.name)
             c = _Call(
@@ -693,8 +776,10 @@ class Simulator:
         self._active = active
         for c in self._calls:
             c.slow, c.add_ns, c.skew_ns = 1.0, 0.0, 0
+            c.fault_rate = c.reject_rate = c.flaky_rate = 0.0
         for ep in self._eps.values():
             ep.slow, ep.skew_ns = 1.0, 0
+            ep.fault_rate = 0.0
         for inst in self.instances:
             inst.skew_ns = 0
             for pool in inst.pools.values():
@@ -725,6 +810,17 @@ class Simulator:
                 if c.service == svc and c.name == f.entity["operation"] and c.kind == LEAF:
                     c.add_ns += float(f.magnitude.get("added_ms", 100.0)) * 1e6
                     c.slow *= float(f.magnitude.get("factor", 1.0))
+        elif f.kind == ERROR_ORIGIN:
+            self._apply_error_origin(f)
+        elif f.kind in (CLIENT_4XX, FLAKY_RETRY):
+            rate = float(f.magnitude.get("rate", 0.2 if f.kind == CLIENT_4XX else 0.3))
+            for c in self._calls:
+                if c.service == svc and c.name == f.entity["operation"] and c.kind == HTTP:
+                    if f.kind == CLIENT_4XX:
+                        c.reject_rate = _either(c.reject_rate, rate)
+                        c.reject_status = int(f.magnitude.get("status", 404))
+                    else:
+                        c.flaky_rate = _either(c.flaky_rate, rate)
         elif f.kind == CLOCK_SKEW:
             skew = int(float(f.magnitude.get("offset_ms", 300.0)) * 1e6)
             for c in self._calls:
@@ -768,6 +864,36 @@ class Simulator:
                 # Re-evaluate next tick so the storm ends after duration_s.
                 self._active = None
 
+    def _apply_error_origin(self, f: Fault) -> None:
+        """The endpoint or downstream call ``f`` names fails at ``error_rate``: with the
+        runtime's exception (or ``exception_type`` / ``exception_message``)."""
+        svc, op = f.entity["service"], f.entity["operation"]
+        rate = float(f.magnitude.get("error_rate", 0.3))
+        exc_type = str(f.magnitude.get("exception_type", ""))
+        message = str(f.magnitude.get("exception_message", ""))
+        runtime = self.topology.service(svc).runtime
+        for ep in self._eps.values():
+            if ep.service == svc and ep.template.name == op:
+                ep.fault_rate = _either(ep.fault_rate, rate)
+                key = (svc, op, "", exc_type, message)
+                if key not in self._fault_errors:
+                    self._fault_errors[key] = server_error(
+                        runtime, svc, op, exc_type=exc_type, message=message
+                    )
+                ep.fault_error = self._fault_errors[key]
+        for c in self._calls:
+            if c.service == svc and c.name == op and c.kind == LEAF:
+                c.fault_rate = _either(c.fault_rate, rate)
+                c.fault_error, c.fault_raises = c.error, c.raises
+                if (exc_type or message) and not c.http_leaf:
+                    system = str(dict(c.template.attributes).get("db.system"))
+                    key = (svc, op, system, exc_type, message)
+                    if key not in self._fault_errors:
+                        self._fault_errors[key] = db_error(
+                            runtime, system, svc, op, exc_type=exc_type, message=message
+                        )
+                    c.fault_error = c.fault_raises = self._fault_errors[key]
+
     # -- traffic --------------------------------------------------------------------------
 
     def _rate(self, t_s: float) -> float:
@@ -796,7 +922,7 @@ class Simulator:
             insts = ep.instances
             inst = insts[int(uni() * len(insts))]
             spans: list[SpanEvent] = []
-            end, _ = self._serve(ep, inst, t0 + int(off), trace_id, b"", spans)
+            end = self._serve(ep, inst, t0 + int(off), trace_id, b"", spans)[0]
             if below is not None and int.from_bytes(trace_id[8:], "big") >= below:
                 continue
             if samplers and not all(
@@ -809,41 +935,80 @@ class Simulator:
             self._seq += 1
             heapq.heappush(self._pending, (end, self._seq, spans))
 
-    def _count_serve(self, ep: _Ep, inst: _Instance) -> bool:
-        """``_serve`` without spans: the same uniform draws in the same order (routing, call
-        probabilities, failures), so request and call counts match a run with spans."""
+    def _count_serve(self, ep: _Ep, inst: _Instance, mode: int = 0) -> int:
+        """``_serve`` without spans: the same uniform and error draws in the same order
+        (routing, call probabilities, failures, retries), so request and call counts match a
+        run with spans."""
         uni = self._uniform.next
-        child_failed = False
+        inst.requests += 1
+        if mode == 503:
+            return OK
+        failure = child = OK
         for step in ep.steps:
             if len(step) == 1:
                 c = step[0]
                 if c.probability < 1.0 and uni() >= c.probability:
                     continue
-                child_failed = self._count_call(c, inst) or child_failed
+                f = self._count_call(c, inst)
+                if f == FAULT:
+                    failure = FAULT
+                elif f:
+                    child = f
             else:
                 for c in step:
                     if c.probability < 1.0 and uni() >= c.probability:
                         continue
                     uni()  # the parallel call's start offset
-                    child_failed = self._count_call(c, inst) or child_failed
-        failed = uni() < ep.error_rate or (child_failed and uni() < 0.7)
-        inst.requests += 1
-        return failed
+                    f = self._count_call(c, inst)
+                    if f == FAULT:
+                        failure = FAULT
+                    elif f:
+                        child = f
+            if failure:
+                break
+        if not failure:
+            if uni() < ep.error_rate or (child and uni() < PROPAGATE):
+                failure = FAILED
+            elif ep.fault_rate and self._errs.next() < ep.fault_rate:
+                failure = FAULT
+        return failure
 
-    def _count_call(self, c: _Call, inst: _Instance) -> bool:
+    def _count_call(self, c: _Call, inst: _Instance) -> int:
         kind = c.kind
         if kind == WORK:
-            return False
+            return OK
         if kind == LEAF:
-            failed = self._uniform.next() < c.error_rate
-        else:
-            target = c.target
-            assert target is not None
-            insts = target.instances
-            failed = self._count_serve(target, insts[int(self._uniform.next() * len(insts))])
+            failure = OK
+            if self._uniform.next() < c.error_rate:
+                failure = FAILED
+            elif c.fault_rate and self._errs.next() < c.fault_rate:
+                failure = FAULT
+            calls = inst.calls
+            calls[c.destination] = calls.get(c.destination, 0) + 1
+            return failure
+        mode = self._http_mode(c)
+        if mode == 503:
+            self._count_http(c, inst, 503)
+            mode = 0
+        return self._count_http(c, inst, mode)
+
+    def _count_http(self, c: _Call, inst: _Instance, mode: int) -> int:
+        target = c.target
+        assert target is not None
+        insts = target.instances
+        failure = self._count_serve(target, insts[int(self._uniform.next() * len(insts))], mode)
         calls = inst.calls
         calls[c.destination] = calls.get(c.destination, 0) + 1
-        return failed
+        return failure
+
+    def _http_mode(self, c: _Call) -> int:
+        """How the callee answers this call under the active look-alikes: 0 (as it will), the
+        ``client_4xx`` status, or 503 (``flaky_retry``: rejected, then retried)."""
+        if c.reject_rate and self._errs.next() < c.reject_rate:
+            return c.reject_status
+        if c.flaky_rate and self._errs.next() < c.flaky_rate:
+            return 503
+        return 0
 
     def _lose_spans(self, spans: list[SpanEvent], loss: dict[str, float]) -> list[SpanEvent]:
         """The trace without the spans lost in transit; the root (last) is always kept, and the
@@ -863,37 +1028,85 @@ class Simulator:
         trace_id: bytes,
         parent: bytes,
         out: list[SpanEvent],
-    ) -> tuple[int, bool]:
-        """``inst`` serves ``ep`` from ``start`` (true time); returns (true end, failed)."""
+        mode: int = 0,
+    ) -> tuple[int, int, int]:
+        """``inst`` serves ``ep`` from ``start`` (true time); returns (true end, failure level,
+        HTTP status).
+
+        The handler runs its steps in order. A call that fails because of an ``error_origin``
+        raises out of the handler: the remaining steps do not run and the span fails with 500
+        and that exception. A background failure of a call propagates with probability
+        ``PROPAGATE`` once the handler is done (the draws are those of the model before error
+        faults existed, so runs without them are unchanged). Otherwise the handler may fail by
+        itself (background ``error_rate``, or an ``error_origin`` on it). ``mode`` 404: the
+        request is served and answered 404 (status UNSET, a client error) unless it fails;
+        503: it is rejected before any work (status ERROR, no exception).
+        """
         nrm, uni = self._normal.next, self._uniform.next
         span_id = self._ids.take(8)
         self_ns = ep.median_ns * math.exp(ep.sigma * nrm()) * ep.slow
+        skew = ep.skew_ns
+        if mode == 503:
+            end = start + int(self_ns * 0.3)
+            out.append(
+                SpanEvent(
+                    inst.resource,
+                    ep.template,
+                    trace_id,
+                    span_id,
+                    parent,
+                    start + skew,
+                    end + skew,
+                    STATUS_ERROR,
+                    "",
+                    503,
+                    status_error(503),
+                )
+            )
+            inst.requests += 1
+            return end, OK, 503
         t = start + int(self_ns * 0.4)
-        child_failed = False
+        failure, error = OK, None  # an error_origin's failure: raised at once
+        child, child_error = OK, None  # the first background failure of a call
         for step in ep.steps:
             if len(step) == 1:
                 c = step[0]
                 if c.probability < 1.0 and uni() >= c.probability:
                     continue
-                t, failed = self._call(c, inst, t, trace_id, span_id, out)
-                child_failed = child_failed or failed
+                t, f, raised = self._call(c, inst, t, trace_id, span_id, out)
+                if f == FAULT:
+                    failure, error = FAULT, raised
+                elif f and not child:
+                    child, child_error = f, raised
             else:
                 step_end = t
                 for c in step:
                     if c.probability < 1.0 and uni() >= c.probability:
                         continue
                     # Parallel calls start together, give or take scheduling (<0.2 ms).
-                    end, failed = self._call(
+                    end, f, raised = self._call(
                         c, inst, t + int(uni() * 200_000), trace_id, span_id, out
                     )
-                    child_failed = child_failed or failed
+                    if f == FAULT:
+                        if not failure:
+                            failure, error = FAULT, raised
+                    elif f and not child:
+                        child, child_error = f, raised
                     if end > step_end:
                         step_end = end
                 t = step_end
             t += STEP_GAP_NS
+            if failure:
+                break
+        if not failure:
+            if uni() < ep.error_rate:
+                failure, error = FAILED, ep.own_error
+            elif child and uni() < PROPAGATE:
+                failure, error = FAILED, child_error
+            elif ep.fault_rate and self._errs.next() < ep.fault_rate:
+                failure, error = FAULT, ep.fault_error
         end = t + int(self_ns * 0.6)
-        failed = uni() < ep.error_rate or (child_failed and uni() < 0.7)
-        skew = ep.skew_ns
+        status = 500 if failure else (mode or 200)
         out.append(
             SpanEvent(
                 inst.resource,
@@ -903,13 +1116,14 @@ class Simulator:
                 parent,
                 start + skew,
                 end + skew,
-                STATUS_ERROR if failed else STATUS_UNSET,
+                STATUS_ERROR if failure else STATUS_UNSET,
                 "",
-                500 if failed else 200,
+                status,
+                error,
             )
         )
         inst.requests += 1
-        return end, failed
+        return end, failure, status
 
     def _call(
         self,
@@ -919,14 +1133,23 @@ class Simulator:
         trace_id: bytes,
         parent: bytes,
         out: list[SpanEvent],
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, int, ErrorInfo | None]:
+        """Returns (true end, failure level, what the caller's handler raises if it fails)."""
         nrm = self._normal.next
         kind = c.kind
         if kind == LEAF:
             end = start + int(c.median_ns * math.exp(c.sigma * nrm()) * c.slow + c.add_ns)
-            failed = self._uniform.next() < c.error_rate
+            failure, error, raised = OK, None, None
+            if self._uniform.next() < c.error_rate:
+                failure, error, raised = FAILED, c.error, c.raises
+            elif c.fault_rate and self._errs.next() < c.fault_rate:
+                failure, error, raised = FAULT, c.fault_error, c.fault_raises
             calls = inst.calls
             calls[c.destination] = calls.get(c.destination, 0) + 1
+            if c.http_leaf:
+                message, http_status = "", c.error_status if failure else 200
+            else:
+                message, http_status = c.error_message if failure else "", 0
             out.append(
                 SpanEvent(
                     inst.resource,
@@ -936,40 +1159,22 @@ class Simulator:
                     parent,
                     start + c.skew_ns,
                     end + c.skew_ns,
-                    STATUS_ERROR if failed else STATUS_UNSET,
-                    c.error_message if failed else "",
-                    0,
+                    STATUS_ERROR if failure else STATUS_UNSET,
+                    message,
+                    http_status,
+                    error,
                 )
             )
-            return end, failed
+            return end, failure, raised
         if kind == HTTP:
-            span_id = self._ids.take(8)
-            target = c.target
-            assert target is not None
-            insts = target.instances
-            callee = insts[int(self._uniform.next() * len(insts))]
-            hop = c.median_ns
-            s_end, failed = self._serve(
-                target, callee, start + int(hop * math.exp(0.3 * nrm())), trace_id, span_id, out
-            )
-            end = s_end + int(hop * math.exp(0.3 * nrm()))
-            calls = inst.calls
-            calls[c.destination] = calls.get(c.destination, 0) + 1
-            out.append(
-                SpanEvent(
-                    inst.resource,
-                    c.template,
-                    trace_id,
-                    span_id,
-                    parent,
-                    start + c.skew_ns,
-                    end + c.skew_ns,
-                    STATUS_ERROR if failed else STATUS_UNSET,
-                    "",
-                    500 if failed else 200,
-                )
-            )
-            return end, failed
+            template = c.template
+            mode = self._http_mode(c)
+            if mode == 503:  # rejected: the client retries at once, on a span of its own
+                start = self._http(c, inst, start, trace_id, parent, out, 503, template)[0]
+                start += STEP_GAP_NS
+                mode, template = 0, c.retry_template  # type: ignore[assignment]
+            end, failure = self._http(c, inst, start, trace_id, parent, out, mode, template)
+            return end, failure, c.raises if failure else None
         end = start + int(c.median_ns * math.exp(c.sigma * nrm()) * c.slow)
         out.append(
             SpanEvent(
@@ -982,7 +1187,52 @@ class Simulator:
                 end + c.skew_ns,
             )
         )
-        return end, False
+        return end, OK, None
+
+    def _http(
+        self,
+        c: _Call,
+        inst: _Instance,
+        start: int,
+        trace_id: bytes,
+        parent: bytes,
+        out: list[SpanEvent],
+        mode: int,
+        template: SpanTemplate,
+    ) -> tuple[int, int]:
+        """One HTTP request of ``c`` (its CLIENT span and the callee's SERVER span below it);
+        returns (true end, the callee's failure level). The client span is ERROR for any status
+        >= 400 (a client's 4xx included), with ``error.type`` = the status code."""
+        nrm = self._normal.next
+        span_id = self._ids.take(8)
+        target = c.target
+        assert target is not None
+        insts = target.instances
+        callee = insts[int(self._uniform.next() * len(insts))]
+        hop = c.median_ns
+        s_end, failure, status = self._serve(
+            target, callee, start + int(hop * math.exp(0.3 * nrm())), trace_id, span_id, out, mode
+        )
+        end = s_end + int(hop * math.exp(0.3 * nrm()))
+        calls = inst.calls
+        calls[c.destination] = calls.get(c.destination, 0) + 1
+        ok = status < 400
+        out.append(
+            SpanEvent(
+                inst.resource,
+                template,
+                trace_id,
+                span_id,
+                parent,
+                start + c.skew_ns,
+                end + c.skew_ns,
+                STATUS_UNSET if ok else STATUS_ERROR,
+                "",
+                status,
+                None if ok else status_error(status),
+            )
+        )
+        return end, failure
 
     # -- heaps ----------------------------------------------------------------------------
 

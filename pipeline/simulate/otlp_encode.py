@@ -37,6 +37,7 @@ from pipeline.simulate.events import (
     GAUGE,
     HISTOGRAM,
     SCHEMA_URL,
+    ErrorInfo,
     MetricPoint,
     ResourceInfo,
     ScopeInfo,
@@ -118,6 +119,8 @@ class Encoder:
         self._attrs_json: dict[SpanTemplate, list[dict[str, Any]]] = {}
         self._status_kv: dict[int, KeyValue] = {}
         self._status_json: dict[int, dict[str, Any]] = {}
+        self._error: dict[ErrorInfo, tuple[KeyValue, list[KeyValue]]] = {}
+        self._error_json: dict[ErrorInfo, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     def spans(self, spans: Iterable[SpanEvent]) -> bytes:
         if self.encoding == "otlp_json":
@@ -166,6 +169,25 @@ class Encoder:
             )
         return kv
 
+    def _error_parts(self, err: ErrorInfo) -> tuple[KeyValue, list[KeyValue]]:
+        """``error.type``, and the ``exception`` event's attributes (empty: no exception)."""
+        parts = self._error.get(err)
+        if parts is None:
+            parts = self._error[err] = (
+                KeyValue(key="error.type", value=AnyValue(string_value=err.error_type)),
+                key_values(_exception_attrs(err)),
+            )
+        return parts
+
+    def _error_parts_json(self, err: ErrorInfo) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        parts = self._error_json.get(err)
+        if parts is None:
+            parts = self._error_json[err] = (
+                {"key": "error.type", "value": {"stringValue": err.error_type}},
+                key_values_json(_exception_attrs(err)),
+            )
+        return parts
+
     def _spans_proto(self, spans: Iterable[SpanEvent]) -> bytes:
         req = ExportTraceServiceRequest()
         template_bytes, status_attr = self._template_bytes, self._status_attr
@@ -187,6 +209,13 @@ class Encoder:
                     s.MergeFromString(template_bytes(ev.template))
                     if ev.http_status:
                         s.attributes.append(status_attr(ev.http_status))
+                    if ev.error is not None:
+                        error_type, event_attrs = self._error_parts(ev.error)
+                        s.attributes.append(error_type)
+                        if event_attrs:
+                            s.events.add(
+                                time_unix_nano=_exception_time(ev), name="exception"
+                            ).attributes.extend(event_attrs)
                     if ev.status:
                         s.status.code = ev.status  # type: ignore[assignment]
                         if ev.status_message:
@@ -206,6 +235,18 @@ class Encoder:
                     "value": {"intValue": str(ev.http_status)},
                 }
             attrs = [*attrs, sa]
+        events = None
+        if ev.error is not None:
+            error_type, event_attrs = self._error_parts_json(ev.error)
+            attrs = [*attrs, error_type]
+            if event_attrs:
+                events = [
+                    {
+                        "timeUnixNano": str(_exception_time(ev)),
+                        "name": "exception",
+                        "attributes": event_attrs,
+                    }
+                ]
         d: dict[str, Any] = {"traceId": ev.trace_id.hex(), "spanId": ev.span_id.hex()}
         if ev.parent_span_id:
             d["parentSpanId"] = ev.parent_span_id.hex()
@@ -215,6 +256,8 @@ class Encoder:
         d["endTimeUnixNano"] = str(ev.end_ns)
         if attrs:
             d["attributes"] = attrs
+        if events:
+            d["events"] = events
         if ev.status:
             d["status"] = (
                 {"message": ev.status_message, "code": ev.status}
@@ -267,6 +310,21 @@ class Encoder:
                         )
                     _add_point(m, p)
         return req
+
+
+def _exception_attrs(err: ErrorInfo) -> Attrs:
+    if not err.exception_type:
+        return ()
+    return (
+        ("exception.type", err.exception_type),
+        ("exception.message", err.message),
+        ("exception.stacktrace", err.stacktrace),
+    )
+
+
+def _exception_time(ev: SpanEvent) -> int:
+    """The exception is recorded as it escapes, just before the span ends."""
+    return max(ev.start_ns, ev.end_ns - 20_000)
 
 
 def _scope_json(scope: ScopeInfo) -> dict[str, str]:

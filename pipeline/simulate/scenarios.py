@@ -75,6 +75,37 @@ Presets (default durations; ``duration`` overrides, clipping the windows):
     out does so within 60 s (node-3 at 47). Faults on one host are at least 8 minutes apart;
     no buildup overlaps a spike or the deploy. Without faults a host holds ~50-150 sockets in
     TIME_WAIT (pool churn, probes).
+``errors`` (90 min)
+    The error-origin accuracy suite. 20 healthy minutes (normal traffic has rare background
+    errors: endpoints 0.1-0.4%, database calls 0.05-0.1%, the card vendor 1%, each propagating
+    to its caller with probability 0.7), then 4-minute windows 3 minutes apart. ``error_origin``
+    failures always propagate to the root; the look-alikes never reach it. Times from the start,
+    calls/s at 50 requests/s:
+
+    =====  ============  ======================================  ====  =====  ======================
+    min    kind          service / operation                     rate  /s     services that fail
+    =====  ============  ======================================  ====  =====  ======================
+    20-24  error_origin  user-service / SELECT users (Postgres)  0.3   26     user-service >
+                                                                                (checkout >)
+                                                                                frontend
+    27-31  client_4xx    frontend / GET /products/{id}           0.2   12     none (404 handled)
+    34-38  error_origin  payment / INSERT payments (Postgres)    0.3   5      payment > checkout >
+                                                                                frontend
+    41-45  flaky_retry   frontend / GET /cart                    0.3   22     none (503 retried)
+    48-52  error_origin  checkout / POST /checkout (mid-chain)   0.2   5      checkout > frontend
+    55-59  error_origin  catalog / GET /products/{id}            0.1   12     catalog > frontend
+    62-66  flaky_retry   checkout / POST /charge                 0.25  5      none (503 retried)
+    69-73  error_origin  cart / HGETALL (Redis)                  0.5   28     cart > (checkout >)
+                                                                                frontend
+    76-80  error_origin  payment / POST /v1/charges (vendor)     0.3   5      payment > checkout >
+                                                                                frontend
+    83-87  error_origin  frontend / POST /api/cart (root)        0.2   10     frontend
+    =====  ============  ======================================  ====  =====  ======================
+
+    ``/s``: calls of the operation per second; "(checkout >)": some paths go through checkout.
+    The look-alikes name the caller's HTTP call (its
+    client span has the callee's route as its name). Each label's ``truth.chains`` lists the
+    failing spans, origin first.
 ``negatives`` (1 h)
     Every hard negative and no fault: any finding is a false alarm (head sampling and lost spans
     included, each in a window of its own).
@@ -92,8 +123,11 @@ from typing import Any
 from pipeline.simulate.faults import (
     BOTTLENECK_SPAN,
     CACHE_WARMUP,
+    CLIENT_4XX,
     CLOCK_SKEW,
     DEPLOY,
+    ERROR_ORIGIN,
+    FLAKY_RETRY,
     GC_PRESSURE,
     GC_PRESSURE_RUNTIMES,
     GC_SAWTOOTH,
@@ -113,7 +147,13 @@ from pipeline.simulate.faults import (
 )
 from pipeline.simulate.lifecycle import LifecyclePlan, plan_lifecycles
 from pipeline.simulate.timefmt import DEFAULT_REPLAY_START, parse_time_ns
-from pipeline.simulate.topology import LeafCall, Topology, call_destination, default_topology
+from pipeline.simulate.topology import (
+    HttpCall,
+    LeafCall,
+    Topology,
+    call_destination,
+    default_topology,
+)
 
 ENCODINGS = ("otlp_proto", "otlp_json")
 KEYINGS = ("keyed", "unkeyed")
@@ -231,6 +271,31 @@ def _check_fault(topology: Topology, f: Fault) -> list[str]:
                     f"bottleneck_span target {f.entity} is not a downstream client span of "
                     f"that service; choose one of: {choices}"
                 ]
+        if f.kind == ERROR_ORIGIN:
+            ops = error_origin_operations(topology)
+            if (f.entity["service"], f.entity["operation"]) not in ops:
+                choices = ", ".join(f"{s}/{o}" for s, o in ops)
+                return [
+                    f"error_origin target {f.entity} is not an endpoint or a downstream call of "
+                    f"that service; choose one of: {choices}"
+                ]
+            rate = float(f.magnitude.get("error_rate", 0.3))
+            if not 0.0 < rate <= 1.0:
+                return [f"error_origin: error_rate must be in (0, 1], got {rate}"]
+        if f.kind in (CLIENT_4XX, FLAKY_RETRY):
+            calls = http_calls(topology)
+            if (f.entity["service"], f.entity["operation"]) not in calls:
+                choices = ", ".join(f"{s}/{o}" for s, o in calls)
+                return [
+                    f"{f.kind} target {f.entity} is not an HTTP call of that service (named by "
+                    f"the callee's route); choose one of: {choices}"
+                ]
+            rate = float(f.magnitude.get("rate", 0.2))
+            if not 0.0 < rate <= 1.0:
+                return [f"{f.kind}: rate must be in (0, 1], got {rate}"]
+            status = int(f.magnitude.get("status", 404))
+            if f.kind == CLIENT_4XX and not 400 <= status < 500:
+                return [f"client_4xx: status must be a 4xx code, got {status}"]
         if f.kind == HEAD_SAMPLING:
             keep = float(f.magnitude.get("keep", 0.1))
             if not 0.0 < keep <= 1.0:
@@ -294,6 +359,26 @@ def _check_fault(topology: Topology, f: Fault) -> list[str]:
     except KeyError as exc:
         return [f"{f.kind}: {exc.args[0]}"]
     return []
+
+
+def error_origin_operations(topology: Topology) -> list[tuple[str, str]]:
+    """(service, span name) an ``error_origin`` can be on: every endpoint (SERVER span) and
+    every downstream call to something untraced (CLIENT span: a database, a cache, a vendor)."""
+    ops = [(s.name, ep.name) for s in topology.services for ep in s.endpoints]
+    return list(dict.fromkeys(ops + topology.leaf_operations()))
+
+
+def http_calls(topology: Topology) -> dict[tuple[str, str], str]:
+    """(calling service, HTTP client span name = the callee's route) -> the callee service:
+    the targets of ``client_4xx`` and ``flaky_retry``."""
+    return {
+        (s.name, c.endpoint): c.service
+        for s in topology.services
+        for ep in s.endpoints
+        for step in ep.steps
+        for c in step
+        if isinstance(c, HttpCall)
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,6 +852,56 @@ def _bursty() -> tuple[float, list[Fault], str]:
     )
 
 
+def _errors() -> tuple[float, list[Fault], str]:
+    # The error-origin accuracy suite: 20 healthy minutes (the background error rates of normal
+    # traffic give the baselines), then 4-minute windows 3 minutes apart, faults alternating
+    # with the look-alikes. Calls/s below at 50 requests/s (default topology).
+    def origin(service: str, op: str, start: float, rate: float, note: str) -> Fault:
+        entity = {"service": service, "operation": op}
+        return Fault(ERROR_ORIGIN, entity, start * M, (start + 4) * M, {"error_rate": rate},
+                     note=note)
+
+    def lookalike(kind: str, service: str, op: str, start: float, rate: float,
+                  note: str) -> Fault:
+        entity = {"service": service, "operation": op}
+        return Fault(kind, entity, start * M, (start + 4) * M, {"rate": rate}, note=note)
+
+    faults = [
+        origin("user-service", "SELECT users", 20, 0.3,
+               "users query times out: the database call fails, user-service, then frontend "
+               "(home page) and checkout -> frontend fail with it (~27 calls/s)"),
+        lookalike(CLIENT_4XX, "frontend", "GET /products/{id}", 27, 0.2,
+                  "links to withdrawn products: catalog answers 404 (UNSET), frontend's client "
+                  "span is ERROR, frontend shows a not-found page (200)"),
+        origin("payment", "INSERT payments", 34, 0.3,
+               "payments table locked: the deepest call fails, through payment, checkout and "
+               "frontend (~5 calls/s)"),
+        lookalike(FLAKY_RETRY, "frontend", "GET /cart", 41, 0.3,
+                  "a cart replica sheds load: 503, frontend retries at once and succeeds"),
+        origin("checkout", "POST /checkout", 48, 0.2,
+               "a bad checkout release: its handler raises mid-chain, after its calls "
+               "succeeded (~5 calls/s)"),
+        origin("catalog", "GET /products/{id}", 55, 0.1,
+               "product page handler raises on some products (~12 calls/s)"),
+        lookalike(FLAKY_RETRY, "checkout", "POST /charge", 62, 0.25,
+                  "payment restarts a pod: 503, checkout retries the charge once and succeeds"),
+        origin("cart", "HGETALL", 69, 0.5,
+               "Redis connection resets: cart's HGETALL fails half the time (~27 calls/s)"),
+        origin("payment", "POST /v1/charges", 76, 0.3,
+               "the card vendor answers 502: the origin is a CLIENT span to an untraced peer "
+               "(~5 calls/s)"),
+        origin("frontend", "POST /api/cart", 83, 0.2,
+               "the root's own handler raises (~10 calls/s): origin and root are one span"),
+    ]
+    return (
+        90 * M,
+        faults,
+        "error-origin accuracy suite: seven error origins (three database or cache calls, a "
+        "vendor call, a leaf service, a mid-chain and a root handler) against clients' 404s and "
+        "flaky dependencies whose retries succeed",
+    )
+
+
 def _negatives() -> tuple[float, list[Fault], str]:
     faults = [
         Fault(GLOBAL_SLOWDOWN, {}, 5 * M, 10 * M, {"factor": 1.6}, note="everything slower"),
@@ -862,6 +997,7 @@ PRESETS: dict[str, Callable[[], tuple[float, list[Fault], str]]] = {
     "timewait": _timewait,
     "negatives": _negatives,
     "bursty": _bursty,
+    "errors": _errors,
 }
 
 #: Scenario fields a preset sets (overrides still win).

@@ -32,6 +32,10 @@ class LeafCall:
 
     ``name`` is the span name, which is the ``operation`` a bottleneck finding carries.
     ``address``/``port`` identify the connection pool the call uses (its TCP destination).
+    An HTTP call to an untraced vendor (``http.request.method`` in ``attributes``) reports
+    ``http.response.status_code``: 200, or ``error_status`` when it fails (no exception: the
+    caller's code raises on reading the response). Other calls fail with the driver's exception
+    (``simulate.errors``) and ``error_message`` as the span's status description.
     """
 
     name: str
@@ -43,6 +47,7 @@ class LeafCall:
     error_message: str = "timeout"
     probability: float = 1.0
     attributes: Attrs = ()
+    error_status: int = 502
 
     @property
     def destination(self) -> str:
