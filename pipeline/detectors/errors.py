@@ -62,7 +62,7 @@ class _Op:
     """One operation: its baseline (weighted failures and calls), the window it was last
     judged in, its current window's and its carried counts, and what names it."""
 
-    __slots__ = ("bad", "calls", "judged", "run", "attrs", "seen_ns", "acc")
+    __slots__ = ("bad", "calls", "judged", "run", "attrs", "seen_ns", "acc", "open")
 
     def __init__(self) -> None:
         self.bad = 0.0  # weighted failures of normal windows
@@ -71,19 +71,22 @@ class _Op:
         self.run = 0  # anomalous windows in a row (the baseline freezes while they last)
         self.attrs: dict[str, Any] = {}
         self.seen_ns = 0
-        # [first window, calls, failures, absorbed, exemplars, evidence] of the windows not yet
-        # judged (the current one and those carried over), or None
+        # [first window, calls, failures, absorbed, exemplars, evidence] of the closed windows
+        # not yet judged (carried over), or None; and the same of each window still open
+        # (by window index, as a string: a JSON key)
         self.acc: list[Any] | None = None
+        self.open: dict[str, list[Any]] = {}
 
     def to_doc(self) -> dict[str, Any]:
         return {"b": self.bad, "c": self.calls, "j": self.judged, "r": self.run,
-                "a": self.attrs, "s": self.seen_ns, "w": self.acc}
+                "a": self.attrs, "s": self.seen_ns, "w": self.acc, "o": self.open}
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> _Op:
         op = cls()
         op.bad, op.calls, op.judged, op.run = doc["b"], doc["c"], doc["j"], doc["r"]
         op.attrs, op.seen_ns, op.acc = dict(doc["a"]), doc["s"], doc["w"]
+        op.open = dict(doc["o"])
         return op
 
 
@@ -171,9 +174,9 @@ class ErrorOriginDetector(Detector):
                                                  and op.attrs.get(CALLEE) != o.attrs[CALLEE])):
                     op.attrs = dict(o.attrs)
                 op.seen_ns = max(op.seen_ns, sample.end_ns)
-                acc = op.acc
+                acc = op.open.get(str(w))
                 if acc is None:
-                    acc = op.acc = [w, 0, 0, 0, [], None]
+                    acc = op.open[str(w)] = [w, 0, 0, 0, [], None]
                 acc[1] += o.spans
                 if o.errors or o.absorbed:
                     acc[2] += o.errors
@@ -198,8 +201,13 @@ class ErrorOriginDetector(Detector):
             if op.seen_ns + self.ttl_ns < end_ns and not self._firing(key):
                 expired.append(key)
                 continue
+            closing = sorted(int(w) for w in op.open if int(w) <= last)
+            for w in closing:  # the windows the watermark has passed join the carried ones
+                op.acc = _merged(op.acc, op.open.pop(str(w)))
+            if closing:
+                self._ops.changed(key)
             acc = op.acc
-            if acc is None or acc[0] > last:
+            if acc is None:
                 if self._firing(key):  # no calls in a closed window: normal
                     f = self.lifecycle.observe(_entity(key, op.attrs), end_ns, None)
                     if f is not None:
@@ -333,6 +341,21 @@ class ErrorOriginDetector(Detector):
                 out.gauges[(RATE_GAUGE, (("service_name", e["service"]), ("operation", op)))] = (
                     float(rate))
         return out
+
+
+def _merged(acc: list[Any] | None, window: list[Any]) -> list[Any]:
+    """Carried counts plus one more window's (exemplars and evidence: the first kept)."""
+    if acc is None:
+        return window
+    acc[1] += window[1]
+    acc[2] += window[2]
+    acc[3] += window[3]
+    for tid in window[4]:
+        if len(acc[4]) < 5 and tid not in acc[4]:
+            acc[4].append(tid)
+    if window[5] is not None and (acc[5] is None or (window[5].get("s") and not acc[5].get("s"))):
+        acc[5] = window[5]
+    return acc
 
 
 def _split(key: str) -> tuple[str, str, str]:

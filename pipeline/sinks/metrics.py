@@ -237,7 +237,7 @@ class PipelineMetrics:
                     c = self._counters[name] = Counter(
                         name, "Detector counter.", [k for k, _ in labels],
                         registry=self.registry)
-                c.labels(*(v for _, v in labels)).inc(inc)
+                (c.labels(*(v for _, v in labels)) if labels else c).inc(inc)
             except ValueError:  # a name taken, or labels unlike the counter's: not exported
                 continue
 

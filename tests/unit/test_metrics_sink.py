@@ -135,3 +135,20 @@ def test_state_store_memory_is_rocksdb_own_count_summed_over_open_databases(tmp_
     samples = scrape({"spans": StreamState(store_bytes=written)}, {})
     assert {s.labels["kind"]: s.value
             for s in samples["anomaly_pipeline_state_store_memory_bytes"]} == written
+
+
+def test_detector_counters_without_labels_are_exported() -> None:
+    """A detector's unlabelled counter (failures callers absorbed) goes up by what it counted
+    since the last view; a new detector object (a partition restored elsewhere) starts at 0."""
+    reg = CollectorRegistry()
+    m = PipelineMetrics(reg)
+
+    class Source:
+        pass
+
+    a, b = Source(), Source()
+    key = ("anomaly_pipeline_error_origin_absorbed", ())
+    m.add_counts(a, {key: 3})
+    m.add_counts(a, {key: 5})
+    m.add_counts(b, {key: 2})
+    assert reg.get_sample_value("anomaly_pipeline_error_origin_absorbed_total") == 7

@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 from pipeline.detectors.servicemap import ServiceMapDetector
 from pipeline.servicegraph import PROM_BOUNDS_S
 from pipeline.sinks.metrics import servicegraph_families
-from tests.support.traces import S, T0, error_samples
+from tests.support.traces import T0, S, error_samples
 
 
 def drive(d: ServiceMapDetector, minutes: float, fail=lambda m: 0.0) -> list[tuple]:
