@@ -41,6 +41,7 @@ after ``operation_ttl_s`` unseen (``expired_operations``); windows hold at most 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,7 +72,9 @@ class _Op:
         self.run = 0  # anomalous windows in a row (the baseline freezes while they last)
         self.attrs: dict[str, Any] = {}
         self.seen_ns = 0
-        # [first window, calls, failures, absorbed, exemplars, evidence] of the closed windows
+        # [first window, calls, failures, absorbed, exemplars ([hash, trace id], the five of
+        # smallest hash), evidence ([absorbed?, hash, what the origin said]: of the surfaced
+        # failure of smallest hash, else the absorbed one's)] of the closed windows
         # not yet judged (carried over), or None; and the same of each window still open
         # (by window index, as a string: a JSON key)
         self.acc: list[Any] | None = None
@@ -181,10 +184,15 @@ class ErrorOriginDetector(Detector):
                 if o.errors or o.absorbed:
                     acc[2] += o.errors
                     acc[3] += o.absorbed
-                    if o.errors and len(acc[4]) < 5 and sample.trace_id not in acc[4]:
-                        acc[4].append(sample.trace_id)
-                    if o.error and (acc[5] is None or (o.errors and not acc[5].get("s"))):
-                        acc[5] = {**o.error, "s": bool(o.errors)}
+                    # Which traces are kept does not depend on the order they come in (the
+                    # same findings from any partitioning or pace): the smallest hashes.
+                    h = zlib.crc32(sample.trace_id.encode())
+                    if o.errors:
+                        _keep(acc[4], [h, sample.trace_id])
+                    if o.error:
+                        cand = [0 if o.errors else 1, h, o.error]
+                        if acc[5] is None or cand[:2] < acc[5][:2]:
+                            acc[5] = cand
                 ops.changed(key)
 
     def advance(self, watermark_ns: int) -> list[Finding]:
@@ -249,7 +257,9 @@ class ErrorOriginDetector(Detector):
             binom.sf(acc[2] - 1, acc[1], p0)) > self.alpha
 
     def _judge(self, key: str, op: _Op, acc: list[Any], last: int) -> Verdict | None:
-        _, calls, bad, absorbed, exemplars, evidence = acc
+        _, calls, bad, absorbed, kept, best = acc
+        exemplars = [tid for _, tid in kept]
+        evidence = best[2] if best else None
         self._absorbed += absorbed
         # Decay the baseline by the windows since it was last judged, then judge against it.
         base_bad, base_calls, p0 = self._baseline(op, last)
@@ -268,7 +278,6 @@ class ErrorOriginDetector(Detector):
             return None
         service, operation, detail = _split(key)
         ev = dict(evidence or {})
-        ev.pop("s", None)
         chain = ev.pop("chain", [])
         reached = ev.pop("reached_root", None)
         exc_type = ev.get("exception.type")
@@ -343,6 +352,15 @@ class ErrorOriginDetector(Detector):
         return out
 
 
+def _keep(exemplars: list[list[Any]], ex: list[Any]) -> None:
+    """Keep the five exemplars of smallest hash, sorted."""
+    if ex in exemplars or (len(exemplars) >= 5 and ex >= exemplars[-1]):
+        return
+    exemplars.append(ex)
+    exemplars.sort()
+    del exemplars[5:]
+
+
 def _merged(acc: list[Any] | None, window: list[Any]) -> list[Any]:
     """Carried counts plus one more window's (exemplars and evidence: the first kept)."""
     if acc is None:
@@ -350,10 +368,9 @@ def _merged(acc: list[Any] | None, window: list[Any]) -> list[Any]:
     acc[1] += window[1]
     acc[2] += window[2]
     acc[3] += window[3]
-    for tid in window[4]:
-        if len(acc[4]) < 5 and tid not in acc[4]:
-            acc[4].append(tid)
-    if window[5] is not None and (acc[5] is None or (window[5].get("s") and not acc[5].get("s"))):
+    for ex in window[4]:
+        _keep(acc[4], ex)
+    if window[5] is not None and (acc[5] is None or window[5][:2] < acc[5][:2]):
         acc[5] = window[5]
     return acc
 
