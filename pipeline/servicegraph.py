@@ -116,7 +116,9 @@ def trace_edges(a: TraceAnalysis, destination: Callable[[Mapping[str, Any]], str
         attrs = s.attrs
         dest = destination(attrs)
         if not dest:
-            continue  # nothing names the callee: not on the map (the connector drops it too)
+            # Nothing names the callee: not on the map, as Tempo does (the connector names
+            # such a callee "unknown", one node lumping unrelated dependencies together).
+            continue
         if "db.system" in attrs or "db.system.name" in attrs:
             t = DATABASE
         elif "messaging.system" in attrs or s.kind == SPAN_KIND_PRODUCER:

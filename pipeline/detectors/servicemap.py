@@ -115,7 +115,8 @@ class ServiceMapDetector(Detector):
     def advance(self, watermark_ns: int) -> list[Finding]:
         meta = self._meta
         last = watermark_ns // MINUTE_NS - 1  # the last minute the watermark has passed
-        if last <= meta["reported"]:
+        before = meta["reported"]
+        if last <= before:
             return []
         meta["reported"] = last
         meta.changed()
@@ -135,7 +136,10 @@ class ServiceMapDetector(Detector):
             window = [minutes[m] for m in sorted(minutes, key=int) if int(m) <= last]
             if stale or window:
                 self._edges.changed(key)
-            if (window and str(last) in minutes) or stale:
+            # Published when a minute it has calls in closed since the last advance: the
+            # watermark can pass several minutes at once (a backlog, a pause, the end of the
+            # input), and the calls of a minute before the last must not go unpublished.
+            if stale or any(before < int(m) <= last for m in minutes):
                 self._out.append(self._record(doc, window, first, end_ns))
         for key in gone:
             doc = self._edges.pop(key)

@@ -13,6 +13,7 @@ import json
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -148,21 +149,24 @@ def start_alertmanager(tmp: Path, webhook_url: str) -> tuple[Process, str]:
     return proc, url
 
 
-def start_prometheus(tmp: Path, targets: list[str], alertmanager: str) -> tuple[Process, str]:
+def start_prometheus(tmp: Path, targets: list[str], alertmanager: str | None
+                     ) -> tuple[Process, str]:
     """Prometheus scraping ``targets`` as job ``anomaly-pipeline`` every second and evaluating
-    the shipped rules every second."""
+    the shipped rules every second (sending alerts to ``alertmanager``, if there is one)."""
     port = free_port()
     config = tmp / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
+    cfg: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "alerting": {"alertmanagers": [
-            {"static_configs": [{"targets": [alertmanager.removeprefix("http://")]}]}
-        ]},
         "scrape_configs": [
             {"job_name": "anomaly-pipeline", "static_configs": [{"targets": targets}]}
         ],
-    }))
+    }
+    if alertmanager is not None:
+        cfg["alerting"] = {"alertmanagers": [
+            {"static_configs": [{"targets": [alertmanager.removeprefix("http://")]}]}
+        ]}
+    config.write_text(yaml.safe_dump(cfg))
     url = f"http://127.0.0.1:{port}"
     proc = Process(
         [tool("prometheus", install=INSTALL), f"--config.file={config}",
@@ -201,3 +205,11 @@ def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant PromQL query (at ``at``, Unix seconds, else now): the result vector."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    doc = get_json(f"{prometheus}/api/v1/query?{urllib.parse.urlencode(params)}")
+    assert doc["status"] == "success", doc
+    return doc["data"]["result"]

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from pipeline.detectors.servicemap import ServiceMapDetector
+from pipeline.findings import rfc3339
 from pipeline.servicegraph import PROM_BOUNDS_S
 from pipeline.sinks.metrics import servicegraph_families
 from tests.support.traces import T0, S, error_samples
@@ -93,3 +94,20 @@ def test_servicegraph_metrics_use_the_connector_names_and_buckets() -> None:
     # a database is a virtual node of its own type
     db = (("client", "api"), ("connection_type", "database"), ("server", "users"))
     assert samples[("traces_service_graph_request_total", db)] == total
+
+
+def test_a_watermark_that_passes_several_minutes_at_once_publishes_their_calls() -> None:
+    """The end of the input, a pause or a backlog moves the watermark minutes at a time: the
+    calls of a minute that closed before the newest one are published all the same."""
+    d = ServiceMapDetector()
+    batches = error_samples(minutes=4)
+    for batch in batches:
+        d.update(batch)
+    calls = sum(1 for b in batches for s in b if s.service == "web")  # one per edge and trace
+    assert calls > 470
+    d.advance(T0 + 3 * 60 * S + 1)  # minutes 0..2 closed
+    assert {orjson.loads(v)["calls"] for _, v in d.published()} == {360}
+    d.advance(T0 + 5 * 60 * S + 1)  # minutes 3 and 4 at once; minute 4 holds no calls
+    out = {tuple(orjson.loads(k)): orjson.loads(v) for k, v in d.published()}
+    assert len(out) == 3 and {r["calls"] for r in out.values()} == {calls}
+    assert {r["window"]["end"] for r in out.values()} == {rfc3339(T0 + 5 * 60 * S)}
