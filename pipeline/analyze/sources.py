@@ -199,8 +199,9 @@ class KafkaRange:
             client_id="otel-anomaly-analyze", metadata_max_age_ms=5000)
         await c.start()
         tps = []
+        # (``topics()`` returns names without updating the client's metadata: ask it directly)
+        await c._client.force_metadata_update()
         for topic in self.topics:
-            await c.topics()
             parts = c.partitions_for_topic(topic)
             if not parts:
                 raise SourceError(f"topic {topic!r} does not exist on the broker (set "
