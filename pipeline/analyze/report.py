@@ -9,6 +9,7 @@ and GC, its hosts' connections, every other).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ SCHEMA = "analyze/1"
 LATENCY_KINDS = ("bottleneck_span", "latency_regression")
 RUNTIME_KINDS = ("memory_leak", "gc_pressure")
 MAX_DEPTH = 3  # levels of callers above and callees below the service in the text tree
+WIDTH = 100  # columns of the text report
 
 
 def _ms(ns: float | None) -> float | None:
@@ -203,9 +205,14 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _wrap(text: str, indent: str, max_lines: int = 3) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ",
+                         max_lines=max_lines, placeholder=" …", break_on_hyphens=False)
+
+
 def _op_table(title: str, rows: list[dict[str, Any]], with_service: bool, slow: bool
               ) -> list[str]:
-    out = [title]
+    out = _wrap(title, "")
     if not rows:
         return [*out, "  (no traces in range)", ""]
     head = f"  {'operation':<44} {'calls':>7} {'total':>9} {'p50':>9} {'p95':>9}"
@@ -218,7 +225,7 @@ def _op_table(title: str, rows: list[dict[str, Any]], with_service: bool, slow: 
             line += f" {100 * r.get('share_of_slow_trace_time', 0):>6.1f}%"
         out.append(line)
         if r["exemplar_trace_ids"]:
-            out.append(f"      slowest: {', '.join(r['exemplar_trace_ids'][:3])}")
+            out.append(f"      slowest: {', '.join(r['exemplar_trace_ids'][:2])}")
     return [*out, ""]
 
 
@@ -279,10 +286,10 @@ def _finding_lines(title: str, items: list[dict[str, Any]], top: int) -> list[st
     for f in items[:top]:
         when = f["started_at"] + (f" → {f['resolved_at']}" if f.get("resolved_at") else "")
         out.append(f"  [{f['status']} {f['severity']}] {f['kind']}  {when}")
-        out.append(f"    {_cut(f['summary'], 200)}")
+        out += _wrap(f["summary"], "    ")
         ex = f.get("evidence", {}).get("exemplar_trace_ids")
         if ex:
-            out.append(f"    traces: {', '.join(ex[:3])}")
+            out.append(f"    traces: {', '.join(ex[:2])}")
     if len(items) > top:
         out.append(f"  … {len(items) - top} more (--json has them all)")
     return [*out, ""]
@@ -297,22 +304,22 @@ def render(doc: Mapping[str, Any], top: int = 10) -> str:
     lines = [f"Analysis of {svc or 'all services'}: {rng['from'] or rng['first_trace'] or '?'} "
              f"→ {rng['to'] or rng['last_trace'] or '?'} ({rng['minutes']:g} min)"]
     src = run.get("source", "")
-    lines.append(f"  read {run.get('records', 0):,} records ({src}): {run.get('spans', 0):,} "
-                 f"spans, {run.get('points', 0):,} metric points"
-                 + (f"; {sum(run['dead_letters'].values()):,} unreadable "
-                    f"({', '.join(f'{k} {v}' for k, v in run['dead_letters'].items())})"
-                    if run.get("dead_letters") else ""))
+    lines += _wrap(f"read {run.get('records', 0):,} records ({src}): {run.get('spans', 0):,} "
+                   f"spans, {run.get('points', 0):,} metric points"
+                   + (f"; {sum(run['dead_letters'].values()):,} unreadable "
+                      f"({', '.join(f'{k} {v}' for k, v in run['dead_letters'].items())})"
+                      if run.get("dead_letters") else ""), "  ")
     if run.get("stopped_early"):
-        lines.append(f"  STOPPED EARLY: {run['stopped_early']}")
+        lines += _wrap(f"STOPPED EARLY: {run['stopped_early']}", "  ")
     for note in run.get("notes", []):
-        lines.append(f"  note: {note}")
+        lines += _wrap(f"note: {note}", "  ")
     d = tr["duration_ms"]
     line = (f"  {tr['count']:,} traces, p50 {_fmt_ms(d['p50'])}, p95 {_fmt_ms(d['p95'])}, "
             f"max {_fmt_ms(d['max'])}; {tr['with_failure_origin']:,} with a failure starting "
             f"{'in ' + svc if svc else 'in them'}")
     if "latency_threshold_ms" in tr:
         line += f"; {tr['over_threshold']:,} over {_fmt_ms(tr['latency_threshold_ms'])}"
-    lines += [line, ""]
+    lines += [*_wrap(line.strip(), "  "), ""]
     slow = "latency_threshold_ms" in tr
     many = svc is None
     lines += _op_table("Slowest operations by critical-path time (time the request waited on "
@@ -321,28 +328,28 @@ def render(doc: Mapping[str, Any], top: int = 10) -> str:
                        "request waited on them)", doc["slowest_by_critical_path"], many, slow)
     lines += _op_table("Slowest operations by exclusive time (their own time, children "
                        "excluded)", doc["slowest_by_exclusive_time"], many, slow)
-    lines.append("Where failures start (origin: the deepest failing span; absorbed: a caller "
-                 "handled it)")
+    lines += _wrap("Where failures start (origin: the deepest failing span; absorbed: a caller "
+                   "handled it)", "")
     if not doc["error_origins"]:
         lines.append("  (no failures)")
     for o in doc["error_origins"]:
         rate = f"{100 * o['error_rate']:.2f}%" if o["error_rate"] is not None else "-"
-        lines.append(f"  {_cut(_op_label(o, True), 52):<52} {o['errors']:>6} failed "
+        lines.append(f"  {_cut(_op_label(o, True), 46):<46} {o['errors']:>6} failed "
                      f"{o['absorbed']:>6} absorbed  {rate:>7} of {o['calls']}")
         for cause, n in list(o["causes"].items())[:3]:
             lines.append(f"      {n:>6} × {_cut(cause, 80)}")
         if o["chain"]:
             lines.append(f"      chain: {_cut(' ← '.join(o['chain']), 86)}")
         if o["exemplar_trace_ids"]:
-            lines.append(f"      traces: {', '.join(o['exemplar_trace_ids'][:3])}")
+            lines.append(f"      traces: {', '.join(o['exemplar_trace_ids'][:2])}")
     lines.append("")
     lines += _map_lines(doc, top)
     if svc is not None:
         inst = doc["instances"].get(svc, [])
         hosts = doc["hosts"].get(svc, [])
-        lines.append(f"Instances of {svc}: {len(inst)} ({', '.join(inst[:6])}"
-                     f"{', …' if len(inst) > 6 else ''}); hosts: {len(hosts)} "
-                     f"({', '.join(hosts[:6])}{', …' if len(hosts) > 6 else ''})")
+        lines += _wrap(f"Instances of {svc}: {len(inst)} ({', '.join(inst[:6])}"
+                       f"{', …' if len(inst) > 6 else ''}); hosts: {len(hosts)} "
+                       f"({', '.join(hosts[:6])}{', …' if len(hosts) > 6 else ''})", "")
         lines.append("")
     fs = doc["findings"]
     lines += _finding_lines("Findings: where failures start (error_origin)",
@@ -358,6 +365,6 @@ def render(doc: Mapping[str, Any], top: int = 10) -> str:
     lim = doc["limits"]
     dropped = {k: v for k, v in lim.items() if k.endswith("not_tracked")}
     if dropped:
-        lines.append("Limits reached (not in the report): "
-                     + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items()))
+        lines += _wrap("Limits reached (not in the report): "
+                       + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in dropped.items()), "")
     return "\n".join(lines).rstrip() + "\n"

@@ -316,3 +316,20 @@ def test_unreadable_files_say_why(tmp_path: Path) -> None:
     stats = FileStats()
     assert list(read_files([bad], None, None, stats)) == []
     assert sum(stats.unreadable.values()) == 1
+
+
+def test_text_fits_100_columns_whatever_the_names() -> None:
+    long = "x" * 150
+    c = Collector(service="api", threshold_ns=1)
+    c.add_samples([sample("1" * 32, "api", 1, 10**6, [
+        op(long, 5, detail=long, errors=10**6, error={"exception.type": long,
+                                                      "exception.message": long,
+                                                      "chain": [long] * 8})],
+        [edge("api", long, 5), edge(long, "api", 5)])])
+    c.add_resources([Resource("api", long, long, "", {})])
+    fs = [finding("error_origin", {"service": "api", "operation": long}, 0)]
+    fs[0].summary = long * 3
+    doc = report.build(c, fs, run={"source": long, "records": 10**9, "notes": [long],
+                                   "stopped_early": long, "dead_letters": {long: 1}})
+    text = report.render(doc)
+    assert max(len(line) for line in text.splitlines()) <= 100, text

@@ -86,6 +86,7 @@ def test_json_lines_proto_and_gzip_give_one_report(tmp_path: Path, capsys) -> No
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("Analysis of frontend: ")
     assert "Dependency map" in out.stdout and "\n  frontend\n" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 100
     assert out.stderr == ""  # no progress bar when stderr is not a terminal
 
 
