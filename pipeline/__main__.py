@@ -3,6 +3,7 @@
     worker     run a Faust worker (ingest + detection); scale out by starting more
     simulate   write simulated OTLP traffic with labelled faults to Kafka
     tail       print findings (or dead letters) as they arrive
+    analyze    run the detectors over a time range (Kafka or files) and print a report
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def cmd_tail(args: argparse.Namespace) -> None:
         asyncio.run(tail(settings, args))
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from pipeline.analyze.cli import main as analyze
+
+    sys.exit(analyze(args))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +198,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics-url", help="also print a worker's health line from this /metrics")
     p.add_argument("--status-every", type=float, default=15.0, help="seconds between them")
     p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("analyze", help="run the detectors over a time range of the input "
+                       "topics or of Collector files, and print a report",
+                       description="Run the detectors over a time range and print a report: "
+                       "the slowest operations, where failures start, the dependency map, and "
+                       "the findings. Read-only: commits no offsets, writes nothing.")
+    from pipeline.analyze.cli import add_arguments as analyze_arguments
+
+    analyze_arguments(p)
+    p.set_defaults(func=cmd_analyze)
 
     args = parser.parse_args(argv)
     if args.command == "worker":

@@ -104,11 +104,15 @@ class LocalPipeline:
 
     # -- ingest -------------------------------------------------------------------------------
     def feed(self, topic: str, partition: int, offset: int, value: bytes,
-             timestamp_ms: int | None = None) -> list[Finding]:
-        """One source record, as ingest reads it; the findings it releases."""
+             timestamp_ms: int | None = None, encoding: str | None = None) -> list[Finding]:
+        """One source record, as ingest reads it; the findings it releases. ``encoding``:
+        the record's own (``otlp_proto`` / ``otlp_json``) instead of the topic's setting, for
+        input that mixes them (files); not with input keyed by trace id."""
         s = self.settings
         signal = self.signal_of[topic]
         keyed = self.keyed and signal == "spans"
+        if keyed and encoding is not None:
+            raise ValueError("a record's own encoding needs OTLP_SPANS_KEYING=any")
         if keyed and len(value or b"") + len(topic) + 128 <= self.routed_max_bytes:
             rec = records.SourceRecord(topic, partition, offset, timestamp_ms, value)
             dest = partition % self.partitions
@@ -118,7 +122,8 @@ class LocalPipeline:
             return self._deliver(signal, dest, records.encode_forwarded(
                 [rec], self._keyed_counts(topic, dest)))
         decode = otlp.decode_spans if signal == "spans" else otlp.decode_metrics
-        encoding = s.otlp_spans_encoding if signal == "spans" else s.otlp_metrics_encoding
+        encoding = encoding or (
+            s.otlp_spans_encoding if signal == "spans" else s.otlp_metrics_encoding)
         record_ns = timestamp_ms * 1_000_000 if timestamp_ms and timestamp_ms > 0 else None
         limits = otlp.Limits(max_record_bytes=s.max_record_bytes,
                              max_future_skew_ns=int(s.max_future_skew_s * 1e9),
