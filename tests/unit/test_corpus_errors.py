@@ -1,6 +1,6 @@
 """The real corpus's error faults, without running the programs: their fault flags, the callers'
-retry on 503 (against a real loopback server), the labels the injector writes and the ``errors``
-schedule."""
+retry on 503 (against a real loopback server), the labels the injector writes, the ``errors``
+schedule, and how ``benchmarks.real_corpus`` scores whether an error's origin was named."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from benchmarks import scoring
 from benchmarks.corpus import programs
 from benchmarks.corpus.record import ERROR_FAULTS, SCHEDULES, Run, error_label
+from benchmarks.real_corpus import KINDS, origin_named
 
 S = 1_000_000_000
 
@@ -128,3 +129,32 @@ def test_errors_schedule_leaves_baselines_time_and_does_not_overlap() -> None:
     # the other schedules keep their own load and faults
     assert SCHEDULES["a"].get("load_rates") is None and "minutes" not in SCHEDULES["a"]
 
+
+def test_origin_named_needs_the_label_service_in_time() -> None:
+    truth = scoring.LabelSet.from_lines([
+        {"type": "run", "scenario": "errors", "start_unix_nano": 0,
+         "end_unix_nano": 1200 * S, "duration_s": 1200.0, "entities": {"operations": 20}},
+        error_label("pricing_errors", 300 * S, 450 * S),
+        error_label("client_404", 500 * S, 600 * S),
+        error_label("orders_exception", 700 * S, 850 * S),
+    ])
+
+    def finding(fid: str, service: str, at_s: int, status: str = "firing") -> dict:
+        return {"id": fid, "kind": "error_origin", "status": status,
+                "entity": {"service": service, "operation": "GET /price"},
+                "detected_at": f"1970-01-01T00:{at_s // 60:02d}:{at_s % 60:02d}Z"}
+
+    findings = [
+        finding("a", "frontend", 320),  # a caller, not the origin
+        finding("b", "pricing", 460),  # the origin, within the grace
+        finding("c", "orders", 990, "resolved"),  # resolved records do not count
+        finding("d", "orders", 980),  # after the grace
+    ]
+    got = origin_named(findings, truth)
+    assert (got["faults"], got["named"], got["share"]) == (2, 1, 0.5)
+    assert [(r["service"], r["named"]) for r in got["detail"]] == [
+        ("pricing", True), ("orders", False)]
+    assert got["detail"][0]["delay_s"] == 160.0
+    assert "error_origin" in KINDS
+    assert scoring.grace_ns("error_origin") == 120 * S
+    assert truth.entity_hours("error_origin") == pytest.approx(20 * 1200 / 3600)
