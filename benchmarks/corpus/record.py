@@ -333,8 +333,8 @@ class Run:
             else:
                 self.node(name, "leak", mb, start * m * 60)
                 leaks.append((name, mb, start, {}))
-        controls = []
         runtimes = sc.get("runtime_controls", True)  # the memory controls beside the leaks
+        controls = ["steady-java", "ttl-java"] if runtimes else []
         if apps and runtimes:
             self.py("steady-py", "steady")
             self.py("cachewarm-py", "cachewarm", 40)
@@ -346,7 +346,6 @@ class Run:
             self.java("steady-java", "steady", 10**9, 10**9)
             # objects kept 3 minutes: the old generation climbs until G1 marks it, with no leak
             self.java("ttl-java", "ttl", 0, 10**9, 3, 180)
-            controls += ["steady-java", "ttl-java"]
         if sc["pricing"] == "node":
             self.node("steady-node", "steady")
             controls.append("steady-node")
