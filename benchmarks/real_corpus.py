@@ -3,6 +3,7 @@
     benchmarks/corpus/fetch.sh                         # once: the OTel SDK venv, the Java agent
     python -m benchmarks.corpus.record --minutes 45    # once: record (real programs, real faults)
     python -m benchmarks.real_corpus [--local] [--run .cache/corpus/run]
+    python -m benchmarks.real_corpus --run .cache/corpus/errors  # record.py --schedule errors
 
 The recording (``benchmarks/corpus/record.py``) holds every OTLP request the real programs'
 official SDKs and agents sent, with its receive time, and the labels the fault injector wrote.
@@ -15,8 +16,11 @@ delay, false alarms per 100 entity-hours), per kind.
 
 It also reports, for the slow-downstream faults, how many were named: a finding matching the
 label whose ``entity.peer_service`` (the caller's call into it) or ``entity.service`` is the
-slowed service. Entity counts for the false-alarm rate come from the recording itself:
-operations (service, operation, detail, as trace assembly names them), services with spans,
+slowed service; and for the error faults (``error_origin`` labels), how many had their origin
+named: a firing ``error_origin`` finding whose ``entity.service`` is the label's service, within
+the label's window and grace. Entity counts for the false-alarm rate come from the recording itself:
+operations (service, operation, detail, as trace assembly names them: for
+``bottleneck_span`` and ``error_origin``), services with spans,
 instances with memory metrics, hosts with connection metrics.
 
 Everything is written to ``.cache/real-corpus/`` (findings, scores); the final line is JSON.
@@ -50,7 +54,7 @@ RUN = ROOT / ".cache" / "corpus" / "run"
 CACHE = ROOT / ".cache" / "real-corpus"
 MAX_RECORD_BYTES = 8 * 1024 * 1024  # the worker's MAX_RECORD_BYTES default
 KINDS = ("bottleneck_span", "latency_regression", "memory_leak", "gc_pressure",
-         "time_wait_buildup")
+         "time_wait_buildup", "error_origin")
 
 
 def records(run: Path, spans_topic: str, metrics_topic: str) -> tuple[list[SimRecord],
@@ -175,8 +179,31 @@ def downstream_named(findings: list[dict[str, Any]], truth: scoring.LabelSet,
             "share": round(named / len(rows), 3) if rows else None, "detail": rows}
 
 
+def origin_named(findings: list[dict[str, Any]], truth: scoring.LabelSet,
+                 grace_s: float | None = None) -> dict[str, Any]:
+    """Positive ``error_origin`` labels, and those whose origin service a firing
+    ``error_origin`` finding named (``entity.service`` equal to the label's ``entity.service``,
+    fired within the label's window and the kind's grace, ``scoring.grace_ns``)."""
+    grace = scoring.grace_ns("error_origin", grace_s)
+    alerts = [a for a in scoring.alerts_from_findings(findings) if a.kind == "error_origin"]
+    rows = []
+    for lb in truth.labels:
+        if lb.kind != "error_origin" or lb.negative:
+            continue
+        service = lb.entity.get("service")
+        hit = next((a for a in alerts if lb.start_ns <= a.fired_at_ns <= lb.end_ns + grace
+                    and a.entity.get("service") == service), None)
+        rows.append({"service": service, "operation": lb.entity.get("operation"),
+                     "named": hit is not None, "by": hit.entity if hit else None,
+                     "delay_s": (hit.fired_at_ns - lb.start_ns) / 1e9 if hit else None})
+    named = sum(r["named"] for r in rows)
+    return {"faults": len(rows), "named": named,
+            "share": round(named / len(rows), 3) if rows else None, "detail": rows}
+
+
 def table(scores: dict[str, scoring.KindScore], truth: scoring.LabelSet,
-          named: dict[str, Any], findings: list[dict[str, Any]]) -> str:
+          named: dict[str, Any], findings: list[dict[str, Any]],
+          origins: dict[str, Any] | None = None) -> str:
     lines = [
         f"Real-telemetry corpus: {truth.scenario}, {truth.hours * 60:.0f} min, entities "
         f"{truth.entities}",
@@ -194,6 +221,8 @@ def table(scores: dict[str, scoring.KindScore], truth: scoring.LabelSet,
             f"{f(d['median_delay_s'], '.0f'):>8} {f(d['false_alarms_per_100h'], '.2f'):>8} "
             f"{s.tp:>3} {s.fp:>3} {s.fn:>3} {s.tp_alerts + s.fp:>6}")
     lines.append(f"  slow downstream named: {named['named']} of {named['faults']}")
+    if origins and origins["faults"]:
+        lines.append(f"  error origin named: {origins['named']} of {origins['faults']}")
     for a in scoring.alerts_from_findings(findings):
         lines.append(f"    finding {a.kind:<20} {orjson.dumps(a.entity).decode()} at "
                      f"+{(a.fired_at_ns - truth.start_ns) / 60e9:.1f} min")
@@ -223,11 +252,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             fh.write(orjson.dumps(f) + b"\n")
     scores = scoring.score_findings(findings, truth, list(KINDS))
     named = downstream_named(findings, truth)
-    print(table(scores, truth, named, findings))
+    origins = origin_named(findings, truth)
+    print(table(scores, truth, named, findings, origins))
     result = {k: s.to_dict(detail=False) for k, s in scores.items()}
     result.update(corpus=str(args.run.relative_to(ROOT)) if args.run.is_relative_to(ROOT)
                   else str(args.run), mode="local" if args.local else "worker",
-                  entities=entities, downstream_named=named, settings=overrides,
+                  entities=entities, downstream_named=named,
+                  origin_named=origins, settings=overrides,
                   findings_by_kind=dict(Counter(a.kind for a in
                                                 scoring.alerts_from_findings(findings))),
                   wall_s=round(time.perf_counter() - t0, 1))

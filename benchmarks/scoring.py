@@ -90,10 +90,11 @@ from pipeline.simulate.timefmt import parse_time_ns, rfc3339
 
 NS = 1_000_000_000
 DEFAULT_GRACE_S = 600.0
-GRACE_BY_KIND_S: dict[str, float] = {"memory_leak": 1800.0}
+GRACE_BY_KIND_S: dict[str, float] = {"memory_leak": 1800.0, "error_origin": 120.0}
 #: Which count of the run line's ``entities`` could carry each finding kind.
 ENTITY_COUNT_BY_KIND: dict[str, str] = {
     "bottleneck_span": "operations",
+    "error_origin": "operations",
     "memory_leak": "instances",
     "gc_pressure": "instances",
     "time_wait_buildup": "hosts",

@@ -10,10 +10,22 @@ service instance detectors: ``host.name``, ``process.pid``, a random ``service.i
 
 Roles:
 - ``frontend PORT ORDERS CATALOG PRICING``: WSGI server; ``GET /checkout`` calls orders, pricing
-  and catalog, ``GET /browse`` calls catalog twice and pricing (urllib: generic client spans).
+  and catalog, ``GET /browse[?item=N]`` calls catalog twice and pricing (urllib: generic client
+  spans). An unknown item (catalog answers 404) is the client's mistake: ``/browse`` answers 404
+  itself. A failed call (an ``HTTPError`` for a 5xx) is not caught: the request fails with a
+  500 (wsgiref's error page). Calls to catalog are retried once on a 503, as a client library
+  with a retry policy does.
 - ``orders PORT DB CATALOG``: WSGI; ``POST /order`` runs an indexed SQLite query (the fault
-  injector drops the index from outside) and asks catalog for stock.
-- ``catalog PORT`` / ``pricing PORT``: WSGI; a small SQLite read / a little arithmetic.
+  injector drops the index from outside), reads the ``loyalty`` table for a third of the
+  customers (the injector renames the table away from outside: a real
+  ``sqlite3.OperationalError``, not caught) and asks catalog for stock.
+- ``catalog PORT``: WSGI; a small SQLite read of the asked item, 404 when there is none.
+- ``pricing PORT``: WSGI; a little arithmetic.
+
+Fault flags: the fault injector writes a number into a file of the directory ``CORPUS_CONTROL``
+(``control``), read on every request: ``pricing_error_share`` (the share of pricing's requests
+that fail with a 500: its rate feed is down) and ``catalog_down_every`` (N: catalog routes its
+requests round-robin over N replicas and one of them is down, so every N-th request gets a 503).
 - ``leaky MB_PER_MIN START_S``: grows the heap by MB_PER_MIN from START_S on; ``steady``:
   allocates and frees the same amount each second; ``cachewarm MB``: fills a cache to MB over
   five minutes, then replaces entries (flat).
@@ -33,8 +45,23 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+
+def control(name: str) -> float:
+    """The fault injector's flag ``name``: the number in the file ``name`` of the directory
+    ``CORPUS_CONTROL``; 0 when there is no such directory, file or number."""
+    directory = os.environ.get("CORPUS_CONTROL")
+    if not directory:
+        return 0.0
+    try:
+        with open(os.path.join(directory, name)) as fh:
+            return float(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0.0
 
 
 def setup_otel(traces: bool = True) -> None:
@@ -74,9 +101,19 @@ def serve(port: int, app) -> None:
                 server_class=ThreadingWSGIServer, handler_class=QuietHandler).serve_forever()
 
 
-def call(url: str, data: bytes | None = None) -> bytes:
-    with urllib.request.urlopen(url, data=data, timeout=10) as resp:
-        return resp.read()
+def call(url: str, data: bytes | None = None, retries: int = 0) -> bytes:
+    """One request; a 503 is retried up to ``retries`` times (each attempt its own client
+    span), any other error status raises ``urllib.error.HTTPError``."""
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(url, data=data, timeout=10) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as e:
+            e.close()
+            if e.code != 503 or attempt == retries:
+                raise
+            time.sleep(0.005)
+    raise AssertionError("unreachable")
 
 
 def respond(start_response, body: bytes = b"ok", status: str = "200 OK"):
@@ -96,10 +133,18 @@ def frontend(port: str, orders: str, catalog: str, pricing: str) -> None:
         if path == "/checkout":
             call(f"http://127.0.0.1:{orders}/order", data=f"customer={item}".encode())
             call(f"http://127.0.0.1:{pricing}/price?item={item}")
-            call(f"http://127.0.0.1:{catalog}/item?id={item}")
+            call(f"http://127.0.0.1:{catalog}/item?id={item}", retries=1)
         elif path == "/browse":
-            call(f"http://127.0.0.1:{catalog}/item?id={item}")
-            call(f"http://127.0.0.1:{catalog}/item?id={(item + 1) % 1000}")
+            asked = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("item")
+            if asked and asked[0].isdigit():
+                item = int(asked[0])
+            try:
+                call(f"http://127.0.0.1:{catalog}/item?id={item}", retries=1)
+            except urllib.error.HTTPError as e:
+                if e.code != 404:
+                    raise
+                return respond(start_response, b"no such item", "404 Not Found")
+            call(f"http://127.0.0.1:{catalog}/item?id={(item + 1) % 1000}", retries=1)
             call(f"http://127.0.0.1:{pricing}/price?item={item}")
         else:
             return respond(start_response, b"not found", "404 Not Found")
@@ -116,6 +161,9 @@ def make_orders_db(path: str, rows: int = 400_000) -> None:
     db.executemany("INSERT INTO orders (customer, amount) VALUES (?, ?)",
                    ((rnd.randrange(20_000), rnd.random() * 100) for _ in range(rows)))
     db.execute("CREATE INDEX orders_customer ON orders (customer)")
+    db.execute("CREATE TABLE loyalty (customer INTEGER PRIMARY KEY, points INTEGER)")
+    db.executemany("INSERT INTO loyalty VALUES (?, ?)",
+                   ((c, rnd.randrange(500)) for c in range(0, 20_000, 3)))
     db.commit()
     db.close()
 
@@ -137,10 +185,13 @@ def orders(port: str, db_path: str, catalog: str) -> None:
         if not hasattr(local, "db"):
             local.db = sqlite3.connect(db_path, check_same_thread=False)
         cur = local.db.cursor()
-        cur.execute("SELECT count(*), sum(amount) FROM orders WHERE customer = ?",
-                    (random.randrange(20_000),))
+        customer = random.randrange(20_000)
+        cur.execute("SELECT count(*), sum(amount) FROM orders WHERE customer = ?", (customer,))
         cur.fetchall()
-        call(f"http://127.0.0.1:{catalog}/item?id={random.randrange(1000)}")
+        if customer % 3 == 0:  # a loyalty member: the points (raises if the table is gone)
+            cur.execute("SELECT points FROM loyalty WHERE customer = ?", (customer,))
+            cur.fetchall()
+        call(f"http://127.0.0.1:{catalog}/item?id={random.randrange(1000)}", retries=1)
         return respond(start_response)
 
     serve(int(port), app)
@@ -152,16 +203,26 @@ def catalog(port: str) -> None:
 
     SQLite3Instrumentor().instrument()
     local = threading.local()
+    lock = threading.Lock()
+    served = [0]
 
     def app(environ, start_response):
+        with lock:
+            n = served[0] = served[0] + 1
+        every = int(control("catalog_down_every"))
+        if every > 0 and n % every == 0:  # the request went to the replica that is down
+            return respond(start_response, b"replica unavailable", "503 Service Unavailable")
         if not hasattr(local, "db"):
             local.db = sqlite3.connect(":memory:", check_same_thread=False)
             local.db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
             local.db.executemany("INSERT INTO items VALUES (?, ?)",
                                  ((i, f"item {i}") for i in range(1000)))
+        asked = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("id")
+        item = int(asked[0]) if asked and asked[0].isdigit() else random.randrange(1000)
         cur = local.db.cursor()
-        cur.execute("SELECT name FROM items WHERE id = ?", (random.randrange(1000),))
-        cur.fetchall()
+        cur.execute("SELECT name FROM items WHERE id = ?", (item,))
+        if not cur.fetchall():
+            return respond(start_response, b"no such item", "404 Not Found")
         return respond(start_response)
 
     serve(int(port), app)
@@ -171,6 +232,9 @@ def pricing(port: str) -> None:
     setup_otel()
 
     def app(environ, start_response):
+        if random.random() < control("pricing_error_share"):  # its rate feed is down
+            return respond(start_response, b"rate feed unavailable",
+                           "500 Internal Server Error")
         total = sum(i * i for i in range(2000))
         return respond(start_response, str(total).encode())
 

@@ -1,7 +1,8 @@
 """Record the real-telemetry corpus: real programs, real faults, labels from the injector.
 
     benchmarks/corpus/fetch.sh          # the OTel Python SDK venv and the Java agent jar
-    python -m benchmarks.corpus.record [--minutes 45] [--out .cache/corpus/run]
+    python -m benchmarks.corpus.record [--minutes 45] [--out .cache/corpus/run] [--schedule a]
+    python -m benchmarks.corpus.record --schedule errors --out .cache/corpus/errors  # 20 min
 
 Starts an OTLP/HTTP recorder (``recorder.py``) on 127.0.0.1 and, exporting to it, real programs
 instrumented with the official OpenTelemetry SDKs and agents (``programs.py`` under the Python
@@ -17,6 +18,13 @@ and ``pricing``, each through a proxy (``catalog-proxy``, ``pricing-proxy``) tha
 can slow; the client spans are urllib's generic ``GET``/``POST``. Runtime programs: a Python
 leak, a steady and a cache-warming control, a Java leak and a Java GC-pressure program (the agent's
 default 60 s export interval; the Python programs export every 15 s).
+
+The ``errors`` schedule (``ERROR_FAULTS``): real errors, toggled at run time through the
+programs' fault flags (files in ``<out>/control``, ``programs.control``) or from outside:
+pricing answering 500 to a share of its requests (its callers fail with it), a table of orders'
+database renamed away (a real ``sqlite3.OperationalError``, unhandled), and two hard negatives:
+the load generator asking for items that do not exist (catalog's 404, handled by the frontend)
+and a catalog replica that is down (503s its callers hide with one retry).
 """
 
 from __future__ import annotations
@@ -104,6 +112,10 @@ class Run:
     def __init__(self, out: Path, minutes: float, seed: int, schedule: str = "a") -> None:
         self.out, self.minutes, self.rnd = out, minutes, random.Random(seed)
         self.schedule = schedule
+        self.control = out / "control"  # the programs' fault flags (``programs.control``)
+        self.control.mkdir(exist_ok=True)
+        self.missing_share = 0.0  # share of browsing that asks for items that do not exist
+        self.load_rates: tuple[float, ...] = SCHEDULES[schedule].get("load_rates", LOAD_RATES)
         self.procs: dict[str, subprocess.Popen] = {}
         self.labels: list[dict[str, Any]] = []
         self.t0 = time.time_ns()
@@ -125,6 +137,7 @@ class Run:
             "OTEL_METRIC_EXPORT_INTERVAL": str(interval_ms),
             "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel,host,process,service_instance",
             "OTEL_SEMCONV_STABILITY_OPT_IN": "",
+            "CORPUS_CONTROL": str(self.control),
         }
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -153,6 +166,12 @@ class Run:
                             "entity": entity, "start_unix_nano": start_ns,
                             "end_unix_nano": end_ns, **extra})
 
+    def flag(self, name: str, value: float) -> None:
+        """Set the programs' fault flag ``name`` (read on their next request)."""
+        tmp = self.control / f".{name}.tmp"
+        tmp.write_text(f"{value:g}")
+        os.replace(tmp, self.control / name)
+
     def at(self, minute: float) -> None:
         """Sleep until ``minute`` after the start (or until stopped)."""
         self.stop.wait(max(0.0, self.t0 / 1e9 + minute * 60 - time.time()))
@@ -160,14 +179,18 @@ class Run:
     # -- load ------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Bursty browsing and checkouts: phases of 0.3-6 requests a second, a minute or two
-        each, every request on a new connection (urllib's default)."""
+        """Bursty browsing and checkouts: phases of 0.3-6 requests a second (the schedule's
+        ``load_rates``), a minute or two each, every request on a new connection (urllib's
+        default). While ``missing_share`` is set, that share of browsing asks for an item that
+        does not exist (ids from 1000 on)."""
         base = f"http://127.0.0.1:{self.ports['frontend']}"
         while not self.stop.is_set():
-            rate = self.rnd.choice((0.3, 1.0, 2.0, 4.0, 6.0))
+            rate = self.rnd.choice(self.load_rates)
             until = time.time() + self.rnd.uniform(60, 150)
             while time.time() < until and not self.stop.is_set():
                 path = "/checkout" if self.rnd.random() < 0.4 else "/browse"
+                if path == "/browse" and self.rnd.random() < self.missing_share:
+                    path += f"?item={1000 + self.rnd.randrange(1000)}"
                 threading.Thread(target=self._get, args=(base + path,), daemon=True).start()
                 self.stop.wait(self.rnd.expovariate(rate))
 
@@ -227,6 +250,43 @@ class Run:
         self.label("latency_regression", {}, t1, time.time_ns(), fault="cpu_starvation",
                    note="3 busy processes on the 2 cores of the host")
 
+    def pricing_errors(self, share: float, start: float, end: float) -> None:
+        self.at(start)
+        self.flag("pricing_error_share", share)
+        t1 = time.time_ns()
+        self.at(end)
+        self.flag("pricing_error_share", 0)
+        self.labels.append(error_label("pricing_errors", t1, time.time_ns(), share=share))
+
+    def orders_exception(self, start: float, end: float) -> None:
+        """A migration renames the table orders reads for loyalty members away, and back."""
+        self.at(start)
+        db = programs.sqlite3.connect(self.out / "orders.db", timeout=30)
+        db.execute("ALTER TABLE loyalty RENAME TO loyalty_migrating")
+        db.commit()
+        t1 = time.time_ns()
+        self.at(end)
+        db.execute("ALTER TABLE loyalty_migrating RENAME TO loyalty")
+        db.commit()
+        db.close()
+        self.labels.append(error_label("orders_exception", t1, time.time_ns(), share=1 / 3))
+
+    def client_404(self, share: float, start: float, end: float) -> None:
+        self.at(start)
+        self.missing_share = share
+        t1 = time.time_ns()
+        self.at(end)
+        self.missing_share = 0.0
+        self.labels.append(error_label("client_404", t1, time.time_ns(), share=share))
+
+    def catalog_flaky(self, every: int, start: float, end: float) -> None:
+        self.at(start)
+        self.flag("catalog_down_every", every)
+        t1 = time.time_ns()
+        self.at(end)
+        self.flag("catalog_down_every", 0)
+        self.labels.append(error_label("catalog_flaky", t1, time.time_ns(), share=1 / every))
+
     def kill(self, name: str) -> None:
         p = self.procs.pop(name, None)
         if p and p.poll() is None:
@@ -273,17 +333,19 @@ class Run:
             else:
                 self.node(name, "leak", mb, start * m * 60)
                 leaks.append((name, mb, start, {}))
-        controls = ["steady-java", "ttl-java"]
-        if apps:
+        runtimes = sc.get("runtime_controls", True)  # the memory controls beside the leaks
+        controls = ["steady-java", "ttl-java"] if runtimes else []
+        if apps and runtimes:
             self.py("steady-py", "steady")
             self.py("cachewarm-py", "cachewarm", 40)
             controls += ["steady-py", "cachewarm-py"]
         gc = sc["gc_pressure"]  # (start, end) as fractions of the run, or None
         if gc:
             self.java("gc-java", "gcpressure", gc[0] * m * 60, gc[1] * m * 60, xmx="192m")
-        self.java("steady-java", "steady", 10**9, 10**9)
-        # objects kept 3 minutes: the old generation climbs until G1 marks it, with no leak
-        self.java("ttl-java", "ttl", 0, 10**9, 3, 180)
+        if runtimes:
+            self.java("steady-java", "steady", 10**9, 10**9)
+            # objects kept 3 minutes: the old generation climbs until G1 marks it, with no leak
+            self.java("ttl-java", "ttl", 0, 10**9, 3, 180)
         if sc["pricing"] == "node":
             self.node("steady-node", "steady")
             controls.append("steady-node")
@@ -308,6 +370,12 @@ class Run:
             elif kind == "cpu_starvation":
                 faults.append(threading.Thread(target=self.cpu_starvation,
                                                args=(args[0] * m, args[1] * m)))
+            elif kind in ERROR_FAULTS:  # (the fault's parameter, if any), start, end
+                *param, a, b = args
+                faults.append(threading.Thread(target=getattr(self, kind),
+                                               args=(*param, a * m, b * m)))
+            else:
+                raise ValueError(f"unknown fault {kind!r}")
         for f in faults:
             f.start()
         try:
@@ -336,6 +404,68 @@ class Run:
             with open(self.out / "labels.jsonl", "wb") as fh:
                 for line in [run, *sorted(self.labels, key=lambda x: x["start_unix_nano"])]:
                     fh.write(orjson.dumps(line) + b"\n")
+
+
+#: The load generator's request rates (per second), one drawn per phase.
+LOAD_RATES = (0.3, 1.0, 2.0, 4.0, 6.0)
+
+#: The error faults (``Run.<name>``) and their labels (``error_label``): the kind, entity
+#: and hard-negative fields of each, from the names the SDK gives the spans (the WSGI server
+#: span ``METHOD PATH``, the sqlite3 instrumentation's ``SELECT``).
+ERROR_FAULTS: dict[str, dict[str, Any]] = {
+    # pricing answers 500 (its rate feed is down); frontend's urllib raises HTTPError and the
+    # request fails with a 500: the origin is pricing's server span.
+    "pricing_errors": {
+        "kind": "error_origin",
+        "entity": {"service": "pricing", "operation": "GET /price"},
+        "note": "pricing answers 500 to a share of its requests; its callers fail with it",
+    },
+    # orders' read of the renamed table raises sqlite3.OperationalError in the sqlite3 client
+    # span, unhandled: orders' server span ends in error too (and frontend's, with a 500).
+    "orders_exception": {
+        "kind": "error_origin",
+        "entity": {"service": "orders", "operation": "SELECT"},
+        "entity_any": [{"service": "orders", "operation": "SELECT"},
+                       {"service": "orders", "operation": "POST /order"}],
+        "note": "table loyalty renamed away: sqlite3.OperationalError for loyalty members",
+    },
+    # the client's mistake: catalog's 404, handled by the frontend (which answers 404)
+    "client_404": {
+        "kind": "client_4xx",
+        "negative": True,
+        "must_not_trigger": ["error_origin"],
+        "entity": {"service": "catalog"},
+        "entity_any": [{"service": "catalog"}, {"service": "frontend"}],
+        "note": "the load generator asks for items that do not exist: catalog answers 404",
+    },
+    # every N-th catalog request fails with a 503; its callers retry once and succeed
+    "catalog_flaky": {
+        "kind": "retried_errors",
+        "negative": True,
+        "must_not_trigger": ["error_origin"],
+        "entity": {"service": "catalog"},
+        "entity_any": [{"service": "catalog"}, {"service": "frontend"}, {"service": "orders"}],
+        "note": "a catalog replica is down (503); frontend and orders retry once and succeed",
+    },
+}
+
+
+def error_label(fault: str, start_ns: int, end_ns: int, **magnitude: float) -> dict[str, Any]:
+    """The label of the error fault ``fault`` (``ERROR_FAULTS``) that ran from ``start_ns`` to
+    ``end_ns``, in the scoring format of ``benchmarks.scoring``."""
+    spec = ERROR_FAULTS[fault]
+    label: dict[str, Any] = {
+        "type": "label", "kind": spec["kind"], "negative": spec.get("negative", False),
+        "entity": dict(spec["entity"]), "start_unix_nano": start_ns, "end_unix_nano": end_ns,
+        "fault": fault, "note": spec["note"],
+    }
+    if "entity_any" in spec:
+        label["entity_any"] = [dict(e) for e in spec["entity_any"]]
+    if "must_not_trigger" in spec:
+        label["must_not_trigger"] = list(spec["must_not_trigger"])
+    if magnitude:
+        label["magnitude"] = dict(magnitude)
+    return label
 
 
 #: Fault schedules, as fractions of the run's length. ``a``: the first recording (Python
@@ -382,6 +512,23 @@ SCHEDULES: dict[str, dict[str, Any]] = {
             ("slow_downstream", "catalog", 0.05, 0.80, 0.86),
         ],
     },
+    # ``errors``: real errors and their look-alikes (``ERROR_FAULTS``), 2-3 minutes each in a
+    # 20-minute run, the first after 5 minutes of normal traffic, none overlapping; traced
+    # services only (no leaks, no JVMs), and no load phase slower than one request a second.
+    "errors": {
+        "pricing": "python",
+        "minutes": 20.0,
+        "runtime_controls": False,
+        "load_rates": (1.0, 2.0, 4.0, 6.0),
+        "leaks": [],
+        "gc_pressure": None,
+        "faults": [
+            ("pricing_errors", 0.3, 0.27, 0.39),
+            ("client_404", 0.4, 0.44, 0.54),
+            ("orders_exception", 0.60, 0.72),
+            ("catalog_flaky", 4, 0.77, 0.88),
+        ],
+    },
     # ``j``: JVMs only (no traced services, no load): a G1 leak beside a control whose
     # old generation climbs with objects that die there (``ttl-java``), to tell the two apart.
     "j": {
@@ -396,11 +543,14 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=45.0)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="the run's length (default: the schedule's, else 45)")
     ap.add_argument("--out", type=Path, default=CACHE / "run")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--schedule", choices=sorted(SCHEDULES), default="a")
     args = ap.parse_args(argv)
+    if args.minutes is None:
+        args.minutes = SCHEDULES[args.schedule].get("minutes", 45.0)
     if not Path(CACHE / "venv" / "bin" / "python").exists():
         sys.exit("run benchmarks/corpus/fetch.sh first (the SDK venv, the Java agent, the JS SDK)")
     args.out.mkdir(parents=True, exist_ok=True)
