@@ -99,7 +99,6 @@ ENTITY_COUNT_BY_KIND: dict[str, str] = {
     "gc_pressure": "instances",
     "time_wait_buildup": "hosts",
     "latency_regression": "services",
-    "error_origin": "operations",
 }
 #: Alerts of a kind (key) are ignored while a positive label of one of these kinds is active on
 #: the same entity (module docstring): Alertmanager-style inhibition.
