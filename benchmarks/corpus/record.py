@@ -529,6 +529,28 @@ SCHEDULES: dict[str, dict[str, Any]] = {
             ("catalog_flaky", 4, 0.77, 0.88),
         ],
     },
+    # ``errors-long``: the same faults, repeated at other shares, for more than two positives:
+    # six real error origins and four look-alikes in 50 minutes.
+    "errors-long": {
+        "pricing": "python",
+        "minutes": 50.0,
+        "runtime_controls": False,
+        "load_rates": (1.0, 2.0, 4.0, 6.0),
+        "leaks": [],
+        "gc_pressure": None,
+        "faults": [
+            ("pricing_errors", 0.3, 0.10, 0.15),
+            ("client_404", 0.4, 0.18, 0.23),
+            ("orders_exception", 0.26, 0.31),
+            ("catalog_flaky", 4, 0.34, 0.39),
+            ("pricing_errors", 0.1, 0.42, 0.47),
+            ("catalog_flaky", 3, 0.50, 0.55),
+            ("orders_exception", 0.58, 0.62),
+            ("client_404", 0.2, 0.66, 0.71),
+            ("pricing_errors", 0.15, 0.74, 0.79),
+            ("pricing_errors", 0.5, 0.86, 0.89),
+        ],
+    },
     # ``j``: JVMs only (no traced services, no load): a G1 leak beside a control whose
     # old generation climbs with objects that die there (``ttl-java``), to tell the two apart.
     "j": {

@@ -91,7 +91,7 @@ class ServiceMapDetector(Detector):
                 if doc is None:
                     edges.make_room(evict=self._evicted)
                     doc = {"e": [client, server, ctype], "t": [0, 0, {}, {}, 0, 0], "m": {},
-                           "s": 0}
+                           "s": 0, "f": minute}
                     edges.put(key, doc)
                 t = doc["t"]
                 t[0] += n
@@ -101,6 +101,8 @@ class ServiceMapDetector(Detector):
                 t[4] += cs
                 t[5] += ss
                 doc["s"] = max(doc["s"], sample.end_ns)
+                if minute < doc["f"]:
+                    doc["f"] = minute
                 if minute <= reported:
                     self._meta["counts"]["late_calls"] += n
                     self._meta.changed()
@@ -150,6 +152,9 @@ class ServiceMapDetector(Detector):
     def _record(self, doc: Mapping[str, Any], window: list[list[Any]], first: int,
                 end_ns: int) -> tuple[bytes, bytes]:
         client, server, ctype = doc["e"]
+        # An edge first seen inside the window is measured from its first minute on.
+        first = min(max(first, doc["f"]), end_ns // MINUTE_NS - 1)
+        minutes = end_ns // MINUTE_NS - first
         calls = sum(m[0] for m in window)
         failed = sum(m[1] for m in window)
         cb: dict[str, int] = {}
@@ -164,9 +169,9 @@ class ServiceMapDetector(Detector):
             "schema_version": SCHEMA_VERSION,
             "client": client, "server": server, "connection_type": ctype,
             "window": {"start": rfc3339(first * MINUTE_NS), "end": rfc3339(end_ns),
-                       "seconds": self.minutes * 60},
+                       "seconds": minutes * 60},
             "calls": calls,
-            "calls_per_minute": round(calls / self.minutes, 3),
+            "calls_per_minute": round(calls / minutes, 3),
             "failed": failed,
             "error_rate": round(failed / calls, 5) if calls else 0.0,
             "latency_ms": {

@@ -33,6 +33,8 @@ def test_edges_calls_errors_and_latency_per_minute() -> None:
     assert set(latest) == {("web", "api", ""), ("api", "users", "database"),
                            ("user", "web", "virtual_node")}
     by_minute = [orjson.loads(v) for k, v in recs if orjson.loads(k) == ["web", "api", ""]]
+    first = by_minute[0]  # a young edge is measured from its first minute, not over 5
+    assert first["window"]["seconds"] == 60 and first["calls_per_minute"] == first["calls"]
     at5 = by_minute[4]  # minutes 1..5 (event time), before the failures
     assert at5["window"]["seconds"] == 300 and at5["calls"] == 600
     assert at5["calls_per_minute"] == 120.0 and at5["failed"] == 0
