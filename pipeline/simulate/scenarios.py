@@ -466,23 +466,6 @@ def _demo() -> tuple[float, list[Fault], str]:
             {"factor": 1.8},
             note="payment's node is CPU-throttled: every operation 1.8x slower",
         ),
-        Fault(
-            ERROR_ORIGIN,
-            {"service": "cart", "operation": "HGETALL"},
-            6 * M,
-            10 * M,
-            {"error_rate": 0.4},
-            note="Redis connection resets: cart's HGETALL fails, and cart, checkout and "
-            "frontend fail with it",
-        ),
-        Fault(
-            FLAKY_RETRY,
-            {"service": "frontend", "operation": "GET /cart"},
-            12 * M,
-            16 * M,
-            {"rate": 0.3},
-            note="a cart replica sheds load (503): frontend retries at once and succeeds",
-        ),
         Fault(TRAFFIC_SPIKE, {}, 3 * M, 5 * M, {"factor": 4.0}, note="marketing e-mail: 4x"),
         Fault(
             RESTART,
