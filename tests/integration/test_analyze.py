@@ -25,29 +25,25 @@ pytestmark = pytest.mark.integration
 M = 60 * 10**9
 
 
-async def _state(bootstrap: str, topics: list[str], group: str) -> dict:
-    """What analyze must not change: the topics' end offsets, the groups, one group's offsets."""
+async def _state(bootstrap: str, topics: dict[str, int], group: str, tag: str) -> dict:
+    """What analyze must not change: the topics' end offsets, this test's groups and topics
+    (other tests create and delete theirs meanwhile), one group's offsets."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t)
-               or await _parts(consumer, t)]
+        tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
         ends = await consumer.end_offsets(tps)
-        groups = sorted(str(g[0]) for g in await admin.list_consumer_groups())
+        groups = sorted(str(g[0]) for g in await admin.list_consumer_groups()
+                        if str(g[0]).startswith(tag))
         offsets = await admin.list_consumer_group_offsets(group)
         return {"ends": ends, "groups": groups,
                 "offsets": {tp: m.offset for tp, m in offsets.items()},
-                "topics": sorted(await admin.list_topics())}
+                "topics": sorted(t for t in await admin.list_topics() if t.startswith(tag))}
     finally:
         await consumer.stop()
         await admin.close()
-
-
-async def _parts(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer.topics()
-    return consumer.partitions_for_topic(topic) or set()
 
 
 async def test_reads_only_the_range_and_touches_no_offsets(names: dict[str, str],
@@ -78,8 +74,12 @@ async def test_reads_only_the_range_and_touches_no_offsets(names: dict[str, str]
         await worker.commit({tp: 7})
     finally:
         await worker.stop()
-    before = await _state(bootstrap, [spans_topic, metrics_topic], group)
+    tag = names["PIPELINE_APP_ID"]
+    parts = {spans_topic: 3, metrics_topic: 2}
+    before = await _state(bootstrap, parts, group, tag)
     assert before["offsets"] == {TopicPartition(spans_topic, 0): 7}
+    assert sum(before["ends"].values()) == len(records)
+    assert before["groups"] == [group] and before["topics"] == sorted(parts)
 
     lo, hi = scenario.start_ns + 3 * M, scenario.start_ns + 6 * M
     in_range = [r for r in records if lo // 10**6 <= r.timestamp_ms < hi // 10**6]
@@ -106,5 +106,5 @@ async def test_reads_only_the_range_and_touches_no_offsets(names: dict[str, str]
     ids = {s.trace_id for s in spans}
     assert set(doc["slowest_by_critical_path"][0]["exemplar_trace_ids"]) <= ids
 
-    after = await _state(bootstrap, [spans_topic, metrics_topic], group)
+    after = await _state(bootstrap, parts, group, tag)
     assert after == before  # no records written, no topic or group created, offsets untouched
