@@ -82,9 +82,11 @@ def bucket(ns: int) -> int:
 def trace_edges(a: TraceAnalysis, destination: Callable[[Mapping[str, Any]], str],
                 failed: Sequence[bool] | None = None) -> dict[Edge, list[Any]]:
     """The calls of one trace by edge: ``[calls, failed, {client bucket: n}, {server bucket:
-    n}, client ns summed, server ns summed]``. ``destination``: names an uninstrumented
-    callee from a client span's attributes (``trace_assembly.destination_of``); ``failed``:
-    ``in_error`` per span, if known (without it no call is counted failed)."""
+    n}, client ns summed, server ns summed, owner]``, the owner being the service whose spans
+    made the call (the client; the server for a request from outside). ``destination``:
+    names an uninstrumented callee from a client span's attributes
+    (``trace_assembly.destination_of``); ``failed``: ``in_error`` per span, if known (without
+    it no call is counted failed)."""
     spans = a.spans
     out: dict[Edge, list[Any]] = {}
     if not spans:
@@ -100,7 +102,7 @@ def trace_edges(a: TraceAnalysis, destination: Callable[[Mapping[str, Any]], str
             elif not s.parent_id and s.kind == SPAN_KIND_SERVER:
                 d = a.end_ns[i] - a.start_ns[i]
                 _add(out, (USER, s.resource.service, VIRTUAL), d, d,
-                     bool(failed and failed[i]))
+                     bool(failed and failed[i]), s.resource.service)
     for i, s in enumerate(spans):
         if s.kind != SPAN_KIND_CLIENT and s.kind != SPAN_KIND_PRODUCER:
             continue
@@ -111,7 +113,8 @@ def trace_edges(a: TraceAnalysis, destination: Callable[[Mapping[str, Any]], str
             for j in servers:
                 t = s.kind == SPAN_KIND_PRODUCER and MESSAGING or ""
                 _add(out, (s.resource.service, spans[j].resource.service, t), client_ns,
-                     a.end_ns[j] - a.start_ns[j], fail_c or bool(failed and failed[j]))
+                     a.end_ns[j] - a.start_ns[j], fail_c or bool(failed and failed[j]),
+                     s.resource.service)
             continue
         attrs = s.attrs
         dest = destination(attrs)
@@ -125,15 +128,16 @@ def trace_edges(a: TraceAnalysis, destination: Callable[[Mapping[str, Any]], str
             t = MESSAGING
         else:
             t = VIRTUAL
-        _add(out, (s.resource.service, dest, t), client_ns, client_ns, fail_c)
+        _add(out, (s.resource.service, dest, t), client_ns, client_ns, fail_c,
+             s.resource.service)
     return out
 
 
 def _add(out: dict[Edge, list[Any]], edge: Edge, client_ns: int, server_ns: int,
-         failed: bool) -> None:
+         failed: bool, owner: str) -> None:
     acc = out.get(edge)
     if acc is None:
-        acc = out[edge] = [0, 0, {}, {}, 0, 0]
+        acc = out[edge] = [0, 0, {}, {}, 0, 0, owner]
     acc[0] += 1
     acc[1] += failed
     cb, sb = bucket(client_ns), bucket(server_ns)

@@ -249,9 +249,10 @@ def status_code(span: Span) -> int | None:
 def in_error(span: Span) -> bool:
     """Whether a span failed, as the semantic conventions define it, from what the SDKs send:
 
-    - status ERROR, except an outgoing call (CLIENT span) whose response was a 4xx: the callee
-      refused the request (a missing item, a bad argument); the caller's error, handled or
-      not by it, is judged on the caller's own spans, and the callee did not fail;
+    - status ERROR, except an outgoing call (CLIENT span) whose response was a 4xx or a gRPC
+      status that is not a server's failure (NOT_FOUND, INVALID_ARGUMENT...): the callee
+      refused the request; the caller's error, handled or not by it, is judged on the
+      caller's own spans, and the callee did not fail;
     - a SERVER span with an HTTP 5xx or a gRPC status that is a server's failure, whatever
       its status says (older instrumentations leave it unset);
     - an ``exception`` event on a span whose status is not OK (the event alone: some
@@ -269,6 +270,10 @@ def in_error(span: Span) -> bool:
     False
     >>> in_error(sp(SPAN_KIND_SERVER, 0, **{"rpc.grpc.status_code": 14}))
     True
+    >>> in_error(sp(SPAN_KIND_CLIENT, STATUS_ERROR, **{"rpc.grpc.status_code": 5}))  # NOT_FOUND
+    False
+    >>> in_error(sp(SPAN_KIND_SERVER, 0, **{"rpc.grpc.status_code": [14]}))  # not a code
+    False
     >>> in_error(sp(1, 0, **{"exception.type": "KeyError"})), in_error(sp(1, STATUS_OK))
     (True, False)
     """
@@ -278,6 +283,9 @@ def in_error(span: Span) -> bool:
             code = status_code(span)
             if code is not None and 400 <= code < 500:
                 return False
+            grpc = _grpc_code(span)
+            if grpc is not None and grpc and grpc not in GRPC_SERVER_ERRORS:
+                return False  # NOT_FOUND, INVALID_ARGUMENT...: the gRPC client's "4xx"
         return True
     if status == STATUS_OK:
         return False
@@ -285,10 +293,21 @@ def in_error(span: Span) -> bool:
         code = status_code(span)
         if code is not None and code >= 500:
             return True
-        grpc = span.attrs.get("rpc.grpc.status_code")
-        if grpc is not None and grpc in GRPC_SERVER_ERRORS:
+        if _grpc_code(span) in GRPC_SERVER_ERRORS:
             return True
     return "exception.type" in span.attrs
+
+
+def _grpc_code(span: Span) -> int | None:
+    """``rpc.grpc.status_code`` as an int, or None (absent, or not a number)."""
+    v = span.attrs.get("rpc.grpc.status_code")
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.isdigit():
+        return int(v)
+    return None
 
 
 @dataclass(slots=True)
@@ -306,11 +325,33 @@ class ErrorOrigin:
 
 def _synchronous(a: TraceAnalysis, child: int, parent: int) -> bool:
     """Whether the parent waited for the child: not a message's consumer (it runs after its
-    producer), and started before the parent ended (not fire-and-forget work after it)."""
+    producer), and done within the parent (fire-and-forget work outlives it; times are
+    skew-adjusted, so another service's child reported outside its parent was fitted in)."""
     c, p = a.spans[child], a.spans[parent]
     if c.kind == SPAN_KIND_CONSUMER or p.kind == SPAN_KIND_PRODUCER:
         return False
-    return a.start_ns[child] < a.end_ns[parent]
+    return a.start_ns[child] < a.end_ns[parent] and a.end_ns[child] <= a.end_ns[parent]
+
+
+def _retried(a: TraceAnalysis, err: Sequence[bool]) -> list[bool]:
+    """Failing spans that a sibling of the same operation (same service, name and kind: a
+    retry) started after, and that did not fail: their failure was handled by the retry."""
+    spans, parent = a.spans, a.parent
+    failing: dict[tuple[int, str, str, int], list[int]] = {}
+    for i, e in enumerate(err):
+        if e and parent[i] >= 0:
+            s = spans[i]
+            failing.setdefault((parent[i], s.resource.service, s.name, s.kind), []).append(i)
+    out = [False] * len(spans)
+    if not failing:
+        return out
+    for j, s in enumerate(spans):
+        if err[j] or parent[j] < 0:
+            continue
+        for i in failing.get((parent[j], s.resource.service, s.name, s.kind), ()):
+            if a.start_ns[j] >= a.end_ns[i]:
+                out[i] = True
+    return out
 
 
 def error_origins(a: TraceAnalysis, failed: Sequence[bool] | None = None) -> list[ErrorOrigin]:
@@ -322,7 +363,9 @@ def error_origins(a: TraceAnalysis, failed: Sequence[bool] | None = None) -> lis
     error (a consumer, a fire-and-forget task: the parent did not wait for it), so both are
     origins. A chain that ends below a span that did not fail is *absorbed*: the failure did
     not reach the request's result (a retry succeeded, a fallback answered); one that reaches
-    the root, or an asynchronous boundary (nobody waited for it), *surfaced*.
+    the root, or an asynchronous boundary (nobody waited for it), *surfaced*. A failed call
+    that a later call of the same operation retried successfully is absorbed by its parent
+    even when the parent fails for another reason (then the parent is an origin of its own).
 
     ``failed``: ``in_error`` of each span of ``a.spans``, if computed already. Needs ``a``
     with a root; returns [] without one.
@@ -334,10 +377,11 @@ def error_origins(a: TraceAnalysis, failed: Sequence[bool] | None = None) -> lis
     if not any(err):
         return []
     parent = a.parent
+    retried = _retried(a, err)
     explained = [False] * len(spans)
     for i, e in enumerate(err):
         p = parent[i]
-        if e and p >= 0 and err[p] and _synchronous(a, i, p):
+        if e and p >= 0 and err[p] and not retried[i] and _synchronous(a, i, p):
             explained[p] = True
     out = []
     for i, e in enumerate(err):
@@ -350,7 +394,7 @@ def error_origins(a: TraceAnalysis, failed: Sequence[bool] | None = None) -> lis
             if p < 0 or not _synchronous(a, cur, p):
                 surfaced = True
                 break
-            if not err[p]:
+            if not err[p] or retried[cur]:  # handled: the parent did not fail, or it retried
                 absorbed_by = p
                 break
             chain.append(p)

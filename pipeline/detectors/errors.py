@@ -63,7 +63,7 @@ class _Op:
     """One operation: its baseline (weighted failures and calls), the window it was last
     judged in, its current window's and its carried counts, and what names it."""
 
-    __slots__ = ("bad", "calls", "judged", "run", "attrs", "seen_ns", "acc", "open")
+    __slots__ = ("bad", "calls", "judged", "run", "attrs", "seen_ns", "acc", "open", "ent")
 
     def __init__(self) -> None:
         self.bad = 0.0  # weighted failures of normal windows
@@ -79,17 +79,19 @@ class _Op:
         # (by window index, as a string: a JSON key)
         self.acc: list[Any] | None = None
         self.open: dict[str, list[Any]] = {}
+        self.ent: dict[str, str] | None = None  # the entity of its firing finding
 
     def to_doc(self) -> dict[str, Any]:
         return {"b": self.bad, "c": self.calls, "j": self.judged, "r": self.run,
-                "a": self.attrs, "s": self.seen_ns, "w": self.acc, "o": self.open}
+                "a": self.attrs, "s": self.seen_ns, "w": self.acc, "o": self.open,
+                "e": self.ent}
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> _Op:
         op = cls()
         op.bad, op.calls, op.judged, op.run = doc["b"], doc["c"], doc["j"], doc["r"]
         op.attrs, op.seen_ns, op.acc = dict(doc["a"]), doc["s"], doc["w"]
-        op.open = dict(doc["o"])
+        op.open, op.ent = dict(doc["o"]), doc["e"]
         return op
 
 
@@ -196,46 +198,82 @@ class ErrorOriginDetector(Detector):
                 ops.changed(key)
 
     def advance(self, watermark_ns: int) -> list[Finding]:
+        """Judge every window the watermark has passed, one at a time and in order, whether
+        it passed them one by one or many at once (a backlog, the end of the input): the same
+        findings at any pace."""
         meta = self._meta
         last = watermark_ns // self.window_ns - 1  # windows ending at or before the watermark
-        if last <= meta["closed_until"]:
+        prev = meta["closed_until"]
+        if last <= prev:
             return []
         meta["closed_until"] = last
         meta.changed()
         end_ns = (last + 1) * self.window_ns
-        findings: list[Finding] = []
+        out: list[tuple[int, str, Finding]] = []
         expired = []
         for key, op in list(self._ops.items()):
             if op.seen_ns + self.ttl_ns < end_ns and not self._firing(key):
                 expired.append(key)
                 continue
             closing = sorted(int(w) for w in op.open if int(w) <= last)
-            for w in closing:  # the windows the watermark has passed join the carried ones
-                op.acc = _merged(op.acc, op.open.pop(str(w)))
-            if closing:
-                self._ops.changed(key)
-            acc = op.acc
-            if acc is None:
-                if self._firing(key):  # no calls in a closed window: normal
-                    f = self.lifecycle.observe(_entity(key, op.attrs), end_ns, None)
-                    if f is not None:
-                        findings.append(f)
+            if not closing and op.acc is None and not self._firing(key):
                 continue
-            carried = last - acc[0] + 1
-            if carried < self.max_carry and (
-                    (acc[1] < self.min_calls and acc[2] < self.min_errors)
-                    or self._undecided(op, acc, last)):
-                continue  # too few calls, or failures not yet significant: judged with more
-            op.acc = None
+            cursor = prev + 1
+            for w in [*closing, None]:
+                quiet_to = last if w is None else w - 1
+                if cursor <= quiet_to:  # windows without calls
+                    self._quiet(key, op, cursor, quiet_to, out)
+                if w is None:
+                    break
+                op.acc = _merged(op.acc, op.open.pop(str(w)))
+                self._try_judge(key, op, w, out)
+                cursor = w + 1
             self._ops.changed(key)
-            verdict = self._judge(key, op, acc, last)
-            f = self.lifecycle.observe(_entity(key, op.attrs), end_ns, verdict)
-            if f is not None:
-                findings.append(f)
         for key in expired:
             self._ops.pop(key)
             self._count("expired_operations")
-        return findings
+        out.sort(key=lambda x: (x[0], x[1]))
+        return [f for _, _, f in out]
+
+    def _try_judge(self, key: str, op: _Op, w: int, out: list[Any]) -> None:
+        """Judge the carried windows at window ``w``, unless they have too few calls, or
+        failures above the baseline that are not yet significant, and may wait longer."""
+        acc = op.acc
+        assert acc is not None
+        carried = w - acc[0] + 1
+        if carried < self.max_carry and (
+                (acc[1] < self.min_calls and acc[2] < self.min_errors)
+                or self._undecided(op, acc, w)):
+            return
+        op.acc = None
+        self._observe(key, op, w, self._judge(key, op, acc, w), out)
+
+    def _quiet(self, key: str, op: _Op, first: int, last: int, out: list[Any]) -> None:
+        """Windows ``first``..``last`` held no call: carried calls that have waited their
+        longest are judged; a firing finding counts them as normal (it resolves)."""
+        if op.acc is not None:
+            due = op.acc[0] + self.max_carry - 1
+            if due > last:
+                return
+            due = max(first, due)
+            self._try_judge(key, op, due, out)
+            first = due + 1
+        for w in range(first, min(last, first + self.lifecycle.resolve_after - 1) + 1):
+            if not self._firing(key):
+                break
+            self._observe(key, op, w, None, out)
+
+    def _observe(self, key: str, op: _Op, w: int, verdict: Verdict | None,
+                 out: list[Any]) -> None:
+        # The entity of a firing finding is kept until it resolves (the callee the traces
+        # name may change meanwhile: a failing call has no server span answering it).
+        entity = op.ent or _entity(key, op.attrs)
+        if verdict is not None and self.lifecycle.severity(entity) == "critical":
+            verdict.severity = "critical"  # severity only rises while a finding fires
+        f = self.lifecycle.observe(entity, (w + 1) * self.window_ns, verdict)
+        if f is not None:
+            out.append((w, key, f))
+            op.ent = entity if f.status == "firing" else None
 
     def _baseline(self, op: _Op, last: int) -> tuple[float, float, float]:
         """The baseline's failures and calls decayed to window ``last``, and its rate."""
@@ -324,7 +362,9 @@ class ErrorOriginDetector(Detector):
 
     def _firing(self, key: str) -> bool:
         op = self._ops.get(key)
-        return self.lifecycle.is_firing(_entity(key, op.attrs if op else {}))
+        if op is None:
+            return False
+        return self.lifecycle.is_firing(op.ent or _entity(key, op.attrs))
 
     def _evicted(self, key: str, _op: _Op) -> None:
         self._count("evicted_operations")

@@ -48,7 +48,7 @@ from pipeline.records import (
     Span,
     TraceSample,
 )
-from pipeline.servicegraph import USER, trace_edges
+from pipeline.servicegraph import trace_edges
 from pipeline.state import State
 from pipeline.traces import TraceAnalysis, analyze, error_origins, in_error, status_code
 
@@ -408,11 +408,19 @@ class TraceAssembler(Detector):
             if served_by is not None and CALLEE not in acc[3]:
                 acc[3] = {**acc[3], CALLEE: served_by}
         errs: dict[tuple[str, str, str], list[Any]] = {}  # key -> [surfaced, absorbed, evidence]
+        # The evidence of an operation's failures in this trace: of its surfaced origin that
+        # started first (not the first to arrive: the same evidence whatever the span order).
+        best: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         for origin in origins:
-            acc_e = errs.setdefault(keys[origin.index], [0, 0, None])
+            key = keys[origin.index]
+            acc_e = errs.setdefault(key, [0, 0, None])
             acc_e[0 if origin.surfaced else 1] += 1
-            if acc_e[2] is None or (origin.surfaced and acc_e[0] == 1):
-                acc_e[2] = error_evidence(a, origin, keys)
+            span = a.spans[origin.index]
+            rank = (not origin.surfaced, a.start_ns[origin.index], span.span_id)
+            if key not in best or rank < best[key][0]:
+                best[key] = (rank, origin)
+        for key, (_, origin) in best.items():
+            errs[key][2] = error_evidence(a, origin, keys)
         top = max(per_op.items(), key=lambda kv: (kv[1][0], kv[0]))[0]
         top_key = "|".join(top)
         root = a.root
@@ -439,9 +447,9 @@ class TraceAssembler(Detector):
             if ops is not None:  # the callee's own spans are in the trace
                 ops.append(OpTime(INBOUND, caller, cp, self_ns, n, {"caller.service": caller}))
         edges: dict[str, list[list[Any]]] = {}
-        for (client, server, ctype), (n, nf, cb, sb, cs, ss) in sorted(
+        for (client, server, ctype), (n, nf, cb, sb, cs, ss, owner) in sorted(
                 trace_edges(a, destination_of, failed).items()):
-            edges.setdefault(server if client == USER else client, []).append(
+            edges.setdefault(owner, []).append(
                 [client, server, ctype, n, nf, _flat(cb), _flat(sb), cs, ss])
         for service, ops in by_service.items():
             self._out.append(TraceSample(tid, service, end, duration, top_key, ops,

@@ -117,6 +117,46 @@ def test_async_children_do_not_explain_their_parent() -> None:
     ]
 
 
+def test_fire_and_forget_started_during_the_request_is_its_own_origin() -> None:
+    """The welcome mail is sent in a task started while the request runs, which outlives
+    it: the request answered 201, so the task's failure was handled by nobody (surfaced)."""
+    spans = [
+        sp("1", "", "web", "POST /signup", 2, 0, 50, 0, **{"http.response.status_code": 201}),
+        sp("2", "1", "web", "send welcome", 1, 45, 300, 2, **{"exception.type": "SMTPError"}),
+    ]
+    assert origins(spans) == [("send welcome", True, ["send welcome"], None)]
+
+
+def test_a_retried_failure_does_not_explain_its_callers_own_failure() -> None:
+    """stock's first 503 was retried successfully; web then fails on its own (a KeyError):
+    web is the origin that reached the root, stock's 503 was absorbed by the retry."""
+    spans = [
+        sp("1", "", "web", "GET /checkout", 2, 0, 100, 2, **E500,
+           **{"exception.type": "KeyError"}),
+        sp("2", "1", "web", "GET stock", 3, 5, 20, 2, **{"http.response.status_code": 503}),
+        sp("3", "2", "stock", "GET /stock", 2, 6, 19, 2, **{"http.response.status_code": 503}),
+        sp("4", "1", "web", "GET stock", 3, 25, 40, 0, **{"http.response.status_code": 200}),
+        sp("5", "4", "stock", "GET /stock", 2, 26, 39, 0, **{"http.response.status_code": 200}),
+    ]
+    assert origins(spans) == [
+        ("GET /checkout", True, ["GET /checkout"], None),
+        ("GET /stock", False, ["GET /stock", "GET stock"], "GET /checkout"),
+    ]
+
+
+def test_a_grpc_clients_not_found_is_not_a_failure_and_odd_codes_do_not_break() -> None:
+    spans = [
+        sp("1", "", "web", "GET /quote", 2, 0, 50),
+        sp("2", "1", "web", "Quote/Get", 3, 5, 20, 2, **{"rpc.grpc.status_code": 5}),
+        sp("3", "2", "pricing", "Quote/Get", 2, 6, 19, 0, **{"rpc.grpc.status_code": [14]}),
+    ]
+    assert origins(spans) == []
+    asm = TraceAssembler(quiet_s=1.0, max_age_s=30.0)
+    asm.update(spans)
+    asm.advance(T0 + 5 * S)
+    assert {s.service for s in asm.drain()} == {"web", "pricing"}
+
+
 def test_grpc_server_failures_count_without_an_error_status() -> None:
     spans = [
         sp("1", "", "web", "GET /quote", 2, 0, 50, 2, **E500),
@@ -206,3 +246,24 @@ def test_sparse_operation_is_judged_on_carried_windows() -> None:
     found = [f for f in run(ErrorOriginDetector(), batches) if f.status == "firing"]
     assert [f.entity["operation"] for f in found] == ["SELECT users"]
     assert 60 * 60 < (found[0].detected_at_ns - T0) / S <= 72 * 60
+
+
+def test_the_pace_of_the_watermark_does_not_change_the_findings() -> None:
+    """The same samples, the watermark moved after every 10 s batch, every 3 minutes, or
+    once at the end (a backlog, the end of the input, ``analyze``): the same findings."""
+    rate = lambda m: 0.30 if 40 <= m < 45 else (1.0 if 50 <= m < 51 else 0.015)  # noqa: E731
+    batches = error_samples(minutes=60, fail_rate=rate)
+
+    def paced(every: int | None) -> list[dict]:
+        d, out = ErrorOriginDetector(), []
+        for i, batch in enumerate(batches):
+            d.update(batch)
+            if every is not None and i % every == 0:
+                out += d.advance(max(s.end_ns for s in batch) - 5 * S)
+        out += d.advance(T0 + 70 * 60 * S)
+        return [f.to_dict() for f in out]
+
+    each = paced(1)
+    assert {f["status"] for f in each} == {"firing", "resolved"}
+    assert paced(18) == each
+    assert paced(None) == each

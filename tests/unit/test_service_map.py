@@ -113,3 +113,23 @@ def test_a_watermark_that_passes_several_minutes_at_once_publishes_their_calls()
     out = {tuple(orjson.loads(k)): orjson.loads(v) for k, v in d.published()}
     assert len(out) == 3 and {r["calls"] for r in out.values()} == {calls}
     assert {r["window"]["end"] for r in out.values()} == {rfc3339(T0 + 5 * 60 * S)}
+
+
+def test_a_service_named_user_keeps_its_own_calls() -> None:
+    """A real service called "user" (as the outside caller is named): its call to its
+    database stays with its own sample, beside the requests from outside into it."""
+    from pipeline.detectors.trace_assembly import TraceAssembler
+    from pipeline.records import Resource, Span
+
+    r = Resource("user", "user-1", "h", "", {})
+    tid = "cd" * 16
+    asm = TraceAssembler(quiet_s=1.0, max_age_s=30.0)
+    asm.update([
+        Span(tid, "1" * 16, "", "GET /u", 2, T0, T0 + 50 * 10**6, 0, {}, r),
+        Span(tid, "2" * 16, "1" * 16, "SELECT", 3, T0 + 10**6, T0 + 9 * 10**6, 0,
+             {"db.system": "postgresql", "db.name": "users"}, r),
+    ])
+    asm.advance(T0 + 5 * S)
+    (sample,) = asm.drain()
+    assert sorted(tuple(e[:3]) for e in sample.edges) == [
+        ("user", "user", "virtual_node"), ("user", "users", "database")]
