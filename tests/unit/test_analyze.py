@@ -333,3 +333,11 @@ def test_text_fits_100_columns_whatever_the_names() -> None:
                                    "stopped_early": long, "dead_letters": {long: 1}})
     text = report.render(doc)
     assert max(len(line) for line in text.splitlines()) <= 100, text
+
+
+def test_relative_times_on_the_command_line() -> None:
+    from pipeline.__main__ import _relative_times
+
+    assert _relative_times(["analyze", "--from", "-2h", "--to", "-30m", "--since", "1h",
+                            "--file", "-"]) == [
+        "analyze", "--from=-2h", "--to=-30m", "--since", "1h", "--file", "-"]
