@@ -38,9 +38,10 @@ start time and any length (windows past the end are clipped by the scenario).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from pipeline.durations import parse_duration_ns
 
 BOTTLENECK_SPAN = "bottleneck_span"
 MEMORY_LEAK = "memory_leak"
@@ -186,10 +187,6 @@ class Fault:
         return replace(self, end_s=min(self.end_s, duration_s))
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
 def parse_duration(text: str | float | int) -> float:
     """Seconds in ``"90"``, ``"90s"``, ``"20m"``, ``"1h30m"``, ``"2h"``, ``"1d"``.
 
@@ -198,20 +195,7 @@ def parse_duration(text: str | float | int) -> float:
     """
     if isinstance(text, int | float):
         return float(text)
-    s = text.strip().lower()
-    try:
-        return float(s)
-    except ValueError:
-        pass
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_S[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or not s:
-        raise ValueError(f"bad duration {text!r}: use e.g. 90s, 20m, 1h30m, 2h")
-    return total
+    return parse_duration_ns(text) / 1e9
 
 
 def parse_fault(spec: str) -> Fault:
