@@ -39,6 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from benchmarks import harness, scoring
 from benchmarks.corpus.recorder import Recording
+from benchmarks.error_baselines import error_rate_alerts
 from benchmarks.harness import RunNames, log
 from pipeline import otlp
 from pipeline.connections import HOST_METRICS, host_of
@@ -84,6 +85,13 @@ def records(run: Path, spans_topic: str, metrics_topic: str) -> tuple[list[SimRe
     entities = {"operations": len(ops), "services": len(services),
                 "instances": len(instances), "hosts": len(hosts)}
     return out, entities
+
+
+def span_rows(run: Path) -> list[tuple[str, str, int, int]]:
+    """(service, span name, status code, end ns) of every span of the recording."""
+    return [(s.resource.service, s.name, s.status, s.end_ns)
+            for _, signal, body in Recording(run / "otlp.bin") if signal == "spans"
+            for s in otlp.decode_spans(body, "otlp_proto").items]
 
 
 def labels(run: Path, entities: dict[str, int]) -> scoring.LabelSet:
@@ -251,6 +259,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for f in findings:
             fh.write(orjson.dumps(f) + b"\n")
     scores = scoring.score_findings(findings, truth, list(KINDS))
+    if any(lb.kind == "error_origin" for lb in truth.labels):  # the rule users would write
+        scores["baseline:error_rate"] = scoring.score_rule(
+            "error_rate", "error_origin", error_rate_alerts(span_rows(args.run)), truth)
     named = downstream_named(findings, truth)
     origins = origin_named(findings, truth)
     print(table(scores, truth, named, findings, origins))
