@@ -161,3 +161,23 @@ def test_tail_heads_a_resolved_finding_with_when_it_resolved() -> None:
            "entity": {}, "summary": "s", "evidence": {}, "next_steps": []}
     assert format_finding(doc).startswith("[2026-01-05T08:40:00.000Z] RESOLVED")
     assert format_finding({**doc, "status": "firing"}).startswith("[2026-01-05T08:17:00.000Z]")
+
+
+def test_status_line_says_when_the_input_has_gone_quiet_and_ended() -> None:
+    """The trace stage never reports idleness (it follows the span stage): the line goes by
+    the input streams."""
+    from pipeline.tail import status_line
+
+    page = "\n".join([
+        "# TYPE anomaly_pipeline_input_idle_seconds gauge",
+        'anomaly_pipeline_input_idle_seconds{stream="spans"} 95.0',
+        'anomaly_pipeline_input_idle_seconds{stream="metrics"} 80.0',
+        'anomaly_pipeline_input_idle_seconds{stream="traces"} 0.0',
+        "# TYPE anomaly_pipeline_end_of_input_partitions gauge",
+        'anomaly_pipeline_end_of_input_partitions{stream="spans"} 16.0',
+        'anomaly_pipeline_end_of_input_partitions{stream="traces"} 0.0',
+        "",
+    ])
+    line = status_line(page)
+    assert "input quiet for" in line and "traffic has ended" in line
+    assert "input quiet" not in status_line(page.replace(' 80.0', ' 0.0'))
