@@ -58,10 +58,12 @@ KINDS = ("bottleneck_span", "latency_regression", "memory_leak", "gc_pressure",
          "time_wait_buildup", "error_origin")
 
 
-def records(run: Path, spans_topic: str, metrics_topic: str) -> tuple[list[SimRecord],
-                                                                      dict[str, int]]:
-    """The recording as Kafka records, and the entity counts of the run line."""
+def records(run: Path, spans_topic: str, metrics_topic: str
+            ) -> tuple[list[SimRecord], dict[str, int], list[tuple[str, str, int, int]]]:
+    """The recording as Kafka records, the entity counts of the run line, and (service, span
+    name, status code, end ns) of every span (for the error-rate baseline)."""
     out: list[SimRecord] = []
+    rows: list[tuple[str, str, int, int]] = []
     ops: set[tuple[str, str, str]] = set()
     services: set[str] = set()
     instances: set[tuple[str, str]] = set()
@@ -72,6 +74,7 @@ def records(run: Path, spans_topic: str, metrics_topic: str) -> tuple[list[SimRe
             for s in items:
                 ops.add((s.resource.service, *operation_of(s)))
                 services.add(s.resource.service)
+                rows.append((s.resource.service, s.name, s.status, s.end_ns))
             topic = spans_topic
         else:
             items = otlp.decode_metrics(body, "otlp_proto").items
@@ -84,14 +87,7 @@ def records(run: Path, spans_topic: str, metrics_topic: str) -> tuple[list[SimRe
         out.append(SimRecord(topic, None, body, recv_ns // 1_000_000, len(items)))
     entities = {"operations": len(ops), "services": len(services),
                 "instances": len(instances), "hosts": len(hosts)}
-    return out, entities
-
-
-def span_rows(run: Path) -> list[tuple[str, str, int, int]]:
-    """(service, span name, status code, end ns) of every span of the recording."""
-    return [(s.resource.service, s.name, s.status, s.end_ns)
-            for _, signal, body in Recording(run / "otlp.bin") if signal == "spans"
-            for s in otlp.decode_spans(body, "otlp_proto").items]
+    return out, entities, rows
 
 
 def labels(run: Path, entities: dict[str, int]) -> scoring.LabelSet:
@@ -244,7 +240,7 @@ def table(scores: dict[str, scoring.KindScore], truth: scoring.LabelSet,
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     names = RunNames.fresh("bench-real")
     t0 = time.perf_counter()
-    recs, entities = records(args.run, names.spans, names.metrics)
+    recs, entities, rows = records(args.run, names.spans, names.metrics)
     truth = labels(args.run, entities)
     log(f"corpus {args.run}: {len(recs):,} records, entities {entities}, "
         f"{len(truth.labels)} labels")
@@ -261,7 +257,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     scores = scoring.score_findings(findings, truth, list(KINDS))
     if any(lb.kind == "error_origin" for lb in truth.labels):  # the rule users would write
         scores["baseline:error_rate"] = scoring.score_rule(
-            "error_rate", "error_origin", error_rate_alerts(span_rows(args.run)), truth)
+            "error_rate", "error_origin", error_rate_alerts(rows), truth)
     named = downstream_named(findings, truth)
     origins = origin_named(findings, truth)
     print(table(scores, truth, named, findings, origins))

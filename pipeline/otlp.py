@@ -80,6 +80,7 @@ URL_KEYS = ("url.full", "http.url")
 #: the status description of an ERROR span, cut the same way.
 EXCEPTION_TYPE, EXCEPTION_MESSAGE, STATUS_MESSAGE = (
     "exception.type", "exception.message", "status.message")
+EXCEPTION_KEYS = frozenset((EXCEPTION_TYPE, EXCEPTION_MESSAGE))
 MAX_MESSAGE = 200
 # Resource attributes kept beside the identity fields (restart and runtime detection).
 RESOURCE_ATTRIBUTES = frozenset(
@@ -501,7 +502,7 @@ def _exception_proto(events: Any, attrs: dict[str, Any]) -> None:
     for ev in events:
         if ev.name == "exception":
             for kv in ev.attributes:
-                if kv.key == EXCEPTION_TYPE or kv.key == EXCEPTION_MESSAGE:
+                if kv.key in EXCEPTION_KEYS:
                     value = _any_value_proto(kv.value)
                     if value is not None:
                         attrs[kv.key] = str(value)[:MAX_MESSAGE]
@@ -511,8 +512,7 @@ def _exception_proto(events: Any, attrs: dict[str, Any]) -> None:
 def _exception_json(events: Any, attrs: dict[str, Any]) -> None:
     for ev in events:
         if isinstance(ev, dict) and ev.get("name") == "exception":
-            for key, value in _attrs_json(ev.get("attributes"),
-                                          frozenset((EXCEPTION_TYPE, EXCEPTION_MESSAGE))).items():
+            for key, value in _attrs_json(ev.get("attributes"), EXCEPTION_KEYS).items():
                 if value is not None:
                     attrs[key] = str(value)[:MAX_MESSAGE]
             return

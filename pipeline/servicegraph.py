@@ -79,36 +79,45 @@ def bucket(ns: int) -> int:
     return bisect.bisect_left(BUCKET_NS, ns)
 
 
+def answered(a: TraceAnalysis) -> dict[int, list[int]]:
+    """Each CLIENT or PRODUCER span (index) that another service's SERVER or CONSUMER span
+    answered, and those spans, in span order: a call whose callee is in the trace."""
+    spans, parent = a.spans, a.parent
+    out: dict[int, list[int]] = {}
+    for i, s in enumerate(spans):
+        if (s.kind == SPAN_KIND_SERVER or s.kind == SPAN_KIND_CONSUMER) and s.parent_id:
+            p = parent[i]  # (an orphan hangs under the root: its parent is not the root)
+            if p >= 0 and spans[p].span_id == s.parent_id and (
+                    spans[p].kind == SPAN_KIND_CLIENT or spans[p].kind == SPAN_KIND_PRODUCER
+            ) and spans[p].resource.service != s.resource.service:
+                out.setdefault(p, []).append(i)
+    return out
+
+
 def trace_edges(a: TraceAnalysis, destination: Callable[[Mapping[str, Any]], str],
-                failed: Sequence[bool] | None = None) -> dict[Edge, list[Any]]:
+                failed: Sequence[bool] | None = None,
+                calls: Mapping[int, list[int]] | None = None) -> dict[Edge, list[Any]]:
     """The calls of one trace by edge: ``[calls, failed, {client bucket: n}, {server bucket:
     n}, client ns summed, server ns summed, owner]``, the owner being the service whose spans
     made the call (the client; the server for a request from outside). ``destination``:
     names an uninstrumented callee from a client span's attributes
     (``trace_assembly.destination_of``); ``failed``: ``in_error`` per span, if known (without
-    it no call is counted failed)."""
+    it no call is counted failed); ``calls``: ``answered(a)``, if computed already."""
     spans = a.spans
     out: dict[Edge, list[Any]] = {}
-    if not spans:
-        return out
-    index = {s.span_id: i for i, s in enumerate(spans)}
-    answered: dict[int, list[int]] = {}  # client span -> the server spans answering it
+    if calls is None:
+        calls = answered(a)
     for i, s in enumerate(spans):
-        if s.kind == SPAN_KIND_SERVER or s.kind == SPAN_KIND_CONSUMER:
-            p = index.get(s.parent_id) if s.parent_id else None
-            if p is not None and spans[p].resource.service != s.resource.service and (
-                    spans[p].kind in (SPAN_KIND_CLIENT, SPAN_KIND_PRODUCER)):
-                answered.setdefault(p, []).append(i)
-            elif not s.parent_id and s.kind == SPAN_KIND_SERVER:
-                d = a.end_ns[i] - a.start_ns[i]
-                _add(out, (USER, s.resource.service, VIRTUAL), d, d,
-                     bool(failed and failed[i]), s.resource.service)
-    for i, s in enumerate(spans):
+        if s.kind == SPAN_KIND_SERVER and not s.parent_id:
+            d = a.end_ns[i] - a.start_ns[i]
+            _add(out, (USER, s.resource.service, VIRTUAL), d, d,
+                 bool(failed and failed[i]), s.resource.service)
+            continue
         if s.kind != SPAN_KIND_CLIENT and s.kind != SPAN_KIND_PRODUCER:
             continue
         client_ns = a.end_ns[i] - a.start_ns[i]
         fail_c = bool(failed and failed[i])
-        servers = answered.get(i)
+        servers = calls.get(i)
         if servers:
             for j in servers:
                 t = s.kind == SPAN_KIND_PRODUCER and MESSAGING or ""
@@ -145,6 +154,26 @@ def _add(out: dict[Edge, list[Any]], edge: Edge, client_ns: int, server_ns: int,
     acc[3][sb] = acc[3].get(sb, 0) + 1
     acc[4] += client_ns
     acc[5] += server_ns
+
+
+def flat(buckets: Mapping[int, int]) -> list[int]:
+    """A sparse histogram as its wire form: ``[bucket, n, bucket, n, ...]``, by bucket."""
+    return [x for b in sorted(buckets) for x in (b, buckets[b])]
+
+
+def add_flat(into: dict[str, int], pairs: Sequence[int]) -> None:
+    """Add a histogram's wire form to a sparse one keyed by bucket (as a string: JSON)."""
+    for i in range(0, len(pairs), 2):
+        k = str(pairs[i])
+        into[k] = into.get(k, 0) + pairs[i + 1]
+
+
+def dense(sparse: Mapping[Any, int]) -> list[int]:
+    """A sparse histogram (bucket, as int or string -> n) as counts of every bucket."""
+    out = [0] * (len(BUCKETS) + 1)
+    for k, n in sparse.items():
+        out[int(k)] += n
+    return out
 
 
 def percentile_ms(counts: Sequence[int], q: float) -> float | None:

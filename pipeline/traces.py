@@ -373,7 +373,7 @@ def error_origins(a: TraceAnalysis, failed: Sequence[bool] | None = None) -> lis
     spans = a.spans
     if a.root is None:
         return []
-    err = list(failed) if failed is not None else [in_error(s) for s in spans]
+    err = failed if failed is not None else [in_error(s) for s in spans]
     if not any(err):
         return []
     parent = a.parent

@@ -33,9 +33,11 @@ from typing import Any
 
 from pipeline.connections import host_of
 from pipeline.detectors.base import Detector
+from pipeline.detectors.bottleneck import quantile
 from pipeline.detectors.trace_assembly import INBOUND
 from pipeline.findings import Finding
 from pipeline.records import MetricPoint, Resource, Span, TraceSample
+from pipeline.servicegraph import add_flat
 
 EXEMPLARS = 5  # slowest traces kept per operation and table, failing traces per origin
 MAX_CAUSES = 5  # distinct exception types / messages counted per origin (the rest: "other")
@@ -69,13 +71,7 @@ class Reservoir:
             self.values[j] = value
 
     def quantile(self, q: float) -> float | None:
-        if not self.values:
-            return None
-        v = sorted(self.values)
-        pos = q * (len(v) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(v) - 1)
-        return float(v[lo] + (v[hi] - v[lo]) * (pos - lo))
+        return float(quantile(sorted(self.values), q)) if self.values else None
 
 
 def _top(heap: list[tuple[int, str]], value: int, trace_id: str, k: int = EXEMPLARS) -> None:
@@ -252,9 +248,8 @@ class Collector:
                 e = self.edges[key] = [0, 0, {}, {}]
             e[0] += n
             e[1] += nf
-            for hist, flat in ((e[2], cb), (e[3], sb)):
-                for i in range(0, len(flat), 2):
-                    hist[flat[i]] = hist.get(flat[i], 0) + flat[i + 1]
+            add_flat(e[2], cb)
+            add_flat(e[3], sb)
 
     def add_resources(self, resources: Iterable[Resource]) -> None:
         for r in resources:
@@ -283,10 +278,6 @@ def detector_classes(collector: Collector) -> list[type[Detector]]:
     class _Reader(Detector):
         version = "1"
         kinds = ()
-
-        @classmethod
-        def from_settings(cls, settings: Any) -> Detector:
-            return cls()
 
         def advance(self, watermark_ns: int) -> list[Finding]:
             return []

@@ -15,8 +15,8 @@ from typing import Any
 
 from pipeline.analyze.collect import Collector, OpStats, slowest
 from pipeline.findings import Finding, rfc3339
-from pipeline.servicegraph import BUCKETS, percentile_ms
 from pipeline.servicegraph import USER as USER_NODE
+from pipeline.servicegraph import dense, percentile_ms
 
 SCHEMA = "analyze/1"
 LATENCY_KINDS = ("bottleneck_span", "latency_regression")
@@ -75,13 +75,6 @@ def _origin_row(key: tuple[str, str, str], st: OpStats) -> dict[str, Any]:
     return row
 
 
-def _dense(sparse: Mapping[int, int]) -> list[int]:
-    out = [0] * (len(BUCKETS) + 1)
-    for k, n in sparse.items():
-        out[int(k)] += n
-    return out
-
-
 def _edge_rows(col: Collector, minutes: float) -> list[dict[str, Any]]:
     rows = []
     for (client, server, ctype), (calls, failed, cb, sb) in col.edges.items():
@@ -89,8 +82,8 @@ def _edge_rows(col: Collector, minutes: float) -> list[dict[str, Any]]:
             "client": client, "server": server, "connection_type": ctype,
             "calls": calls, "calls_per_minute": round(calls / minutes, 2),
             "failed": failed, "error_rate": round(failed / calls, 5) if calls else 0.0,
-            "client_p95_ms": percentile_ms(_dense(cb), 0.95),
-            "server_p95_ms": percentile_ms(_dense(sb), 0.95),
+            "client_p95_ms": percentile_ms(dense(cb), 0.95),
+            "server_p95_ms": percentile_ms(dense(sb), 0.95),
         })
     rows.sort(key=lambda r: (-r["calls"], r["client"], r["server"]))
     return rows

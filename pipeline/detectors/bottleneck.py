@@ -85,7 +85,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from pipeline.detectors.base import Detector, DetectorStats
-from pipeline.detectors.trace_assembly import CALL, CALLEE, INBOUND, destination_of
+from pipeline.detectors.trace_assembly import (
+    CALL,
+    CALLEE,
+    INBOUND,
+    destination_of,
+    op_entity,
+    op_key,
+    op_name,
+    split_op,
+)
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
 from pipeline.records import TraceSample
 from pipeline.state import State
@@ -415,7 +424,7 @@ class BottleneckDetector(Detector):
             )
             st["baseline"] = {"b50": b50, "b95": b95, "mad": mad, "excess": excess,
                               "affected": affected}
-            service, name, _ = _split(key)
+            service, name, _ = split_op(key)
             (incoming if name == INBOUND else evaluated).setdefault(service, []).append(
                 _Judged(key, strict or soft, strict))
         findings: list[Finding] = []
@@ -542,7 +551,7 @@ class BottleneckDetector(Detector):
         """The finding's entity: the operation, and for an outgoing call the service it calls
         (``peer_service``: the callee whose server spans answer it in the traces, else the
         ``peer.service`` attribute, else the destination address)."""
-        entity = _entity(key)
+        entity = op_entity(key)
         peer = _peer(base.attrs, entity.get("operation_detail", ""))
         if peer:
             entity["peer_service"] = peer
@@ -553,8 +562,8 @@ class BottleneckDetector(Detector):
         self, key: str, base: _Op, acc: _Acc, st: Mapping[str, Any], end_ns: int,
         knock_on: Sequence[str] = (), stats: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Verdict:
-        service, _, detail = _split(key)
-        op = _display(key)
+        service, _, detail = split_op(key)
+        op = op_name(key)
         b = st["baseline"]
         excess_ms = b["excess"] / MS
         severity = "critical" if excess_ms >= 1000 else "warning"
@@ -596,7 +605,7 @@ class BottleneckDetector(Detector):
             )
         if knock_on and stats is not None:
             evidence["knock_on"] = [
-                {"operation": _display(k), "baseline_p50_ms": _ms(stats[k]["baseline"]["b50"]),
+                {"operation": op_name(k), "baseline_p50_ms": _ms(stats[k]["baseline"]["b50"]),
                  "observed_p50_ms": _ms(stats[k]["p50"]),
                  "added_ms": _ms(stats[k]["baseline"]["excess"])}
                 for k in sorted(knock_on, key=lambda k: -stats[k]["baseline"]["excess"])[:5]
@@ -620,7 +629,7 @@ class BottleneckDetector(Detector):
             st, acc = stats[r.key], window[r.key]
             b = st["baseline"]
             callers.append({
-                "service": _split(r.key)[2],
+                "service": split_op(r.key)[2],
                 "baseline_p50_ms": _ms(b["b50"]), "observed_p50_ms": _ms(st["p50"]),
                 "added_ms": _ms(b["excess"]), "traces": acc.n,
                 "share_of_traces_affected": round(b["affected"], 3),
@@ -682,7 +691,7 @@ class BottleneckDetector(Detector):
             "median_ratio_to_baseline": round(median_ratio, 3),
             "added_ms_per_trace": round(added_ms, 3),
             "slowest_operations": [
-                {"operation": _display(k), "ratio_to_baseline": round(r, 3),
+                {"operation": op_name(k), "ratio_to_baseline": round(r, 3),
                  "baseline_p50_ms": _ms(stats[k]["baseline"]["b50"]),
                  "observed_p50_ms": _ms(stats[k]["p50"]), "added_ms": _ms(e)}
                 for e, r, k in rows[:5]
@@ -707,7 +716,7 @@ class BottleneckDetector(Detector):
     def _make_room(self) -> bool:
         if not self._ops.at_cap:  # the firing set only when something must go
             return True
-        firing = {_key(st["entity"]) for st in self.lc_bottleneck.active()}
+        firing = {op_key(st["entity"]) for st in self.lc_bottleneck.active()}
         return self._ops.make_room(protect=lambda key, _op: key in firing,
                                    evict=self._evicted)
 
@@ -748,7 +757,7 @@ class BottleneckDetector(Detector):
         destination). A call is told by its saved attributes: a destination, no database and
         no ``http.route`` (which server spans carry)."""
         for key, op in list(self._ops.items()):
-            service, name, detail = _split(key)
+            service, name, detail = split_op(key)
             a = op.attrs
             if (detail or CALL in a or "http.route" in a or any(k in a for k in DB_KEYS)
                     or not any(k in a for k in PEER_KEYS)):
@@ -775,8 +784,8 @@ class BottleneckDetector(Detector):
                 k = (kind, st["severity"])
                 active[k] = active.get(k, 0) + 1
                 if kind == BOTTLENECK:
-                    key = _key(st["entity"])
-                    labels = (("service_name", _split(key)[0]), ("operation", _display(key)))
+                    key = op_key(st["entity"])
+                    labels = (("service_name", split_op(key)[0]), ("operation", op_name(key)))
                     gauges[(EXCESS_GAUGE, labels)] = (
                         st["last"][2].get("added_latency_ms_per_trace", 0.0) / 1000.0
                     )
@@ -790,30 +799,6 @@ class BottleneckDetector(Detector):
         return DetectorStats(tracked=len(self._ops), evicted=evicted, active=active,
                              gauges=gauges,
                              firing=self.lc_bottleneck.firing() + self.lc_regression.firing())
-
-
-def _split(key: str) -> tuple[str, str, str]:
-    """"service|operation|detail" → its parts (a service name holds no "|")."""
-    service, _, rest = key.partition("|")
-    op, _, detail = rest.rpartition("|")
-    return service, op, detail
-
-
-def _entity(key: str) -> dict[str, str]:
-    service, op, detail = _split(key)
-    entity = {"service": service, "operation": op}
-    if detail:
-        entity["operation_detail"] = detail
-    return entity
-
-
-def _key(entity: Mapping[str, Any]) -> str:
-    return f"{entity['service']}|{entity['operation']}|{entity.get('operation_detail', '')}"
-
-
-def _display(key: str) -> str:
-    _, op, detail = _split(key)
-    return f"{op} {detail}" if detail else op
 
 
 def _ms(ns: float) -> float:

@@ -48,7 +48,16 @@ from typing import Any
 from scipy.stats import binom
 
 from pipeline.detectors.base import Detector, DetectorStats
-from pipeline.detectors.trace_assembly import CALL, CALLEE, INBOUND, destination_of
+from pipeline.detectors.trace_assembly import (
+    CALL,
+    CALLEE,
+    INBOUND,
+    destination_of,
+    op_entity,
+    op_key,
+    op_name,
+    split_op,
+)
 from pipeline.findings import Finding, Lifecycle, Verdict, rfc3339
 from pipeline.records import TraceSample
 from pipeline.state import State
@@ -184,17 +193,12 @@ class ErrorOriginDetector(Detector):
                     acc = op.open[str(w)] = [w, 0, 0, 0, [], None]
                 acc[1] += o.spans
                 if o.errors or o.absorbed:
-                    acc[2] += o.errors
-                    acc[3] += o.absorbed
                     # Which traces are kept does not depend on the order they come in (the
                     # same findings from any partitioning or pace): the smallest hashes.
                     h = zlib.crc32(sample.trace_id.encode())
-                    if o.errors:
-                        _keep(acc[4], [h, sample.trace_id])
-                    if o.error:
-                        cand = [0 if o.errors else 1, h, o.error]
-                        if acc[5] is None or cand[:2] < acc[5][:2]:
-                            acc[5] = cand
+                    _merged(acc, [w, 0, o.errors, o.absorbed,
+                                  [[h, sample.trace_id]] if o.errors else [],
+                                  [0 if o.errors else 1, h, o.error] if o.error else None])
                 ops.changed(key)
 
     def advance(self, watermark_ns: int) -> list[Finding]:
@@ -314,13 +318,13 @@ class ErrorOriginDetector(Detector):
             op.bad, op.calls = base_bad + bad, base_calls + calls
         if not anomalous:
             return None
-        service, operation, detail = _split(key)
+        service, operation, detail = split_op(key)
         ev = dict(evidence or {})
         chain = ev.pop("chain", [])
         reached = ev.pop("reached_root", None)
         exc_type = ev.get("exception.type")
         exc_msg = ev.get("exception.message")
-        name = f"{operation} {detail}" if detail else operation
+        name = op_name(key)
         peer = _peer(op.attrs, detail)
         callers = []
         for step in chain[1:]:
@@ -383,12 +387,10 @@ class ErrorOriginDetector(Detector):
             k = (ERROR_ORIGIN, st["severity"])
             out.active[k] = out.active.get(k, 0) + 1
             e = st["entity"]
-            op = f"{e['operation']} {e['operation_detail']}" if e.get("operation_detail") else (
-                e["operation"])
             rate = st["last"][2].get("observed", {}).get("error_rate")
             if rate is not None:
-                out.gauges[(RATE_GAUGE, (("service_name", e["service"]), ("operation", op)))] = (
-                    float(rate))
+                out.gauges[(RATE_GAUGE, (("service_name", e["service"]),
+                                         ("operation", op_name(op_key(e)))))] = float(rate)
         return out
 
 
@@ -402,7 +404,8 @@ def _keep(exemplars: list[list[Any]], ex: list[Any]) -> None:
 
 
 def _merged(acc: list[Any] | None, window: list[Any]) -> list[Any]:
-    """Carried counts plus one more window's (exemplars and evidence: the first kept)."""
+    """Counts plus one more window's, or one more trace's (exemplars: the five of smallest
+    hash; evidence: of the surfaced failure of smallest hash, else the absorbed one's)."""
     if acc is None:
         return window
     acc[1] += window[1]
@@ -413,12 +416,6 @@ def _merged(acc: list[Any] | None, window: list[Any]) -> list[Any]:
     if window[5] is not None and (acc[5] is None or window[5][:2] < acc[5][:2]):
         acc[5] = window[5]
     return acc
-
-
-def _split(key: str) -> tuple[str, str, str]:
-    service, _, rest = key.partition("|")
-    operation, _, detail = rest.rpartition("|")
-    return service, operation, detail
 
 
 def _peer(attrs: Mapping[str, Any], detail: str) -> str:
@@ -432,11 +429,8 @@ def _peer(attrs: Mapping[str, Any], detail: str) -> str:
 
 
 def _entity(key: str, attrs: Mapping[str, Any]) -> dict[str, str]:
-    service, operation, detail = _split(key)
-    entity = {"service": service, "operation": operation}
-    if detail:
-        entity["operation_detail"] = detail
-    peer = _peer(attrs, detail)
+    entity = op_entity(key)
+    peer = _peer(attrs, entity.get("operation_detail", ""))
     if peer:
         entity["peer_service"] = peer
     return entity

@@ -31,24 +31,11 @@ import orjson
 from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.findings import Finding, rfc3339
 from pipeline.records import TraceSample
-from pipeline.servicegraph import BUCKETS, percentile_ms
+from pipeline.servicegraph import add_flat, dense, percentile_ms
 from pipeline.state import State
 
 MINUTE_NS = 60 * 10**9
 SCHEMA_VERSION = "1.0"
-
-
-def _merge(into: dict[str, int], flat: Sequence[int]) -> None:
-    for i in range(0, len(flat), 2):
-        k = str(flat[i])
-        into[k] = into.get(k, 0) + flat[i + 1]
-
-
-def dense(sparse: Mapping[str, int]) -> list[int]:
-    out = [0] * (len(BUCKETS) + 1)
-    for k, n in sparse.items():
-        out[int(k)] += n
-    return out
 
 
 class ServiceMapDetector(Detector):
@@ -96,8 +83,8 @@ class ServiceMapDetector(Detector):
                 t = doc["t"]
                 t[0] += n
                 t[1] += nf
-                _merge(t[2], cb)
-                _merge(t[3], sb)
+                add_flat(t[2], cb)
+                add_flat(t[3], sb)
                 t[4] += cs
                 t[5] += ss
                 doc["s"] = max(doc["s"], sample.end_ns)
@@ -110,8 +97,8 @@ class ServiceMapDetector(Detector):
                     m = doc["m"].setdefault(str(minute), [0, 0, {}, {}])
                     m[0] += n
                     m[1] += nf
-                    _merge(m[2], cb)
-                    _merge(m[3], sb)
+                    add_flat(m[2], cb)
+                    add_flat(m[3], sb)
                 edges.changed(key)
 
     def advance(self, watermark_ns: int) -> list[Finding]:

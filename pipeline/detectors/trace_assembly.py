@@ -48,7 +48,7 @@ from pipeline.records import (
     Span,
     TraceSample,
 )
-from pipeline.servicegraph import trace_edges
+from pipeline.servicegraph import answered, flat, trace_edges
 from pipeline.state import State
 from pipeline.traces import TraceAnalysis, analyze, error_origins, in_error, status_code
 
@@ -110,6 +110,35 @@ def operation_of(span: Span) -> tuple[str, str]:
         dest = destination_of(attrs)
         return (name, dest) if dest and dest not in name else (name, "")
     return name, ""
+
+
+def split_op(key: str) -> tuple[str, str, str]:
+    """"service|operation|detail" (the key detectors keep operations by) -> its parts (a
+    service name holds no "|")."""
+    service, _, rest = key.partition("|")
+    op, _, detail = rest.rpartition("|")
+    return service, op, detail
+
+
+def op_entity(key: str) -> dict[str, str]:
+    """An operation's key as a finding's entity: ``service``, ``operation`` and, when there
+    is one, ``operation_detail``."""
+    service, op, detail = split_op(key)
+    entity = {"service": service, "operation": op}
+    if detail:
+        entity["operation_detail"] = detail
+    return entity
+
+
+def op_key(entity: Mapping[str, Any]) -> str:
+    """The key of the operation a finding's entity names (``op_entity``'s inverse)."""
+    return f"{entity['service']}|{entity['operation']}|{entity.get('operation_detail', '')}"
+
+
+def op_name(key: str) -> str:
+    """How an operation is shown: its name and detail, ``GET /u/{id}``."""
+    _, op, detail = split_op(key)
+    return f"{op} {detail}" if detail else op
 
 
 def destination_of(attrs: Mapping[str, Any]) -> str:
@@ -388,9 +417,10 @@ class TraceAssembler(Detector):
             self._count("orphans", a.orphans)
         if a.skew_adjusted:
             self._count("skew_adjusted", a.skew_adjusted)
-        callee = _callees(a.spans)
+        calls = answered(a)
+        callee = _callees(a.spans, calls)
         failed = [in_error(sp) for sp in a.spans]
-        origins = error_origins(a, failed) if any(failed) else []
+        origins = error_origins(a, failed)
         keys = [(span.resource.service, *operation_of(span)) for span in a.spans]
         per_op: dict[tuple[str, str, str], list[Any]] = {}
         for i, span in enumerate(a.spans):
@@ -448,9 +478,9 @@ class TraceAssembler(Detector):
                 ops.append(OpTime(INBOUND, caller, cp, self_ns, n, {"caller.service": caller}))
         edges: dict[str, list[list[Any]]] = {}
         for (client, server, ctype), (n, nf, cb, sb, cs, ss, owner) in sorted(
-                trace_edges(a, destination_of, failed).items()):
+                trace_edges(a, destination_of, failed, calls).items()):
             edges.setdefault(owner, []).append(
-                [client, server, ctype, n, nf, _flat(cb), _flat(sb), cs, ss])
+                [client, server, ctype, n, nf, flat(cb), flat(sb), cs, ss])
         for service, ops in by_service.items():
             self._out.append(TraceSample(tid, service, end, duration, top_key, ops,
                                          edges.get(service, [])))
@@ -468,8 +498,7 @@ MAX_CHAIN = 8
 
 
 def _named(key: tuple[str, str, str]) -> str:
-    service, op, detail = key
-    return f"{service}: {op} {detail}" if detail else f"{service}: {op}"
+    return f"{key[0]}: {op_name('|'.join(key))}"
 
 
 def error_evidence(a: TraceAnalysis, origin: Any, keys: Sequence[tuple[str, str, str]]
@@ -511,22 +540,16 @@ def error_evidence(a: TraceAnalysis, origin: Any, keys: Sequence[tuple[str, str,
     return out
 
 
-def _flat(buckets: Mapping[int, int]) -> list[int]:
-    return [x for b in sorted(buckets) for x in (b, buckets[b])]
-
-
-def _callees(spans: Sequence[Span]) -> dict[str, str]:
+def _callees(spans: Sequence[Span], calls: Mapping[int, list[int]]) -> dict[str, str]:
     """Client span id -> the service of the server span that is its child in the trace (the
-    call's callee), for calls answered by another instrumented service."""
-    kind = {s.span_id: s for s in spans if s.kind == SPAN_KIND_CLIENT}
+    call's callee), for calls answered by another instrumented service (``calls``:
+    ``servicegraph.answered``; the last server span, if several answered)."""
     out: dict[str, str] = {}
-    if not kind:
-        return out
-    for s in spans:
-        if s.kind == SPAN_KIND_SERVER and s.parent_id in kind:
-            caller = kind[s.parent_id]
-            if caller.resource.service != s.resource.service:
-                out[caller.span_id] = s.resource.service
+    for c, servers in calls.items():
+        if spans[c].kind == SPAN_KIND_CLIENT:
+            for j in servers:
+                if spans[j].kind == SPAN_KIND_SERVER:
+                    out[spans[c].span_id] = spans[j].resource.service
     return out
 
 

@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +199,18 @@ def _per_request(topology: Topology, by_operation: bool) -> dict[tuple[str, str]
                 if isinstance(call, HttpCall):
                     visit(call.service, call.endpoint, w)
 
+    _from_entries(topology, visit)
+    return dict(out)
+
+
+def _from_entries(topology: Topology, visit: Callable[[str, str, float], None]) -> None:
+    """``visit(service, endpoint, share)`` for each entry endpoint, by its share of the
+    entry requests."""
     entries = [(s.name, ep) for s in topology.services if s.entry for ep in s.endpoints]
     total = sum(ep.weight for _, ep in entries)
     for service, ep in entries:
         if ep.weight > 0:
             visit(service, ep.name, ep.weight / total)
-    return dict(out)
 
 
 def _rate_at(scenario: Scenario, t_s: float) -> float:
@@ -623,11 +630,7 @@ def endpoint_calls_per_request(topology: Topology) -> dict[tuple[str, str], floa
                 if isinstance(call, HttpCall):
                     visit(call.service, call.endpoint, weight * call.probability)
 
-    entries = [(s.name, ep) for s in topology.services if s.entry for ep in s.endpoints]
-    total = sum(ep.weight for _, ep in entries)
-    for service, ep in entries:
-        if ep.weight > 0:
-            visit(service, ep.name, ep.weight / total)
+    _from_entries(topology, visit)
     return dict(out)
 
 
