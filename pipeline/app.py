@@ -43,6 +43,7 @@ from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
 from pipeline.findings import Finding
+from pipeline.incident_stage import IncidentStage, finding_record
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send, transient
 from pipeline.lagview import LagReading, TopicLag, carry_lag, last_fetched
 from pipeline.loglimit import forget, install
@@ -282,6 +283,18 @@ class Pipeline:
             s.service_map_topic, partitions=s.output_partitions, internal=True, compacting=True,
             **RAW,
         )}
+        self.incidents_out = app.topic(
+            s.incidents_topic, partitions=s.output_partitions, internal=True, compacting=True,
+            **RAW,
+        )
+        # Created by topics.ensure_topics (one partition, INCIDENT_HISTORY_S retention).
+        self.incident_input = app.topic(
+            topics.incident_input_topic(s), partitions=1, internal=True, deleting=True, **RAW,
+        )
+        self.incident_stage = IncidentStage(s)
+        self._incident_lock = asyncio.Lock()
+        self._incident_view = None
+        self.metrics.watch_incidents(lambda: self._incident_view)
         self.streams: dict[str, _Stream] = {}
         for signal, decode_wire in (
             ("spans", records.decode_spans_wire),
@@ -343,10 +356,18 @@ class Pipeline:
         async def detect_traces(stream: StreamT) -> None:
             await self._detect(stream, self.streams["traces"])
 
+        @app.agent(self.incident_input, name="correlate-incidents")
+        async def correlate_incidents(stream: StreamT) -> None:
+            async for event in stream.events():
+                await self._correlate(event.message.tp, event.message.offset,
+                                      event.message.value)
+
         @app.on_partitions_revoked.connect
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
             self._owned.difference_update(revoked)
             self._drop_partitions(revoked)
+            if any(tp.topic == self.incident_input.get_topic_name() for tp in revoked):
+                self.incident_stage.drop()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -354,6 +375,8 @@ class Pipeline:
 
         @app.timer(interval=5.0)
         async def refresh_state_view() -> None:
+            await self._take_correlation_over()
+            self._incident_view = self.incident_stage.view()
             self._state_view = self._build_state_view()
             self._view_built_at = time.time()
             try:
@@ -427,6 +450,9 @@ class Pipeline:
                         await self._publish(finding)
                     for out, key, value in engine.take_published():
                         await self.outputs[out].send(key=key, value=value)
+                        edge = self.incident_stage.edge_record(key, value)
+                        if edge is not None:
+                            await self.incident_input.send(key=key, value=edge)
                     await self._send_derived(st, p, engine)
                 finally:
                     st.busy.discard(p)
@@ -867,10 +893,41 @@ class Pipeline:
 
     async def _publish(self, finding: Finding) -> None:
         finding.runbook_url = self.settings.runbook_url(finding.kind)
-        await self.findings_out.send(key=finding.fingerprint.encode(), value=finding.to_json())
+        value = finding.to_json()
+        await self.findings_out.send(key=finding.fingerprint.encode(), value=value)
+        await self.incident_input.send(key=finding.fingerprint.encode(),
+                                       value=finding_record(value))
         self.metrics.findings.labels(finding.kind, finding.severity, finding.status).inc()
         log.info("finding %s %s %s: %s", finding.status, finding.kind, finding.entity,
                  finding.summary)
+
+    # -- incidents ----------------------------------------------------------------------------
+    async def _correlate(self, tp: TP, offset: int, value: bytes | None) -> None:
+        """One record of the correlation's input, on the worker that owns its partition."""
+        async with self._incident_lock:
+            if tp not in self._owned:
+                return
+            if self.incident_stage.correlator is None:
+                await self._rebuild_incidents(offset)
+            for key, doc in self.incident_stage.take(offset, value):
+                await self.incidents_out.send(key=key, value=doc)
+
+    async def _take_correlation_over(self) -> None:
+        """Take the correlation over as soon as its partition is ours, not at its next input
+        record (findings are rare): the incident gauges are back within seconds."""
+        tp = TP(self.incident_input.get_topic_name(), 0)
+        if tp in self._owned and self.incident_stage.correlator is None:
+            async with self._incident_lock:
+                if tp in self._owned and self.incident_stage.correlator is None:
+                    try:
+                        await self._rebuild_incidents(None)
+                    except Exception:  # the next input record (or the next tick) tries again
+                        log.warning("cannot rebuild the incidents yet", exc_info=True)
+
+    async def _rebuild_incidents(self, upto: int | None) -> None:
+        found = await self.incident_stage.rebuild(self.incident_input.get_topic_name(), upto)
+        for key, doc in self.incident_stage.records(found):
+            await self.incidents_out.send(key=key, value=doc)
 
     def _build_state_view(self) -> dict[str, StreamState]:
         view = {}

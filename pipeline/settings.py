@@ -58,6 +58,8 @@ class Settings:
     deadletter_topic: str = "anomaly_deadletter"
     # Compacted: one record per edge of the service dependency map (pipeline.detectors.servicemap)
     service_map_topic: str = "service_map"
+    # Compacted: one record per incident (findings that share a cause; pipeline.incidents)
+    incidents_topic: str = "anomaly_incidents"
 
     # Partitions of the internal routing topics and state tables: the most workers that can share
     # the detection work. Fixed once the app has run: a worker with another count refuses to
@@ -111,6 +113,12 @@ class Settings:
     regression_min_added_ms: float = 2.0  # a service-wide regression adds at least this
     bottleneck_min_excess_ms: float = 10.0  # a bottleneck adds at least this per trace
     service_map_max_edges: int = 10_000  # edges (client -> server) per partition
+    # Incidents (pipeline.incidents): findings whose active spans are within INCIDENT_GAP_S of
+    # each other (event time) and that explain one another are one incident.
+    incident_gap_s: float = 60.0
+    incident_max_open: int = 1_000  # incidents held (open, or resolved and kept 15 min)
+    # How far back a worker that takes the correlation over replays its input to rebuild it.
+    incident_history_s: float = 24 * 3600.0
     # Memory leaks and GC pressure (per routed metric partition).
     memory_limits: str = ""  # "service=512Mi,*=1Gi": limits for runtimes that send none
     memory_metrics: str = ""  # extra metric -> role rules: inline JSON or a JSON file path
@@ -208,6 +216,7 @@ class Settings:
             "FINDINGS_TOPIC": self.findings_topic,
             "DEADLETTER_TOPIC": self.deadletter_topic,
             "SERVICE_MAP_TOPIC": self.service_map_topic,
+            "INCIDENTS_TOPIC": self.incidents_topic,
         }
         for name, topic in topics.items():
             if not topic or len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
@@ -217,8 +226,8 @@ class Settings:
                 )
         if len(set(topics.values())) != len(topics):
             raise ConfigError(
-                "OTLP_SPANS_TOPIC, OTLP_METRICS_TOPIC, FINDINGS_TOPIC, DEADLETTER_TOPIC and "
-                f"SERVICE_MAP_TOPIC must all differ, got {topics}"
+                "OTLP_SPANS_TOPIC, OTLP_METRICS_TOPIC, FINDINGS_TOPIC, DEADLETTER_TOPIC, "
+                f"SERVICE_MAP_TOPIC and INCIDENTS_TOPIC must all differ, got {topics}"
             )
         if len(self.pipeline_app_id) > 150:
             raise ConfigError(
@@ -274,6 +283,13 @@ class Settings:
             )
         _positive("BOTTLENECK_MAX_OPERATIONS", self.bottleneck_max_operations)
         _positive("SERVICE_MAP_MAX_EDGES", self.service_map_max_edges)
+        _positive("INCIDENT_GAP_S", self.incident_gap_s, upper=3600)
+        _positive("INCIDENT_MAX_OPEN", self.incident_max_open, upper=1_000_000)
+        if not 3600 <= self.incident_history_s <= 7 * 86400:
+            raise ConfigError(
+                f"INCIDENT_HISTORY_S={self.incident_history_s:g}: use 3600 to 604800 (1 hour to "
+                "7 days); it is the retention of the correlation's input topic, replayed by a "
+                "worker that takes the correlation over")
         _positive("BOTTLENECK_WARMUP_CALLS", self.bottleneck_warmup_calls, upper=100_000)
         if not self.bottleneck_window_s <= self.bottleneck_max_window_s <= 86400:
             raise ConfigError(

@@ -45,6 +45,12 @@ def routed_topic(settings: Settings, signal: str) -> str:
     return f"{settings.pipeline_app_id}-{signal}-routed"
 
 
+def incident_input_topic(settings: Settings) -> str:
+    """The correlation's input: every finding and (now and then) every service-map edge, in one
+    partition so that one worker sees them in one order (``pipeline.incidents``)."""
+    return f"{settings.pipeline_app_id}-incident-input"
+
+
 def changelog_topic(settings: Settings, signal: str) -> str:
     """The changelog of the ``<signal>-state`` table (Faust's naming)."""
     return f"{settings.pipeline_app_id}-{signal}-state-changelog"
@@ -63,6 +69,9 @@ def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
         # Compacted: the latest state of every edge of the service map (key = the edge).
         NewTopic(s.service_map_topic, s.output_partitions, s.pipeline_replication_factor,
                  topic_configs={"cleanup.policy": "compact"}),
+        # Compacted: the latest state of every incident (key = incident id).
+        NewTopic(s.incidents_topic, s.output_partitions, s.pipeline_replication_factor,
+                 topic_configs={"cleanup.policy": "compact"}),
     ]
     if internal:
         # Routed messages carry the time they were routed (not event time), so time-based
@@ -74,6 +83,11 @@ def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
                      s.pipeline_replication_factor, topic_configs=ROUTED_CONFIGS)
             for signal in ROUTED_SIGNALS
         ]
+        # One partition: the correlation is one ordered stream (findings are few). Its
+        # retention is the history a new owner replays to rebuild the incidents.
+        out.append(NewTopic(incident_input_topic(s), 1, s.pipeline_replication_factor,
+                            topic_configs={"retention.ms": str(int(s.incident_history_s * 1000)),
+                                           "retention.bytes": "-1"}))
         # The state tables' changelogs, compacted, one partition per routed partition. Left to
         # Faust, a metadata request racing its creation can auto-create one with the broker's
         # default partition count, and the table's agent then crashes on the mismatch.
@@ -112,7 +126,8 @@ async def partition_counts(settings: Settings) -> dict[str, int]:
     routed topics or changelogs exist with another count than ``PIPELINE_PARTITIONS`` (it ran
     with another count: its state is laid out by it, and Faust would fail on the mismatch)."""
     s = settings
-    internal = [t.name for t in wanted_topics(s) if t.name.startswith(f"{s.pipeline_app_id}-")]
+    internal = [t.name for t in wanted_topics(s) if t.name.startswith(f"{s.pipeline_app_id}-")
+                and t.name != incident_input_topic(s)]  # one partition whatever the count
     admin = AIOKafkaAdminClient(**s.aiokafka_kwargs())
     await admin.start()
     try:

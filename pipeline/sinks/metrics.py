@@ -250,6 +250,66 @@ class PipelineMetrics:
         self.registry.register(StateCollector(snapshot, lag, built_at))
 
 
+    def watch_incidents(self, view: Callable[[], Any]) -> None:
+        """``view``: the incident stage's ``IncidentView``, or None on a worker that does not
+        run the correlation (it then exports no incident series)."""
+        self.registry.register(IncidentCollector(view))
+
+
+class IncidentCollector(Collector):
+    """Incident gauges, from the worker that owns the correlation (one at a time)."""
+
+    def __init__(self, view: Callable[[], Any]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        view = self._view()
+        if view is None:
+            return
+        active = GaugeMetricFamily(
+            f"{NS}_incident_active",
+            "1 for each open incident (findings that share a cause), labelled with its id, its "
+            "probable root (\"service:<name>\" or \"host:<name>\"), the root's type and the "
+            "incident's severity. Muted incidents (every firing member muted) are left out.",
+            labels=["incident", "root", "root_kind", "severity"],
+        )
+        grouped = GaugeMetricFamily(
+            f"{NS}_incident_grouped",
+            "1 for each firing finding that belongs to an open incident of two or more firing "
+            "findings: the shipped rules alert on the incident instead of on each of them.",
+            labels=["incident", "fingerprint"],
+        )
+        count = GaugeMetricFamily(
+            f"{NS}_active_incidents", "Open incidents, by severity (muted ones included).",
+            labels=["severity"],
+        )
+        dropped = GaugeMetricFamily(
+            f"{NS}_incident_state_dropped",
+            "What the correlation left out since this worker rebuilt it, by reason: incidents "
+            "evicted at INCIDENT_MAX_OPEN, findings a full incident could not take, edges "
+            "evicted, input records it could not read.", labels=["reason"],
+        )
+        by_severity: dict[str, int] = {}
+        for inc_id, root, root_kind, severity, members, muted in view.open:
+            by_severity[severity] = by_severity.get(severity, 0) + 1
+            if muted:
+                continue
+            active.add_metric([inc_id, root, root_kind, severity], 1.0)
+            if len(members) >= 2:
+                for fp in members:
+                    grouped.add_metric([inc_id, fp], 1.0)
+        for severity in ("info", "warning", "critical"):
+            count.add_metric([severity], by_severity.get(severity, 0))
+        for reason, key in (("evicted_incidents", "evicted_incidents"),
+                            ("members_left_out", "members_left_out"),
+                            ("evicted_edges", "evicted_edges"), ("unreadable", "unreadable")):
+            dropped.add_metric([reason], view.counts.get(key, 0))
+        yield active
+        yield grouped
+        yield count
+        yield dropped
+
+
 #: A state view older than this means the event loop is stuck: scrapes fail (see
 #: ``StateCollector``). The loop rebuilds it every 5 s.
 STALE_VIEW_S = 90.0

@@ -6,6 +6,7 @@ Each test gets its own topics and application id, so tests never see each other'
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -102,6 +103,7 @@ def names(bootstrap: str) -> Iterator[dict[str, str]]:
         "FINDINGS_TOPIC": f"{tag}.findings",
         "DEADLETTER_TOPIC": f"{tag}.deadletter",
         "SERVICE_MAP_TOPIC": f"{tag}.service_map",
+        "INCIDENTS_TOPIC": f"{tag}.incidents",
         "PIPELINE_PARTITIONS": "4",
         "OUTPUT_PARTITIONS": "2",
         "STATE_FLUSH_INTERVAL_S": "0.5",
@@ -209,12 +211,16 @@ async def read_to_end(bootstrap: str, topic: str, timeout: float = 90.0) -> list
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 90.0, what: str = "") -> Any:
+    """Poll ``predicate`` (a function, or a coroutine function) until it is true."""
     deadline = time.monotonic() + timeout
+    value = None
     while time.monotonic() < deadline:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         await asyncio.sleep(0.5)
     raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what or predicate}: last {predicate()!r}"
+        f"timed out after {timeout:.0f}s waiting for {what or predicate}: last {value!r}"
     )
