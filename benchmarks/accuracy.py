@@ -51,6 +51,8 @@ import orjson
 
 from benchmarks import baselines, harness, memory_baselines, scoring, timewait_baselines
 from benchmarks.harness import RunNames, log
+from benchmarks.incident_scoring import score_incidents
+from benchmarks.incident_scoring import table as incident_table
 from pipeline.findings import KINDS
 from pipeline.simulate import PRESETS, build_scenario, label_lines, write_labels
 from pipeline.simulate.labels import configured_limits
@@ -58,7 +60,8 @@ from pipeline.simulate.scenarios import Scenario
 from pipeline.simulate.timefmt import DEFAULT_REPLAY_START, rfc3339
 
 CACHE = harness.ROOT / ".cache" / "bench"
-FULL_SCENARIOS = ("bottleneck", "leak", "timewait", "errors", "negatives", "healthy")
+FULL_SCENARIOS = ("bottleneck", "leak", "timewait", "errors", "incidents", "negatives",
+                  "healthy")
 QUICK_SCENARIOS = ("demo",)
 # The demo's TIME_WAIT fault runs 10-15 min and its bottleneck 11-17 min (after the bottleneck
 # detector's 10-minute warm-up): 17 min keeps all three faults and most negatives.
@@ -99,6 +102,7 @@ async def run_scenario(
         f"{rfc3339(scenario.end_ns)}, {len(truth.labels)} labels, topics {names.tag}.*")
     wall0 = time.perf_counter()
     findings: list[dict[str, Any]] = []
+    incidents: list[dict[str, Any]] = []
     try:
         await harness.create_input_topics(bootstrap, names, args.partitions)
         produced = await harness.replay(scenario, bootstrap)
@@ -130,11 +134,16 @@ async def run_scenario(
         worker_s = time.perf_counter() - worker.started_at
         findings = [orjson.loads(r.value) for r in await harness.read_topic(
             bootstrap, names.findings) if r.value]
+        incidents = [orjson.loads(r.value) for r in await harness.read_topic(
+            bootstrap, names.incidents) if r.value]
     finally:
         await harness.cleanup_logged(bootstrap, names.tag)
-    with open(out / "findings.jsonl", "wb") as fh:
-        for f in findings:
-            fh.write(orjson.dumps(f) + b"\n")
+    for fname, docs in (("findings", findings), ("incidents", incidents)):
+        with open(out / f"{fname}.jsonl", "wb") as fh:
+            for d in docs:
+                fh.write(orjson.dumps(d) + b"\n")
+    grouped = score_incidents(incidents, findings, truth, args.grace)
+    log(incident_table(grouped))
 
     scores = scoring.score_findings(findings, truth, kinds, args.grace)
     for bname, baseline in BASELINES.items():
@@ -159,6 +168,7 @@ async def run_scenario(
         "worker_s": round(worker_s, 1),
         "wall_s": round(time.perf_counter() - wall0, 1),
         "output": str(out.relative_to(harness.ROOT)),
+        "incidents": {k: v for k, v in grouped.items() if k not in ("faults_detail",)},
     }
     return scores, summary
 
@@ -182,6 +192,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         per_scenario.append(scores)
         summaries.append(summary)
     merged = scoring.merge(per_scenario)
+    incidents = merge_incident_scores([s["incidents"] for s in summaries])
     full = {
         **{k: s.to_dict() for k, s in merged.items()},
         "scenarios": summaries,
@@ -194,10 +205,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(table(merged, summaries, classes, kinds))
     result: dict[str, Any] = {k: s.to_dict(detail=False) for k, s in merged.items()}
     result.update(scenarios=summaries, detectors=full["detectors"], kinds=kinds,
-                  quick=bool(args.quick))
+                  quick=bool(args.quick), incidents=incidents)
+    print(f"\nIncidents: {incidents['one_incident']}/{incidents['faults_with_findings']} "
+          f"detected problems in one incident of their own "
+          f"({incidents['multi_finding_problems']} with several findings), root right for "
+          f"{incidents['root_correct']}; {incidents['incidents_without_fault']} incidents "
+          "match no injected problem (per scenario: the log above)")
     if not classes:
         result["note"] = "no detectors registered: scores are empty"
     return result
+
+
+def merge_incident_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("problems", "multi_finding_problems", "faults_with_findings", "one_incident",
+            "root_correct", "incidents", "finding_ids", "incidents_without_fault")
+    out: dict[str, Any] = {k: sum(int(s.get(k) or 0) for s in scores) for k in keys}
+    n = out["faults_with_findings"]
+    out["one_incident_share"] = round(out["one_incident"] / n, 4) if n else None
+    out["root_correct_share"] = round(out["root_correct"] / n, 4) if n else None
+    return out
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:

@@ -41,9 +41,12 @@ from benchmarks import harness, scoring
 from benchmarks.corpus.recorder import Recording
 from benchmarks.error_baselines import error_rate_alerts
 from benchmarks.harness import RunNames, log
+from benchmarks.incident_scoring import score_incidents
+from benchmarks.incident_scoring import table as incident_table
 from pipeline import otlp
 from pipeline.connections import HOST_METRICS, host_of
 from pipeline.detectors.trace_assembly import operation_of
+from pipeline.incident_stage import IncidentStage, finding_record
 from pipeline.local import LocalPipeline
 from pipeline.runtime_metrics import BUILTIN_RULES
 from pipeline.settings import Settings
@@ -100,21 +103,41 @@ def labels(run: Path, entities: dict[str, int]) -> scoring.LabelSet:
 
 
 def run_local(recs: list[SimRecord], spans_topic: str, metrics_topic: str,
-              partitions: int, overrides: dict[str, str] | None = None) -> list[dict[str, Any]]:
+              partitions: int, overrides: dict[str, str] | None = None,
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The findings, and the incidents the worker's correlation makes of them and of the
+    service-map edges, in the order the stages produced them."""
     settings = Settings.from_env(dict(overrides or {}), otlp_spans_topic=spans_topic,
                                  otlp_metrics_topic=metrics_topic)
     lp = LocalPipeline(settings, {spans_topic: 1, metrics_topic: 1}, partitions=partitions)
-    findings = []
+    stage = IncidentStage(settings)
+    stage.correlator = stage.new_correlator()
+    findings: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+
+    def take(found: list[Any]) -> None:
+        for _out, key, value in lp.published:
+            edge = stage.edge_record(key, value)
+            if edge is not None:
+                out.extend(orjson.loads(v) for _, v in stage.take(stage.next_offset, edge))
+        lp.published.clear()
+        for f in found:
+            value = f.to_json()
+            findings.append(orjson.loads(value))
+            out.extend(orjson.loads(v) for _, v in stage.take(stage.next_offset,
+                                                               finding_record(value)))
+
     for i, r in enumerate(recs):
-        findings += lp.feed(r.topic, 0, i, r.value, r.timestamp_ms)
-        findings += lp.heartbeat(topics=[r.topic])
-    findings += lp.end_of_input()
-    return [orjson.loads(orjson.dumps(f.to_dict())) for f in findings]
+        take(lp.feed(r.topic, 0, i, r.value, r.timestamp_ms))
+        take(lp.heartbeat(topics=[r.topic]))
+    take(lp.end_of_input())
+    return findings, out
 
 
 async def run_worker(recs: list[SimRecord], names: RunNames, out: Path,
                      timeout_s: float, overrides: dict[str, str] | None = None
-                     ) -> list[dict[str, Any]]:
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The findings and incidents a worker published for the recording."""
     bootstrap = harness.bootstrap_servers()
     try:
         await _create_topics(bootstrap, names)
@@ -140,9 +163,8 @@ async def run_worker(recs: list[SimRecord], names: RunNames, out: Path,
                     "found")
         finally:
             worker.stop()
-        return [orjson.loads(r.value) for r in await harness.read_topic(bootstrap,
-                                                                      names.findings)
-                if r.value]
+        return [[orjson.loads(r.value) for r in await harness.read_topic(bootstrap, topic)
+                 if r.value] for topic in (names.findings, names.incidents)]
     finally:
         await harness.cleanup_logged(bootstrap, names.tag)
 
@@ -248,24 +270,29 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.local:
-        findings = run_local(recs, names.spans, names.metrics, args.partitions, overrides)
+        findings, incidents = run_local(recs, names.spans, names.metrics, args.partitions,
+                                        overrides)
     else:
-        findings = await run_worker(recs, names, out, args.timeout, overrides)
-    with open(out / "findings.jsonl", "wb") as fh:
-        for f in findings:
-            fh.write(orjson.dumps(f) + b"\n")
+        findings, incidents = await run_worker(recs, names, out, args.timeout, overrides)
+    for name, docs in (("findings", findings), ("incidents", incidents)):
+        with open(out / f"{name}.jsonl", "wb") as fh:
+            for d in docs:
+                fh.write(orjson.dumps(d) + b"\n")
     scores = scoring.score_findings(findings, truth, list(KINDS))
     if any(lb.kind == "error_origin" for lb in truth.labels):  # the rule users would write
         scores["baseline:error_rate"] = scoring.score_rule(
             "error_rate", "error_origin", error_rate_alerts(rows), truth)
     named = downstream_named(findings, truth)
     origins = origin_named(findings, truth)
+    grouped = score_incidents(incidents, findings, truth)
     print(table(scores, truth, named, findings, origins))
+    print(incident_table(grouped))
     result = {k: s.to_dict(detail=False) for k, s in scores.items()}
     result.update(corpus=str(args.run.relative_to(ROOT)) if args.run.is_relative_to(ROOT)
                   else str(args.run), mode="local" if args.local else "worker",
                   entities=entities, downstream_named=named,
                   origin_named=origins, settings=overrides,
+                  incidents={k: v for k, v in grouped.items() if k != "faults_detail"},
                   findings_by_kind=dict(Counter(a.kind for a in
                                                 scoring.alerts_from_findings(findings))),
                   wall_s=round(time.perf_counter() - t0, 1))

@@ -180,6 +180,10 @@ class Label:
     #: Alternative entities, any of which names the fault (the real corpus's slow downstream:
     #: the caller's call into the service, or the service itself); empty: ``entity`` only.
     entity_any: tuple[dict[str, str], ...] = ()
+    #: Labels with one ``incident`` name are one problem (``benchmarks.incident_scoring``),
+    #: rooted at ``incident_root`` or else at the group's first label.
+    incident: str = ""
+    incident_root: dict[str, str] = field(default_factory=dict)
 
     def _names(self, alert: Alert) -> bool:
         if self.entity_any:
@@ -201,6 +205,8 @@ class Label:
             truth=dict(line.get("truth") or {}),
             entity_any=tuple({str(k): str(v) for k, v in e.items()}
                              for e in line.get("entity_any") or ()),
+            incident=str(line.get("incident") or ""),
+            incident_root={str(k): str(v) for k, v in (line.get("incident_root") or {}).items()},
         )
 
     def matches(self, alert: Alert, grace_ns: int) -> bool:

@@ -156,6 +156,12 @@ class Fault:
     magnitude: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    #: Faults with one ``incident`` name are one problem (a cause and its knock-on effects,
+    #: injected as separate faults): the incident scorer expects them in one incident, rooted
+    #: at ``incident_root`` (an entity, e.g. ``{"service": "redis"}``) or else at the group's
+    #: first fault.
+    incident: str = ""
+    incident_root: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in ALL_KINDS:

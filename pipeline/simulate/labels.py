@@ -366,7 +366,7 @@ def _base(
     start_s, end_s = window or (f.start_s, f.end_s)
     start_ns = scenario.start_ns + int(round(start_s * 1e9))
     end_ns = scenario.start_ns + int(round(end_s * 1e9))
-    return {
+    out = {
         "type": "label",
         "scenario": scenario.name,
         "kind": f.kind,
@@ -382,6 +382,11 @@ def _base(
         "truth": {},
         "note": f.note,
     }
+    if f.incident:
+        out["incident"] = f.incident
+        if f.incident_root:
+            out["incident_root"] = dict(f.incident_root)
+    return out
 
 
 def _labels_for(scenario: Scenario, f: Fault) -> list[dict[str, Any]]:

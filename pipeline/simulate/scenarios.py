@@ -902,6 +902,43 @@ def _errors() -> tuple[float, list[Fault], str]:
     )
 
 
+def _incidents() -> tuple[float, list[Fault], str]:
+    # Problems that show as several findings each, injected as a cause and its knock-on faults
+    # that share an ``incident`` name (the incident scorer wants each group in one incident,
+    # rooted at its cause), beside an unrelated fault at the same time that must stay apart.
+    # 20 healthy minutes first (the latency and error baselines).
+    faults = [
+        *(Fault(BOTTLENECK_SPAN, {"service": svc, "operation": op}, 22 * M, 28 * M,
+                {"added_ms": 60.0}, note=f"Redis is slow: every command, {svc}'s {op} too",
+                incident="slow-redis", incident_root={"service": "redis"})
+          for svc, op in (("cart", "HGETALL"), ("cart", "HSET"), ("cart", "EXPIRE"),
+                          ("catalog", "GET"))),
+        Fault(ERROR_ORIGIN, {"service": "payment", "operation": "INSERT payments"}, 24 * M,
+              28 * M, {"error_rate": 0.3},
+              note="meanwhile, unrelated: the payments table is locked"),
+        Fault(MEMORY_LEAK, {"service": "checkout", "instance": "checkout#0"}, 32 * M, 75 * M,
+              {"rate_pct_limit_per_hour": 240.0}, note="checkout#0 leaks...",
+              incident="checkout-leak"),
+        Fault(GC_PRESSURE, {"service": "checkout", "instance": "checkout#0"}, 50 * M, 58 * M,
+              {"gc_time_fraction": 0.2}, note="...and its collector works ever harder",
+              incident="checkout-leak"),
+        Fault(TIME_WAIT_BUILDUP, {"host": "node-2"}, 60 * M, 70 * M,
+              {"connections_per_call": 1}, evidence={"service": "frontend", "destination": "cart"},
+              note="frontend on node-2 opens a connection per call to cart...",
+              incident="port-churn"),
+        Fault(ERROR_ORIGIN, {"service": "frontend", "operation": "POST /api/cart"}, 63 * M,
+              70 * M, {"error_rate": 0.2},
+              note="...and its cart handler fails when it cannot get one",
+              incident="port-churn"),
+    ]
+    return (
+        75 * M,
+        faults,
+        "incident suite: a slow cache under two callers, a leak with its GC pressure, port "
+        "churn with its client's failures, each one problem, and an unrelated failure beside",
+    )
+
+
 def _negatives() -> tuple[float, list[Fault], str]:
     faults = [
         Fault(GLOBAL_SLOWDOWN, {}, 5 * M, 10 * M, {"factor": 1.6}, note="everything slower"),
@@ -998,6 +1035,7 @@ PRESETS: dict[str, Callable[[], tuple[float, list[Fault], str]]] = {
     "negatives": _negatives,
     "bursty": _bursty,
     "errors": _errors,
+    "incidents": _incidents,
 }
 
 #: Scenario fields a preset sets (overrides still win).
@@ -1006,6 +1044,7 @@ PRESET_SETTINGS: dict[str, dict[str, Any]] = {
     # A "day" of 30 min at +-50%: the rate goes 25 -> 75 -> 25 requests/s three times in the run
     "timewait": {"daily_period_s": 1800.0, "daily_amplitude": 0.5},
     "bursty": {"burst_on_s": 240.0, "burst_off_s": 240.0, "rate": 30.0},
+    "incidents": {"rate": 30.0},
 }
 
 _FIELDS = {
