@@ -467,7 +467,8 @@ class Correlator:
         return Member(
             id=str(doc["id"]), fingerprint=str(doc["fingerprint"]), kind=kind,
             status=str(doc["status"]), severity=str(doc["severity"]), entity=entity,
-            node=subject(kind, entity, evidence), upstream=frozenset(_upstream_of(kind, entity, evidence)),
+            node=subject(kind, entity, evidence),
+            upstream=frozenset(_upstream_of(kind, entity, evidence)),
             started_ns=started, detected_ns=detected, resolved_ns=parse_ns(doc.get("resolved_at")),
             summary=str(doc.get("summary", "")),
             exemplars=tuple(str(t) for t in (evidence.get("exemplar_trace_ids") or ())[:3]),
