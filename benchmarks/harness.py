@@ -139,6 +139,10 @@ class RunNames:
     def service_map(self) -> str:
         return f"{self.tag}.service_map"
 
+    @property
+    def feedback(self) -> str:
+        return f"{self.tag}.feedback"
+
     def topic(self, signal: str) -> str:
         return self.spans if signal == "spans" else self.metrics
 
@@ -153,6 +157,7 @@ class RunNames:
             "FINDINGS_TOPIC": self.findings,
             "DEADLETTER_TOPIC": self.deadletter,
             "SERVICE_MAP_TOPIC": self.service_map,
+            "FEEDBACK_TOPIC": self.feedback,
         }
 
 
