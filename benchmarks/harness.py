@@ -143,6 +143,10 @@ class RunNames:
     def incidents(self) -> str:
         return f"{self.tag}.incidents"
 
+    @property
+    def feedback(self) -> str:
+        return f"{self.tag}.feedback"
+
     def topic(self, signal: str) -> str:
         return self.spans if signal == "spans" else self.metrics
 
@@ -158,6 +162,7 @@ class RunNames:
             "DEADLETTER_TOPIC": self.deadletter,
             "SERVICE_MAP_TOPIC": self.service_map,
             "INCIDENTS_TOPIC": self.incidents,
+            "FEEDBACK_TOPIC": self.feedback,
         }
 
 

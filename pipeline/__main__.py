@@ -4,6 +4,7 @@
     simulate   write simulated OTLP traffic with labelled faults to Kafka
     tail       print findings (or dead letters) as they arrive
     analyze    run the detectors over a time range (Kafka or files) and print a report
+    feedback   mute, ack, confirm or reject findings (the feedback topic); list the words
 """
 
 from __future__ import annotations
@@ -163,6 +164,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     sys.exit(analyze(args))
 
 
+def cmd_feedback(args: argparse.Namespace) -> None:
+    from pipeline.feedback_cli import main as feedback
+
+    sys.exit(feedback(args))
+
+
 def _relative_times(argv: list[str]) -> list[str]:
     """``--from -2h`` as ``--from=-2h``: argparse takes a value that starts with "-" for an
     option, and the relative times the help offers do.
@@ -231,6 +238,18 @@ def main(argv: list[str] | None = None) -> None:
         analyze_arguments(p)
         argv = _relative_times(argv)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("feedback", help="mute, ack, confirm or reject findings; list the words",
+                       description="Write feedback about findings to the compacted feedback "
+                       "topic (FEEDBACK_TOPIC), which every worker follows: a muted finding is "
+                       "still published, with muted: true, and not alerted; ack shows who is "
+                       "on it; confirm / reject label it for the accuracy benchmark. Alertmanager "
+                       "silences stay the way to silence alerts' notifications.")
+    if argv[:1] == ["feedback"]:
+        from pipeline.feedback_cli import add_arguments as feedback_arguments
+
+        feedback_arguments(p)
+    p.set_defaults(func=cmd_feedback)
 
     args = parser.parse_args(argv)
     if args.command == "worker":

@@ -37,11 +37,12 @@ from aiokafka.errors import KafkaError
 from faust.types import TP, EventT, StreamT
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from pipeline import otlp, records, topics
+from pipeline import feedback_topic, otlp, records, topics
 from pipeline.clock import SourceClock
 from pipeline.detectors import load_detectors
 from pipeline.detectors.base import Detector
 from pipeline.engine import MAX_DERIVED_BYTES, PartitionEngine, keyed_layout
+from pipeline.feedback import FeedbackError, FeedbackState, Target, finding_event_ns
 from pipeline.findings import Finding
 from pipeline.incident_stage import IncidentStage, finding_record
 from pipeline.ingest import HEARTBEAT_S, Ingest, RateLimitedLog, failed_send, transient
@@ -90,6 +91,9 @@ DELIVERY_RETRY_S = 900.0
 # CHANGELOG_BUFFER_HIGH plus one flush per stage.
 CHANGELOG_BUFFER_HIGH = 100  # messages of up to CHUNK_BYTES (256 KiB) each, as Faust has it
 CONDUCTOR_BUFFER_LIMIT = 1_000_000  # Faust's own check, kept only as a last resort
+#: How long the first findings after a start wait for the feedback topic to be read to its
+#: end (so a muted finding is not published unmuted by a worker that just started).
+FEEDBACK_START_WAIT_S = 10.0
 
 
 def _written_key(fut: Any) -> str:
@@ -243,6 +247,11 @@ class Pipeline:
         self._gap_log = RateLimitedLog(log, every_s=10.0)
         self._dlq_log = RateLimitedLog(log)
         self._send_log = RateLimitedLog(log, every_s=30.0)
+        self._feedback_log = RateLimitedLog(log, every_s=30.0)
+        # The feedback words (``pipeline.feedback``): every worker follows the whole topic.
+        self.feedback = FeedbackState(s.feedback_max_words)
+        self._feedback_read = False  # read to the end offsets seen at the start
+        self._feedback_waited = False  # the first publication has waited for that
         self._producer: AIOKafkaProducer | None = None  # derived records (started on first use)
         self.metrics = PipelineMetrics(registry or REGISTRY)
         self._view_built_at = time.time()  # wall clock: the HTTP thread compares it with now
@@ -338,6 +347,10 @@ class Pipeline:
         @app.task
         async def run_ingest() -> None:
             await self.ingest.run()
+
+        @app.task
+        async def follow_feedback() -> None:
+            await feedback_topic.follow(s, self._apply_feedback, self._feedback_caught_up)
 
         @app.task
         async def limit_library_logs() -> None:
@@ -447,7 +460,7 @@ class Pipeline:
                         # from the saved state; nothing of it is published or saved here.
                         continue
                     for finding in findings:
-                        await self._publish(finding)
+                        await self._publish(finding, engine.watermark_ns)
                     for out, key, value in engine.take_published():
                         await self.outputs[out].send(key=key, value=value)
                         edge = self.incident_stage.edge_record(key, value)
@@ -891,8 +904,14 @@ class Pipeline:
             "repeated failures it is quarantined in that partition)", detector, what,
             type(exc).__name__, exc, exc_info=True)
 
-    async def _publish(self, finding: Finding) -> None:
+    async def _publish(self, finding: Finding, watermark_ns: int = 0) -> None:
         finding.runbook_url = self.settings.runbook_url(finding.kind)
+        if not self._feedback_waited:  # just started: let the words held on the topic in
+            self._feedback_waited = True
+            deadline = time.monotonic() + FEEDBACK_START_WAIT_S
+            while not self._feedback_read and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        self.feedback.annotate(finding, finding_event_ns(finding, watermark_ns))
         value = finding.to_json()
         await self.findings_out.send(key=finding.fingerprint.encode(), value=value)
         await self.incident_input.send(key=finding.fingerprint.encode(),
@@ -929,6 +948,56 @@ class Pipeline:
         for key, doc in self.incident_stage.records(found):
             await self.incidents_out.send(key=key, value=doc)
 
+    # -- feedback -----------------------------------------------------------------------------
+    def _feedback_caught_up(self) -> None:
+        self._feedback_read = True
+        log.info("feedback topic %s read: %d words", self.settings.feedback_topic,
+                 len(self.feedback))
+
+    async def _apply_feedback(self, batch: list[Any]) -> None:
+        """Apply feedback records; a bad one is logged, counted and skipped (not dead-lettered:
+        every worker reads every record, at every start). When a mute or an ack changed, the
+        firing findings it is about are published again with it, and the state view (the
+        alerting gauge) is rebuilt at once."""
+        changed: list[Target] = []
+        for r in batch:
+            try:
+                applied = self.feedback.apply(r.key, r.value)
+            except FeedbackError as exc:
+                self.metrics.feedback_rejected.labels(exc.reason).inc()
+                self._feedback_log.warning(
+                    exc.reason, "skipped feedback record %s[%d]@%d: %s: %s", r.topic,
+                    r.partition, r.offset, exc.reason, exc)
+                continue
+            self.metrics.feedback_applied.labels(applied.action).inc()
+            if applied.target is not None and applied.slot in ("mute", "ack"):
+                changed.append(applied.target)
+        if changed and self._feedback_read:  # (at a start, nothing was published meanwhile)
+            await self._republish(changed)
+            self._state_view = self._build_state_view()
+            self._view_built_at = time.time()
+
+    async def _republish(self, targets: list[Target]) -> None:
+        """Publish again the firing findings of owned partitions that ``targets`` are about,
+        with their current mute and ack (a finding's records on the compacted topic then say
+        so; its id stays)."""
+        for st in self.streams.values():
+            for p, engine in list(st.engines.items()):
+                found = []
+                for d in engine.detectors:
+                    if d.name in engine.quarantined:
+                        continue
+                    try:
+                        found += d.open_findings()
+                    except Exception:  # a broken detector must not stop the others
+                        continue
+                for finding in found:
+                    if st.engines.get(p) is not engine:
+                        break  # revoked meanwhile: its new owner has the findings
+                    if any(t.matches(finding.fingerprint, finding.kind, finding.entity,
+                                     finding.id) for t in targets):
+                        await self._publish(finding, engine.watermark_ns)
+
     def _build_state_view(self) -> dict[str, StreamState]:
         view = {}
         for name, st in self.streams.items():
@@ -960,7 +1029,12 @@ class Pipeline:
                     for key, n in stats.active.items():
                         sv.active[key] = sv.active.get(key, 0) + n
                     sv.gauges.update(stats.gauges)
-                    sv.firing.extend(stats.firing)
+                    for firing in stats.firing:  # muted: left out of the alerting gauge
+                        kind, _, fp, entity = firing
+                        if self.feedback.mute(fp, kind, entity, engine.watermark_ns):
+                            sv.muted[kind] = sv.muted.get(kind, 0) + 1
+                        else:
+                            sv.firing.append(firing)
                     edge_totals = getattr(d, "edge_totals", None)
                     if edge_totals is not None:
                         sv.edges.extend(edge_totals())

@@ -29,8 +29,9 @@ import orjson
 
 from pipeline.state import Keyed
 
-# 1.1 added runbook_url (optional), 1.2 the error_origin kind; see schemas/finding.schema.json
-SCHEMA_VERSION = "1.2"
+# 1.1 added runbook_url (optional), 1.2 the error_origin kind, 1.3 muted and acknowledged
+# (optional, from the feedback topic: pipeline/feedback.py); see schemas/finding.schema.json
+SCHEMA_VERSION = "1.3"
 KINDS = (
     "bottleneck_span", "latency_regression", "memory_leak", "gc_pressure", "time_wait_buildup",
     "error_origin",
@@ -79,6 +80,9 @@ class Finding:
     fingerprint: str = ""
     id: str = ""
     runbook_url: str = ""  # set by the publisher (RUNBOOK_BASE_URL + kind); omitted when empty
+    # Set by the publisher from the feedback topic (``pipeline.feedback``); omitted when unset.
+    muted: bool = False
+    acknowledged: dict[str, Any] | None = None  # {"by", "at"}
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -109,6 +113,10 @@ class Finding:
         }
         if self.runbook_url:
             doc["runbook_url"] = self.runbook_url
+        if self.muted:
+            doc["muted"] = True
+        if self.acknowledged:
+            doc["acknowledged"] = dict(self.acknowledged)
         return doc
 
     def to_json(self) -> bytes:
@@ -251,6 +259,12 @@ class Lifecycle:
                     out.append(self._finding(fp, st, "resolved", now_ns))
                 self._drop(fp)
         return out
+
+    def open_findings(self) -> list[Finding]:
+        """Each firing finding as it stands now (its latest explanation), to publish again
+        when something about it changes outside the detector (feedback: a mute, an ack)."""
+        return [self._finding(fp, st, "firing", None)
+                for fp, st in sorted(self._state.items()) if st["firing"]]
 
     def active(self) -> list[dict[str, Any]]:
         return [st for st in self._state.values() if st["firing"]]

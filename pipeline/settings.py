@@ -60,6 +60,10 @@ class Settings:
     service_map_topic: str = "service_map"
     # Compacted: one record per incident (findings that share a cause; pipeline.incidents)
     incidents_topic: str = "anomaly_incidents"
+    # Compacted control topic of feedback words (mute / ack / confirm / reject; pipeline.feedback)
+    # that every worker reads whole, and the most words a worker holds (more are refused, counted).
+    feedback_topic: str = "anomaly_feedback"
+    feedback_max_words: int = 10_000
 
     # Partitions of the internal routing topics and state tables: the most workers that can share
     # the detection work. Fixed once the app has run: a worker with another count refuses to
@@ -217,6 +221,7 @@ class Settings:
             "DEADLETTER_TOPIC": self.deadletter_topic,
             "SERVICE_MAP_TOPIC": self.service_map_topic,
             "INCIDENTS_TOPIC": self.incidents_topic,
+            "FEEDBACK_TOPIC": self.feedback_topic,
         }
         for name, topic in topics.items():
             if not topic or len(topic) > 249 or not all(c.isalnum() or c in "._-" for c in topic):
@@ -227,7 +232,8 @@ class Settings:
         if len(set(topics.values())) != len(topics):
             raise ConfigError(
                 "OTLP_SPANS_TOPIC, OTLP_METRICS_TOPIC, FINDINGS_TOPIC, DEADLETTER_TOPIC, "
-                f"SERVICE_MAP_TOPIC and INCIDENTS_TOPIC must all differ, got {topics}"
+                "SERVICE_MAP_TOPIC, INCIDENTS_TOPIC and FEEDBACK_TOPIC must all differ, got "
+                f"{topics}"
             )
         if len(self.pipeline_app_id) > 150:
             raise ConfigError(
@@ -244,6 +250,7 @@ class Settings:
         _positive("PIPELINE_PARTITIONS", self.pipeline_partitions, upper=1024)
         _positive("PIPELINE_REPLICATION_FACTOR", self.pipeline_replication_factor, upper=16)
         _positive("OUTPUT_PARTITIONS", self.output_partitions, upper=1024)
+        _positive("FEEDBACK_MAX_WORDS", self.feedback_max_words, upper=10_000_000)
         _positive("MAX_RECORD_BYTES", self.max_record_bytes)
         _positive("MAX_FUTURE_SKEW_S", self.max_future_skew_s)
         if not 6 <= self.kafka_session_timeout_s <= 1800:

@@ -72,6 +72,9 @@ def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
         # Compacted: the latest state of every incident (key = incident id).
         NewTopic(s.incidents_topic, s.output_partitions, s.pipeline_replication_factor,
                  topic_configs={"cleanup.policy": "compact"}),
+        # Compacted: the latest feedback word per slot and target (key = "<slot>:<target>").
+        NewTopic(s.feedback_topic, s.output_partitions, s.pipeline_replication_factor,
+                 topic_configs={"cleanup.policy": "compact"}),
     ]
     if internal:
         # Routed messages carry the time they were routed (not event time), so time-based

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pipeline.findings import Finding
+from pipeline.findings import Finding, Lifecycle
 from pipeline.state import State
 
 #: Routed streams: decoded spans and metric points, and the trace samples the trace stage
@@ -128,3 +128,10 @@ class Detector(ABC):
 
     def stats(self) -> DetectorStats:
         return DetectorStats()
+
+    def open_findings(self) -> list[Finding]:
+        """The firing findings of the detector's ``Lifecycle`` attributes, as they stand now:
+        published again when feedback about them changes (a mute, an ack). A detector that
+        keeps its lifecycles elsewhere overrides this."""
+        return [f for lc in vars(self).values() if isinstance(lc, Lifecycle)
+                for f in lc.open_findings()]

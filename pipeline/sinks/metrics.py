@@ -82,8 +82,9 @@ class StreamState:
     partitions: int = 0
     # Per-finding gauges from detectors: (metric name, ((label, value), ...)) -> value.
     gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
-    # Firing findings: (kind, severity, fingerprint, entity).
+    # Firing findings that are not muted: (kind, severity, fingerprint, entity).
     firing: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    muted: dict[str, int] = field(default_factory=dict)  # kind -> firing findings muted
     quarantined: dict[str, int] = field(default_factory=dict)  # detector -> partitions
     behind_ns: int = 0  # how far the newest input is behind saved state (0: it is not)
     idle_s: float = 0.0  # how long every source of every owned partition has been idle
@@ -201,6 +202,18 @@ class PipelineMetrics:
             f"{NS}_detector_errors",
             "Exceptions raised by a detector (the others go on; one that keeps failing in a "
             "partition is quarantined there).", ["detector"], registry=registry,
+        )
+        self.feedback_applied = Counter(
+            f"{NS}_feedback_applied",
+            "Feedback records applied from the feedback topic, by action (mute, ack, confirm, "
+            "reject; unmute and clear for tombstones). Every worker applies every record.",
+            ["action"], registry=registry,
+        )
+        self.feedback_rejected = Counter(
+            f"{NS}_feedback_rejected",
+            "Feedback records skipped, by reason (invalid_key, invalid_json, invalid_record, "
+            "key_mismatch, over_cap: FEEDBACK_MAX_WORDS words held).", ["reason"],
+            registry=registry,
         )
         self.state_writes = Counter(
             f"{NS}_state_writes", "Table entries written (or deleted) by state flushes.",
@@ -382,10 +395,23 @@ class StateCollector(Collector):
         yield fetched
         finding = GaugeMetricFamily(
             f"{NS}_finding_active",
-            "1 for each firing finding, labelled with its kind, severity, entity and fingerprint "
-            "(the Kafka key of its records on the findings topic): what alert rules fire on.",
+            "1 for each firing finding that is not muted, labelled with its kind, severity, "
+            "entity and fingerprint (the Kafka key of its records on the findings topic): what "
+            "alert rules fire on.",
             labels=list(FINDING_LABELS),
         )
+        muted = GaugeMetricFamily(
+            f"{NS}_findings_muted",
+            "Firing findings muted from the feedback topic (left out of "
+            f"{NS}_finding_active, so they do not alert), by kind.", labels=["kind"],
+        )
+        muted_by_kind: dict[str, int] = {}
+        for st in streams.values():
+            for kind, n in st.muted.items():
+                muted_by_kind[kind] = muted_by_kind.get(kind, 0) + n
+        for kind, n in sorted(muted_by_kind.items()):
+            muted.add_metric([kind], n)
+        yield muted
         seen: set[str] = set()
         for st in streams.values():
             for kind, severity, fp, entity in sorted(st.firing, key=lambda f: f[2]):

@@ -104,6 +104,7 @@ def names(bootstrap: str) -> Iterator[dict[str, str]]:
         "DEADLETTER_TOPIC": f"{tag}.deadletter",
         "SERVICE_MAP_TOPIC": f"{tag}.service_map",
         "INCIDENTS_TOPIC": f"{tag}.incidents",
+        "FEEDBACK_TOPIC": f"{tag}.feedback",
         "PIPELINE_PARTITIONS": "4",
         "OUTPUT_PARTITIONS": "2",
         "STATE_FLUSH_INTERVAL_S": "0.5",

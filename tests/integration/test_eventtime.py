@@ -54,7 +54,7 @@ def with_topics(names: dict[str, str], suffix: str) -> dict[str, str]:
     return {**names, "PIPELINE_APP_ID": names["PIPELINE_APP_ID"] + suffix,
             **{k: names[k] + suffix for k in ("OTLP_SPANS_TOPIC", "OTLP_METRICS_TOPIC",
                                                "FINDINGS_TOPIC", "DEADLETTER_TOPIC",
-                                               "SERVICE_MAP_TOPIC")}}
+                                               "SERVICE_MAP_TOPIC", "FEEDBACK_TOPIC")}}
 
 
 def ended(w: Any) -> bool:

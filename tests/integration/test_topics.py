@@ -27,7 +27,8 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
     changelogs = [changelog_topic(settings, s) for s in ("spans", "metrics", "traces")]
     assert set(created) == {names["OTLP_SPANS_TOPIC"], names["OTLP_METRICS_TOPIC"],
                             names["FINDINGS_TOPIC"], names["DEADLETTER_TOPIC"],
-                            names["SERVICE_MAP_TOPIC"], *routed, *changelogs}
+                            names["SERVICE_MAP_TOPIC"], names["FEEDBACK_TOPIC"], *routed,
+                            *changelogs}
     assert await ensure_topics(settings) == []  # idempotent: existing topics are left alone
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -37,7 +38,8 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
         assert described[names["FINDINGS_TOPIC"]] == int(names["OUTPUT_PARTITIONS"])
         assert all(described[t] == int(names["PIPELINE_PARTITIONS"])
                    for t in routed + changelogs)
-        for topic in (names["FINDINGS_TOPIC"], names["SERVICE_MAP_TOPIC"], *changelogs):
+        for topic in (names["FINDINGS_TOPIC"], names["SERVICE_MAP_TOPIC"],
+                      names["FEEDBACK_TOPIC"], *changelogs):
             (resp,) = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, topic)]
             )
