@@ -128,6 +128,7 @@ def exported_names() -> set[str]:
     too, plus the collectors prometheus_client puts on its default registry (the worker builds
     ``Pipeline(settings)`` on that registry and serves it)."""
     from pipeline.app import Pipeline
+    from pipeline.incident_stage import IncidentView
     from pipeline.settings import Settings
 
     registry = CollectorRegistry()
@@ -144,6 +145,9 @@ def exported_names() -> set[str]:
     pipeline._state_view = {"spans": state, "metrics": state}
     pipeline._lag_view = {"otlp_spans": TopicLag(records=1, fetched_at=time.time())}
     pipeline._view_built_at = time.time()
+    pipeline._incident_view = IncidentView(  # as on the worker that runs the correlation
+        open=[("i", "service:s", "service", "warning", ("fp", "fp2"), False)],
+        counts={"evicted_incidents": 1})
     names: set[str] = set()
     for family in registry.collect():
         names |= {s.name for s in family.samples} | sample_names(family.name, family.type)
