@@ -59,6 +59,8 @@ CAUSE_RANK = {
     "time_wait_buildup": 0, "memory_leak": 1, "gc_pressure": 2, "error_origin": 3,
     "bottleneck_span": 4, "latency_regression": 5,
 }
+#: Kinds about one process (an instance).
+PROCESS_KINDS = frozenset({"memory_leak", "gc_pressure"})
 #: Kinds that a problem further down a call chain shows up as in its callers.
 PROPAGATED = frozenset({"error_origin", "bottleneck_span", "latency_regression"})
 
@@ -143,6 +145,10 @@ class Member:
     exemplars: tuple[str, ...] = ()
     next_steps: tuple[str, ...] = ()
     muted: bool = False
+    # A restart ended the finding (``resolved_because``), or it opened again after one
+    # (``last_restart``: when): the same leak going on in a new process.
+    ended_by_restart: bool = False
+    after_restart_ns: int | None = None
 
     @property
     def firing(self) -> bool:
@@ -165,12 +171,12 @@ class Member:
         return [self.id, self.fingerprint, self.kind, self.status, self.severity, self.entity,
                 self.node, sorted(self.upstream), self.started_ns, self.detected_ns,
                 self.resolved_ns, self.summary, list(self.exemplars), list(self.next_steps),
-                self.muted]
+                self.muted, self.ended_by_restart, self.after_restart_ns]
 
     @classmethod
     def from_state(cls, s: list[Any]) -> Member:
         return cls(s[0], s[1], s[2], s[3], s[4], s[5], s[6], frozenset(s[7]), s[8], s[9], s[10],
-                   s[11], tuple(s[12]), tuple(s[13]), s[14])
+                   s[11], tuple(s[12]), tuple(s[13]), s[14], s[15], s[16])
 
 
 @dataclass(slots=True)
@@ -211,12 +217,12 @@ class Correlator:
 
     ``gap_s``: slack between two findings' active spans for them to be one problem.
     ``edge_ttl_s``: how long a service-map edge counts after it was last seen.
-    ``keep_s``: how long a resolved incident can take a related finding back (it reopens), after
-    which it is forgotten. ``max_incidents`` / ``max_edges`` / ``max_members``: caps; what is
+    ``keep_s``: how long a resolved incident is kept, for a finding that goes on after a restart
+    (a leak after an OOM kill: it reopens), after which it is forgotten. ``max_incidents`` / ``max_edges`` / ``max_members``: caps; what is
     evicted or left out is counted in ``counts``.
     """
 
-    def __init__(self, gap_s: float = 60.0, edge_ttl_s: float = 3600.0, keep_s: float = 900.0,
+    def __init__(self, gap_s: float = 60.0, edge_ttl_s: float = 3600.0, keep_s: float = 3600.0,
                  max_incidents: int = 1000, max_edges: int = 10_000, max_members: int = 100,
                  max_timeline: int = 100, max_depth: int = 6) -> None:
         self.gap_ns = int(gap_s * NS)
@@ -328,6 +334,11 @@ class Correlator:
         TIME_WAIT explains its clients' failures and latency, not one slow query.
         """
         if cause.node == effect.node:
+            if (cause.kind != effect.kind and cause.entity.get("instance")
+                    and effect.entity.get("instance")
+                    and cause.entity["instance"] != effect.entity["instance"]
+                    and {cause.kind, effect.kind} <= PROCESS_KINDS):
+                return False  # one process's memory does not explain another's GC
             return (CAUSE_RANK.get(cause.kind, 9), cause.started_ns, cause.id) < (
                 CAUSE_RANK.get(effect.kind, 9), effect.started_ns, effect.id)
         if effect.kind not in PROPAGATED:
@@ -342,6 +353,8 @@ class Correlator:
         return cause.node in below
 
     def _related(self, a: Member, b: Member) -> bool:
+        if _restarted(b, a) or _restarted(a, b):
+            return True  # one problem going on through a restart (a leak after an OOM kill)
         if a.started_ns > b.end_ns() + self.gap_ns or b.started_ns > a.end_ns() + self.gap_ns:
             return False
         return self.explains(a, b) or self.explains(b, a)
@@ -474,6 +487,9 @@ class Correlator:
             exemplars=tuple(str(t) for t in (evidence.get("exemplar_trace_ids") or ())[:3]),
             next_steps=tuple(str(s) for s in (doc.get("next_steps") or ())[:3]),
             muted=bool(doc.get("muted", False)),
+            ended_by_restart="restart" in str(evidence.get("resolved_because", "")),
+            after_restart_ns=parse_ns((evidence.get("last_restart") or {}).get("at"))
+            if isinstance(evidence.get("last_restart"), Mapping) else None,
         )
 
     # -- outputs --------------------------------------------------------------------------------
@@ -502,6 +518,13 @@ class Correlator:
             self.incidents[iid] = inc
             for fid in inc.members:
                 self.by_finding[fid] = iid
+
+
+def _restarted(before: Member, after: Member) -> bool:
+    """``after`` is ``before``'s finding again after the restart that ended it."""
+    return (before.fingerprint == after.fingerprint and before.ended_by_restart
+            and before.resolved_ns is not None and after.after_restart_ns is not None
+            and abs(after.after_restart_ns - before.resolved_ns) <= 60 * NS)
 
 
 def _order(m: Member) -> tuple[int, int, int, int]:

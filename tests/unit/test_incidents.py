@@ -88,6 +88,15 @@ def test_leak_gc_pressure_and_latency_of_one_service_root_at_the_leak() -> None:
     assert inc.id == incidents.incident_id("l")
 
 
+def test_one_replica_s_leak_does_not_explain_another_replica_s_gc_pressure() -> None:
+    c = Correlator()
+    feed(c, finding("m", "memory_leak", {"service": "cart", "instance": "c1"}, 10),
+         finding("g", "gc_pressure", {"service": "cart", "instance": "c2"}, 12),
+         finding("m2", "memory_leak", {"service": "cart", "instance": "c3"}, 13))
+    # Two replicas leaking after one deploy are one problem; the other's GC pressure is not it.
+    assert groups(c) == [("g", {"g"}), ("m", {"m", "m2"})]
+
+
 def test_host_time_wait_and_its_clients_errors_root_at_the_host() -> None:
     c = Correlator()
     tw = finding("tw", "time_wait_buildup", {"host": "node-2"}, 10, evidence={
@@ -117,6 +126,21 @@ def test_findings_further_apart_than_the_gap_are_separate_problems() -> None:
     c2 = Correlator(gap_s=300)
     feed(c2, a, resolved(a, 14), b)
     assert groups(c2) == [("a", {"a", "b"})]
+
+
+def test_a_leak_that_goes_on_after_an_oom_restart_stays_one_incident() -> None:
+    c = Correlator()
+    inst = {"service": "cart", "instance": "c1"}
+    first = finding("m1", "memory_leak", inst, 10)
+    ended = {**resolved(first, 40), "evidence": {
+        "resolved_because": "instance restarted: process.pid changed from 7 to 9"}}
+    again = {**finding("m2", "memory_leak", inst, 55, evidence={
+        "last_restart": {"at": rfc3339(T0 + 40 * M), "reason": "process.pid changed"}}),
+        "fingerprint": "fp-m1"}  # the same entity and kind: a new finding id after a restart
+    other = finding("m3", "memory_leak", {"service": "orders", "instance": "o1"}, 80)
+    feed(c, first, ended, again, other)
+    assert groups(c) == [("m1", {"m1", "m2"}), ("m3", {"m3"})]
+    assert c.incidents[incidents.incident_id("m1")].status == "firing"
 
 
 def test_a_cause_found_late_merges_the_incidents_it_explains() -> None:
