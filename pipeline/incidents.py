@@ -218,8 +218,9 @@ class Correlator:
     ``gap_s``: slack between two findings' active spans for them to be one problem.
     ``edge_ttl_s``: how long a service-map edge counts after it was last seen.
     ``keep_s``: how long a resolved incident is kept, for a finding that goes on after a restart
-    (a leak after an OOM kill: it reopens), after which it is forgotten. ``max_incidents`` / ``max_edges`` / ``max_members``: caps; what is
-    evicted or left out is counted in ``counts``.
+    (a leak after an OOM kill: it reopens), after which it is forgotten. ``max_incidents`` /
+    ``max_edges`` / ``max_members``: caps; what is evicted or left out is counted in
+    ``counts``.
     """
 
     def __init__(self, gap_s: float = 60.0, edge_ttl_s: float = 3600.0, keep_s: float = 3600.0,
@@ -238,6 +239,7 @@ class Correlator:
         self.by_finding: dict[str, str] = {}  # finding id -> incident id
         self.edges: dict[tuple[str, str], Edge] = {}
         self._merged: dict[str, str] = {}
+        self._adj: dict[str, set[str]] | None = None
         self.counts: dict[str, int] = {
             "findings": 0, "stale_records": 0, "unreadable": 0, "evicted_incidents": 0,
             "expired_incidents": 0, "evicted_edges": 0, "members_left_out": 0, "merged": 0,
@@ -259,6 +261,7 @@ class Correlator:
         return []
 
     def apply_edge(self, client: str, server: str, seen_at: str | None) -> list[Incident]:
+        self._adj = None
         at = parse_ns(seen_at) or self.now_ns
         key = (f"service:{client}", f"service:{server}")
         if key[0] == key[1]:
@@ -272,7 +275,8 @@ class Correlator:
             self.edges[key] = Edge(key[0], key[1], at)
         else:
             edge.seen_ns = max(edge.seen_ns, at)
-        return self._advance(at)
+        self._advance(at)
+        return []
 
     def apply_finding(self, doc: Mapping[str, Any]) -> list[Incident]:
         """Fold one finding record in; the incidents it changed, in a stable order."""
@@ -282,6 +286,7 @@ class Correlator:
             self.counts["unreadable"] += 1
             return []
         self.counts["findings"] += 1
+        self._adj = None
         changed: dict[str, Incident] = {}
         inc_id = self.by_finding.get(m.id)
         if inc_id is not None and inc_id in self.incidents:
@@ -289,7 +294,8 @@ class Correlator:
             old = inc.members[m.id]
             if _order(m) < _order(old):  # an older record of the finding, seen again
                 self.counts["stale_records"] += 1
-                return self._advance(max(m.detected_ns, m.resolved_ns or 0))
+                self._advance(max(m.detected_ns, m.resolved_ns or 0))
+                return []
             inc.members[m.id] = m
             if (old.status, old.severity, old.muted) != (m.status, m.severity, m.muted):
                 self._event(inc, m)
@@ -298,23 +304,30 @@ class Correlator:
             inc = self._place(m)
             changed[inc.id] = inc
         self._refresh(inc)
-        for other in self._advance(max(m.detected_ns, m.resolved_ns or 0)):
-            changed.setdefault(other.id, other)
+        self._advance(max(m.detected_ns, m.resolved_ns or 0))
         return sorted(changed.values(), key=lambda i: (i.opened_ns, i.id))
 
     # -- grouping -------------------------------------------------------------------------------
 
+    def _adjacency(self) -> dict[str, set[str]]:
+        """caller -> callees, from live edges and what findings say (kept until the next
+        input changes either)."""
+        if self._adj is None:
+            adj: dict[str, set[str]] = {}
+            for (a, b), e in self.edges.items():
+                if self.now_ns - e.seen_ns <= self.edge_ttl_ns:
+                    adj.setdefault(a, set()).add(b)
+            for inc in self.incidents.values():
+                for m in inc.members.values():
+                    for up in m.upstream:
+                        adj.setdefault(up, set()).add(m.node)
+            self._adj = adj
+        return self._adj
+
     def downstream(self, node: str) -> set[str]:
         """Nodes ``node`` depends on, through live edges and what findings say, up to
         ``max_depth`` calls away."""
-        adj: dict[str, set[str]] = {}
-        for (a, b), e in self.edges.items():
-            if self.now_ns - e.seen_ns <= self.edge_ttl_ns:
-                adj.setdefault(a, set()).add(b)
-        for inc in self.incidents.values():
-            for m in inc.members.values():
-                for up in m.upstream:
-                    adj.setdefault(up, set()).add(m.node)
+        adj = self._adjacency()
         seen: set[str] = set()
         frontier = {node}
         for _ in range(self.max_depth):
@@ -423,6 +436,7 @@ class Correlator:
         return out
 
     def _refresh(self, inc: Incident) -> None:
+        self._adj = None  # its members changed
         members = list(inc.members.values())
         below = {m.id: self.downstream(m.node) for m in members}
         # The root: the member no other member explains (deepest node; on one node, the
@@ -449,19 +463,19 @@ class Correlator:
             del inc.timeline[0]
             inc.dropped_events += 1
 
-    def _advance(self, at_ns: int) -> list[Incident]:
+    def _advance(self, at_ns: int) -> None:
         """Move the clock; forget incidents resolved longer than ``keep_s`` ago and edges past
         their time to live."""
         if at_ns <= self.now_ns:
-            return []
+            return
         self.now_ns = at_ns
+        self._adj = None
         for inc in [i for i in self.incidents.values() if i.status == "resolved"
                     and (i.resolved_ns or 0) + self.keep_ns < at_ns]:
             self._forget(inc)
             self.counts["expired_incidents"] += 1
         for key in [k for k, e in self.edges.items() if at_ns - e.seen_ns > 2 * self.edge_ttl_ns]:
             del self.edges[key]
-        return []
 
     def _forget(self, inc: Incident) -> None:
         for fid in inc.members:
