@@ -365,6 +365,17 @@ class Correlator:
             below = self.downstream(effect.node)
         return cause.node in below
 
+    def _explanation(self, cause: Member, effect: Member) -> tuple[int, int, int]:
+        """How well ``cause`` explains ``effect``, best first: still active when the effect
+        began (not over already), named by the finding itself (same node, its own caller or
+        client) rather than found through the service map, closest in onset."""
+        if not self._related(cause, effect) or not self.explains(cause, effect):
+            return (9, 9, 0)
+        over = int(cause.resolved_ns is not None and cause.resolved_ns < effect.started_ns)
+        direct = int(not (cause.node == effect.node or effect.node in cause.upstream
+                          or f"service:{effect.entity.get('service', '')}" in cause.upstream))
+        return (over, direct, abs(effect.started_ns - cause.started_ns))
+
     def _related(self, a: Member, b: Member) -> bool:
         if _restarted(b, a) or _restarted(a, b):
             return True  # one problem going on through a restart (a leak after an OOM kill)
@@ -388,11 +399,12 @@ class Correlator:
         if not hits:
             inc = self._new(m)
         else:
-            # The new finding joins every incident it explains (one cause below them all), and
-            # the earliest of those it is merely explained by (a caller of two problems is not
-            # their common cause).
+            # The new finding joins every incident it explains (one cause below them all), else
+            # the one that explains it best (a caller of two problems is not their common
+            # cause, so they stay apart).
             below = [i for i in hits if any(self.explains(m, o) for o in i.members.values())]
-            target = below[0] if below else hits[0]
+            target = below[0] if below else min(hits, key=lambda i: (
+                min(self._explanation(o, m) for o in i.members.values()), i.opened_ns, i.id))
             inc = target
             for other in below[1:]:
                 self._merge(into=inc, other=other)

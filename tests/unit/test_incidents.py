@@ -107,6 +107,18 @@ def test_host_time_wait_and_its_clients_errors_root_at_the_host() -> None:
     assert groups(c) == [("q", {"q"}), ("tw", {"tw", "e"})]
 
 
+def test_a_failure_explained_two_ways_joins_the_cause_still_active() -> None:
+    c = Correlator()
+    edges(c, ("frontend", "checkout"))
+    gc = finding("g", "gc_pressure", {"service": "checkout", "instance": "k1"}, 10)
+    tw = finding("tw", "time_wait_buildup", {"host": "node-2"}, 20, evidence={
+        "candidates": [{"service": "frontend", "destination": "cart", "tied": True}]})
+    # checkout's GC pressure ended just before; the churn on frontend's host goes on.
+    feed(c, gc, resolved(gc, 21.5), tw,
+         finding("e", "error_origin", {"service": "frontend", "operation": "POST /cart"}, 22))
+    assert groups(c) == [("g", {"g"}), ("tw", {"tw", "e"})]
+
+
 def test_unrelated_or_upstream_problems_stay_apart() -> None:
     c = Correlator()
     edges(c, ("checkout", "payment"), ("frontend", "checkout"))
