@@ -109,3 +109,23 @@ def test_a_dead_broker_is_one_line_on_stderr(command: list[str]) -> None:
     assert len(lines) == 1, p.stderr
     assert f"cannot reach Kafka at 127.0.0.1:{port}" in lines[0]
     assert "make kafka-up" in lines[0] and "Traceback" not in p.stderr
+
+
+def test_status_line_shows_consumer_lag_and_every_streams_lag() -> None:
+    """The spans stream caught up (0.0 s) says nothing of the others: the line sums the
+    records not yet read over every topic and names each stream's event-time lag."""
+    from pipeline.tail import status_line
+
+    page = "\n".join([
+        "# TYPE anomaly_pipeline_consumer_lag_records gauge",
+        'anomaly_pipeline_consumer_lag_records{topic="otlp_spans"} 1200.0',
+        'anomaly_pipeline_consumer_lag_records{topic="app-metrics-routed"} 34.0',
+        "# TYPE anomaly_pipeline_event_time_lag_seconds gauge",
+        'anomaly_pipeline_event_time_lag_seconds{stream="spans"} 0.0',
+        'anomaly_pipeline_event_time_lag_seconds{stream="traces"} 12.5',
+        'anomaly_pipeline_event_time_lag_seconds{stream="metrics"} 215.0',
+        "",
+    ])
+    line = status_line(page)
+    assert "1234 records behind" in line
+    assert "event-time lag metrics 3m35s, spans 0.0s, traces 12.5s" in line
