@@ -163,6 +163,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 def cmd_tail(args: argparse.Namespace) -> None:
     from pipeline.tail import tail
 
+    if args.time_order and not args.from_beginning:
+        sys.exit("tail: --time-order sorts what the topic already holds: use it with "
+                 "--from-beginning")
     settings = _settings(args)
     _run_kafka_client("tail", settings.kafka_bootstrap_servers, lambda: tail(settings, args))
 

@@ -154,7 +154,7 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
     await consumer.start()
     colour = sys.stdout.isatty() and not args.json
     seen = 0
-    order = " in event-time order" if args.time_order and args.from_beginning else ""
+    order = " in event-time order" if args.time_order else ""
     print(f"tailing {topic} on {settings.kafka_bootstrap_servers}{order} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
 
@@ -176,7 +176,7 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
 
     next_status = time.monotonic() + args.status_every
     try:
-        if args.time_order and args.from_beginning:
+        if args.time_order:  # (with --from-beginning: the command line checks)
             backlog, newer = await _read_backlog(consumer)
             for r in sorted(backlog, key=event_time_key) + newer:
                 if show(r):

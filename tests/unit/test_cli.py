@@ -111,6 +111,11 @@ def test_a_dead_broker_is_one_line_on_stderr(command: list[str]) -> None:
     assert "make kafka-up" in lines[0] and "Traceback" not in p.stderr
 
 
+def test_time_order_needs_from_beginning(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(["tail", "--time-order"], capsys)
+    assert code == 1 and "use it with --from-beginning" in err
+
+
 def test_status_line_shows_consumer_lag_and_every_streams_lag() -> None:
     """The spans stream caught up (0.0 s) says nothing of the others: the line sums the
     records not yet read over every topic and names each stream's event-time lag."""
