@@ -21,11 +21,14 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 # Compose v2), so they add no layer.
 FROM python:3.11-slim
 # PYTHONSAFEPATH: `python -m` does not put the (writable) working directory on sys.path.
+# METRICS_HOST: the worker's default is the loopback; in a container Prometheus scrapes it from
+# outside, so the image listens on every interface.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONSAFEPATH=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIPELINE_DATA_DIR=/var/lib/anomaly-pipeline \
+    METRICS_HOST=0.0.0.0 \
     METRICS_PORT=9464
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels otel-anomaly-pipeline \

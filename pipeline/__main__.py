@@ -5,16 +5,19 @@
     tail       print findings (or dead letters) as they arrive
     analyze    run the detectors over a time range (Kafka or files) and print a report
     feedback   mute, ack, confirm or reject findings (the feedback topic); list the words
+    config     print the effective configuration (environment + defaults), secrets masked
+
+`python -m pipeline worker --help` lists every setting with its default.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from pipeline.settings import ConfigError, Settings
@@ -35,7 +38,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
         log_level=args.loglevel,
     )
     import faust
-    from prometheus_client import start_http_server
+    from prometheus_client import disable_created_metrics, start_http_server
+
+    # Each counter's and histogram's creation time as a series of its own (26 of them) tells an
+    # operator nothing Prometheus does not already know; scrapes stay smaller without them.
+    disable_created_metrics()
 
     from pipeline import datadir
     from pipeline.app import Pipeline
@@ -146,16 +153,63 @@ def cmd_workers(args: argparse.Namespace) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> None:
     from pipeline import simulate
+    from pipeline.simulate.cli import bootstrap_of
 
-    asyncio.run(simulate.run(args))
+    _run_kafka_client("simulate", bootstrap_of(args), lambda: simulate.run(args),
+                      interrupted="simulate: interrupted" + (
+                          "" if args.dry_run or args.list_scenarios
+                          else "; the records sent so far stay in Kafka"))
 
 
 def cmd_tail(args: argparse.Namespace) -> None:
     from pipeline.tail import tail
 
+    if args.time_order and not args.from_beginning:
+        sys.exit("tail: --time-order sorts what the topic already holds: use it with "
+                 "--from-beginning")
     settings = _settings(args)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(settings, args))
+    _run_kafka_client("tail", settings.kafka_bootstrap_servers, lambda: tail(settings, args))
+
+
+def _run_kafka_client(tool: str, bootstrap: str, main: Callable[[], Coroutine[Any, Any, None]],
+                      interrupted: str | None = None) -> None:
+    """Run a command that talks to Kafka with plain aiokafka clients. A broker that cannot be
+    reached, or any other Kafka error, is one line on stderr and exit status 1, not the
+    client's traceback and its log lines; Ctrl-C stops it quietly (``interrupted``: a line to
+    say first, and exit status 130)."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    # aiokafka logs each failed connection at ERROR through Python's last-resort handler
+    # (stderr); the one line below says it once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        if interrupted:
+            print(interrupted, file=sys.stderr, flush=True)
+            sys.exit(130)
+    except (KafkaConnectionError, ConnectionError) as exc:
+        sys.exit(f"{tool}: cannot reach Kafka at {bootstrap} ({type(exc).__name__}): is it up? "
+                 "(`make kafka-up`, or set KAFKA_BOOTSTRAP_SERVERS / --bootstrap)")
+    except KafkaError as exc:
+        sys.exit(f"{tool}: Kafka at {bootstrap}: {type(exc).__name__}: {exc}")
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    """Print the effective configuration, as a worker started here would read it."""
+    import orjson
+
+    from pipeline.settings import effective
+
+    rows = effective(_settings(args))
+    if args.json:
+        print(orjson.dumps({name: value for name, value, _ in rows},
+                           option=orjson.OPT_INDENT_2).decode())
+        return
+    for name, value, default in rows:
+        if default and args.changed:
+            continue
+        print(f"{name}={value}")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -196,7 +250,20 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("worker", help="run a Faust worker (ingest + detection)")
+    argv = sys.argv[1:] if argv is None else argv
+    # Every setting, its default and what it does, in the help of the commands that read them
+    # all (built only for those: it reads the settings module's source).
+    settings_epilog = None
+    if argv[:1] in (["worker"], ["workers"]):
+        from pipeline.settings import settings_help
+
+        settings_epilog = settings_help()
+    p = sub.add_parser("worker", help="run a Faust worker (ingest + detection)",
+                       description="Run a Faust worker (ingest + detection). Every setting is "
+                       "an environment variable,\nlisted below with its default; `python -m "
+                       "pipeline config` prints the values in effect here.",
+                       epilog=settings_epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (env METRICS_PORT; 0: off)")
     p.add_argument("--data-dir", help="local table store directory (env PIPELINE_DATA_DIR)")
@@ -204,12 +271,13 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("workers", help="run one worker per core on this host (each its own "
-                       "METRICS_PORT + i and PIPELINE_DATA_DIR/worker-<i>)")
+                       "METRICS_PORT + i and PIPELINE_DATA_DIR/worker-<i>)",
+                       epilog=settings_epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, help="workers to run (default: the usable cores)")
     p.set_defaults(func=cmd_workers)
 
     p = sub.add_parser("simulate", help="write simulated OTLP traffic with labelled faults")
-    argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["simulate"]:  # the worker never imports the simulator
         from pipeline import simulate
 
@@ -220,7 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
     p.add_argument("--deadletters", action="store_true", help="tail the dead-letter topic")
     p.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
-    p.add_argument("--json", action="store_true", help="print raw JSON lines")
+    p.add_argument("--time-order", action="store_true",
+                   help="with --from-beginning: print what the topic holds in event-time order "
+                   "(when each finding was detected or resolved) rather than partition by "
+                   "partition, then follow new records as they come")
+    p.add_argument("--json", action="store_true", help="print raw JSON lines (stdout holds "
+                   "only them: the banner and status lines go to stderr)")
     p.add_argument("--max", type=int, default=0, help="stop after this many records")
     p.add_argument("--timeout", type=float, default=0, help="stop after this many idle seconds")
     p.add_argument("--metrics-url", help="also print a worker's health line from this /metrics")
@@ -250,6 +323,17 @@ def main(argv: list[str] | None = None) -> None:
 
         feedback_arguments(p)
     p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("config", help="print the effective configuration, secrets masked",
+                       description="Print every setting as NAME=value, as a worker started "
+                       "with this environment would read it (defaults included; secrets such "
+                       "as KAFKA_SASL_PASSWORD show as *** when set). An invalid configuration "
+                       "is reported as the worker would report it. `python -m pipeline worker "
+                       "--help` says what each setting does.")
+    p.add_argument("--changed", action="store_true",
+                   help="only the settings that differ from their defaults")
+    p.add_argument("--json", action="store_true", help="one JSON object instead")
+    p.set_defaults(func=cmd_config)
 
     args = parser.parse_args(argv)
     if args.command == "worker":

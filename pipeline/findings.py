@@ -7,6 +7,12 @@ the same incident replayed gives the same id; a new incident on the same entity 
 ``Lifecycle`` turns a detector's per-window verdicts into findings with hysteresis: a finding
 opens (``firing``) after ``open_after`` consecutive anomalous windows and resolves after
 ``resolve_after`` consecutive normal ones, so one noisy window neither opens nor closes anything.
+Severity only escalates within a finding, for every detector: a verdict of a higher severity
+publishes the finding again with it; a lower one changes nothing (no record says "critical",
+then "warning" 30 s later while the same problem goes on). Each record carries the evidence of
+the latest anomalous window. ``started_at`` is when the anomaly began in event time: the first
+anomalous window, or the onset a detector estimates (``Verdict.started_at_ns``, e.g. when a
+leak's growth began); it is fixed when the finding opens, and so is its id.
 
     >>> lc = Lifecycle("memory_leak", "memory_leak", "1", open_after=2, resolve_after=2)
     >>> e = {"service": "cart", "instance": "cart-1"}
@@ -36,7 +42,9 @@ KINDS = (
     "bottleneck_span", "latency_regression", "memory_leak", "gc_pressure", "time_wait_buildup",
     "error_origin",
 )
-SEVERITIES = ("info", "warning", "critical")
+SEVERITIES = ("info", "warning", "critical")  # in rising order: severity only escalates
+#: Words a firing finding's summary ends with that no longer hold once it has resolved.
+FIRING_ONLY = (" ← BOTTLENECK",)
 STATUSES = ("firing", "resolved")
 
 
@@ -131,6 +139,10 @@ class Verdict:
     summary: str
     evidence: dict[str, Any]
     next_steps: list[str] = field(default_factory=list)
+    # When the anomaly began (event time, ns) if the detector can tell it before the first
+    # anomalous window (a leak's growth starts long before the trend is significant); used
+    # when the finding opens, for its started_at and id.
+    started_at_ns: int | None = None
 
 
 class Lifecycle:
@@ -200,9 +212,11 @@ class Lifecycle:
             st["last"] = [verdict.severity, verdict.summary, verdict.evidence, verdict.next_steps]
             if not st["firing"] and st["bad"] >= self.open_after:
                 st["firing"], st["detected"], st["severity"] = True, at_ns, verdict.severity
+                if verdict.started_at_ns is not None:  # fixed from here on: the id with it
+                    st["started"] = min(st["started"], verdict.started_at_ns)
                 return self._finding(fp, st, "firing", None)
-            if st["firing"] and verdict.severity != st["severity"]:
-                st["severity"] = verdict.severity
+            if st["firing"] and _rank(verdict.severity) > _rank(st["severity"]):
+                st["severity"] = verdict.severity  # escalates; never back while it fires
                 return self._finding(fp, st, "firing", None)
             return None
         st["good"] += 1
@@ -289,6 +303,8 @@ class Lifecycle:
     def _finding(self, fp: str, st: dict[str, Any], status: str, resolved: int | None) -> Finding:
         severity, summary, evidence, next_steps = st["last"]
         if status == "resolved":
+            for words in FIRING_ONLY:
+                summary = summary.replace(words, "")
             summary = f"Resolved: {summary}"
         return Finding(
             kind=self.kind, status=status, severity=st["severity"] or severity,
@@ -301,3 +317,7 @@ class Lifecycle:
 
     def _drop(self, fp: str) -> None:
         self.store.pop(fp)  # a None in the next snapshot deletes it from the table
+
+
+def _rank(severity: str | None) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1

@@ -8,9 +8,14 @@ surface later as a stalled consumer.
 
 from __future__ import annotations
 
+import ast
+import inspect
+import io
 import math
 import os
 import ssl
+import textwrap
+import tokenize
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -35,27 +40,27 @@ class ConfigError(ValueError):
 class Settings:
     """Runtime configuration. Field names match the environment variables, lower-cased."""
 
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str = "PLAIN"
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = field(default="", repr=False)
-    kafka_ssl_cafile: str = ""
-    kafka_ssl_certfile: str = ""
-    kafka_ssl_keyfile: str = ""
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"  # host:port[,host:port...]
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str = ""  # for SASL_PLAINTEXT / SASL_SSL
+    kafka_sasl_password: str = field(default="", repr=False)  # secret: shown masked
+    kafka_ssl_cafile: str = ""  # CA bundle (PEM) for SSL / SASL_SSL; empty: system CAs
+    kafka_ssl_certfile: str = ""  # client certificate (PEM), for mutual TLS
+    kafka_ssl_keyfile: str = ""  # its private key (PEM)
 
-    pipeline_app_id: str = "otel-anomaly-pipeline"
-    otlp_spans_topic: str = "otlp_spans"
+    pipeline_app_id: str = "otel-anomaly-pipeline"  # consumer group; prefixes internal topics
+    otlp_spans_topic: str = "otlp_spans"  # the Collector kafka exporter's default topics
     otlp_metrics_topic: str = "otlp_metrics"
-    otlp_spans_encoding: str = "otlp_proto"
+    otlp_spans_encoding: str = "otlp_proto"  # otlp_proto or otlp_json, per topic
     otlp_metrics_encoding: str = "otlp_proto"
     # "trace_id": every span of a trace is in one otlp_spans partition (the Collector's kafka
     # exporter with partition_traces_by_id: true). Span records then go whole and undecoded to
     # routed partition <input partition> % PIPELINE_PARTITIONS, and are decoded and assembled
     # there: no regrouping of spans by trace id. "any" (default): spans are regrouped.
     otlp_spans_keying: str = "any"
-    findings_topic: str = "anomaly_findings"
-    deadletter_topic: str = "anomaly_deadletter"
+    findings_topic: str = "anomaly_findings"  # compacted; key = fingerprint
+    deadletter_topic: str = "anomaly_deadletter"  # undecodable records, bytes untouched
     # Compacted: one record per edge of the service dependency map (pipeline.detectors.servicemap)
     service_map_topic: str = "service_map"
     # Compacted: one record per incident (findings that share a cause; pipeline.incidents)
@@ -106,7 +111,7 @@ class Settings:
     trace_max_open: int = 5_000  # open traces per partition (~13 KB each); oldest completes early
     trace_max_spans: int = 1_000  # spans kept per trace (bounds memory and state entries)
     # Bottleneck detection (per routed trace-sample partition).
-    bottleneck_window_s: float = 30.0
+    bottleneck_window_s: float = 30.0  # event-time window an operation is judged in
     bottleneck_warmup_windows: int = 20  # baseline windows before an operation is judged
     bottleneck_warmup_calls: int = 100  # ... and calls in them (sparse operations: more windows)
     # An operation with fewer than 8 calls in a window is judged on several windows together,
@@ -143,12 +148,12 @@ class Settings:
     time_wait_calls_ahead_s: float = 7200.0
     time_wait_max_hosts: int = 5_000  # hosts per partition (~20 KB each)
 
-    pipeline_store: str = "rocksdb"
-    pipeline_data_dir: str = ".cache/state"
+    pipeline_store: str = "rocksdb"  # table store: rocksdb or memory
+    pipeline_data_dir: str = ".cache/state"  # local table store (one per worker)
     # How often detector state is written to the changelog-backed table (processing cadence,
     # not detection time): also the upper bound on work repeated after a crash.
     state_flush_interval_s: float = 1.0
-    state_flush_records: int = 2000
+    state_flush_records: int = 2000  # ... or after this many records, whichever is first
 
     # Extra detectors, comma-separated ``package.module:ClassName`` (built-ins always run).
     pipeline_detectors: str = ""
@@ -161,9 +166,11 @@ class Settings:
     # <base><kind>.md. Point it at wherever your team hosts docs/runbooks/.
     runbook_base_url: str = RUNBOOK_BASE_URL
 
-    metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9464
-    log_level: str = "info"
+    # Where the Prometheus endpoint listens: the loopback by default (`make run`, a laptop); the
+    # container image and the Kubernetes and compose manifests set 0.0.0.0 to be scraped.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # 0 disables the endpoint
+    log_level: str = "info"  # debug, info, warning, error
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -394,6 +401,74 @@ class Settings:
                 sasl_plain_password=self.kafka_sasl_password,
             )
         return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    """One setting as the help and ``python -m pipeline config`` show it."""
+
+    env: str  # the environment variable
+    default: Any
+    doc: str  # the comments beside the field in ``Settings`` ("" if none)
+    secret: bool  # shown masked (``repr=False`` on the field)
+
+
+def setting_docs() -> list[SettingDoc]:
+    """Every setting of ``Settings``, in order, with its default and the comments written beside
+    it in this module's source (the comment lines right above a field, then the one after it on
+    its line), so the help cannot drift from the settings object."""
+    source = inspect.getsource(Settings)
+    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, alone on its line)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            alone = not tok.line[: tok.start[1]].strip()
+            comments[tok.start[0]] = (text, alone)
+    lines = source.splitlines()
+    field_lines = {
+        node.target.id: node.lineno
+        for node in ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+    out = []
+    for f in fields(Settings):
+        line = field_lines[f.name]
+        above: list[str] = []
+        prev = line - 1
+        while prev in comments and comments[prev][1] and lines[prev - 1].strip():
+            above.insert(0, comments[prev][0])
+            prev -= 1
+        text = " ".join(t for t in above if t.strip("-"))
+        if line in comments and not comments[line][1]:
+            text = f"{text} {comments[line][0]}".strip()
+        if not text:  # explained with an earlier setting ("... END_OF_INPUT_S longer ...")
+            text = next((f"see {d.env}" for d in out if f.name.upper() in d.doc), "")
+        out.append(SettingDoc(f.name.upper(), f.default, text, not f.repr))
+    return out
+
+
+def settings_help(width: int = 100) -> str:
+    """The settings reference of ``worker --help``: each environment variable, its default and
+    what it does."""
+    out = ["settings (environment variables; a flag above overrides its own):"]
+    for d in setting_docs():
+        default = '""' if d.default == "" else d.default
+        out.append(f"  {d.env} (default {default})")
+        if d.doc:
+            out.extend(textwrap.wrap(d.doc, width, initial_indent=" " * 6,
+                                     subsequent_indent=" " * 6))
+    return "\n".join(out)
+
+
+def effective(settings: Settings) -> list[tuple[str, str, bool]]:
+    """``(variable, value as shown, whether it is the default)`` for every setting, secrets
+    masked: a set secret shows as ``***`` (its length is not shown either)."""
+    out = []
+    for d in setting_docs():
+        value = getattr(settings, d.env.lower())
+        shown = ("***" if value else "") if d.secret else str(value)
+        out.append((d.env, shown, value == d.default))
+    return out
 
 
 def _coerce(name: str, raw: Any, typ: type) -> Any:

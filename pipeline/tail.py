@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 import urllib.request
 import uuid
+from datetime import datetime
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 from pipeline.settings import Settings
 from pipeline.topics import ensure_topics
@@ -131,6 +134,9 @@ def _duration(seconds: float) -> str:
 
 
 async def tail(settings: Settings, args: argparse.Namespace) -> None:
+    """Print the topic's records on stdout, one finding block (or, with ``--json``, one JSON
+    line) each; the banner and the worker's status lines go to stderr, so that stdout is only
+    records (``| jq`` works)."""
     # Create the output topics as the worker would (a compacted findings topic), rather than
     # let this consumer's metadata request auto-create them with broker defaults.
     await ensure_topics(settings, internal=False)
@@ -147,13 +153,38 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
     )
     await consumer.start()
     colour = sys.stdout.isatty() and not args.json
-    seen = idle_s = 0
-    print(f"tailing {topic} on {settings.kafka_bootstrap_servers} (Ctrl-C to stop)", flush=True)
+    seen = 0
+    order = " in event-time order" if args.time_order else ""
+    print(f"tailing {topic} on {settings.kafka_bootstrap_servers}{order} (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+
+    def show(r: ConsumerRecord) -> bool:
+        """Print one record; whether ``--max`` is reached."""
+        nonlocal seen
+        if args.json:
+            print(r.value.decode() if r.value else "null", flush=True)
+        elif args.deadletters:
+            print(format_deadletter(list(r.headers or []), r.value), flush=True)
+        else:
+            doc = _finding_doc(r)
+            if doc is None:
+                print(f"(not a finding at offset {r.offset}: {r.value!r:.80})", file=sys.stderr)
+                return False
+            print(format_finding(doc, colour) + "\n", flush=True)
+        seen += 1
+        return bool(args.max and seen >= args.max)
+
     next_status = time.monotonic() + args.status_every
     try:
+        if args.time_order:  # (with --from-beginning: the command line checks)
+            backlog, newer = await _read_backlog(consumer)
+            for r in sorted(backlog, key=event_time_key) + newer:
+                if show(r):
+                    return
+        idle_s = 0
         while True:
             if args.metrics_url and time.monotonic() >= next_status:
-                print(worker_status(args.metrics_url), flush=True)
+                print(worker_status(args.metrics_url), file=sys.stderr, flush=True)
                 next_status = time.monotonic() + args.status_every
             batches = await consumer.getmany(timeout_ms=1000)
             if not batches:
@@ -164,23 +195,58 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
             idle_s = 0
             for records in batches.values():
                 for r in records:
-                    if args.json:
-                        print(r.value.decode() if r.value else "null", flush=True)
-                    elif args.deadletters:
-                        print(format_deadletter(list(r.headers or []), r.value), flush=True)
-                    else:
-                        try:
-                            doc = orjson.loads(r.value) if r.value else None
-                        except orjson.JSONDecodeError:
-                            doc = None
-                        if not isinstance(doc, dict):
-                            print(f"(not a finding at offset {r.offset}: {r.value!r:.80})")
-                            continue
-                        print(format_finding(doc, colour) + "\n", flush=True)
-                    seen += 1
-                    if args.max and seen >= args.max:
+                    if show(r):
                         return
     except asyncio.CancelledError:
         pass
     finally:
         await consumer.stop()
+
+
+def _finding_doc(r: ConsumerRecord) -> dict | None:
+    try:
+        doc = orjson.loads(r.value) if r.value else None
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def event_time_key(r: ConsumerRecord) -> tuple[int, int, int]:
+    """Sort key of a record in ``--time-order``: the event time of the change it reports (when a
+    finding was detected, or resolved, as its head line shows), else the Kafka record's
+    timestamp (dead letters, anything that is not a finding); then partition and offset.
+
+    >>> from aiokafka.structs import ConsumerRecord as R
+    >>> def rec(p, o, value, ts=0):
+    ...     return R("t", p, o, ts, 0, None, value, None, 0, len(value), [])
+    >>> a = rec(0, 0, b'{"status": "firing", "detected_at": "2026-01-05T08:12:00.000Z"}')
+    >>> b = rec(1, 0, b'{"status": "resolved", "resolved_at": "2026-01-05T08:10:00.000Z"}')
+    >>> [r.partition for r in sorted([a, b], key=event_time_key)]
+    [1, 0]
+    """
+    doc = _finding_doc(r)
+    at = None
+    if doc is not None:
+        at = doc.get("resolved_at") if doc.get("status") == "resolved" else doc.get("detected_at")
+    ms = r.timestamp
+    if isinstance(at, str):
+        with contextlib.suppress(ValueError):
+            ms = int(datetime.fromisoformat(at).timestamp() * 1000)
+    return ms, r.partition, r.offset
+
+
+async def _read_backlog(
+    consumer: AIOKafkaConsumer,
+) -> tuple[list[ConsumerRecord], list[ConsumerRecord]]:
+    """Everything in the assigned partitions up to their end offsets as of now (to be sorted),
+    and the records past those ends fetched meanwhile (in arrival order)."""
+    while not consumer.assignment():
+        await asyncio.sleep(0.1)
+    ends = await consumer.end_offsets(list(consumer.assignment()))
+    backlog: list[ConsumerRecord] = []
+    newer: list[ConsumerRecord] = []
+    while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+        for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+            for r in records:
+                (backlog if r.offset < ends.get(tp, 0) else newer).append(r)
+    return backlog, newer

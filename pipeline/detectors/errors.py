@@ -272,8 +272,7 @@ class ErrorOriginDetector(Detector):
         # The entity of a firing finding is kept until it resolves (the callee the traces
         # name may change meanwhile: a failing call has no server span answering it).
         entity = op.ent or _entity(key, op.attrs)
-        if verdict is not None and self.lifecycle.severity(entity) == "critical":
-            verdict.severity = "critical"  # severity only rises while a finding fires
+        # (severity only rises while a finding fires: pipeline.findings.Lifecycle sees to it)
         f = self.lifecycle.observe(entity, (w + 1) * self.window_ns, verdict)
         if f is not None:
             out.append((w, key, f))

@@ -936,7 +936,9 @@ class MemoryDetector(Detector):
                 f"{_mib(c['floor_start'])} → {_mib(floor_now)} MiB over {_dur(c['window_s'])} "
                 "(no memory limit known: set MEMORY_LIMITS for a time to OOM)"
             )
-        return Verdict(severity, summary, evidence, _leak_steps(inst))
+        # started_at is when the growth began, not when the trend became significant
+        onset_ns = c["end_ns"] - c["growing_for_s"] * NS
+        return Verdict(severity, summary, evidence, _leak_steps(inst), started_at_ns=onset_ns)
 
     def _judge_gc(self, inst: _Inst, gc_time: float | None, gc_count: float | None,
                   p99: float | None, bucket_s: float, end_ns: int) -> Verdict | None:

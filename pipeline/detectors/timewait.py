@@ -510,11 +510,11 @@ class TimeWaitDetector(Detector):
                     h.episode["at"], h.episode["rate"] = t, excess_rate
         # info: reuse lost, ports far from running out (a ticket, not a page); warning: the
         # level reaches 5% of the range or a time to exhaustion is known; critical: within an
-        # hour of exhaustion or settling at half the range. It escalates, never back.
+        # hour of exhaustion or settling at half the range. It escalates, never back (the
+        # lifecycle's rule for every finding).
         rank = 2 if (tte is not None and tte <= 3600) or plateau >= 0.5 * ports else (
             1 if tte is not None or plateau >= 0.05 * ports else 0)
-        severity = SEVERITY_ORDER[max(
-            rank, SEVERITY_ORDER.index(self.lc.severity({"host": h.host}) or "info"))]
+        severity = SEVERITY_ORDER[rank]
         evidence: dict[str, Any] = {
             "host": h.host,
             "time_wait": round(tw),

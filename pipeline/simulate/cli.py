@@ -105,6 +105,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def bootstrap_of(args: argparse.Namespace) -> str:
+    """The Kafka the simulator writes to: --bootstrap, else KAFKA_BOOTSTRAP_SERVERS."""
+    return args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+
+
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
     start = args.start or ("now" if args.mode == "live" else DEFAULT_REPLAY_START)
     return build_scenario(
@@ -169,7 +174,7 @@ async def run(args: argparse.Namespace) -> None:
     from pipeline.settings import ConfigError, Settings
     from pipeline.simulate.writer import write_records
 
-    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+    bootstrap = bootstrap_of(args)
     try:
         settings = Settings.from_env(
             kafka_bootstrap_servers=bootstrap, otlp_spans_topic=scenario.spans_topic,

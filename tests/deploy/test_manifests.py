@@ -132,6 +132,8 @@ def test_dockerfile_runs_the_worker_as_non_root():
     assert METRICS_PORT in exposed
     env = image_env()
     assert env.get("METRICS_PORT", str(METRICS_PORT)) == str(METRICS_PORT)
+    # The worker listens on the loopback by default; the image is scraped from outside.
+    assert env.get("METRICS_HOST") == "0.0.0.0"
     data_dir = env.get("PIPELINE_DATA_DIR")
     assert data_dir and data_dir.startswith("/"), "PIPELINE_DATA_DIR must be an absolute path"
     volumes = [v for w, a in stage if w == "VOLUME" for v in json.loads(a)]
@@ -293,6 +295,7 @@ def test_compose_worker_service():
     settings = settings_from(env)
     assert settings.pipeline_replication_factor == 1
     assert settings.metrics_port == METRICS_PORT
+    assert settings.metrics_host == "0.0.0.0", "the prometheus service scrapes the replicas"
     assert set(settings.bootstrap_list) <= kafka_listeners(), (
         f"KAFKA_BOOTSTRAP_SERVERS={env['KAFKA_BOOTSTRAP_SERVERS']} is not a listener the "
         f"compose broker advertises ({kafka_listeners()})"
@@ -503,6 +506,7 @@ def test_worker_deployment(built):
     # The metrics port, probes and the data volume agree.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == settings.metrics_port == METRICS_PORT
+    assert settings.metrics_host == "0.0.0.0", "Prometheus scrapes the pods from outside"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         handler = container[probe].get("httpGet") or container[probe].get("tcpSocket")
         assert handler and handler["port"] in ("metrics", METRICS_PORT), probe

@@ -178,6 +178,21 @@ def test_slow_query_is_a_bottleneck_with_evidence_and_resolves() -> None:
     ids = {s.trace_id for b in batches for s in b}
     assert 1 <= len(ev["exemplar_trace_ids"]) <= 5 and set(ev["exemplar_trace_ids"]) <= ids
     assert "← BOTTLENECK" in fired.summary and "SELECT users" in fired.summary
+    assert resolved.summary.startswith("Resolved: ") and "BOTTLENECK" not in resolved.summary
+
+
+def test_a_sub_millisecond_baseline_is_not_rounded_to_zero_in_the_summary() -> None:
+    """A 0.4 ms query (and a 2.5 ms one) slowed by 60 ms: the summary's baseline is the
+    evidence's, to its significant digits, never "baseline 0 ms"."""
+    for base_ms in (0.4, 2.5):
+        ops = {"api": [("GET /users/{id}", 4.0), ("SELECT users", base_ms), ("render", 3.0)]}
+        out = run(BottleneckDetector(),
+                  traces.samples(minutes=30, services=ops, added_ms=slow(SLOW_QUERY, 60)))
+        fired = out[0]
+        baseline = fired.evidence["baseline"]["p50_ms"]
+        assert baseline == pytest.approx(base_ms, rel=0.2)
+        assert f"(baseline {baseline:g} ms," in fired.summary
+        assert "baseline 0 ms" not in fired.summary
 
 
 # Two callers into one callee: each caller's call, and the callee's copy of it (the calls'

@@ -62,6 +62,46 @@ def test_severity_change_republishes_same_id() -> None:
     assert out[0].id == out[1].id
 
 
+def test_severity_never_decreases_within_a_finding() -> None:
+    """critical, then warning 30 s later while the problem goes on: no record says warning;
+    each record carries the latest anomalous window's evidence."""
+    def verdict(severity: str, observed: int) -> Verdict:
+        return Verdict(severity, f"observed {observed}", {"observed": observed})
+
+    seq = [verdict("info", 1), verdict("critical", 2), verdict("warning", 3),
+           verdict("info", 4), None, None, None]
+    out = run(lifecycle(open_after=1, resolve_after=3), seq)
+    assert [(f.status, f.severity) for f in out] == [
+        ("firing", "info"), ("firing", "critical"), ("resolved", "critical")]
+    assert out[-1].evidence == {"observed": 4} and out[-1].summary == "Resolved: observed 4"
+    assert len({f.id for f in out}) == 1
+
+
+def test_a_verdict_can_date_the_onset_before_the_first_anomalous_window() -> None:
+    """A detector that knows when the anomaly began (a leak's growth) sets started_at, and the
+    id, when the finding opens; later estimates change neither."""
+    def verdict(onset_s: int) -> Verdict:
+        return Verdict("warning", "floor rising", {}, started_at_ns=onset_s * S)
+
+    out = run(lifecycle(open_after=2, resolve_after=1),
+              [verdict(400), verdict(700), verdict(900), None])
+    assert [f.status for f in out] == ["firing", "resolved"]
+    assert {f.started_at_ns for f in out} == {700 * S}  # the estimate when it opened
+    assert out[0].id == out[1].id
+    # an onset estimated after the first anomalous window does not move started_at later
+    late = run(lifecycle(open_after=1), [verdict(5000)])
+    assert late[0].started_at_ns == 1000 * S
+
+
+def test_a_resolved_summary_drops_the_firing_only_marker() -> None:
+    v = Verdict("warning", "SELECT users 140 ms of 190 ms (baseline 6 ms) ← BOTTLENECK; 2 other "
+                "operation(s) of api slower with it", {})
+    fired, resolved = run(lifecycle(open_after=1, resolve_after=1), [v, None])
+    assert fired.summary.endswith("slower with it") and "← BOTTLENECK" in fired.summary
+    assert resolved.summary == ("Resolved: SELECT users 140 ms of 190 ms (baseline 6 ms); 2 "
+                                "other operation(s) of api slower with it")
+
+
 def test_ids_are_deterministic_and_new_per_incident() -> None:
     a = run(lifecycle(open_after=1, resolve_after=1), [bad(), None, bad(), None])
     b = run(lifecycle(open_after=1, resolve_after=1), [bad(), None, bad(), None])

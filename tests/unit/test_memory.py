@@ -354,3 +354,24 @@ def test_a_counter_going_back_with_no_start_time_is_still_a_restart() -> None:
     d.advance(H.T0 + 10 * 60 * H.S)
     assert sum(d.stats().counters.values()) == 1
     assert d.stats().evicted["counter_went_back"] == 0
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_leak_started_when_its_growth_began_and_keeps_its_id(runtime: str) -> None:
+    """started_at is the onset of the growth (event time), not when the trend became
+    significant; the id derived from it is the same in the firing and the resolved record."""
+    rate = 60 / 100 * H.GIB / 3600
+
+    def floor(t: float) -> float:
+        return BASE + rate * (t - ONSET_S) if ONSET_S < t < 3600 else BASE
+
+    findings = leaks(H.run(detector(), H.batches(runtime, 100, floor, restart_at=3600)))
+    assert [f.status for f in findings] == ["firing", "resolved"]
+    fired, resolved = findings
+    started_min = (fired.started_at_ns - H.T0) / 60e9
+    assert started_min == pytest.approx(ONSET_S / 60, abs=3)  # the knee, to a few minutes
+    assert started_min < H.minute(fired) - 10  # long before the trend was significant
+    # the growth the evidence reports ends where it began
+    assert fired.started_at_ns == (fired.detected_at_ns
+                                   - fired.evidence["growing_for_s"] * 10**9)
+    assert resolved.id == fired.id and resolved.started_at_ns == fired.started_at_ns

@@ -14,6 +14,9 @@ def test_defaults_point_at_the_local_broker() -> None:
     assert (s.otlp_spans_topic, s.otlp_metrics_topic) == ("otlp_spans", "otlp_metrics")
     assert (s.findings_topic, s.deadletter_topic) == ("anomaly_findings", "anomaly_deadletter")
     assert s.otlp_spans_encoding == "otlp_proto"
+    # the metrics endpoint is not exposed beyond this machine unless asked (the container
+    # image and the manifests set METRICS_HOST=0.0.0.0: tests/deploy)
+    assert s.metrics_host == "127.0.0.1"
 
 
 def test_environment_and_overrides() -> None:
