@@ -47,6 +47,26 @@ def format_finding(doc: dict, colour: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_incident(doc: dict, colour: bool = False) -> str:
+    """One block per incident record: status, root, summary, members, the first next step."""
+    status = doc.get("status", "?")
+    if status == "merged":
+        return f"INCIDENT {doc.get('id')} merged into {doc.get('merged_into')}"
+    at = doc.get("resolved_at") if status == "resolved" else doc.get("updated_at")
+    root = doc.get("root") or {}
+    head = (f"[{at}] {status.upper():8} INCIDENT ({doc.get('severity')}) root "
+            f"{root.get('type')}:{root.get('name')} ({root.get('kind')})")
+    if colour:
+        head = COLOURS.get(status, "") + head + RESET
+    lines = [head, f"    {doc.get('summary')}"]
+    for m in (doc.get("members") or [])[:6]:
+        entity = ", ".join(f"{k}={v}" for k, v in (m.get("entity") or {}).items())
+        lines.append(f"    member: {m.get('kind')} {m.get('status')} {entity}")
+    for step in (doc.get("next_steps") or [])[:1]:
+        lines.append(f"    next: {step}")
+    return "\n".join(lines)
+
+
 def format_deadletter(headers: list[tuple[str, bytes]], value: bytes | None) -> str:
     h = {k: v.decode(errors="replace") for k, v in headers}
     size = 0 if value is None else len(value)
@@ -141,8 +161,12 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
     # let this consumer's metadata request auto-create them with broker defaults.
     await ensure_topics(settings, internal=False)
     topic = settings.deadletter_topic if args.deadletters else settings.findings_topic
+    topics = [topic]
+    if getattr(args, "incidents", False) and not args.deadletters:
+        topics.append(settings.incidents_topic)
+        topic = f"{topic} and {settings.incidents_topic}"
     consumer = AIOKafkaConsumer(
-        topic,
+        *topics,
         group_id=None,
         client_id=f"pipeline-tail-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest" if args.from_beginning else "latest",
@@ -170,7 +194,10 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
             if doc is None:
                 print(f"(not a finding at offset {r.offset}: {r.value!r:.80})", file=sys.stderr)
                 return False
-            print(format_finding(doc, colour) + "\n", flush=True)
+            if r.topic == settings.incidents_topic:
+                print(format_incident(doc, colour) + "\n", flush=True)
+            else:
+                print(format_finding(doc, colour) + "\n", flush=True)
         seen += 1
         return bool(args.max and seen >= args.max)
 
@@ -227,7 +254,8 @@ def event_time_key(r: ConsumerRecord) -> tuple[int, int, int]:
     doc = _finding_doc(r)
     at = None
     if doc is not None:
-        at = doc.get("resolved_at") if doc.get("status") == "resolved" else doc.get("detected_at")
+        at = doc.get("resolved_at") if doc.get("status") == "resolved" else (
+            doc.get("detected_at") or doc.get("updated_at"))  # a finding, else an incident
     ms = r.timestamp
     if isinstance(at, str):
         with contextlib.suppress(ValueError):

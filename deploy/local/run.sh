@@ -59,4 +59,5 @@ simulator:  scenario '$SCENARIO', live at ${SPEED}x (log: $RUN_DIR/simulate.log,
             injected faults and hard negatives: $RUN_DIR/labels.jsonl)
 dead letters: python -m pipeline tail --deadletters
 MSG
-"$PY" -m pipeline tail --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" --status-every 15
+"$PY" -m pipeline tail --incidents --metrics-url "http://127.0.0.1:$METRICS_PORT/metrics" \
+  --status-every 15

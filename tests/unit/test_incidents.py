@@ -247,3 +247,19 @@ def test_unreadable_input_is_counted_not_raised(bad: dict[str, Any]) -> None:
     except KeyError:
         pytest.fail("a bad record raised")
     assert c.counts["unreadable"] == 1
+
+
+def test_tail_prints_an_incident_with_its_root_and_members() -> None:
+    from pipeline.tail import format_incident
+
+    c = Correlator()
+    feed(c, finding("m", "memory_leak", {"service": "cart", "instance": "c1"}, 10),
+         finding("g", "gc_pressure", {"service": "cart", "instance": "c1"}, 11))
+    text = format_incident(incidents.to_dict(next(iter(c.incidents.values()))))
+    head, summary, *rest = text.splitlines()
+    assert "FIRING" in head and "root service:cart (memory_leak)" in head
+    assert summary.strip().startswith("cart is the probable root")
+    assert [line.split()[1] for line in rest if "member:" in line] == ["memory_leak",
+                                                                       "gc_pressure"]
+    assert format_incident({"id": "a", "status": "merged", "merged_into": "b"}) == (
+        "INCIDENT a merged into b")
