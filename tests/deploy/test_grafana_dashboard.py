@@ -33,6 +33,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from pipeline.sinks.metrics import GAUGE_HELP
+from tests.deploy.test_manifests import bind_mounts
 from tests.support import tools
 from tests.support.dashboard import (
     DASHBOARD,
@@ -231,16 +232,6 @@ def test_an_unknown_variable_is_flagged():
 
 # ------------------------------------------------------------------------------------------
 # provisioning in the Compose stack
-
-
-def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
-    """container path -> host path of the service's bind mounts (relative to the file)."""
-    out = {}
-    for volume in service.get("volumes", []):
-        source, target = volume.split(":")[:2]
-        if source.startswith((".", "/")):
-            out[target] = (COMPOSE_DIR / source).resolve()
-    return out
 
 
 def test_compose_provisions_the_dashboard():
