@@ -66,9 +66,9 @@ class Settings:
     # Compacted: one record per incident (findings that share a cause; pipeline.incidents)
     incidents_topic: str = "anomaly_incidents"
     # Compacted control topic of feedback words (mute / ack / confirm / reject; pipeline.feedback)
-    # that every worker reads whole, and the most words a worker holds (more are refused, counted).
+    # that every worker reads whole.
     feedback_topic: str = "anomaly_feedback"
-    feedback_max_words: int = 10_000
+    feedback_max_words: int = 10_000  # feedback words a worker holds (more refused, counted)
 
     # Partitions of the internal routing topics and state tables: the most workers that can share
     # the detection work. Fixed once the app has run: a worker with another count refuses to
@@ -125,7 +125,7 @@ class Settings:
     # Incidents (pipeline.incidents): findings whose active spans are within INCIDENT_GAP_S of
     # each other (event time) and that explain one another are one incident.
     incident_gap_s: float = 60.0
-    incident_max_open: int = 1_000  # incidents held (open, or resolved and kept 15 min)
+    incident_max_open: int = 1_000  # incidents held (open, or resolved in the last hour)
     # How far back a worker that takes the correlation over replays its input to rebuild it.
     incident_history_s: float = 24 * 3600.0
     # Memory leaks and GC pressure (per routed metric partition).
