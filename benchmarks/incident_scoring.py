@@ -79,10 +79,18 @@ def score_incidents(incidents: Sequence[Mapping[str, Any]],
             holder[str(fid)] = str(inc["id"])
     alerts = alerts_from_findings(findings)
     groups = problems(truth)
-    of_group: list[list[Alert]] = [
-        [a for a in alerts if any(a.kind == lb.kind and lb.matches(a, grace_ns(lb.kind, grace_s))
-                                  for lb in labels)]
-        for labels in groups]
+    of_group: list[list[Alert]] = [[] for _ in groups]
+    for a in alerts:
+        # A finding counts for one problem: of those it matches, the ones whose window holds
+        # it (without the grace after the end) if any (a caller's call into a service slowed
+        # later matches the caller's own earlier fault only through the grace).
+        hits = [i for i, labels in enumerate(groups)
+                if any(a.kind == lb.kind and lb.matches(a, grace_ns(lb.kind, grace_s))
+                       for lb in labels)]
+        inside = [i for i in hits
+                  if any(a.kind == lb.kind and lb.active(a) for lb in groups[i])]
+        for i in inside or hits:
+            of_group[i].append(a)
     group_of_incident: dict[str, set[int]] = {}
     for i, hits in enumerate(of_group):
         for a in hits:

@@ -263,3 +263,40 @@ def test_tail_prints_an_incident_with_its_root_and_members() -> None:
                                                                        "gc_pressure"]
     assert format_incident({"id": "a", "status": "merged", "merged_into": "b"}) == (
         "INCIDENT a merged into b")
+
+
+def test_scoring_one_incident_per_problem_and_its_root() -> None:
+    from benchmarks.incident_scoring import score_incidents
+    from benchmarks.scoring import LabelSet
+
+    def label(kind: str, entity: dict[str, str], a: float, b: float, **kw: Any) -> dict:
+        return {"type": "label", "kind": kind, "entity": entity, "start": rfc3339(int(T0 + a * M)),
+                "end": rfc3339(int(T0 + b * M)), **kw}
+
+    truth = LabelSet.from_lines([
+        {"type": "run", "start": rfc3339(T0), "end": rfc3339(T0 + 60 * M)},
+        label("bottleneck_span", {"service": "orders"}, 10, 14),
+        # two faults injected as one problem, rooted at redis
+        label("bottleneck_span", {"service": "cart"}, 16, 20, incident="r",
+              incident_root={"service": "redis"}),
+        label("bottleneck_span", {"peer_service": "redis"}, 16, 20, incident="r",
+              incident_root={"service": "redis"}),
+    ])
+    fs = [finding("a", "bottleneck_span", {"service": "orders", "operation": "q"}, 10),
+          # orders' call into redis: matches the orders label only through the grace
+          finding("b", "bottleneck_span", {"service": "orders", "peer_service": "redis"}, 16),
+          finding("c", "bottleneck_span", {"service": "cart", "peer_service": "redis"}, 16.5)]
+    fs.insert(1, resolved(fs[0], 14))
+    c = Correlator()
+    feed(c, *fs)
+    docs = [incidents.to_dict(i) for i in c.incidents.values()]
+    s = score_incidents(docs, fs, truth)
+    assert (s["faults_with_findings"], s["one_incident"], s["root_correct"]) == (2, 2, 2)
+    # Split the redis problem: it is no longer in one incident.
+    redis = next(d for d in docs if "c" in d["member_finding_ids"])
+    split = [d for d in docs if d is not redis] + [
+        {**redis, "member_finding_ids": ["b"]},
+        {**redis, "id": "x" * 32, "member_finding_ids": ["c"],
+         "root": {**redis["root"], "name": "cart"}}]
+    s = score_incidents(split, fs, truth)
+    assert (s["one_incident"], s["root_correct"]) == (1, 1)
