@@ -926,9 +926,18 @@ class Pipeline:
         async with self._incident_lock:
             if tp not in self._owned:
                 return
-            if self.incident_stage.correlator is None:
-                await self._rebuild_incidents(offset)
-            for key, doc in self.incident_stage.take(offset, value):
+            try:
+                if self.incident_stage.correlator is None:
+                    await self._rebuild_incidents(offset)
+                out = self.incident_stage.take(offset, value)
+            except Exception:  # never stop the agent: the next rebuild replays this record
+                self._detector_log.warning(
+                    "incidents", "incident correlation failed at input offset %d; it is "
+                    "rebuilt from its input topic", offset, exc_info=True)
+                self.metrics.detector_errors.labels("incident_correlator").inc()
+                self.incident_stage.drop()
+                return
+            for key, doc in out:
                 await self.incidents_out.send(key=key, value=doc)
 
     async def _take_correlation_over(self) -> None:

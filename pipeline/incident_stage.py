@@ -126,7 +126,12 @@ class IncidentStage:
         if not isinstance(record, dict):
             c.counts["unreadable"] += 1
             return []
-        return c.apply(record)
+        try:
+            return c.apply(record)
+        except Exception:  # a record the correlator cannot take must not stop it for good
+            log.warning("incident correlation skipped an input record", exc_info=True)
+            c.counts["unreadable"] += 1
+            return []
 
     def take(self, offset: int, value: bytes | None) -> list[tuple[bytes, bytes]]:
         """Apply the input record at ``offset`` (once); the incident records to publish."""
