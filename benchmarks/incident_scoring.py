@@ -4,10 +4,12 @@ An injected *problem* is a positive label, or the labels that share an ``inciden
 cause and its knock-on effects injected as separate faults). Its *findings* are those that match
 one of its labels as the per-kind scoring counts them (the label's kind and entity, inside its
 window plus the grace). A problem with findings is in *one incident* when exactly one incident
-holds them all and no other problem's; else it was split or merged. The root is right when the
-incident's root node is the problem's ``incident_root``, or its root finding names the
-problem's first label (its entity or one of its alternatives), or the root node is that
-label's service or host. Incidents none of whose members
+holds them all (none left out) and no other problem's; else it was split or merged. Its root
+is right (counted only when it is in one incident) when the incident's root node is the
+problem's ``incident_root``, or, for a root finding of one of the problem's kinds, when it
+names the problem's first label (its entity or one of its alternatives) or its node is that
+label's service or host. A problem of one finding is trivially in one incident: the table says
+how many had several. Incidents none of whose members
 match a fault are listed apart (a knock-on split off, or a problem nobody injected).
 
     >>> from benchmarks.scoring import LabelSet
@@ -19,7 +21,7 @@ match a fault are listed apart (a knock-on split off, or a problem nobody inject
     ...      "entity": {"service": "cart", "instance": "c1"}, "detected_at": "2026-01-05T08:10:00Z"}
     >>> inc = {"id": "i1", "member_finding_ids": ["f1"],
     ...        "root": {"finding_id": "f1", "type": "service", "name": "cart",
-    ...                 "entity": {"service": "cart", "instance": "c1"}}}
+    ...                 "kind": "memory_leak", "entity": {"service": "cart", "instance": "c1"}}}
     >>> s = score_incidents([inc], [f], truth)
     >>> s["faults_with_findings"], s["one_incident"], s["root_correct"]
     (1, 1, 1)
@@ -51,6 +53,8 @@ def _root_right(labels: Sequence[Label], inc: Mapping[str, Any]) -> bool:
     first = labels[0]
     if first.incident_root:
         want = [first.incident_root]
+    elif root.get("kind") not in {lb.kind for lb in labels}:
+        return False  # a knock-on finding as the root, even on the right entity
     else:
         alert = Alert(kind=str(root.get("kind", "")), entity={
             str(k): str(v) for k, v in (root.get("entity") or {}).items()}, fired_at_ns=0)
@@ -106,7 +110,7 @@ def score_incidents(incidents: Sequence[Mapping[str, Any]],
             "kinds_found": sorted({a.kind for a in hits}), "incidents": len(held)}
         if first.incident:
             row["incident"] = first.incident
-        if len(held) == 1:
+        if len(held) == 1 and all(a.id in holder for a in hits):
             inc = by_id[held[0]]
             row.update(incident_id=held[0], root=inc.get("root", {}).get("name"),
                        root_kind=inc.get("root", {}).get("kind"),
@@ -114,12 +118,12 @@ def score_incidents(incidents: Sequence[Mapping[str, Any]],
                        merged_with=sorted(j for j in group_of_incident.get(held[0], ())
                                           if j != i),
                        members=len(inc.get("member_finding_ids") or ()))
-        if hits and not held:
-            row["ungrouped"] = True
+        if any(a.id not in holder for a in hits):
+            row["ungrouped"] = sum(a.id not in holder for a in hits)
         rows.append(row)
     with_findings = [r for r in rows if r["findings"]]
-    one = [r for r in with_findings if r["incidents"] == 1 and not r.get("merged_with")]
-    right = [r for r in with_findings if r["incidents"] == 1 and r.get("root_correct")]
+    one = [r for r in with_findings if "incident_id" in r and not r.get("merged_with")]
+    right = [r for r in one if r.get("root_correct")]
     unmatched = [inc for inc in incidents if str(inc["id"]) not in group_of_incident]
     n = len(with_findings)
     return {
@@ -154,7 +158,7 @@ def table(score: Mapping[str, Any]) -> str:
         if not r["findings"]:
             lines.append(f"     {what:<18} {r['entity']} not detected")
             continue
-        mark = "ok" if r["incidents"] == 1 and not r.get("merged_with") else "!!"
+        mark = "ok" if "incident_id" in r and not r.get("merged_with") else "!!"
         lines.append(
             f"  {mark} {what:<18} {r['entity']}: {r['findings']} finding(s) "
             f"({', '.join(r['kinds_found'])}) in {r['incidents']} incident(s); root "

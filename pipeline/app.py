@@ -386,10 +386,19 @@ class Pipeline:
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             self._owned.update(assigned)
 
+        # Processing time (housekeeping, not detection): a quarter of the input's retention.
+        @app.timer(interval=s.incident_history_s / 4)
+        async def refresh_incident_input() -> None:
+            await self._refresh_incident_input()
+
+        @app.timer(interval=5.0)
+        async def take_correlation_over() -> None:  # (not in the state view's timer: a
+            await self._take_correlation_over()    # rebuild may take a while)
+
         @app.timer(interval=5.0)
         async def refresh_state_view() -> None:
-            await self._take_correlation_over()
-            self._incident_view = self.incident_stage.view()
+            tp = TP(self.incident_input.get_topic_name(), 0)
+            self._incident_view = self.incident_stage.view() if tp in self._owned else None
             self._state_view = self._build_state_view()
             self._view_built_at = time.time()
             try:
@@ -938,6 +947,8 @@ class Pipeline:
                 self.incident_stage.drop()
                 return
             for key, doc in out:
+                if tp not in self._owned:
+                    return  # revoked while sending: the new owner republishes
                 await self.incidents_out.send(key=key, value=doc)
 
     async def _take_correlation_over(self) -> None:
@@ -990,22 +1001,38 @@ class Pipeline:
         """Publish again the firing findings of owned partitions that ``targets`` are about,
         with their current mute and ack (a finding's records on the compacted topic then say
         so; its id stays)."""
+        for st, p, engine, finding in self._open_findings():
+            if st.engines.get(p) is not engine:
+                continue  # revoked meanwhile: its new owner has the findings
+            if any(t.matches(finding.fingerprint, finding.kind, finding.entity,
+                             finding.id) for t in targets):
+                await self._publish(finding, engine.watermark_ns)
+
+    def _open_findings(self) -> list[tuple[_Stream, int, PartitionEngine, Finding]]:
+        """Every firing finding of the owned partitions, as it stands now."""
+        out = []
         for st in self.streams.values():
             for p, engine in list(st.engines.items()):
-                found = []
                 for d in engine.detectors:
                     if d.name in engine.quarantined:
                         continue
                     try:
-                        found += d.open_findings()
+                        out += [(st, p, engine, f) for f in d.open_findings()]
                     except Exception:  # a broken detector must not stop the others
                         continue
-                for finding in found:
-                    if st.engines.get(p) is not engine:
-                        break  # revoked meanwhile: its new owner has the findings
-                    if any(t.matches(finding.fingerprint, finding.kind, finding.entity,
-                                     finding.id) for t in targets):
-                        await self._publish(finding, engine.watermark_ns)
+        return out
+
+    async def _refresh_incident_input(self) -> None:
+        """Send every firing finding to the correlation's input again (the same record, so the
+        correlation changes nothing): a finding that fires for longer than the input's
+        retention is still there for a worker that rebuilds the correlation."""
+        for st, p, engine, finding in self._open_findings():
+            if st.engines.get(p) is not engine:
+                continue
+            finding.runbook_url = self.settings.runbook_url(finding.kind)
+            self.feedback.annotate(finding, finding_event_ns(finding, engine.watermark_ns))
+            await self.incident_input.send(key=finding.fingerprint.encode(),
+                                           value=finding_record(finding.to_json()))
 
     def _build_state_view(self) -> dict[str, StreamState]:
         view = {}

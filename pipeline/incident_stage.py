@@ -29,6 +29,7 @@ log = logging.getLogger("pipeline.incidents")
 #: forwarded one: the correlator keeps edges for an hour, and the input stays small.
 EDGE_REFRESH_NS = 600 * 1_000_000_000
 MAX_FORWARDED_EDGES = 20_000
+REBUILD_IDLE_S = 30  # fetches of ~1 s that bring nothing before a rebuild gives up waiting
 
 
 def finding_record(finding_json: bytes) -> bytes:
@@ -39,8 +40,10 @@ def finding_record(finding_json: bytes) -> bytes:
 class IncidentView:
     """What the metrics need, copied out of the correlator on the event loop."""
 
-    # (incident id, root node, root type, severity, firing member fingerprints, muted)
-    open: list[tuple[str, str, str, str, tuple[str, ...], bool]] = field(default_factory=list)
+    # (incident id, root node, root type, severity, firing member fingerprints, muted, members
+    # ever)
+    open: list[tuple[str, str, str, str, tuple[str, ...], bool, int]] = field(
+        default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     edges: int = 0
 
@@ -50,6 +53,8 @@ class IncidentStage:
         self.settings = settings
         self.correlator: Correlator | None = None
         self.next_offset = 0  # the next input offset the correlator has not applied
+        # Bumped when the input partition goes: a rebuild that was under way then is dropped.
+        self.generation = 0
         self._edges_sent: dict[bytes, int] = {}
 
     # -- the forwarding side (every worker) -----------------------------------------------------
@@ -59,16 +64,20 @@ class IncidentStage:
         recently enough (or is a tombstone: the correlator lets edges age out itself)."""
         if value is None:
             return None
-        doc = orjson.loads(value)
-        seen = incidents.parse_ns(doc.get("last_seen")) or 0
+        try:
+            doc = orjson.loads(value)
+            seen = incidents.parse_ns(doc.get("last_seen")) or 0
+            edge = {"client": str(doc["client"]), "server": str(doc["server"]),
+                    "seen_at": doc.get("last_seen")}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return None  # not an edge record: nothing for the correlation
         last = self._edges_sent.get(key)
         if last is not None and seen - last < EDGE_REFRESH_NS:
             return None
         if len(self._edges_sent) >= MAX_FORWARDED_EDGES:
             self._edges_sent.clear()  # forwarding again early is harmless
         self._edges_sent[key] = seen
-        return orjson.dumps({"edge": {"client": doc["client"], "server": doc["server"],
-                                      "seen_at": doc.get("last_seen")}})
+        return orjson.dumps({"edge": edge})
 
     # -- the correlating side (the owner of the input partition) --------------------------------
 
@@ -77,15 +86,17 @@ class IncidentStage:
         return Correlator(gap_s=s.incident_gap_s, max_incidents=s.incident_max_open)
 
     def drop(self) -> None:
-        """The input partition went to another worker."""
+        """The input partition went to another worker (or is being reassigned)."""
         self.correlator = None
         self.next_offset = 0
+        self.generation += 1
 
     async def rebuild(self, topic: str, upto: int | None) -> list[Incident]:
         """Replay the input from its first offset to ``upto`` (exclusive; None: its end now)
         into a new correlator; return every incident it holds (open, or resolved and kept), to
         publish once: the previous owner may have stopped before publishing some."""
         c = self.new_correlator()
+        generation = self.generation
         consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None,
                                     auto_offset_reset="earliest",
                                     **self.settings.aiokafka_kwargs())
@@ -98,8 +109,14 @@ class IncidentStage:
                 upto = (await consumer.end_offsets([tp]))[tp]
             pos = (await consumer.beginning_offsets([tp]))[tp]
             consumer.seek(tp, pos)
-            while pos < upto:
+            idle = 0
+            while pos < upto and generation == self.generation:
                 batch = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
+                idle = 0 if batch else idle + 1
+                if idle >= REBUILD_IDLE_S:  # records below upto are gone (retention, a reset)
+                    log.warning("incident rebuild: nothing more to read at offset %d of %s "
+                                "(expected up to %d); going on from there", pos, topic, upto)
+                    break
                 for rec in batch.get(tp, ()):
                     if rec.offset >= upto:
                         break
@@ -108,6 +125,9 @@ class IncidentStage:
                 pos = await consumer.position(tp)
         finally:
             await consumer.stop()
+        if generation != self.generation:  # the partition went meanwhile
+            log.info("incident rebuild dropped: the input partition was reassigned")
+            return []
         self.correlator, self.next_offset = c, upto
         log.info("incident correlation taken over: %d input records replayed up to offset %d, "
                  "%d open incidents", applied, upto, len(c.open_incidents()))
@@ -159,6 +179,6 @@ class IncidentStage:
             root_type, _ = incidents.node_label(inc.root.node)
             out.open.append((inc.id, inc.root.node, root_type, inc.severity,
                              tuple(sorted(m.fingerprint for m in inc.firing_members())),
-                             inc.muted))
+                             inc.muted, len(inc.members)))
         return out
 

@@ -45,12 +45,15 @@ from typing import Any
 
 import orjson
 
-from pipeline.findings import SEVERITIES, rfc3339
+from pipeline.findings import KINDS, SEVERITIES, STATUSES, rfc3339
 
 SCHEMA_VERSION = "1.0"
 NAME = "incident_correlator"
 VERSION = "1"
 NS = 1_000_000_000
+#: The most one record may move the correlator's clock ahead (a day).
+MAX_JUMP_NS = 86_400 * NS
+PRUNE_EVERY_NS = 60 * NS
 
 #: Within one node, which kind of finding is the likelier cause of which: a leak makes GC work
 #: harder, GC pauses make requests slower and fail; a failing call is the reason for the slow or
@@ -240,9 +243,11 @@ class Correlator:
         self.edges: dict[tuple[str, str], Edge] = {}
         self._merged: dict[str, str] = {}
         self._adj: dict[str, set[str]] | None = None
+        self._prune_at = 0
         self.counts: dict[str, int] = {
             "findings": 0, "stale_records": 0, "unreadable": 0, "evicted_incidents": 0,
             "expired_incidents": 0, "evicted_edges": 0, "members_left_out": 0, "merged": 0,
+            "clock_jumps": 0,
         }
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -389,12 +394,12 @@ class Correlator:
         for inc in sorted(self.incidents.values(), key=lambda i: (i.opened_ns, i.id)):
             if inc.status == "resolved" and m.started_ns > (inc.resolved_ns or 0) + self.keep_ns:
                 continue
-            if len(inc.members) >= self.max_members:
-                full = True
-                continue
             for other in inc.members.values():
                 if self._related(m, other):
-                    hits.append(inc)
+                    if len(inc.members) >= self.max_members:
+                        full = True  # related, but it cannot take more
+                    else:
+                        hits.append(inc)
                     break
         if not hits:
             inc = self._new(m)
@@ -477,10 +482,17 @@ class Correlator:
 
     def _advance(self, at_ns: int) -> None:
         """Move the clock; forget incidents resolved longer than ``keep_s`` ago and edges past
-        their time to live."""
+        their time to live. A record more than ``MAX_JUMP_NS`` ahead of the clock (a broken
+        clock somewhere) does not move it."""
         if at_ns <= self.now_ns:
             return
+        if self.now_ns and at_ns - self.now_ns > MAX_JUMP_NS:
+            self.counts["clock_jumps"] += 1
+            return
         self.now_ns = at_ns
+        if at_ns < self._prune_at:  # once a minute of event time: a replay stays cheap
+            return
+        self._prune_at = at_ns + PRUNE_EVERY_NS
         self._adj = None
         for inc in [i for i in self.incidents.values() if i.status == "resolved"
                     and (i.resolved_ns or 0) + self.keep_ns < at_ns]:
@@ -497,6 +509,10 @@ class Correlator:
 
     def _member(self, doc: Mapping[str, Any]) -> Member:
         kind = str(doc["kind"])
+        if kind not in KINDS or doc["status"] not in STATUSES or (
+                doc["severity"] not in SEVERITIES):
+            raise ValueError(f"not a finding record: {kind!r}, {doc['status']!r}, "
+                             f"{doc['severity']!r}")
         entity = dict(doc["entity"])
         evidence = doc.get("evidence") or {}
         started = parse_ns(doc["started_at"])
@@ -526,7 +542,7 @@ class Correlator:
 
     def snapshot(self) -> bytes:
         return orjson.dumps({
-            "now": self.now_ns, "counts": self.counts,
+            "now": self.now_ns, "prune_at": self._prune_at, "counts": self.counts,
             "edges": [[e.client, e.server, e.seen_ns] for e in self.edges.values()],
             "incidents": [[i.id, i.opened_ns, [m.to_state() for m in i.members.values()],
                            i.timeline, i.root_id, i.severity, i.status, i.resolved_ns,
@@ -536,6 +552,7 @@ class Correlator:
     def restore(self, blob: bytes) -> None:
         d = orjson.loads(blob)
         self.now_ns, self.counts = d["now"], {**self.counts, **d["counts"]}
+        self._prune_at = d.get("prune_at", 0)
         self.edges = {(a, b): Edge(a, b, t) for a, b, t in d["edges"]}
         self.incidents, self.by_finding = {}, {}
         for iid, opened, members, timeline, root, sev, status, res, upd, dropped in d["incidents"]:
@@ -575,8 +592,8 @@ def to_dict(inc: Incident, muted_ok: bool = True) -> dict[str, Any]:
     root = inc.root
     root_type, root_name = node_label(root.node)
     nodes = sorted({m.node for m in members})
-    kinds = sorted({m.kind for m in members}, key=lambda k: CAUSE_RANK.get(k, 9))
     others = [m for m in members if m.id != root.id]
+    kinds = sorted({m.kind for m in others}, key=lambda k: (CAUSE_RANK.get(k, 9), k))
     affected = sorted({node_label(m.node)[1] for m in others if m.node != root.node})
     text = f"{root_name} is the probable root: {root.summary}"
     if others:

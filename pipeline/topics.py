@@ -88,9 +88,13 @@ def wanted_topics(settings: Settings, internal: bool = True) -> list[NewTopic]:
         ]
         # One partition: the correlation is one ordered stream (findings are few). Its
         # retention is the history a new owner replays to rebuild the incidents.
+        # (Segments of an hour at most, so that retention deletes about when it should; every
+        # firing finding is sent again each quarter of it, see app.Pipeline.)
+        history_ms = int(s.incident_history_s * 1000)
         out.append(NewTopic(incident_input_topic(s), 1, s.pipeline_replication_factor,
-                            topic_configs={"retention.ms": str(int(s.incident_history_s * 1000)),
-                                           "retention.bytes": "-1"}))
+                            topic_configs={"retention.ms": str(history_ms),
+                                           "retention.bytes": "-1",
+                                           "segment.ms": str(min(history_ms // 4, 3_600_000))}))
         # The state tables' changelogs, compacted, one partition per routed partition. Left to
         # Faust, a metadata request racing its creation can auto-create one with the broker's
         # default partition count, and the table's agent then crashes on the mismatch.

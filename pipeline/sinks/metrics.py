@@ -288,8 +288,9 @@ class IncidentCollector(Collector):
         )
         grouped = GaugeMetricFamily(
             f"{NS}_incident_grouped",
-            "1 for each firing finding that belongs to an open incident of two or more firing "
-            "findings: the shipped rules alert on the incident instead of on each of them.",
+            "1 for each firing finding of an open incident that has grouped two or more "
+            "findings: the shipped rules alert on the incident instead of on each of them (to "
+            "the end of the incident, its last finding included).",
             labels=["incident", "fingerprint"],
         )
         count = GaugeMetricFamily(
@@ -303,13 +304,13 @@ class IncidentCollector(Collector):
             "evicted, input records it could not read.", labels=["reason"],
         )
         by_severity: dict[str, int] = {}
-        for inc_id, root, root_kind, severity, members, muted in view.open:
+        for inc_id, root, root_kind, severity, firing, muted, members in view.open:
             by_severity[severity] = by_severity.get(severity, 0) + 1
             if muted:
                 continue
             active.add_metric([inc_id, root, root_kind, severity], 1.0)
-            if len(members) >= 2:
-                for fp in members:
+            if members >= 2:
+                for fp in firing:
                     grouped.add_metric([inc_id, fp], 1.0)
         for severity in ("info", "warning", "critical"):
             count.add_metric([severity], by_severity.get(severity, 0))

@@ -146,7 +146,7 @@ def exported_names() -> set[str]:
     pipeline._lag_view = {"otlp_spans": TopicLag(records=1, fetched_at=time.time())}
     pipeline._view_built_at = time.time()
     pipeline._incident_view = IncidentView(  # as on the worker that runs the correlation
-        open=[("i", "service:s", "service", "warning", ("fp", "fp2"), False)],
+        open=[("i", "service:s", "service", "warning", ("fp", "fp2"), False, 2)],
         counts={"evicted_incidents": 1})
     names: set[str] = set()
     for family in registry.collect():
