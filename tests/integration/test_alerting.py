@@ -49,8 +49,10 @@ async def test_injected_bottleneck_fires_the_alert_and_it_resolves(
     webhook: promstack.Webhook, alertmanager: str,
 ) -> None:
     worker = workers({**names, "PIPELINE_DETECTORS": ""})
+    # The traffic runs at SPEED x real time, so the finding lasts seconds: the finding rules'
+    # wait for the incident correlation (for: 1m of real time) is cut by as much.
     prom_proc, prometheus = promstack.start_prometheus(
-        tmp_path, [f"127.0.0.1:{worker.port}"], alertmanager
+        tmp_path, [f"127.0.0.1:{worker.port}"], alertmanager, finding_for=f"{60 / SPEED:g}s"
     )
     try:
         # Live: event time follows the wall clock x SPEED, ending about now, so the finding

@@ -149,15 +149,27 @@ def start_alertmanager(tmp: Path, webhook_url: str) -> tuple[Process, str]:
     return proc, url
 
 
-def start_prometheus(tmp: Path, targets: list[str], alertmanager: str | None
-                     ) -> tuple[Process, str]:
+def start_prometheus(tmp: Path, targets: list[str], alertmanager: str | None,
+                     finding_for: str | None = None) -> tuple[Process, str]:
     """Prometheus scraping ``targets`` as job ``anomaly-pipeline`` every second and evaluating
-    the shipped rules every second (sending alerts to ``alertmanager``, if there is one)."""
+    the shipped rules every second (sending alerts to ``alertmanager``, if there is one).
+
+    ``finding_for``: the finding rules' ``for`` (1m, the time the incident correlation gets)
+    in a copy of the rules, for a test whose traffic runs faster than real time and whose
+    findings therefore last only seconds."""
     port = free_port()
     config = tmp / "prometheus.yml"
+    rules = RULES
+    if finding_for is not None:
+        text = RULES.read_text()
+        marker = "        for: 1m\n        keep_firing_for: 2m\n"
+        if marker not in text:
+            raise AssertionError("the finding rules no longer wait `for: 1m`: update this")
+        rules = tmp / RULES.name
+        rules.write_text(text.replace(marker, marker.replace("1m", finding_for, 1)))
     cfg: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
+        "rule_files": [str(rules)],
         "scrape_configs": [
             {"job_name": "anomaly-pipeline", "static_configs": [{"targets": targets}]}
         ],
