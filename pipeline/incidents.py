@@ -345,12 +345,16 @@ class Correlator:
     def explains(self, cause: Member, effect: Member, below: set[str] | None = None) -> bool:
         """Whether ``cause`` is a likely reason for ``effect``.
 
-        On one node, the likelier kind explains the other (the earlier onset, for one kind).
+        A cause that began after the effect was over explains nothing. On one node, the likelier
+        kind explains the other (the earlier onset, for one kind); across nodes the two must
+        overlap (``gap_s`` of slack is for one node's findings only).
         Across nodes, only what propagates up a call is an effect (slower or failing calls:
         ``PROPAGATED``), of a finding about a node it depends on (``below``: the effect's
         downstream set) or that names the effect's node among its own callers; a host's
         TIME_WAIT explains its clients' failures and latency, not one slow query.
         """
+        if cause.started_ns > effect.end_ns():
+            return False  # it began after the effect was over
         if cause.node == effect.node:
             if (cause.kind != effect.kind and cause.entity.get("instance")
                     and effect.entity.get("instance")
@@ -359,8 +363,8 @@ class Correlator:
                 return False  # one process's memory does not explain another's GC
             return (CAUSE_RANK.get(cause.kind, 9), cause.started_ns, cause.id) < (
                 CAUSE_RANK.get(effect.kind, 9), effect.started_ns, effect.id)
-        if effect.kind not in PROPAGATED:
-            return False
+        if effect.kind not in PROPAGATED or effect.started_ns > cause.end_ns():
+            return False  # (what a callee did before it began is no reason for it)
         if cause.kind == "time_wait_buildup":  # the churning client's own failures
             return effect.kind in ("error_origin", "latency_regression") and (
                 f"service:{effect.entity.get('service', '')}" in cause.upstream)
