@@ -13,7 +13,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline.settings import Settings
-from pipeline.topics import changelog_topic, ensure_topics, partition_counts, routed_topic
+from pipeline.topics import (
+    changelog_topic,
+    ensure_topics,
+    incident_input_topic,
+    partition_counts,
+    routed_topic,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +31,11 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
     created = await ensure_topics(settings)
     routed = [routed_topic(settings, s) for s in ("spans", "metrics", "traces")]
     changelogs = [changelog_topic(settings, s) for s in ("spans", "metrics", "traces")]
+    incident_input = incident_input_topic(settings)
     assert set(created) == {names["OTLP_SPANS_TOPIC"], names["OTLP_METRICS_TOPIC"],
                             names["FINDINGS_TOPIC"], names["DEADLETTER_TOPIC"],
-                            names["SERVICE_MAP_TOPIC"], names["FEEDBACK_TOPIC"], *routed,
-                            *changelogs}
+                            names["SERVICE_MAP_TOPIC"], names["FEEDBACK_TOPIC"],
+                            names["INCIDENTS_TOPIC"], incident_input, *routed, *changelogs}
     assert await ensure_topics(settings) == []  # idempotent: existing topics are left alone
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -38,14 +45,17 @@ async def test_topics_are_created_with_their_settings(names: dict[str, str],
         assert described[names["FINDINGS_TOPIC"]] == int(names["OUTPUT_PARTITIONS"])
         assert all(described[t] == int(names["PIPELINE_PARTITIONS"])
                    for t in routed + changelogs)
+        assert described[incident_input] == 1  # one ordered stream for the correlation
         for topic in (names["FINDINGS_TOPIC"], names["SERVICE_MAP_TOPIC"],
-                      names["FEEDBACK_TOPIC"], *changelogs):
+                      names["FEEDBACK_TOPIC"], names["INCIDENTS_TOPIC"], *changelogs):
             (resp,) = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, topic)]
             )
             configs = {c[0]: c[1] for c in resp.resources[0][4]}
             assert configs["cleanup.policy"] == "compact", topic
-        for topic in routed:  # time-based only: a broker's size cap must not delete unread
+        # Time-based only: a broker's size cap must not delete what is unread (or, for the
+        # correlation's input, what a new owner replays).
+        for topic in [*routed, incident_input]:
             (resp,) = await admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, topic)]
             )
