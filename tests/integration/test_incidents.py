@@ -34,15 +34,15 @@ async def test_a_slow_cache_under_two_callers_is_one_incident(
 ) -> None:
     # Faults last to the end of the input: the findings and incidents are still firing there.
     scenario = build_scenario(
-        "healthy", seed=3, duration="17m", rate=15, start=DEFAULT_REPLAY_START,
+        "healthy", seed=3, duration="15m", rate=10, start=DEFAULT_REPLAY_START,
         faults=[
             # Two callers' Redis commands in different requests (each on its critical path).
-            Fault(BOTTLENECK_SPAN, {"service": "cart", "operation": "HSET"}, 12 * M, 17 * M,
+            Fault(BOTTLENECK_SPAN, {"service": "cart", "operation": "HSET"}, 11 * M, 15 * M,
                   {"added_ms": 100.0}),
-            Fault(BOTTLENECK_SPAN, {"service": "catalog", "operation": "GET"}, 12 * M, 17 * M,
+            Fault(BOTTLENECK_SPAN, {"service": "catalog", "operation": "GET"}, 11 * M, 15 * M,
                   {"added_ms": 100.0}),
-            Fault(ERROR_ORIGIN, {"service": "payment", "operation": "INSERT payments"}, 12 * M,
-                  17 * M, {"error_rate": 0.4}),
+            Fault(ERROR_ORIGIN, {"service": "payment", "operation": "INSERT payments"}, 11 * M,
+                  15 * M, {"error_rate": 0.4}),
         ],
         spans_topic=names["OTLP_SPANS_TOPIC"], metrics_topic=names["OTLP_METRICS_TOPIC"],
     )
