@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
     p.add_argument("--deadletters", action="store_true", help="tail the dead-letter topic")
     p.add_argument("--incidents", action="store_true",
-                   help="also print incidents (INCIDENTS_TOPIC): findings grouped by cause")
+                   help="also print incidents (INCIDENTS_TOPIC) of two or more findings "
+                   "grouped by cause")
     p.add_argument("--from-beginning", action="store_true", help="start at the earliest offset")
     p.add_argument("--time-order", action="store_true",
                    help="with --from-beginning: print what the topic holds in event-time order "

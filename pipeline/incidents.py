@@ -599,15 +599,16 @@ def to_dict(inc: Incident, muted_ok: bool = True) -> dict[str, Any]:
     others = [m for m in members if m.id != root.id]
     kinds = sorted({m.kind for m in others}, key=lambda k: (CAUSE_RANK.get(k, 9), k))
     affected = sorted({node_label(m.node)[1] for m in others if m.node != root.node})
-    text = f"{root_name} is the probable root: {root.summary}"
+    text = f"{root_name} is the probable root: {root.summary.removeprefix('Resolved: ')}"
     if others:
         text += (f"; with {len(others)} more finding{'s' if len(others) > 1 else ''} "
                  f"({', '.join(k for k in kinds)})")
         if affected:
             text += f" on {', '.join(affected[:5])}{' and more' if len(affected) > 5 else ''}"
     exemplars = list(dict.fromkeys(t for m in [root, *others] for t in m.exemplars))[:5]
-    steps = [f"Start with the root: {root.kind} on {root_name} (finding {root.id}); the other "
-             "findings are probably its knock-on effects.", *root.next_steps]
+    steps = [f"Start with the root: {root.kind} on {root_name} (finding {root.id})"
+             + ("; the other findings are probably its knock-on effects." if others else "."),
+             *root.next_steps]
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "id": inc.id,

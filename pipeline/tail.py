@@ -195,6 +195,10 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
                 print(f"(not a finding at offset {r.offset}: {r.value!r:.80})", file=sys.stderr)
                 return False
             if r.topic == settings.incidents_topic:
+                # An incident of one finding says what the finding said: shown once it groups
+                # two or more (and to its end), or when it was merged into another.
+                if len(doc.get("members") or ()) < 2 and doc.get("status") != "merged":
+                    return False
                 print(format_incident(doc, colour) + "\n", flush=True)
             else:
                 print(format_finding(doc, colour) + "\n", flush=True)

@@ -610,9 +610,13 @@ class BottleneckDetector(Detector):
                  "added_ms": _ms(stats[k]["baseline"]["excess"])}
                 for k in sorted(knock_on, key=lambda k: -stats[k]["baseline"]["excess"])[:5]
             ]
+        # A call that ran beside a longer one had no critical-path time at baseline: say so,
+        # rather than "baseline 0 ms" for a span that took milliseconds.
+        baseline = (f"baseline {_ms(b['b50']):g} ms" if _ms(b["b50"]) > 0 else
+                    f"at baseline off the critical path, p95 {_ms(b['b95']):g} ms")
         summary = (
             f"{op} in {service}{where}: {_ms(st['p50']):g} ms of {_ms(st['trace_p50']):g} ms "
-            f"traces on the critical path (baseline {_ms(b['b50']):g} ms, slow in "
+            f"traces on the critical path ({baseline}, slow in "
             f"{b['affected']:.0%} of its traces) ← BOTTLENECK"
         )
         if knock_on:
