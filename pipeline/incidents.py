@@ -54,6 +54,8 @@ NS = 1_000_000_000
 #: The most one record may move the correlator's clock ahead (a day).
 MAX_JUMP_NS = 86_400 * NS
 PRUNE_EVERY_NS = 60 * NS
+#: How far apart the onsets of a slower or failing call and of its callers' symptoms may be.
+ONSET_NS = 180 * NS
 
 #: Within one node, which kind of finding is the likelier cause of which: a leak makes GC work
 #: harder, GC pauses make requests slower and fail; a failing call is the reason for the slow or
@@ -365,6 +367,11 @@ class Correlator:
                 CAUSE_RANK.get(effect.kind, 9), effect.started_ns, effect.id)
         if effect.kind not in PROPAGATED or effect.started_ns > cause.end_ns():
             return False  # (what a callee did before it began is no reason for it)
+        if cause.kind in PROPAGATED and abs(effect.started_ns - cause.started_ns) > ONSET_NS:
+            # A slower or failing call shows in its callers at once: onsets minutes apart
+            # are two problems (a finding still "firing" here may have resolved already: its
+            # record can come late from a partition that is behind).
+            return False
         if cause.kind == "time_wait_buildup":  # the churning client's own failures
             return effect.kind in ("error_origin", "latency_regression") and (
                 f"service:{effect.entity.get('service', '')}" in cause.upstream)

@@ -119,6 +119,20 @@ def test_a_failure_explained_two_ways_joins_the_cause_still_active() -> None:
     assert groups(c) == [("g", {"g"}), ("tw", {"tw", "e"})]
 
 
+def test_a_late_resolution_does_not_chain_later_failures_to_an_old_symptom() -> None:
+    # The real corpus, as a worker saw it: frontend's latency regression resolved at +2 min,
+    # but its record came after two later failures below it (its partition was behind).
+    c = Correlator()
+    edges(c, ("frontend", "orders"), ("frontend", "pricing"), ("orders", "sqlite"))
+    lat = finding("l", "latency_regression", {"service": "frontend"}, 0)
+    feed(c, lat,
+         finding("o", "error_origin", {"service": "orders", "operation": "SELECT",
+                                       "peer_service": "sqlite"}, 4),
+         finding("p", "error_origin", {"service": "pricing", "operation": "GET"}, 11.5),
+         resolved(lat, 2))
+    assert groups(c) == [("l", {"l"}), ("o", {"o"}), ("p", {"p"})]
+
+
 def test_unrelated_or_upstream_problems_stay_apart() -> None:
     c = Correlator()
     edges(c, ("checkout", "payment"), ("frontend", "checkout"))
