@@ -78,7 +78,7 @@ def score_labels(findings: Iterable[Mapping[str, Any]],
 
 async def read_and_score(settings: Any) -> dict[str, dict[str, Any]]:
     """Read both topics to their ends and score (``settings``: ``pipeline.settings.Settings``)."""
-    from pipeline.feedback_topic import read_all
+    from pipeline.topics import read_all
 
     found = await read_all(settings, settings.findings_topic, timeout_s=120)
     words = await read_all(settings, settings.feedback_topic)

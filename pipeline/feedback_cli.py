@@ -121,11 +121,11 @@ def describe(word: Word) -> str:
 
 
 async def _list(settings: Settings, as_json: bool) -> int:
-    from pipeline.feedback_topic import read_all
+    from pipeline.topics import read_all
 
     state = FeedbackState(max_words=10**9)  # (the command shows everything)
     bad = 0
-    for r in await read_all(settings):
+    for r in await read_all(settings, settings.feedback_topic):
         try:
             state.apply(r.key, r.value)
         except FeedbackError as exc:

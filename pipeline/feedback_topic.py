@@ -1,6 +1,6 @@
-"""The feedback topic on Kafka: follow it whole (every worker), read it to its end (the
-``feedback`` command, the accuracy benchmark), write a word. The words themselves are in
-``pipeline.feedback`` (pure).
+"""The feedback topic on Kafka: follow it whole (every worker), write a word. (Reading it to
+its end, for the ``feedback`` command and the accuracy benchmark: ``topics.read_all``.) The
+words themselves are in ``pipeline.feedback`` (pure).
 
 Every worker reads every partition from the beginning, with no consumer group and no commits,
 and keeps following: each worker publishes findings of its own partitions, so each needs every
@@ -10,36 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline.feedback import Word
 from pipeline.settings import Settings
+from pipeline.topics import plain_consumer, wait_partitions
 
 log = logging.getLogger("pipeline.feedback")
 POLL_MS = 500
 RETRY_S = 5.0
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        await consumer.topics()  # a metadata request
-        parts = consumer.partitions_for_topic(topic)
-        if parts or time.monotonic() > deadline:
-            return sorted(parts or ())
-        await asyncio.sleep(0.5)
-
-
-def _consumer(settings: Settings, what: str) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-        client_id=f"pipeline-{what}-{uuid.uuid4().hex[:8]}", metadata_max_age_ms=5000,
-        **settings.aiokafka_kwargs())
 
 
 async def follow(settings: Settings,
@@ -53,10 +36,10 @@ async def follow(settings: Settings,
     positions: dict[TopicPartition, int] = {}
     told = False
     while True:
-        consumer = _consumer(settings, "feedback")
+        consumer = plain_consumer(settings, "feedback")
         try:
             await consumer.start()
-            parts = await _partitions(consumer, topic, 30.0)
+            parts = await wait_partitions(consumer, topic, 30.0)
             if not parts:
                 raise RuntimeError(f"topic {topic} not found")
             tps = [TopicPartition(topic, p) for p in parts]
@@ -87,39 +70,6 @@ async def follow(settings: Settings,
             await asyncio.sleep(RETRY_S)
         finally:
             await consumer.stop()
-
-
-async def read_all(settings: Settings, topic: str | None = None,
-                   timeout_s: float = 30.0) -> list[ConsumerRecord]:
-    """Every record the topic (default ``FEEDBACK_TOPIC``) holds now, partition by partition
-    in offset order. ``TimeoutError`` if its end is not reached within ``timeout_s``."""
-    topic = topic or settings.feedback_topic
-    consumer = _consumer(settings, "read")
-    out: list[ConsumerRecord] = []
-    try:
-        await consumer.start()
-        parts = await _partitions(consumer, topic, min(timeout_s, 10.0))
-        if not parts:
-            return out
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        left = {tp for tp in tps if ends[tp] > 0}
-        while left:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"read {len(out)} records of {topic} in {timeout_s:.0f} s, "
-                                   "not to its end")
-            batches = await consumer.getmany(*left, timeout_ms=POLL_MS)
-            for tp, recs in batches.items():
-                out.extend(r for r in recs if r.offset < ends[tp])
-            for tp in list(left):
-                if await consumer.position(tp) >= ends[tp]:
-                    left.discard(tp)
-    finally:
-        await consumer.stop()
-    return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
 async def write(settings: Settings, key: str, word: Word | None) -> None:

@@ -17,11 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import incidents
 from pipeline.incidents import Correlator, Incident
 from pipeline.settings import Settings
+from pipeline.topics import read_all
 
 log = logging.getLogger("pipeline.incidents")
 
@@ -29,7 +29,7 @@ log = logging.getLogger("pipeline.incidents")
 #: forwarded one: the correlator keeps edges for an hour, and the input stays small.
 EDGE_REFRESH_NS = 600 * 1_000_000_000
 MAX_FORWARDED_EDGES = 20_000
-REBUILD_IDLE_S = 30  # fetches of ~1 s that bring nothing before a rebuild gives up waiting
+REBUILD_TIMEOUT_S = 300.0  # to read the input to its end (INCIDENT_HISTORY_S of it)
 
 
 def finding_record(finding_json: bytes) -> bytes:
@@ -97,34 +97,14 @@ class IncidentStage:
         publish once: the previous owner may have stopped before publishing some."""
         c = self.new_correlator()
         generation = self.generation
-        consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None,
-                                    auto_offset_reset="earliest",
-                                    **self.settings.aiokafka_kwargs())
-        await consumer.start()
+        records = await read_all(self.settings, topic, timeout_s=REBUILD_TIMEOUT_S)
+        if upto is None:
+            upto = records[-1].offset + 1 if records else 0
         applied = 0
-        try:
-            tp = TopicPartition(topic, 0)
-            consumer.assign([tp])
-            if upto is None:
-                upto = (await consumer.end_offsets([tp]))[tp]
-            pos = (await consumer.beginning_offsets([tp]))[tp]
-            consumer.seek(tp, pos)
-            idle = 0
-            while pos < upto and generation == self.generation:
-                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=2000)
-                idle = 0 if batch else idle + 1
-                if idle >= REBUILD_IDLE_S:  # records below upto are gone (retention, a reset)
-                    log.warning("incident rebuild: nothing more to read at offset %d of %s "
-                                "(expected up to %d); going on from there", pos, topic, upto)
-                    break
-                for rec in batch.get(tp, ()):
-                    if rec.offset >= upto:
-                        break
-                    self.apply(c, rec.value)
-                    applied += 1
-                pos = await consumer.position(tp)
-        finally:
-            await consumer.stop()
+        for rec in records:
+            if rec.offset < upto:
+                self.apply(c, rec.value)
+                applied += 1
         if generation != self.generation:  # the partition went meanwhile
             log.info("incident rebuild dropped: the input partition was reassigned")
             return []
@@ -159,8 +139,7 @@ class IncidentStage:
         if c is None or offset < self.next_offset:
             return []
         self.next_offset = offset + 1
-        changed = self.apply(c, value)
-        out = [(i.id.encode(), incidents.to_json(i)) for i in changed]
+        out = self.records(self.apply(c, value))
         for old, new in sorted(c.take_merged().items()):
             out.append((old.encode(), orjson.dumps({
                 "schema_version": incidents.SCHEMA_VERSION, "id": old, "status": "merged",

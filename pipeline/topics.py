@@ -14,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline.settings import ConfigError, Settings
 
@@ -178,3 +182,58 @@ async def message_limits(settings: Settings, names: list[str]) -> dict[str, int]
     finally:
         await admin.close()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a whole topic (no group, no commits)
+
+
+async def wait_partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> list[int]:
+    """The partitions of ``topic`` once the broker lists it (empty after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await consumer.topics()  # a metadata request
+        parts = consumer.partitions_for_topic(topic)
+        if parts or time.monotonic() > deadline:
+            return sorted(parts or ())
+        await asyncio.sleep(0.5)
+
+
+def plain_consumer(settings: Settings, what: str) -> AIOKafkaConsumer:
+    """A consumer with no group and no commits, reading from the earliest offset."""
+    return AIOKafkaConsumer(
+        group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
+        client_id=f"pipeline-{what}-{uuid.uuid4().hex[:8]}", metadata_max_age_ms=5000,
+        **settings.aiokafka_kwargs())
+
+
+async def read_all(settings: Settings, topic: str,
+                   timeout_s: float = 30.0) -> list[ConsumerRecord]:
+    """Every record ``topic`` holds now, partition by partition in offset order.
+    ``TimeoutError`` if its end is not reached within ``timeout_s``."""
+    consumer = plain_consumer(settings, "read")
+    out: list[ConsumerRecord] = []
+    try:
+        await consumer.start()
+        parts = await wait_partitions(consumer, topic, min(timeout_s, 10.0))
+        if not parts:
+            return out
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        left = {tp for tp in tps if ends[tp] > 0}
+        while left:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read {len(out)} records of {topic} in {timeout_s:.0f} s, "
+                                   "not to its end")
+            batches = await consumer.getmany(*left, timeout_ms=500)
+            for tp, recs in batches.items():
+                out.extend(r for r in recs if r.offset < ends[tp])
+            for tp in list(left):
+                if await consumer.position(tp) >= ends[tp]:
+                    left.discard(tp)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda r: (r.partition, r.offset))
