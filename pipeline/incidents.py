@@ -38,13 +38,14 @@ feeds them from one partition, and a new owner rebuilds the state by replaying t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 
+from pipeline.detectors.trace_assembly import DB_KEYS
 from pipeline.findings import KINDS, SEVERITIES, STATUSES, rfc3339
 
 SCHEMA_VERSION = "1.0"
@@ -82,8 +83,6 @@ def parse_ns(text: str | None) -> int | None:
     return int(dt.timestamp()) * NS + dt.microsecond * 1000
 
 
-#: Span attributes of a database or cache call (as the detectors' evidence carries them).
-DB_KEYS = ("db.system", "db.system.name", "db.name", "db.namespace")
 
 
 def subject(kind: str, entity: Mapping[str, Any], evidence: Mapping[str, Any] | None = None
@@ -648,20 +647,3 @@ def to_dict(inc: Incident, muted_ok: bool = True) -> dict[str, Any]:
 def to_json(inc: Incident) -> bytes:
     return orjson.dumps(to_dict(inc))
 
-
-def group(findings: Iterable[Mapping[str, Any]],
-          edges: Iterable[tuple[str, str, str]] = (), **kwargs: Any) -> list[Incident]:
-    """Every incident the findings make, fed in event-time order with the edges (client,
-    server, seen_at) before them: for benchmarks and ``analyze``."""
-    c = Correlator(**kwargs)
-    for client, server, at in edges:
-        c.apply_edge(client, server, at)
-    out: dict[str, Incident] = {}
-    docs = sorted(findings, key=lambda f: (parse_ns(f.get("resolved_at")) or
-                                           parse_ns(f["detected_at"]) or 0, f["id"]))
-    for doc in docs:
-        for inc in c.apply_finding(doc):
-            out[inc.id] = inc
-        for old in c.take_merged():
-            out.pop(old, None)
-    return sorted(out.values(), key=lambda i: (i.opened_ns, i.id))

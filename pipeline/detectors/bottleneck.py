@@ -88,6 +88,7 @@ from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.detectors.trace_assembly import (
     CALL,
     CALLEE,
+    DB_KEYS,
     INBOUND,
     destination_of,
     op_entity,
@@ -104,7 +105,6 @@ REGRESSION = "latency_regression"
 EXCESS_GAUGE = "anomaly_pipeline_bottleneck_excess_latency_seconds"
 RATIO_GAUGE = "anomaly_pipeline_latency_regression_ratio"
 MS = 1_000_000
-DB_KEYS = ("db.system", "db.system.name", "db.name", "db.namespace")
 PEER_KEYS = ("peer.service", "server.address", "net.peer.name", "rpc.service")
 
 

@@ -51,6 +51,7 @@ from pipeline.detectors.base import Detector, DetectorStats
 from pipeline.detectors.trace_assembly import (
     CALL,
     CALLEE,
+    DB_KEYS,
     INBOUND,
     destination_of,
     op_entity,
@@ -65,7 +66,6 @@ from pipeline.state import State
 ERROR_ORIGIN = "error_origin"
 RATE_GAUGE = "anomaly_pipeline_error_origin_rate"
 ABSORBED_COUNTER = "anomaly_pipeline_error_origin_absorbed"
-DB_KEYS = ("db.system", "db.system.name", "db.name", "db.namespace")
 
 
 class _Op:

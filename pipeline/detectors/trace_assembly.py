@@ -70,6 +70,8 @@ CALL = "call"
 #: queueing), carried in the callee's sample so that the callee's partition sees every
 #: caller's calls into it at once (``pipeline.detectors.bottleneck``).
 INBOUND = "(incoming calls)"
+#: Attributes of a database or cache call (they name the database an operation's finding blames).
+DB_KEYS = ("db.system", "db.system.name", "db.name", "db.namespace")
 MAX_INTERNED = 10_000  # distinct resources whose wire form open traces share
 SCAN_NS = 100_000_000  # open traces are checked for completion every 100 ms of event time
 COUNTERS = ("late_spans", "no_root", "evicted_open", "span_cap", "orphans", "skew_adjusted")
