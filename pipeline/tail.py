@@ -162,7 +162,7 @@ async def tail(settings: Settings, args: argparse.Namespace) -> None:
     await ensure_topics(settings, internal=False)
     topic = settings.deadletter_topic if args.deadletters else settings.findings_topic
     topics = [topic]
-    if getattr(args, "incidents", False) and not args.deadletters:
+    if args.incidents and not args.deadletters:
         topics.append(settings.incidents_topic)
         topic = f"{topic} and {settings.incidents_topic}"
     consumer = AIOKafkaConsumer(

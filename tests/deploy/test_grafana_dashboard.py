@@ -23,7 +23,6 @@ Needs promtool (Debian's ``prometheus`` package; deploy/local/test-tools.sh inst
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -67,11 +66,7 @@ def promtool() -> str:
 
 
 def generator():
-    path = GRAFANA / "gen_dashboard.py"
-    spec = importlib.util.spec_from_file_location("gen_dashboard", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tools.load_script(GRAFANA / "gen_dashboard.py")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -571,11 +570,7 @@ def test_service_and_service_monitor(built):
 
 
 def generator():
-    path = K8S / "gen_prometheusrule.py"
-    spec = importlib.util.spec_from_file_location("gen_prometheusrule", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tools.load_script(K8S / "gen_prometheusrule.py")
 
 
 def rule_spec_differences(spec: Any, rules: Any) -> str:

@@ -4,11 +4,13 @@ YAML, and a free loopback port for servers the tests start."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,6 +35,15 @@ def tool(*names: str, install: str) -> str:
 def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     kwargs.setdefault("cwd", ROOT)
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of the repository that is not in a package (a generator under deploy/)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_yaml(path: Path) -> Any:
