@@ -92,9 +92,12 @@ async def test_every_dashboard_query_answers_on_a_worker(
                            what="the bottleneck finding scraped")
         assert worker.alive(), worker.log()[-3000:]
         # Every counter has two scrapes in the rate window by now.
+        # (The findings counter appears with the finding: a query at once can find one
+        # sample of it, no rate.)
         await wait_for(lambda: q(f"anomaly_pipeline_deadletter_records_total{{job='{JOB}'}}")
-                       and q("rate(traces_service_graph_request_total[30s]) > 0"), timeout=60,
-                       what="dead letters and service-graph traffic scraped")
+                       and q("rate(traces_service_graph_request_total[30s]) > 0")
+                       and q("rate(anomaly_pipeline_findings_total[30s])"), timeout=60,
+                       what="dead letters, service-graph traffic and findings scraped")
 
         variables = {"job": JOB, "instance": f"127.0.0.1:{worker.port}",
                      "__rate_interval": "30s", "__interval": "5s", "__range": "5m"}
